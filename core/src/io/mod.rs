@@ -1,1 +1,14 @@
-//! io (to be written)
+//! The io layer: the only place that knows glommio, sockets, TLS and timers.
+//!
+//! Everything above it (proto, handshake, auth, relay) is sans-IO; this module reads
+//! bytes from sockets into buffers, hands them to those state machines, and writes
+//! what they produce.
+
+pub mod driver;
+pub mod echo;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod runtime;
+pub mod transport;
+pub mod ws;

@@ -1,0 +1,80 @@
+//! The command line: `posrelay serve`, `posrelay echo`.
+
+use crate::config::ServeArgs;
+use crate::logging::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+
+/// posrelay: a self-hosted cloud connector for payment terminals.
+///
+/// Terminals keep a WebSocket to the relay; POS software claims a terminal by its
+/// serial number and the two exchange frames through the relay, untouched.
+#[derive(Debug, Parser)]
+#[command(name = "posrelay", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay (embedded store in --data-dir; nothing else to install).
+    Serve(ServeArgs),
+    /// Run an RFC 6455 echo server on the protocol core (for conformance tests).
+    Echo(EchoArgs),
+}
+
+/// Flags of `posrelay echo`.
+#[derive(Debug, clap::Args)]
+struct EchoArgs {
+    /// Address to listen on [default: 127.0.0.1:9001]
+    #[arg(long, default_value = "127.0.0.1:9001", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Number of shards [default: all cores]
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Largest message accepted, in bytes [default: 16777216]
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    max_message_bytes: usize,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => {
+                let settings = args.resolve()?;
+                logging::init(settings.log_format);
+                crate::serve::run(settings)
+            }
+            Command::Echo(args) => {
+                logging::init(LogFormat::Text);
+                run_echo(args)
+            }
+        }
+    }
+}
+
+fn run_echo(args: EchoArgs) -> anyhow::Result<()> {
+    use posrelay_core::io::echo::{serve_echo, EchoConfig};
+    use posrelay_core::io::runtime::RuntimeConfig;
+    use posrelay_core::proto::Limits;
+    let mut runtime = RuntimeConfig::default();
+    if let Some(n) = args.shards {
+        runtime.shards = n;
+    }
+    let config = EchoConfig {
+        listen: args.listen,
+        runtime,
+        limits: Limits {
+            max_frame_payload: args.max_message_bytes as u64,
+            max_message: args.max_message_bytes,
+        },
+    };
+    serve_echo(config, |addr| {
+        // The first line on stdout is the address: tests and scripts read it.
+        println!("listening on ws://{addr}");
+        tracing::info!(%addr, "echo server ready");
+    })?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! `posrelay serve` settings: command-line flags over the TOML configuration file over
+//! the documented defaults. Every flag has a file key of the same name (dashes become
+//! underscores), so `--offline-queue-bytes 2MiB` is `offline_queue_bytes = "2MiB"`.
+
+use crate::logging::LogFormat;
+use crate::units::{parse_duration, parse_size};
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Defaults, one place, quoted by `--help` and the README.
+pub mod defaults {
+    /// `--listen`
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// `--admin-listen`
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9080";
+    /// `--data-dir`
+    pub const DATA_DIR: &str = "./posrelay-data";
+    /// `--offline-queue-bytes`
+    pub const OFFLINE_QUEUE_BYTES: &str = "1MiB";
+    /// `--offline-grace`
+    pub const OFFLINE_GRACE: &str = "30s";
+    /// `--claim-grace`
+    pub const CLAIM_GRACE: &str = "60s";
+    /// `--max-message-bytes`
+    pub const MAX_MESSAGE_BYTES: &str = "1MiB";
+    /// `--max-header-bytes`
+    pub const MAX_HEADER_BYTES: &str = "16KiB";
+    /// `--handshake-timeout`
+    pub const HANDSHAKE_TIMEOUT: &str = "10s";
+    /// `--ping-interval`
+    pub const PING_INTERVAL: &str = "20s";
+    /// `--idle-timeout`
+    pub const IDLE_TIMEOUT: &str = "60s";
+    /// `--drain-timeout`
+    pub const DRAIN_TIMEOUT: &str = "10s";
+    /// `--access-token-ttl`
+    pub const ACCESS_TOKEN_TTL: &str = "1h";
+}
+
+/// Flags of `posrelay serve` (each also a key of the configuration file).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags given on the command line override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the relay listener (devices, POS, OAuth) [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin listener (provisioning, /metrics, /healthz) [default: 127.0.0.1:9080]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory of the embedded store and the token signing key [default: ./posrelay-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base of the URLs the relay hands out (e.g. wss://relay.example.com) [default: from the request's Host]
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Number of shards (executors, one per core) [default: all cores]
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// PEM certificate chain: serve wss:// and https:// (with --tls-key) [default: plain ws://]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Application subprotocols the relay may select, in preference order [default: the first one offered]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub subprotocols: Option<Vec<String>>,
+    /// Bytes queued per device while it is offline [default: 1MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub offline_queue_bytes: Option<String>,
+    /// How long frames wait for an offline device [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub offline_grace: Option<String>,
+    /// How long a claim outlives its POS's last control channel and session [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub claim_grace: Option<String>,
+    /// Largest message (and frame) accepted [default: 1MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_message_bytes: Option<String>,
+    /// Largest request head (answer 431 beyond) [default: 16KiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_header_bytes: Option<String>,
+    /// Time for a request head (and a registration) to arrive [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// Ping a connection idle for this long [default: 20s]
+    #[arg(long, value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+    /// Close a connection that sent nothing for this long [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Time allowed to drain on SIGTERM/SIGINT [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Lifetime of access tokens [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    pub access_token_ttl: Option<String>,
+    /// Admin API token (better: the POSRELAY_ADMIN_TOKEN environment variable) [default: none, admin API refuses every call]
+    #[arg(long, env = "POSRELAY_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    public_url: Option<String>,
+    shards: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    subprotocols: Option<Vec<String>>,
+    offline_queue_bytes: Option<String>,
+    offline_grace: Option<String>,
+    claim_grace: Option<String>,
+    max_message_bytes: Option<String>,
+    max_header_bytes: Option<String>,
+    handshake_timeout: Option<String>,
+    ping_interval: Option<String>,
+    idle_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    access_token_ttl: Option<String>,
+    admin_token: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub shards: usize,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub subprotocols: Option<Vec<String>>,
+    pub offline_queue_bytes: usize,
+    pub offline_grace: Duration,
+    pub claim_grace: Duration,
+    pub max_message_bytes: usize,
+    pub max_header_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub access_token_ttl: Duration,
+    pub admin_token: Option<String>,
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Merges flags, file and defaults.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("configuration file {} is not valid", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let size = |flag: &Option<String>, key: &Option<String>, default: &str, name: &str| -> anyhow::Result<usize> {
+            let text = flag.as_deref().or(key.as_deref()).unwrap_or(default);
+            parse_size(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+        };
+        let dur = |flag: &Option<String>, key: &Option<String>, default: &str, name: &str| -> anyhow::Result<Duration> {
+            let text = flag.as_deref().or(key.as_deref()).unwrap_or(default);
+            parse_duration(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+        };
+        let tls_cert = self.tls_cert.clone().or(file.tls_cert);
+        let tls_key = self.tls_key.clone().or(file.tls_key);
+        let tls = match (tls_cert, tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("tls_cert and tls_key go together: give both or neither"),
+        };
+        let shards = self
+            .shards
+            .or(file.shards)
+            .unwrap_or_else(posrelay_core::io::runtime::available_cores);
+        if shards == 0 {
+            bail!("shards must be at least 1");
+        }
+        let settings = Settings {
+            listen: self.listen.or(file.listen).unwrap_or_else(|| defaults::LISTEN.parse().expect("default")),
+            admin_listen: self
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| defaults::ADMIN_LISTEN.parse().expect("default")),
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            public_url: self.public_url.clone().or(file.public_url),
+            shards,
+            tls,
+            subprotocols: self.subprotocols.clone().or(file.subprotocols),
+            offline_queue_bytes: size(&self.offline_queue_bytes, &file.offline_queue_bytes, defaults::OFFLINE_QUEUE_BYTES, "offline_queue_bytes")?,
+            offline_grace: dur(&self.offline_grace, &file.offline_grace, defaults::OFFLINE_GRACE, "offline_grace")?,
+            claim_grace: dur(&self.claim_grace, &file.claim_grace, defaults::CLAIM_GRACE, "claim_grace")?,
+            max_message_bytes: size(&self.max_message_bytes, &file.max_message_bytes, defaults::MAX_MESSAGE_BYTES, "max_message_bytes")?,
+            max_header_bytes: size(&self.max_header_bytes, &file.max_header_bytes, defaults::MAX_HEADER_BYTES, "max_header_bytes")?,
+            handshake_timeout: dur(&self.handshake_timeout, &file.handshake_timeout, defaults::HANDSHAKE_TIMEOUT, "handshake_timeout")?,
+            ping_interval: dur(&self.ping_interval, &file.ping_interval, defaults::PING_INTERVAL, "ping_interval")?,
+            idle_timeout: dur(&self.idle_timeout, &file.idle_timeout, defaults::IDLE_TIMEOUT, "idle_timeout")?,
+            drain_timeout: dur(&self.drain_timeout, &file.drain_timeout, defaults::DRAIN_TIMEOUT, "drain_timeout")?,
+            access_token_ttl: dur(&self.access_token_ttl, &file.access_token_ttl, defaults::ACCESS_TOKEN_TTL, "access_token_ttl")?,
+            admin_token: self.admin_token.clone().or(file.admin_token),
+            log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        };
+        if let Some(url) = &settings.public_url {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                bail!("public_url must start with ws:// or wss://, got {url:?}");
+            }
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_flags_or_file() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9080");
+        assert_eq!(s.offline_queue_bytes, 1 << 20);
+        assert_eq!(s.offline_grace, Duration::from_secs(30));
+        assert_eq!(s.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_header_bytes, 16 << 10);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("posrelay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("posrelay.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:7000\"\noffline_grace = \"5s\"\nshards = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            offline_grace: Some("7s".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(s.offline_grace, Duration::from_secs(7));
+        assert_eq!(s.shards, 1);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("posrelay-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:7000\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), ..Default::default() };
+        assert!(args.resolve().is_err());
+    }
+}

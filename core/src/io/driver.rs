@@ -1,0 +1,225 @@
+//! The socket side of one upgraded connection: a single task reads into the
+//! connection's buffer and writes its [`Outbox`], both from one poll, so a peer that
+//! waits for room in our outbox never stops us from draining our own (no deadlock
+//! when both directions are full).
+
+use super::outbox::OutboxRef;
+use super::transport::{send_vectored_nonblocking, Transport, READ_CHUNK};
+use bytes::BytesMut;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::future::poll_fn;
+use std::io::{self, IoSlice, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// How many slices one vectored write gathers (header and payload per frame).
+const GATHER: usize = 32;
+
+enum Sock {
+    Plain(TcpStream),
+    Tls(Box<TlsSock>),
+}
+
+struct TlsSock {
+    stream: TcpStream,
+    conn: rustls::ServerConnection,
+    cipher_in: Vec<u8>,
+    cipher_out: Vec<u8>,
+    out_pos: usize,
+}
+
+/// Reads into `rbuf`, writes the outbox.
+pub struct ConnDriver {
+    sock: Sock,
+    /// What this connection will write.
+    pub outbox: OutboxRef,
+    /// Bytes read and not yet decoded.
+    pub rbuf: BytesMut,
+}
+
+impl ConnDriver {
+    /// Takes over a socket after its handshake; `leftover` are bytes already read.
+    pub fn new(transport: Transport, leftover: BytesMut, outbox: OutboxRef) -> ConnDriver {
+        let sock = match transport {
+            Transport::Plain(s) => Sock::Plain(s),
+            Transport::Tls(t) => {
+                let (stream, conn) = t.into_parts();
+                Sock::Tls(Box::new(TlsSock {
+                    stream,
+                    conn,
+                    cipher_in: vec![0; READ_CHUNK],
+                    cipher_out: Vec::new(),
+                    out_pos: 0,
+                }))
+            }
+        };
+        ConnDriver {
+            sock,
+            outbox,
+            rbuf: leftover,
+        }
+    }
+
+    /// The TCP socket.
+    pub fn tcp(&self) -> &TcpStream {
+        match &self.sock {
+            Sock::Plain(s) => s,
+            Sock::Tls(t) => &t.stream,
+        }
+    }
+
+    /// Writes queued frames until the outbox is empty or the socket is full.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.register_writer(cx);
+        match &mut self.sock {
+            Sock::Plain(stream) => loop {
+                if outbox.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                let mut slices = [IoSlice::new(&[]); GATHER];
+                let n = outbox.gather(&mut slices);
+                match send_vectored_nonblocking(stream, &slices[..n]) {
+                    Ok(written) => {
+                        drop(slices);
+                        outbox.advance(written);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Let glommio wait for writability (it retries the send first).
+                        let first = slices[0].to_vec();
+                        drop(slices);
+                        match Pin::new(&mut *stream).poll_write(cx, &first) {
+                            Poll::Ready(Ok(written)) => outbox.advance(written),
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            Sock::Tls(tls) => loop {
+                // Ciphertext first: it was produced from frames already taken.
+                while tls.out_pos < tls.cipher_out.len() {
+                    match Pin::new(&mut tls.stream).poll_write(cx, &tls.cipher_out[tls.out_pos..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(n)) => tls.out_pos += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                tls.cipher_out.clear();
+                tls.out_pos = 0;
+                if tls.conn.wants_write() {
+                    tls.conn.write_tls(&mut tls.cipher_out)?;
+                    continue;
+                }
+                if outbox.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                let mut slices = [IoSlice::new(&[]); GATHER];
+                let n = outbox.gather(&mut slices);
+                let taken = tls.conn.writer().write_vectored(&slices[..n])?;
+                drop(slices);
+                outbox.advance(taken);
+                if !tls.conn.wants_write() && taken == 0 {
+                    return Poll::Ready(Err(io::Error::other("tls writer accepted nothing")));
+                }
+            },
+        }
+    }
+
+    /// Appends what the socket has (after flushing what it can); `Ok(0)` is end of stream.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match &mut self.sock {
+            Sock::Plain(stream) => {
+                let start = self.rbuf.len();
+                self.rbuf.resize(start + READ_CHUNK, 0);
+                let r = Pin::new(&mut *stream).poll_read(cx, &mut self.rbuf[start..]);
+                let n = match &r {
+                    Poll::Ready(Ok(n)) => *n,
+                    _ => 0,
+                };
+                self.rbuf.truncate(start + n);
+                r
+            }
+            Sock::Tls(tls) => loop {
+                let start = self.rbuf.len();
+                self.rbuf.resize(start + READ_CHUNK, 0);
+                let plain = tls.conn.reader().read(&mut self.rbuf[start..]);
+                match plain {
+                    Ok(n) => {
+                        self.rbuf.truncate(start + n);
+                        return Poll::Ready(Ok(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.rbuf.truncate(start),
+                    Err(e) => {
+                        self.rbuf.truncate(start);
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                let n = match Pin::new(&mut tls.stream).poll_read(cx, &mut tls.cipher_in) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                };
+                let mut input = &tls.cipher_in[..n];
+                while !input.is_empty() {
+                    tls.conn.read_tls(&mut input)?;
+                    tls.conn
+                        .process_new_packets()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                }
+                if tls.conn.wants_write() {
+                    // Handshake or key-update records: have the flush path send them.
+                    cx.waker().wake_by_ref();
+                }
+            },
+        }
+    }
+
+    /// Reads more bytes into `rbuf`, writing the outbox meanwhile. `Ok(0)`: end of stream.
+    pub async fn read(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| {
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+            self.poll_read(cx)
+        })
+        .await
+    }
+
+    /// Waits until `peer` has room (backpressure), writing our own outbox meanwhile.
+    pub async fn wait_for_room(&mut self, peer: &OutboxRef) -> io::Result<()> {
+        poll_fn(|cx| {
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+            peer.borrow_mut().poll_room(cx).map(Ok)
+        })
+        .await
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Flushes, then half-closes (TLS: close_notify first).
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        match &mut self.sock {
+            Sock::Plain(s) => {
+                let _ = poll_fn(|cx| Pin::new(&mut *s).poll_close(cx)).await;
+            }
+            Sock::Tls(tls) => {
+                tls.conn.send_close_notify();
+                let _ = self.flush().await;
+                if let Sock::Tls(tls) = &mut self.sock {
+                    let _ = poll_fn(|cx| Pin::new(&mut tls.stream).poll_close(cx)).await;
+                }
+            }
+        }
+    }
+}

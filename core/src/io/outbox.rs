@@ -1,0 +1,239 @@
+//! A connection's outgoing queue: frames waiting for the socket, bounded in bytes.
+//!
+//! Other tasks on the same shard push frames (a forwarded message is a fresh header
+//! plus the sender's payload `Bytes`, never copied); the connection's own task writes
+//! them with vectored writes, several frames per syscall. When the queue holds more
+//! than its limit, senders wait for room before reading more from their own peer:
+//! backpressure instead of unbounded buffering (PROTOCOL.md §6).
+
+use crate::proto::HeaderBuf;
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// One frame to write: header bytes then payload bytes.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    /// The frame header (or, for pre-encoded frames, empty).
+    pub header: HeaderBuf,
+    /// The payload (or a whole pre-encoded frame).
+    pub payload: Bytes,
+}
+
+impl OutFrame {
+    /// Total bytes on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.header.as_bytes().len() + self.payload.len()
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is gone (closed or closing).
+    Closed,
+}
+
+/// The queue itself; shared as [`OutboxRef`].
+#[derive(Debug)]
+pub struct Outbox {
+    frames: VecDeque<OutFrame>,
+    /// Bytes of `frames` not yet written (including the partly written front frame).
+    queued_bytes: usize,
+    /// How much of the front frame is already written.
+    front_written: usize,
+    limit: usize,
+    writer: Option<Waker>,
+    room_waiters: Vec<Waker>,
+    closed: bool,
+    /// Frames written since the connection opened.
+    pub frames_written: u64,
+}
+
+/// A shard-local handle on an outbox (`!Send`: never crosses a core).
+pub type OutboxRef = Rc<RefCell<Outbox>>;
+
+impl Outbox {
+    /// An empty queue that asks senders to wait beyond `limit` bytes.
+    pub fn new(limit: usize) -> OutboxRef {
+        Rc::new(RefCell::new(Outbox {
+            frames: VecDeque::with_capacity(8),
+            queued_bytes: 0,
+            front_written: 0,
+            limit,
+            writer: None,
+            room_waiters: Vec::new(),
+            closed: false,
+            frames_written: 0,
+        }))
+    }
+
+    /// Queues a frame and wakes the writer.
+    pub fn push(&mut self, frame: OutFrame) -> Result<(), PushError> {
+        if self.closed {
+            return Err(PushError::Closed);
+        }
+        self.queued_bytes += frame.wire_len();
+        self.frames.push_back(frame);
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Whether a sender may go on (below the limit, or closed: nothing to wait for).
+    pub fn has_room(&self) -> bool {
+        self.closed || self.queued_bytes < self.limit
+    }
+
+    /// Ready once there is room; registers `cx` otherwise.
+    pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_room() {
+            Poll::Ready(())
+        } else {
+            if !self.room_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                self.room_waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+
+    /// Whether nothing is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Frames waiting to be written (a partly written one counts).
+    pub fn queued_frames(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Marks the connection gone: later pushes fail, waiting senders are released.
+    /// Returns the frames that were never written, for the caller to report.
+    pub fn close(&mut self) -> Vec<OutFrame> {
+        self.closed = true;
+        self.queued_bytes = 0;
+        self.front_written = 0;
+        for w in self.room_waiters.drain(..) {
+            w.wake();
+        }
+        self.frames.drain(..).collect()
+    }
+
+    /// Whether [`Outbox::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Registers the writer task to be woken by the next push.
+    pub fn register_writer(&mut self, cx: &Context<'_>) {
+        match &self.writer {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.writer = Some(cx.waker().clone()),
+        }
+    }
+
+    /// Fills `slices` with the unwritten bytes of the first frames; returns how many.
+    pub fn gather<'a>(&'a self, slices: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut skip = self.front_written;
+        for frame in &self.frames {
+            for part in [frame.header.as_bytes(), &frame.payload[..]] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                if n == slices.len() {
+                    return n;
+                }
+                slices[n] = std::io::IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Records that `written` bytes from the front went out.
+    pub fn advance(&mut self, mut written: usize) {
+        self.queued_bytes -= written.min(self.queued_bytes);
+        while let Some(front) = self.frames.front() {
+            let left = front.wire_len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                break;
+            }
+            written -= left;
+            self.front_written = 0;
+            self.frames.pop_front();
+            self.frames_written += 1;
+        }
+        if self.has_room() {
+            for w in self.room_waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{FrameHeader, OpCode};
+
+    fn frame(payload: &'static [u8]) -> OutFrame {
+        let header = FrameHeader {
+            fin: true,
+            opcode: OpCode::Binary,
+            mask: None,
+            payload_len: payload.len() as u64,
+        }
+        .encode();
+        OutFrame {
+            header,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn gather_and_partial_advance_cover_every_byte_once() {
+        let ob = Outbox::new(1 << 20);
+        let mut ob = ob.borrow_mut();
+        ob.push(frame(b"hello")).unwrap();
+        ob.push(frame(b"world!")).unwrap();
+        let total = ob.queued_bytes();
+        assert_eq!(total, 7 + 8);
+        let mut written = Vec::new();
+        // Write 3 bytes at a time, as a slow socket would.
+        while !ob.is_empty() {
+            let mut slices = [std::io::IoSlice::new(&[]); 8];
+            let n = ob.gather(&mut slices);
+            let all: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            let take = all.len().min(3);
+            written.extend_from_slice(&all[..take]);
+            ob.advance(take);
+        }
+        assert_eq!(written, b"\x82\x05hello\x82\x06world!");
+        assert_eq!(ob.queued_bytes(), 0);
+        assert_eq!(ob.frames_written, 2);
+    }
+
+    #[test]
+    fn room_is_reported_against_the_limit_and_close_returns_the_rest() {
+        let ob = Outbox::new(10);
+        let mut ob = ob.borrow_mut();
+        ob.push(frame(b"12345678")).unwrap();
+        assert!(!ob.has_room());
+        let rest = ob.close();
+        assert_eq!(rest.len(), 1);
+        assert!(ob.has_room());
+        assert_eq!(ob.push(frame(b"x")), Err(PushError::Closed));
+    }
+}

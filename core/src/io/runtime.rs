@@ -1,0 +1,96 @@
+//! Thread per core: one glommio executor per shard, each with its own listener on the
+//! same port (SO_REUSEPORT), nothing shared and mutable between them.
+
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+
+/// Which shard (executor) a piece of state or a connection belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardIndex(pub usize);
+
+/// How the executors are laid out.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Number of executors (shards), at least 1.
+    pub shards: usize,
+    /// glommio's registered io memory per shard. The whole process may lock only
+    /// 8 MiB here, so the default is small (posrelay does no DMA file I/O).
+    pub io_memory: usize,
+    /// Pin each shard to its own CPU (MaxSpread) when there are enough CPUs.
+    pub pin: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            shards: available_cores(),
+            io_memory: 512 * 1024,
+            pin: true,
+        }
+    }
+}
+
+/// The number of CPUs this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Resolves `addr` to a concrete port before the shards bind it.
+///
+/// Every glommio listener binding port 0 would get its own port, so port 0 is
+/// resolved once here. The probe socket is bound but never listens, so it never
+/// takes a connection away from the shards' SO_REUSEPORT group; it is returned so
+/// that the port stays reserved until the shards have bound it.
+pub fn resolve_port(addr: SocketAddr) -> io::Result<(SocketAddr, PortReservation)> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an inet address"))?;
+    Ok((local, PortReservation(socket)))
+}
+
+/// Keeps a resolved port reserved (see [`resolve_port`]); drop it once the shards listen.
+pub struct PortReservation(#[allow(dead_code)] socket2::Socket);
+
+/// Binds a std listener with SO_REUSEPORT for tests and tools that need a plain one.
+pub fn bind_std(addr: SocketAddr) -> io::Result<StdListener> {
+    StdListener::bind(addr)
+}
+
+/// Runs `fut_gen` on every shard and waits for all of them to finish.
+pub fn run_shards<G, F, T>(config: &RuntimeConfig, fut_gen: G) -> io::Result<Vec<T>>
+where
+    G: FnOnce() -> F + Clone + Send + 'static,
+    F: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let shards = config.shards.max(1);
+    let placement = if config.pin && shards <= available_cores() {
+        PoolPlacement::MaxSpread(shards, None)
+    } else {
+        PoolPlacement::Unbound(shards)
+    };
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .io_memory(config.io_memory)
+        .name("posrelay-shard")
+        .on_all_shards(fut_gen)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut out = Vec::with_capacity(shards);
+    for result in handles.join_all() {
+        out.push(result.map_err(|e| io::Error::other(e.to_string()))?);
+    }
+    Ok(out)
+}
