@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod logging;
+mod serve;
 mod units;
 
 use clap::Parser;

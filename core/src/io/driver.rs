@@ -82,13 +82,11 @@ impl ConnDriver {
                 let n = outbox.gather(&mut slices);
                 match send_vectored_nonblocking(stream, &slices[..n]) {
                     Ok(written) => {
-                        drop(slices);
                         outbox.advance(written);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Let glommio wait for writability (it retries the send first).
                         let first = slices[0].to_vec();
-                        drop(slices);
                         match Pin::new(&mut *stream).poll_write(cx, &first) {
                             Poll::Ready(Ok(written)) => outbox.advance(written),
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -120,7 +118,6 @@ impl ConnDriver {
                 let mut slices = [IoSlice::new(&[]); GATHER];
                 let n = outbox.gather(&mut slices);
                 let taken = tls.conn.writer().write_vectored(&slices[..n])?;
-                drop(slices);
                 outbox.advance(taken);
                 if !tls.conn.wants_write() && taken == 0 {
                     return Poll::Ready(Err(io::Error::other("tls writer accepted nothing")));
