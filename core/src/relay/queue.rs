@@ -109,6 +109,14 @@ impl<M: QueuedMessage> OfflineQueue<M> {
         gone
     }
 
+    /// What is queued.
+    pub(crate) fn count(&self) -> Count {
+        Count {
+            frames: u64::try_from(self.items.len()).unwrap_or(u64::MAX),
+            bytes: u64::try_from(self.bytes).unwrap_or(u64::MAX),
+        }
+    }
+
     /// Whether nothing is queued.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
@@ -180,6 +188,13 @@ mod tests {
             }
         );
         assert_eq!(q.oldest(), Some(t + Duration::from_secs(20)));
+        assert_eq!(
+            q.count(),
+            Count {
+                frames: 1,
+                bytes: 3
+            }
+        );
         let rest: Vec<usize> = q.drain().map(|m| m.len()).collect();
         assert_eq!(rest, vec![3]);
         assert!(

@@ -663,6 +663,14 @@ impl<M: QueuedMessage> DeviceShard<M> {
         self.sessions.contains_key(&self.keyring.session_id(device))
     }
 
+    /// What the POS has queued for `device` while it is offline (for metrics and the admin API).
+    pub fn queued_to_device(&self, device: &DeviceKey) -> Count {
+        self.sessions
+            .get(&self.keyring.session_id(device))
+            .map(|s| s.to_device.count())
+            .unwrap_or_default()
+    }
+
     /// The client holding the claim on `device`.
     pub fn claimed_by(&self, device: &DeviceKey) -> Option<&ClientKey> {
         self.sessions
