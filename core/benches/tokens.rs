@@ -1,0 +1,2 @@
+//! Token benchmarks (filled in with the admin API work).
+fn main() {}
