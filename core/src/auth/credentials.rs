@@ -80,6 +80,16 @@ mod tests {
     }
 
     #[test]
+    fn unknown_client_pays_a_full_argon2_verification() {
+        let (store, hasher, _record, secret) = setup();
+        assert!(!hasher.dummy_built());
+        let got = verify_client(&store, &hasher, "acme", "nobody", &secret);
+        assert_eq!(got, Err(AuthError::InvalidClient));
+        // The only way to build the dummy is to verify against it.
+        assert!(hasher.dummy_built());
+    }
+
+    #[test]
     fn every_failure_is_the_same_invalid_client() {
         let (store, hasher, record, secret) = setup();
         let id = record.client_id.as_str();

@@ -179,6 +179,12 @@ impl SecretHasher {
             self.hash_with_salt(b"posrelay dummy secret: unknown client", &[0x5a; 16])
         })
     }
+
+    /// Whether the dummy hash has been built (that is, used) yet.
+    #[cfg(test)]
+    pub(crate) fn dummy_built(&self) -> bool {
+        self.dummy.get().is_some()
+    }
 }
 
 #[cfg(test)]
