@@ -48,8 +48,18 @@ pub struct Outbox {
     writer: Option<Waker>,
     room_waiters: Vec<Waker>,
     closed: bool,
+    requests: ConnRequests,
     /// Frames written since the connection opened.
     pub frames_written: u64,
+}
+
+/// What the relay asks of a connection's task from outside (timers, other connections).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnRequests {
+    /// Close with this code and reason.
+    pub close: Option<(u16, &'static str)>,
+    /// Send a ping (the connection has been idle for the ping interval).
+    pub ping: bool,
 }
 
 /// A shard-local handle on an outbox (`!Send`: never crosses a core).
@@ -66,6 +76,7 @@ impl Outbox {
             writer: None,
             room_waiters: Vec::new(),
             closed: false,
+            requests: ConnRequests::default(),
             frames_written: 0,
         }))
     }
@@ -98,6 +109,34 @@ impl Outbox {
             }
             Poll::Pending
         }
+    }
+
+    /// Asks the connection's task to close with `code` (the first request wins).
+    pub fn request_close(&mut self, code: u16, reason: &'static str) {
+        if self.requests.close.is_none() {
+            self.requests.close = Some((code, reason));
+        }
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Asks the connection's task to send a ping.
+    pub fn request_ping(&mut self) {
+        self.requests.ping = true;
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether a request is pending.
+    pub fn has_requests(&self) -> bool {
+        self.requests.close.is_some() || self.requests.ping
+    }
+
+    /// Takes the pending requests (the close request stays recorded as taken).
+    pub fn take_requests(&mut self) -> ConnRequests {
+        std::mem::take(&mut self.requests)
     }
 
     /// Whether nothing is waiting to be written.

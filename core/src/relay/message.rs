@@ -57,3 +57,10 @@ mod tests {
         assert_eq!(Bytes::from_static(&[1, 2, 3]).payload_len(), 3);
     }
 }
+
+/// A message as the protocol core assembled it (fragments kept, never copied).
+impl QueuedMessage for crate::proto::Message {
+    fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+}
