@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use posrelay_core::proto::{mask::apply_mask_naive, Frame, FrameDecoder, ProtocolError, Role};
 
-/// Frames decoded, the error that stopped decoding, and the bytes left over.
+/// Frames decoded, the error that stopped decoding, and the bytes consumed.
 type Outcome = (Vec<Frame>, Option<ProtocolError>, usize);
 
 fn decode(input: &[u8], chunks: &[usize], role: Role, max: u64) -> Outcome {
@@ -28,11 +28,11 @@ fn decode(input: &[u8], chunks: &[usize], role: Role, max: u64) -> Outcome {
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => break,
-                Err(e) => return (frames, Some(e), buf.len()),
+                Err(e) => return (frames, Some(e), fed - buf.len()),
             }
         }
     }
-    (frames, None, buf.len())
+    (frames, None, fed - buf.len())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -47,9 +47,8 @@ fuzz_target!(|data: &[u8]| {
     let chunked = decode(input, &chunks, role, max);
     assert_eq!(whole, chunked, "chunking changed the result");
 
-    let (frames, _, left) = whole;
-    assert!(left <= input.len());
-    let consumed = input.len() - left;
+    let (frames, _, consumed) = whole;
+    assert!(consumed <= input.len());
     let mut wire_len = 0usize;
     for frame in &frames {
         assert_eq!(frame.payload.len() as u64, frame.header.payload_len);
