@@ -31,7 +31,12 @@ impl<S: Store> AdminApi<S> {
         }
     }
 
-    /// The store it writes to.
+    /// Whether `authorization` carries the admin token (for work done before `handle`).
+    pub fn check_token(&self, authorization: Option<&str>) -> bool {
+        self.token.check_header(authorization).is_ok()
+    }
+
+    /// The store behind the API.
     pub fn store(&self) -> &S {
         &self.store
     }

@@ -6,6 +6,7 @@
 
 pub mod driver;
 pub mod echo;
+pub mod server;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

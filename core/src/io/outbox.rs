@@ -20,9 +20,29 @@ pub struct OutFrame {
     pub header: HeaderBuf,
     /// The payload (or a whole pre-encoded frame).
     pub payload: Bytes,
+    /// For a relayed data frame: whether it ends its message. `None` for control frames.
+    pub message_end: Option<bool>,
 }
 
 impl OutFrame {
+    /// A relayed data frame.
+    pub fn data(header: HeaderBuf, payload: Bytes, message_end: bool) -> OutFrame {
+        OutFrame {
+            header,
+            payload,
+            message_end: Some(message_end),
+        }
+    }
+
+    /// A frame encoded whole (a control frame from the protocol state).
+    pub fn control(encoded: Bytes) -> OutFrame {
+        OutFrame {
+            header: HeaderBuf::EMPTY,
+            payload: encoded,
+            message_end: None,
+        }
+    }
+
     /// Total bytes on the wire.
     pub fn wire_len(&self) -> usize {
         self.header.as_bytes().len() + self.payload.len()
@@ -49,6 +69,8 @@ pub struct Outbox {
     room_waiters: Vec<Waker>,
     closed: bool,
     requests: ConnRequests,
+    /// When the peer last sent anything (idle timeout, pings).
+    pub last_rx: std::time::Instant,
     /// Frames written since the connection opened.
     pub frames_written: u64,
 }
@@ -77,6 +99,7 @@ impl Outbox {
             room_waiters: Vec::new(),
             closed: false,
             requests: ConnRequests::default(),
+            last_rx: std::time::Instant::now(),
             frames_written: 0,
         }))
     }
@@ -235,10 +258,7 @@ mod tests {
             payload_len: payload.len() as u64,
         }
         .encode();
-        OutFrame {
-            header,
-            payload: Bytes::from_static(payload),
-        }
+        OutFrame::data(header, Bytes::from_static(payload), true)
     }
 
     #[test]

@@ -44,6 +44,16 @@ impl Transport {
         })))
     }
 
+    /// Rebuilds a TLS transport from a socket and the TLS state it already negotiated.
+    pub fn from_tls_parts(stream: TcpStream, conn: rustls::ServerConnection) -> Self {
+        Transport::Tls(Box::new(TlsTransport {
+            stream,
+            conn,
+            cipher_in: vec![0; READ_CHUNK],
+            cipher_out: Vec::new(),
+        }))
+    }
+
     /// The socket under the transport.
     pub fn tcp(&self) -> &TcpStream {
         match self {

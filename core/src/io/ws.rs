@@ -74,6 +74,15 @@ impl WsStream {
         write_message(&mut self.transport, &self.proto, message.kind, &message.payload).await
     }
 
+    /// Sends a text message (a whole JSON document, for example).
+    pub async fn send_text(&mut self, text: Vec<u8>) -> io::Result<()> {
+        let message = Message {
+            kind: MessageKind::Text,
+            payload: Payload::Single(Bytes::from(text)),
+        };
+        self.send_message(&message).await
+    }
+
     /// Sends a Close with `code` (once) and flushes it.
     pub async fn send_close(&mut self, code: CloseCode, reason: &str) -> io::Result<()> {
         self.proto.send_close(code, reason);

@@ -101,7 +101,8 @@ impl Store for MemStore {
             Scope::Domain => state.need_domain(&record.domain)?,
         }
         let key = (record.domain.clone(), record.client_id.clone());
-        if state.clients.contains_key(&key) {
+        // Client ids are unique across domains (device registration names no domain).
+        if state.clients.keys().any(|(_, id)| *id == record.client_id) {
             return Err(StoreError::DuplicateClient {
                 domain: record.domain.to_string(),
                 client_id: record.client_id.to_string(),
@@ -133,6 +134,15 @@ impl Store for MemStore {
             .clients
             .get(&(domain.clone(), client_id.clone()))
             .cloned())
+    }
+
+    fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .clients
+            .iter()
+            .find(|((_, id), _)| id == client_id)
+            .map(|(_, record)| record.clone()))
     }
 
     fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {

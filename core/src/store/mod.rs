@@ -52,6 +52,10 @@ pub trait Store {
         client_id: &ClientId,
     ) -> Result<Option<ClientRecord>, StoreError>;
 
+    /// The client with this id in whichever domain it belongs to (client ids are unique
+    /// across domains), or `None`. Used by device registration, which names no domain.
+    fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError>;
+
     /// Provisions a device. `UnknownDomain`, `UnknownStore`, `DuplicateDevice`.
     fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError>;
 
@@ -102,6 +106,9 @@ macro_rules! forward_store {
             }
             fn get_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
                 (**self).get_client(domain, client_id)
+            }
+            fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+                (**self).find_client(client_id)
             }
             fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {
                 (**self).create_device(record)
@@ -165,7 +172,30 @@ pub(crate) mod conformance {
     }
 
     /// Every rule of the trait, in one pass over an empty store.
+    /// Client ids are unique across domains and findable without the domain.
+    fn check_client_index(s: &dyn Store) {
+        let (a, b) = (d("idx-a"), d("idx-b"));
+        s.create_domain(&a).unwrap();
+        s.create_domain(&b).unwrap();
+        let c = client_rec("idx-a", "unique1", Scope::Domain);
+        s.create_client(&c).unwrap();
+        assert_eq!(s.find_client(&c.client_id).unwrap(), Some(c.clone()));
+        // The same id in another domain is refused: registration could not tell them apart.
+        let twin = client_rec("idx-b", "unique1", Scope::Domain);
+        assert!(matches!(
+            s.create_client(&twin),
+            Err(StoreError::DuplicateClient { .. })
+        ));
+        s.delete_client(&a, &c.client_id).unwrap();
+        assert_eq!(s.find_client(&c.client_id).unwrap(), None);
+        assert_eq!(
+            s.find_client(&ClientId::new("never").unwrap()).unwrap(),
+            None
+        );
+    }
+
     pub(crate) fn check(s: &dyn Store) {
+        check_client_index(s);
         let acme = d("acme");
         assert!(!s.domain_exists(&acme).unwrap());
         assert!(matches!(

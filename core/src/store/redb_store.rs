@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::codec;
-use super::schema::{self, CLIENTS, DEVICES, DOMAINS, META, SIGNING_KEY, STORES};
+use super::schema::{self, CLIENTS, CLIENT_DOMAINS, DEVICES, DOMAINS, META, SIGNING_KEY, STORES};
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
 use crate::auth::Scope;
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
@@ -197,8 +197,22 @@ impl Store for RedbStore {
                     client_id: record.client_id.to_string(),
                 });
             }
+            let mut index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+            if index
+                .get(record.client_id.as_str())
+                .map_err(StoreError::storage)?
+                .is_some()
+            {
+                return Err(StoreError::DuplicateClient {
+                    domain: record.domain.to_string(),
+                    client_id: record.client_id.to_string(),
+                });
+            }
             clients
                 .insert(key, value.as_slice())
+                .map_err(StoreError::storage)?;
+            index
+                .insert(record.client_id.as_str(), record.domain.as_str())
                 .map_err(StoreError::storage)?;
             Ok(())
         })
@@ -218,8 +232,27 @@ impl Store for RedbStore {
                     client_id: client_id.to_string(),
                 });
             }
+            let mut index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+            index
+                .remove(client_id.as_str())
+                .map_err(StoreError::storage)?;
             Ok(())
         })
+    }
+
+    fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        let domain = self.read(|txn| {
+            let index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+            let domain = index
+                .get(client_id.as_str())
+                .map_err(StoreError::storage)?
+                .map(|v| v.value().to_owned());
+            Ok(domain)
+        })?;
+        match domain.map(DomainName::new) {
+            Some(Ok(domain)) => self.get_client(&domain, client_id),
+            _ => Ok(None),
+        }
     }
 
     fn get_client(
@@ -453,6 +486,32 @@ mod tests {
         }
         let s = RedbStore::open(&dir.0).unwrap();
         s.create_domain(&d("acme")).unwrap();
+        let txn = s.db.begin_write().unwrap();
+        assert_eq!(schema::read_version(&txn).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_1_file_gets_its_client_index_built() {
+        let dir = TempDir::new("v1");
+        let record = client_rec("acme", "c1", Scope::Domain);
+        {
+            // A file exactly as a version-1 build leaves it, with one client.
+            let db = Database::create(dir_file(&dir)).unwrap();
+            let txn = db.begin_write().unwrap();
+            schema::migrate_to(&txn, 1).unwrap();
+            txn.open_table(DOMAINS)
+                .unwrap()
+                .insert("acme", b"{}".as_slice())
+                .unwrap();
+            let value = codec::encode_client(&record).unwrap();
+            txn.open_table(CLIENTS)
+                .unwrap()
+                .insert(("acme", "c1"), value.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = RedbStore::open(&dir.0).unwrap();
+        assert_eq!(s.find_client(&record.client_id).unwrap(), Some(record));
         let txn = s.db.begin_write().unwrap();
         assert_eq!(schema::read_version(&txn).unwrap(), SCHEMA_VERSION);
     }

@@ -9,7 +9,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use super::StoreError;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// `meta`: `schema_version` (u64 LE) and `signing_key` (32 bytes).
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -19,6 +19,10 @@ pub(super) const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("d
 pub(super) const STORES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("stores");
 /// `clients`: (domain, client_id) → `{"scope":…,"secret_hash":…}`.
 pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("clients");
+/// `client_domains` (v2): client_id → domain, so that a device's registration, which
+/// names only the client (PROTOCOL.md §2), finds the client's domain. Client ids are
+/// 128 random bits, unique across domains.
+pub(super) const CLIENT_DOMAINS: TableDefinition<&str, &str> = TableDefinition::new("client_domains");
 /// `devices`: (domain, serial) → `{"make":…,"model":…,"store":…,"enabled":…}`.
 pub(super) const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
 
@@ -31,7 +35,7 @@ pub(super) const SIGNING_KEY: &str = "signing_key";
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` migrates from version `n`; version 0 is an empty file.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [create_v1];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [create_v1, index_client_ids_v2];
 
 /// v0 → v1: create the tables.
 fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -39,6 +43,30 @@ fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(STORES).map_err(StoreError::storage)?;
     txn.open_table(CLIENTS).map_err(StoreError::storage)?;
     txn.open_table(DEVICES).map_err(StoreError::storage)?;
+    Ok(())
+}
+
+/// v1 → v2: index every existing client by its id.
+fn index_client_ids_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let clients = txn.open_table(CLIENTS).map_err(StoreError::storage)?;
+    let mut index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+    for entry in clients.iter().map_err(StoreError::storage)? {
+        let (key, _) = entry.map_err(StoreError::storage)?;
+        let (domain, client_id) = key.value();
+        index
+            .insert(client_id, domain)
+            .map_err(StoreError::storage)?;
+    }
+    Ok(())
+}
+
+/// Runs only the migrations up to `version` (tests of the upgrade path).
+#[cfg(test)]
+pub(super) fn migrate_to(txn: &WriteTransaction, version: u64) -> Result<(), StoreError> {
+    for (from, migration) in MIGRATIONS.iter().enumerate().take(version as usize) {
+        migration(txn)?;
+        write_version(txn, from as u64 + 1)?;
+    }
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use crate::handshake::{HeadLimits, SubprotocolPolicy};
 use crate::io::metrics::Metrics;
 use crate::io::runtime::{resolve_port, run_shards, RuntimeConfig};
 use crate::proto::Limits;
-use crate::relay::{RelayLimits, SessionKeyring};
+use crate::relay::RelayLimits;
 use crate::store::{RedbStore, Store};
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -85,19 +85,47 @@ pub struct ServerAddrs {
     pub tls: bool,
 }
 
-/// Lets another thread (a signal handler) stop the relay.
+/// Lets another thread (a signal handler) stop the relay or reload its certificate.
 #[derive(Debug, Clone, Default)]
-pub struct StopHandle(Arc<AtomicBool>);
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
 
 impl StopHandle {
     /// Starts the graceful drain (PROTOCOL.md §6).
     pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     /// Whether the drain has started.
     pub fn is_stopping(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Asks for the TLS certificate and key to be read again (SIGHUP).
+    pub fn reload_tls(&self) {
+        self.reload.store(true, Ordering::SeqCst);
+    }
+
+    fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Shared {
+    /// Reloads the certificate if asked (new connections get it; open ones keep theirs).
+    pub(crate) fn maybe_reload_tls(&self) {
+        if !self.stop.take_reload() {
+            return;
+        }
+        match &self.tls {
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed: keeping the old certificate"),
+            },
+            None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+        }
     }
 }
 
