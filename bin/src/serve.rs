@@ -31,13 +31,17 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn server_config(s: &Settings) -> ServerConfig {
-    let mut runtime = RuntimeConfig::default();
-    runtime.shards = s.shards;
+    let runtime = RuntimeConfig {
+        shards: s.shards,
+        ..RuntimeConfig::default()
+    };
     let max = s.max_message_bytes;
-    let mut relay_limits = RelayLimits::default();
-    relay_limits.offline_queue_bytes = s.offline_queue_bytes;
-    relay_limits.offline_grace = s.offline_grace;
-    relay_limits.claim_grace = s.claim_grace;
+    let relay_limits = RelayLimits {
+        offline_queue_bytes: s.offline_queue_bytes,
+        offline_grace: s.offline_grace,
+        claim_grace: s.claim_grace,
+        ..RelayLimits::default()
+    };
     ServerConfig {
         listen: s.listen,
         admin_listen: s.admin_listen,

@@ -661,20 +661,22 @@ mod tests {
     }
 
     #[test]
-    fn token_of_a_client_id_reused_in_another_domain_does_not_cross() {
-        // Same client id "pos1" in globex: acme's token still names acme, and a
-        // globex-scoped lookup with acme's claims cannot happen because `dom` is signed.
+    fn a_client_id_names_one_tenant_only() {
+        // Client ids are unique across domains (device registration names no domain), so
+        // the same id cannot be created in globex; acme's token keeps naming acme.
         let mut w = world();
         let mut twin = w.pos.clone();
         twin.domain = DomainName::new("globex").unwrap();
-        w.store.create_client(&twin).unwrap();
+        assert!(matches!(
+            w.store.create_client(&twin),
+            Err(crate::store::StoreError::DuplicateClient { .. })
+        ));
         let access = w.issuer.issue_access(&w.pos, NOW, 60, &mut w.rng).unwrap();
         let claims = w
             .issuer
             .verify_access(&w.store, &access.token, NOW)
             .unwrap();
         assert_eq!(claims.domain.as_str(), "acme");
-        // Deleting acme's client revokes acme's token even though globex's twin lives on.
         w.store
             .delete_client(&w.pos.domain, &w.pos.client_id)
             .unwrap();

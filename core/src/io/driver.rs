@@ -111,7 +111,9 @@ impl ConnDriver {
                 // Ciphertext first: it was produced from frames already taken.
                 while tls.out_pos < tls.cipher_out.len() {
                     match Pin::new(&mut tls.stream).poll_write(cx, &tls.cipher_out[tls.out_pos..]) {
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
                         Poll::Ready(Ok(n)) => tls.out_pos += n,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,

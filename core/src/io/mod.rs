@@ -6,10 +6,10 @@
 
 pub mod driver;
 pub mod echo;
-pub mod server;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod runtime;
+pub mod server;
 pub mod transport;
 pub mod ws;

@@ -153,7 +153,8 @@ pub fn send_vectored_nonblocking(stream: &TcpStream, parts: &[IoSlice<'_>]) -> i
     // lifetime of `fd`; nothing closes it meanwhile. Differential test:
     // `tests::vectored_fast_path_writes_the_same_bytes`.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    socket2::SockRef::from(&fd).send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    socket2::SockRef::from(&fd)
+        .send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 impl TlsTransport {

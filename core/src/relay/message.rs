@@ -43,6 +43,13 @@ impl QueuedMessage for Bytes {
     }
 }
 
+/// A message as the protocol core assembled it (fragments kept, never copied).
+impl QueuedMessage for crate::proto::Message {
+    fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,12 +62,5 @@ mod tests {
         };
         assert_eq!(m.payload_len(), 6, "UTF-8 bytes, not chars");
         assert_eq!(Bytes::from_static(&[1, 2, 3]).payload_len(), 3);
-    }
-}
-
-/// A message as the protocol core assembled it (fragments kept, never copied).
-impl QueuedMessage for crate::proto::Message {
-    fn payload_len(&self) -> usize {
-        self.payload.len()
     }
 }

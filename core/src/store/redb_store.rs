@@ -197,7 +197,9 @@ impl Store for RedbStore {
                     client_id: record.client_id.to_string(),
                 });
             }
-            let mut index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+            let mut index = txn
+                .open_table(CLIENT_DOMAINS)
+                .map_err(StoreError::storage)?;
             if index
                 .get(record.client_id.as_str())
                 .map_err(StoreError::storage)?
@@ -232,7 +234,9 @@ impl Store for RedbStore {
                     client_id: client_id.to_string(),
                 });
             }
-            let mut index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+            let mut index = txn
+                .open_table(CLIENT_DOMAINS)
+                .map_err(StoreError::storage)?;
             index
                 .remove(client_id.as_str())
                 .map_err(StoreError::storage)?;
@@ -242,7 +246,9 @@ impl Store for RedbStore {
 
     fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         let domain = self.read(|txn| {
-            let index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+            let index = txn
+                .open_table(CLIENT_DOMAINS)
+                .map_err(StoreError::storage)?;
             let domain = index
                 .get(client_id.as_str())
                 .map_err(StoreError::storage)?

@@ -22,7 +22,8 @@ pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition
 /// `client_domains` (v2): client_id → domain, so that a device's registration, which
 /// names only the client (PROTOCOL.md §2), finds the client's domain. Client ids are
 /// 128 random bits, unique across domains.
-pub(super) const CLIENT_DOMAINS: TableDefinition<&str, &str> = TableDefinition::new("client_domains");
+pub(super) const CLIENT_DOMAINS: TableDefinition<&str, &str> =
+    TableDefinition::new("client_domains");
 /// `devices`: (domain, serial) → `{"make":…,"model":…,"store":…,"enabled":…}`.
 pub(super) const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
 
@@ -49,7 +50,9 @@ fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// v1 → v2: index every existing client by its id.
 fn index_client_ids_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
     let clients = txn.open_table(CLIENTS).map_err(StoreError::storage)?;
-    let mut index = txn.open_table(CLIENT_DOMAINS).map_err(StoreError::storage)?;
+    let mut index = txn
+        .open_table(CLIENT_DOMAINS)
+        .map_err(StoreError::storage)?;
     for entry in clients.iter().map_err(StoreError::storage)? {
         let (key, _) = entry.map_err(StoreError::storage)?;
         let (domain, client_id) = key.value();

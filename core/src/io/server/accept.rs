@@ -7,8 +7,8 @@ use super::shard::ShardCtx;
 use super::{control, device, endpoints, registration, session};
 use crate::auth::{AccessClaims, AuthError};
 use crate::handshake::{
-    accept_key, error_response, http_response, switching_protocols, HttpStatus,
-    OfferedProtocols, RequestHead, UpgradeRequest,
+    accept_key, error_response, http_response, switching_protocols, HttpStatus, OfferedProtocols,
+    RequestHead, UpgradeRequest,
 };
 use crate::ids::SessionId;
 use crate::io::http::{read_request, ReadRequestError, RequestLimits};
@@ -98,7 +98,7 @@ pub(crate) async fn answer_and_close(mut transport: Transport, bytes: &[u8]) {
 fn request_limits(ctx: &ShardCtx) -> RequestLimits {
     let cfg = &ctx.shared.config;
     RequestLimits {
-        head: cfg.head_limits.clone(),
+        head: cfg.head_limits,
         max_body: 64 * 1024,
         timeout: cfg.handshake_timeout,
     }
@@ -119,7 +119,12 @@ pub(crate) async fn refuse_unreadable(ctx: &ShardCtx, transport: Transport, err:
         ReadRequestError::BodyTooLarge(_) => {
             m.http_bad_request.inc();
             let body = br#"{"error":"request body too large"}"#;
-            let answer = http_response(HttpStatus::PAYLOAD_TOO_LARGE, &[], Some("application/json"), body);
+            let answer = http_response(
+                HttpStatus::PAYLOAD_TOO_LARGE,
+                &[],
+                Some("application/json"),
+                body,
+            );
             answer_and_close(transport, &answer).await
         }
         ReadRequestError::Timeout => {
@@ -174,9 +179,7 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
             match path {
-                Path::DeviceListener => {
-                    registration::serve(ctx, transport, rbuf, prelude).await
-                }
+                Path::DeviceListener => registration::serve(ctx, transport, rbuf, prelude).await,
                 Path::DeviceConnection(sid) => {
                     let sid = match SessionId::new(sid) {
                         Ok(s) => s,
@@ -193,7 +196,9 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                     };
                     let claims = match claims {
                         Ok(c) => c,
-                        Err(e) => return answer_and_close(transport, &auth_refusal(&ctx, &e)).await,
+                        Err(e) => {
+                            return answer_and_close(transport, &auth_refusal(&ctx, &e)).await
+                        }
                     };
                     let owner = owner_shard(&sid, ctx.shards).0;
                     let routed = Routed::Device { sid, claims };
@@ -205,7 +210,15 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                         Err(answer) => return answer_and_close(transport, &answer).await,
                     };
                     let home = client_shard(&claims.client(), ctx.shards).0;
-                    route_to(ctx, home, transport, rbuf, prelude, Routed::Control { claims }).await
+                    route_to(
+                        ctx,
+                        home,
+                        transport,
+                        rbuf,
+                        prelude,
+                        Routed::Control { claims },
+                    )
+                    .await
                 }
                 Path::Session(sid) => {
                     let sid = match SessionId::new(sid) {
@@ -217,7 +230,15 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                         Err(answer) => return answer_and_close(transport, &answer).await,
                     };
                     let owner = owner_shard(&sid, ctx.shards).0;
-                    route_to(ctx, owner, transport, rbuf, prelude, Routed::Session { sid, claims }).await
+                    route_to(
+                        ctx,
+                        owner,
+                        transport,
+                        rbuf,
+                        prelude,
+                        Routed::Session { sid, claims },
+                    )
+                    .await
                 }
                 Path::Token(_) | Path::Unknown => unreachable!("handled above"),
             }
@@ -236,11 +257,17 @@ pub(crate) struct Prelude {
 }
 
 impl Prelude {
-    fn new(ctx: &ShardCtx, head: &RequestHead, upgrade: &UpgradeRequest) -> Result<Prelude, Vec<u8>> {
+    fn new(
+        ctx: &ShardCtx,
+        head: &RequestHead,
+        upgrade: &UpgradeRequest,
+    ) -> Result<Prelude, Vec<u8>> {
         let offered = OfferedProtocols::new(upgrade.protocols.clone());
         let from_header = upgrade.authorization.as_deref().and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
         });
         let bearer = from_header.or_else(|| offered.bearer_token().map(str::to_owned));
         let selected = offered.select(&ctx.shared.config.subprotocols);
@@ -248,12 +275,22 @@ impl Prelude {
             .entries()
             .iter()
             .any(|e| !e.starts_with(crate::handshake::BEARER_PREFIX));
-        if selected.is_none() && has_application_offer && matches!(ctx.shared.config.subprotocols, crate::handshake::SubprotocolPolicy::OneOf(_)) {
+        if selected.is_none()
+            && has_application_offer
+            && matches!(
+                ctx.shared.config.subprotocols,
+                crate::handshake::SubprotocolPolicy::OneOf(_)
+            )
+        {
             // RFC 6455 §4.2.2: the server may select none; browsers then fail the handshake.
             tracing::debug!(offered = ?offered.entries().iter().filter(|e| !e.starts_with("bearer.")).collect::<Vec<_>>(), "no offered subprotocol is allowed");
         }
         let answer = switching_protocols(&accept_key(&upgrade.key), selected.as_deref());
-        let scheme = if ctx.shared.tls.is_some() { "wss" } else { "ws" };
+        let scheme = if ctx.shared.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         let url_base = match &ctx.shared.config.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("{scheme}://{}", upgrade.host),
@@ -332,9 +369,23 @@ async fn route_to(
     routed: Routed,
 ) {
     if shard == ctx.index {
-        serve_routed(ctx, transport, rbuf, prelude.answer, prelude.url_base, routed).await
+        serve_routed(
+            ctx,
+            transport,
+            rbuf,
+            prelude.answer,
+            prelude.url_base,
+            routed,
+        )
+        .await
     } else {
-        match Handover::new(transport, rbuf.to_vec(), prelude.answer, prelude.url_base, routed) {
+        match Handover::new(
+            transport,
+            rbuf.to_vec(),
+            prelude.answer,
+            prelude.url_base,
+            routed,
+        ) {
             Ok(h) => ctx.send_handover(shard, h).await,
             Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
         }
@@ -357,9 +408,15 @@ async fn serve_routed(
     routed: Routed,
 ) {
     match routed {
-        Routed::Device { sid, claims } => device::serve(ctx, transport, rbuf, answer, sid, claims).await,
-        Routed::Control { claims } => control::serve(ctx, transport, rbuf, answer, url_base, claims).await,
-        Routed::Session { sid, claims } => session::serve(ctx, transport, rbuf, answer, sid, claims).await,
+        Routed::Device { sid, claims } => {
+            device::serve(ctx, transport, rbuf, answer, sid, claims).await
+        }
+        Routed::Control { claims } => {
+            control::serve(ctx, transport, rbuf, answer, url_base, claims).await
+        }
+        Routed::Session { sid, claims } => {
+            session::serve(ctx, transport, rbuf, answer, sid, claims).await
+        }
     }
 }
 

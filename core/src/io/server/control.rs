@@ -77,8 +77,12 @@ impl Handler for ControlHandler {
         let mut bytes = message.payload.to_bytes().to_vec();
         match ControlRequest::parse(&mut bytes) {
             Err(rejected) => ctx.send_text(self.conn, rejected.reply()),
-            Ok(ControlRequest::Claim { request_id, tsn }) => self.claim(ctx, true, request_id, &tsn),
-            Ok(ControlRequest::Release { request_id, tsn }) => self.claim(ctx, false, request_id, &tsn),
+            Ok(ControlRequest::Claim { request_id, tsn }) => {
+                self.claim(ctx, true, request_id, &tsn)
+            }
+            Ok(ControlRequest::Release { request_id, tsn }) => {
+                self.claim(ctx, false, request_id, &tsn)
+            }
             Ok(ControlRequest::Devices { request_id }) => self.devices(ctx, request_id).await,
         }
     }
@@ -137,7 +141,11 @@ impl ControlHandler {
         let devices = match devices_in_scope(&*ctx.shared.store, &self.claims) {
             Ok(d) => d,
             Err(e) => {
-                let json = event::error(request_id.as_ref(), ControlErrorCode::BadRequest, &e.to_string());
+                let json = event::error(
+                    request_id.as_ref(),
+                    ControlErrorCode::BadRequest,
+                    &e.to_string(),
+                );
                 return ctx.send_text(self.conn, json);
             }
         };

@@ -29,7 +29,8 @@ pub(crate) async fn serve(
     };
     if ctx.devices.borrow().session_device(&sid).is_none() {
         // The session is gone (relay restarted, device disabled): register again.
-        return super::accept::answer_and_close(transport, &super::accept::not_found_session()).await;
+        return super::accept::answer_and_close(transport, &super::accept::not_found_session())
+            .await;
     }
     if transport.write_all_vectored(&[&answer]).await.is_err() {
         return;
@@ -47,12 +48,22 @@ pub(crate) async fn serve(
         Ok(()) => {
             ctx.process_actions();
             tracing::info!(role = "device", tsn = %device.serial, domain = %device.domain, shard = ctx.index, conn = id.0, "connection opened");
-            let mut handler = DeviceHandler { sid: sid.clone(), conn: id, device: device.clone() };
+            let mut handler = DeviceHandler {
+                sid: sid.clone(),
+                conn: id,
+                device: device.clone(),
+            };
             serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await
         }
         Err(e) => {
-            outbox.borrow_mut().request_close(e.close_code(), "unknown session");
-            let mut handler = DeviceHandler { sid: sid.clone(), conn: id, device: device.clone() };
+            outbox
+                .borrow_mut()
+                .request_close(e.close_code(), "unknown session");
+            let mut handler = DeviceHandler {
+                sid: sid.clone(),
+                conn: id,
+                device: device.clone(),
+            };
             serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await
         }
     };
@@ -78,10 +89,12 @@ struct DeviceHandler {
 
 impl Handler for DeviceHandler {
     async fn on_message(&mut self, ctx: &Rc<ShardCtx>, driver: &mut ConnDriver, message: Message) {
-        let route = ctx
-            .devices
-            .borrow_mut()
-            .handle_message_from_device(&self.sid, self.conn, message, Instant::now());
+        let route = ctx.devices.borrow_mut().handle_message_from_device(
+            &self.sid,
+            self.conn,
+            message,
+            Instant::now(),
+        );
         match route {
             Route::Forward { conn, message } => forward(ctx, driver, conn, message, None).await,
             Route::Queued => ShardMetrics::add(&ctx.metrics.queued, 1),
@@ -112,7 +125,13 @@ pub(crate) async fn forward(
         .is_some_and(|ob| ShardCtx::push_message(ob, &message).is_ok());
     if !pushed {
         match to_device {
-            Some(device) => ctx.report_unsent_to_device(device, crate::relay::Count { frames: 1, bytes: len }),
+            Some(device) => ctx.report_unsent_to_device(
+                device,
+                crate::relay::Count {
+                    frames: 1,
+                    bytes: len,
+                },
+            ),
             None => ShardMetrics::add(&ctx.metrics.dropped_device_frames, 1),
         }
         return;

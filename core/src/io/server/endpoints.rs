@@ -3,7 +3,9 @@
 
 use super::accept::{answer_and_close, refuse_unreadable};
 use super::shard::{ShardCtx, ShardMsg};
-use crate::admin::{AdminEffect, DevicePresence, NoPresence, Presence, TokenEndpoint, TokenRequest};
+use crate::admin::{
+    AdminEffect, DevicePresence, NoPresence, Presence, TokenEndpoint, TokenRequest,
+};
 use crate::handshake::{http_response, HttpStatus, RequestHead};
 use crate::ids::{ClientId, DeviceKey, DomainName, Serial};
 use crate::io::http::{read_request, RequestLimits};
@@ -16,10 +18,20 @@ use std::rc::Rc;
 
 /// Answers `POST /oauth2/v1/{domain}/token`. The secret check (argon2, tens of
 /// milliseconds) runs on glommio's blocking pool so that the shard keeps relaying.
-pub(crate) async fn token(ctx: &Rc<ShardCtx>, domain: &str, head: &RequestHead, body: &Bytes) -> Vec<u8> {
+pub(crate) async fn token(
+    ctx: &Rc<ShardCtx>,
+    domain: &str,
+    head: &RequestHead,
+    body: &Bytes,
+) -> Vec<u8> {
     if head.method != crate::handshake::Method::Post {
         let body = br#"{"error":"invalid_request","error_description":"use POST"}"#;
-        return http_response(HttpStatus::METHOD_NOT_ALLOWED, &[("Allow", "POST")], Some("application/json"), body);
+        return http_response(
+            HttpStatus::METHOD_NOT_ALLOWED,
+            &[("Allow", "POST")],
+            Some("application/json"),
+            body,
+        );
     }
     let shared = ctx.shared.clone();
     let domain = domain.to_owned();
@@ -74,7 +86,7 @@ pub(crate) async fn serve_admin_connection(ctx: Rc<ShardCtx>, stream: TcpStream)
     let mut transport = Transport::Plain(stream);
     let mut rbuf = BytesMut::with_capacity(1024);
     let limits = RequestLimits {
-        head: ctx.shared.config.head_limits.clone(),
+        head: ctx.shared.config.head_limits,
         max_body: 64 * 1024,
         timeout: ctx.shared.config.handshake_timeout,
     };
@@ -115,7 +127,12 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
         ("GET", "/metrics") => {
             let mut text = ctx.shared.metrics.render();
             super::metrics::render(&ctx.shared.shard_metrics, &mut text);
-            return http_response(HttpStatus::OK, &keep, Some("text/plain; version=0.0.4"), text.as_bytes());
+            return http_response(
+                HttpStatus::OK,
+                &keep,
+                Some("text/plain; version=0.0.4"),
+                text.as_bytes(),
+            );
         }
         _ => {}
     }
@@ -132,43 +149,51 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
     };
     let authorization = head.headers.get("authorization");
     // The device list shows run-time presence: gather it from the owning shards first.
-    let snapshot = if method == "GET" && head.path.ends_with("/devices") && api.check_token(authorization) {
-        let domain = head
-            .path
-            .trim_start_matches("/admin/v1/domains/")
-            .split('/')
-            .next()
-            .and_then(|d| DomainName::new(d).ok());
-        match domain.map(|d| api.store().list_devices(&d)) {
-            Some(Ok(devices)) => {
-                let keys: Vec<DeviceKey> = devices
-                    .into_iter()
-                    .map(|d| DeviceKey {
-                        domain: d.domain,
-                        serial: d.serial,
-                    })
-                    .collect();
-                let presence = ctx.presence_of(keys).await;
-                Some(Snapshot(
-                    presence
+    let snapshot =
+        if method == "GET" && head.path.ends_with("/devices") && api.check_token(authorization) {
+            let domain = head
+                .path
+                .trim_start_matches("/admin/v1/domains/")
+                .split('/')
+                .next()
+                .and_then(|d| DomainName::new(d).ok());
+            match domain.map(|d| api.store().list_devices(&d)) {
+                Some(Ok(devices)) => {
+                    let keys: Vec<DeviceKey> = devices
                         .into_iter()
-                        .map(|(k, online, claim)| {
-                            let claimed_by: Option<ClientId> = claim.map(|c| c.client_id);
-                            ((k.domain, k.serial), Presence { online, claimed_by })
+                        .map(|d| DeviceKey {
+                            domain: d.domain,
+                            serial: d.serial,
                         })
-                        .collect(),
-                ))
+                        .collect();
+                    let presence = ctx.presence_of(keys).await;
+                    Some(Snapshot(
+                        presence
+                            .into_iter()
+                            .map(|(k, online, claim)| {
+                                let claimed_by: Option<ClientId> = claim.map(|c| c.client_id);
+                                ((k.domain, k.serial), Presence { online, claimed_by })
+                            })
+                            .collect(),
+                    ))
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    } else {
-        None
-    };
+        } else {
+            None
+        };
     let presence: &dyn DevicePresence = match &snapshot {
         Some(s) => s,
         None => &NoPresence,
     };
-    let response = api.handle(method, &head.path, authorization, body, presence, &mut rand::rngs::OsRng);
+    let response = api.handle(
+        method,
+        &head.path,
+        authorization,
+        body,
+        presence,
+        &mut rand::rngs::OsRng,
+    );
     if response.status == 401 {
         ctx.shared.metrics.admin_unauthorized.inc();
     }
@@ -185,8 +210,17 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
     }
     let mut headers: Vec<(&str, &str)> = response.headers.clone();
     headers.push(("Connection", "keep-alive"));
-    let content_type = if response.body.is_empty() { None } else { Some("application/json") };
-    http_response(HttpStatus(response.status), &headers, content_type, &response.body)
+    let content_type = if response.body.is_empty() {
+        None
+    } else {
+        Some("application/json")
+    };
+    http_response(
+        HttpStatus(response.status),
+        &headers,
+        content_type,
+        &response.body,
+    )
 }
 
 #[allow(dead_code)]

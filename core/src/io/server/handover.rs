@@ -10,11 +10,17 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 /// Which endpoint the connection asked for, already authenticated.
 pub(crate) enum Routed {
     /// §3 device connection.
-    Device { sid: SessionId, claims: DeviceClaims },
+    Device {
+        sid: SessionId,
+        claims: DeviceClaims,
+    },
     /// §4 control channel.
     Control { claims: AccessClaims },
     /// §5 POS session.
-    Session { sid: SessionId, claims: AccessClaims },
+    Session {
+        sid: SessionId,
+        claims: AccessClaims,
+    },
 }
 
 /// A connection in flight between shards. `Send` by construction: a file descriptor,
@@ -73,7 +79,13 @@ impl Handover {
             Some(conn) => Transport::from_tls_parts(stream, conn),
             None => Transport::Plain(stream),
         };
-        (transport, self.leftover, self.answer, self.url_base, self.routed)
+        (
+            transport,
+            self.leftover,
+            self.answer,
+            self.url_base,
+            self.routed,
+        )
     }
 }
 

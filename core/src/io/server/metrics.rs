@@ -84,34 +84,101 @@ impl ShardMetrics {
     }
 }
 
+/// A counter series: name, help (empty: same family as the previous one), labels, field.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> &AtomicU64,
+);
+
 /// Appends the per-shard series to `out` (Prometheus text format).
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
-    let _ = writeln!(out, "# HELP posrelay_connections Open connections by role and shard.");
+    let _ = writeln!(
+        out,
+        "# HELP posrelay_connections Open connections by role and shard."
+    );
     let _ = writeln!(out, "# TYPE posrelay_connections gauge");
     for (i, m) in shards.iter().enumerate() {
         for role in ConnRole::ALL {
             let v = m.open[role.index()].load(Ordering::Relaxed);
-            let _ = writeln!(out, "posrelay_connections{{role=\"{}\",shard=\"{i}\"}} {v}", role.as_str());
+            let _ = writeln!(
+                out,
+                "posrelay_connections{{role=\"{}\",shard=\"{i}\"}} {v}",
+                role.as_str()
+            );
         }
     }
-    let _ = writeln!(out, "# HELP posrelay_connections_opened_total Connections opened by role and shard.");
+    let _ = writeln!(
+        out,
+        "# HELP posrelay_connections_opened_total Connections opened by role and shard."
+    );
     let _ = writeln!(out, "# TYPE posrelay_connections_opened_total counter");
     for (i, m) in shards.iter().enumerate() {
         for role in ConnRole::ALL {
             let v = m.opened[role.index()].load(Ordering::Relaxed);
-            let _ = writeln!(out, "posrelay_connections_opened_total{{role=\"{}\",shard=\"{i}\"}} {v}", role.as_str());
+            let _ = writeln!(
+                out,
+                "posrelay_connections_opened_total{{role=\"{}\",shard=\"{i}\"}} {v}",
+                role.as_str()
+            );
         }
     }
-    let series: [(&str, &str, &str, fn(&ShardMetrics) -> &AtomicU64); 9] = [
-        ("posrelay_relayed_frames_total", "Messages relayed, by direction.", "direction=\"to_pos\"", |m| &m.frames_to_pos),
-        ("posrelay_relayed_frames_total", "", "direction=\"to_device\"", |m| &m.frames_to_device),
-        ("posrelay_relayed_bytes_total", "Payload bytes relayed, by direction.", "direction=\"to_pos\"", |m| &m.bytes_to_pos),
-        ("posrelay_relayed_bytes_total", "", "direction=\"to_device\"", |m| &m.bytes_to_device),
-        ("posrelay_queued_frames_total", "Messages put in an offline queue.", "", |m| &m.queued),
-        ("posrelay_undelivered_frames_total", "POS messages reported undelivered.", "", |m| &m.undelivered_frames),
-        ("posrelay_dropped_device_frames_total", "Device messages nobody could receive (no claim).", "", |m| &m.dropped_device_frames),
-        ("posrelay_handovers_total", "Connections handed over to their owning shard.", "", |m| &m.handovers_in),
-        ("posrelay_protocol_errors_total", "Connections closed for an RFC 6455 violation.", "", |m| &m.protocol_errors),
+    let series: [Series; 9] = [
+        (
+            "posrelay_relayed_frames_total",
+            "Messages relayed, by direction.",
+            "direction=\"to_pos\"",
+            |m| &m.frames_to_pos,
+        ),
+        (
+            "posrelay_relayed_frames_total",
+            "",
+            "direction=\"to_device\"",
+            |m| &m.frames_to_device,
+        ),
+        (
+            "posrelay_relayed_bytes_total",
+            "Payload bytes relayed, by direction.",
+            "direction=\"to_pos\"",
+            |m| &m.bytes_to_pos,
+        ),
+        (
+            "posrelay_relayed_bytes_total",
+            "",
+            "direction=\"to_device\"",
+            |m| &m.bytes_to_device,
+        ),
+        (
+            "posrelay_queued_frames_total",
+            "Messages put in an offline queue.",
+            "",
+            |m| &m.queued,
+        ),
+        (
+            "posrelay_undelivered_frames_total",
+            "POS messages reported undelivered.",
+            "",
+            |m| &m.undelivered_frames,
+        ),
+        (
+            "posrelay_dropped_device_frames_total",
+            "Device messages nobody could receive (no claim).",
+            "",
+            |m| &m.dropped_device_frames,
+        ),
+        (
+            "posrelay_handovers_total",
+            "Connections handed over to their owning shard.",
+            "",
+            |m| &m.handovers_in,
+        ),
+        (
+            "posrelay_protocol_errors_total",
+            "Connections closed for an RFC 6455 violation.",
+            "",
+            |m| &m.protocol_errors,
+        ),
     ];
     for (name, help, labels, get) in series {
         if !help.is_empty() {

@@ -122,7 +122,9 @@ impl Shared {
         match &self.tls {
             Some(tls) => match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %e, "TLS reload failed: keeping the old certificate"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed: keeping the old certificate")
+                }
             },
             None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
         }
@@ -155,7 +157,10 @@ pub fn run_server(
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         std::io::Error::new(
             e.kind(),
-            format!("cannot create data directory {}: {e}", config.data_dir.display()),
+            format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ),
         )
     })?;
     let store = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
@@ -181,7 +186,9 @@ pub fn run_server(
     let (relay_addr, relay_reservation) = resolve_port(config.listen)?;
     let (admin_addr, admin_reservation) = resolve_port(config.admin_listen)?;
     let shared = Arc::new(Shared {
-        shard_metrics: (0..shards).map(|_| Arc::new(ShardMetrics::default())).collect(),
+        shard_metrics: (0..shards)
+            .map(|_| Arc::new(ShardMetrics::default()))
+            .collect(),
         config,
         store,
         issuer,

@@ -25,8 +25,17 @@ const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 /// Why a registration was refused (§2 codes).
 struct Refusal(ControlErrorCode, String);
 
-pub(crate) async fn serve(ctx: Rc<ShardCtx>, mut transport: Transport, rbuf: BytesMut, prelude: Prelude) {
-    if transport.write_all_vectored(&[&prelude.answer]).await.is_err() {
+pub(crate) async fn serve(
+    ctx: Rc<ShardCtx>,
+    mut transport: Transport,
+    rbuf: BytesMut,
+    prelude: Prelude,
+) {
+    if transport
+        .write_all_vectored(&[&prelude.answer])
+        .await
+        .is_err()
+    {
         return;
     }
     ctx.metrics.opened(ConnRole::Registration);
@@ -69,7 +78,11 @@ async fn linger(ws: &mut WsStream) {
 }
 
 /// Reads the registration message and answers it; `Ok(None)`: the peer went away.
-async fn registration(ctx: &Rc<ShardCtx>, ws: &mut WsStream, url_base: &str) -> Result<Option<Vec<u8>>, Refusal> {
+async fn registration(
+    ctx: &Rc<ShardCtx>,
+    ws: &mut WsStream,
+    url_base: &str,
+) -> Result<Option<Vec<u8>>, Refusal> {
     let timeout = ctx.shared.config.handshake_timeout;
     let first = with_timeout(timeout, async {
         loop {
@@ -151,7 +164,9 @@ async fn registration(ctx: &Rc<ShardCtx>, ws: &mut WsStream, url_base: &str) -> 
     let sid = ctx.devices.borrow().session_id(&key);
     let owner = owner_shard(&sid, ctx.shards).0;
     if owner == ctx.index {
-        ctx.devices.borrow_mut().handle_register(key, Instant::now());
+        ctx.devices
+            .borrow_mut()
+            .handle_register(key, Instant::now());
     } else {
         ctx.send(owner, ShardMsg::Registered(key));
     }
@@ -162,9 +177,21 @@ async fn registration(ctx: &Rc<ShardCtx>, ws: &mut WsStream, url_base: &str) -> 
     let issued = ctx
         .shared
         .issuer
-        .issue_device(&client_key, &device.serial, &sid, super::unix_now(), DEVICE_TOKEN_TTL, &mut rand::rngs::OsRng)
+        .issue_device(
+            &client_key,
+            &device.serial,
+            &sid,
+            super::unix_now(),
+            DEVICE_TOKEN_TTL,
+            &mut rand::rngs::OsRng,
+        )
         .map_err(|e| Refusal(ControlErrorCode::BadRequest, e.to_string()))?;
     tracing::info!(tsn = %device.serial, domain = %device.domain, shard = owner, "device registered");
     let url = connection_url(url_base, &sid);
-    Ok(Some(registered_reply(&sid, &url, &issued.token, issued.expires_in)))
+    Ok(Some(registered_reply(
+        &sid,
+        &url,
+        &issued.token,
+        issued.expires_in,
+    )))
 }

@@ -49,12 +49,14 @@ pub(crate) async fn serve(
     ctx.add_conn(id, entry);
     let mut driver = ConnDriver::new(transport, rbuf, outbox.clone());
     let mut proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
-    let opened = ctx
-        .devices
-        .borrow_mut()
-        .handle_pos_session_opened(&sid, &client, id, Instant::now());
+    let opened =
+        ctx.devices
+            .borrow_mut()
+            .handle_pos_session_opened(&sid, &client, id, Instant::now());
     if let Err(e) = opened {
-        outbox.borrow_mut().request_close(e.close_code(), "session no longer available");
+        outbox
+            .borrow_mut()
+            .request_close(e.close_code(), "session no longer available");
     }
     ctx.process_actions();
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
@@ -85,10 +87,12 @@ struct SessionHandler {
 
 impl Handler for SessionHandler {
     async fn on_message(&mut self, ctx: &Rc<ShardCtx>, driver: &mut ConnDriver, message: Message) {
-        let route = ctx
-            .devices
-            .borrow_mut()
-            .handle_message_from_pos(&self.sid, self.conn, message, Instant::now());
+        let route = ctx.devices.borrow_mut().handle_message_from_pos(
+            &self.sid,
+            self.conn,
+            message,
+            Instant::now(),
+        );
         match route {
             Route::Forward { conn, message } => {
                 forward(ctx, driver, conn, message, Some(&self.device)).await

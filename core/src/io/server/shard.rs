@@ -144,13 +144,16 @@ impl ShardCtx {
         let parts = message.payload.as_slice();
         if parts.is_empty() {
             let header = data_header(first, true, 0);
-            return ob.push(OutFrame::data(header, Bytes::new(), true)).map_err(|_| ());
+            return ob
+                .push(OutFrame::data(header, Bytes::new(), true))
+                .map_err(|_| ());
         }
         let last = parts.len() - 1;
         for (i, part) in parts.iter().enumerate() {
             let opcode = if i == 0 { first } else { OpCode::Continuation };
             let header = data_header(opcode, i == last, part.len());
-            ob.push(OutFrame::data(header, part.clone(), i == last)).map_err(|_| ())?;
+            ob.push(OutFrame::data(header, part.clone(), i == last))
+                .map_err(|_| ())?;
         }
         Ok(())
     }
@@ -204,7 +207,10 @@ impl ShardCtx {
                     Some(ob) if Self::push_message(&ob, &message).is_ok() => {
                         self.count_delivery(conn, len);
                     }
-                    _ => tracing::debug!(conn = conn.0, "queued message for a connection that is gone"),
+                    _ => tracing::debug!(
+                        conn = conn.0,
+                        "queued message for a connection that is gone"
+                    ),
                 }
             }
             Action::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
@@ -222,9 +228,11 @@ impl ShardCtx {
             HubAction::Presence { client, online } => {
                 for shard in 0..self.shards {
                     if shard == self.index {
-                        self.devices
-                            .borrow_mut()
-                            .handle_client_presence(&client, online, Instant::now());
+                        self.devices.borrow_mut().handle_client_presence(
+                            &client,
+                            online,
+                            Instant::now(),
+                        );
                     } else {
                         let client = client.clone();
                         self.send(shard, ShardMsg::ClientPresence { client, online });
@@ -345,7 +353,10 @@ impl ShardCtx {
         );
         std::future::poll_fn(|cx| {
             let mut queries = self.queries.borrow_mut();
-            let done = queries.get(&query).map(|q| q.remaining == 0).unwrap_or(true);
+            let done = queries
+                .get(&query)
+                .map(|q| q.remaining == 0)
+                .unwrap_or(true);
             if done {
                 let q = queries.remove(&query);
                 std::task::Poll::Ready(q.map(|q| q.presence).unwrap_or_default())
@@ -363,7 +374,13 @@ impl ShardCtx {
         let state = self.devices.borrow();
         devices
             .iter()
-            .map(|d| (d.clone(), state.device_online(d), state.claimed_by(d).cloned()))
+            .map(|d| {
+                (
+                    d.clone(),
+                    state.device_online(d),
+                    state.claimed_by(d).cloned(),
+                )
+            })
             .collect()
     }
 
@@ -611,7 +628,7 @@ pub(crate) async fn run_shard(
         metrics: shared.shard_metrics[index].clone(),
         devices: RefCell::new(DeviceShard::new(
             SessionKeyring::new(shared.keyring_key),
-            cfg.relay_limits.clone(),
+            cfg.relay_limits,
         )),
         hub: RefCell::new(ClientHub::new()),
         conns: RefCell::new(HashMap::new()),
@@ -667,7 +684,11 @@ pub(crate) async fn run_shard(
         None
     };
     let _ = ready.send(Ok(()));
-    let relay_task = glommio::spawn_local(super::accept::accept_loop(ctx.clone(), relay_listener, false));
+    let relay_task = glommio::spawn_local(super::accept::accept_loop(
+        ctx.clone(),
+        relay_listener,
+        false,
+    ));
     let admin_task = admin_listener
         .map(|l| glommio::spawn_local(super::accept::accept_loop(ctx.clone(), l, true)));
     // The tick: timers of the relay state, pings, idle timeouts, token expiry, drain.

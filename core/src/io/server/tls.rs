@@ -69,9 +69,8 @@ fn build(cert: &Path, key: &Path) -> std::io::Result<rustls::ServerConfig> {
 }
 
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::open(path).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
-    })
+    std::fs::File::open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))
 }
 
 fn bad(path: &Path, what: &str) -> std::io::Error {
