@@ -1,7 +1,7 @@
 //! Plain HTTP endpoints: the OAuth2 token endpoint (§1) on the relay listener, and the
 //! admin listener's provisioning API (§9), `/metrics` and `/healthz`.
 
-use super::accept::{answer_and_close, refuse_unreadable};
+use super::accept::refuse_unreadable;
 use super::shard::{ShardCtx, ShardMsg};
 use crate::admin::{
     AdminEffect, DevicePresence, NoPresence, Presence, TokenEndpoint, TokenRequest,
@@ -124,6 +124,11 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
         ("GET", "/healthz") => {
             return http_response(HttpStatus::OK, &keep, Some("text/plain"), b"ok\n");
         }
+        ("GET", "/demo") | ("GET", "/demo/") | ("GET", "/demo/index.html") => {
+            // The browser POS (PROTOCOL.md §7: bearer token as a subprotocol).
+            let page = include_bytes!("demo/index.html");
+            return http_response(HttpStatus::OK, &keep, Some("text/html; charset=utf-8"), page);
+        }
         ("GET", "/metrics") => {
             let mut text = ctx.shared.metrics.render();
             super::metrics::render(&ctx.shared.shard_metrics, &mut text);
@@ -221,9 +226,4 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
         content_type,
         &response.body,
     )
-}
-
-#[allow(dead_code)]
-async fn unused(transport: Transport) {
-    answer_and_close(transport, b"").await
 }
