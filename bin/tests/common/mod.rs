@@ -1384,3 +1384,78 @@ pub fn wait_for<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Opti
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A connected device and POS (the seed 001 flow)
+// ---------------------------------------------------------------------------------------
+
+/// A device and a POS joined through the relay: registration, device connection, access
+/// token, control channel, claim and session.
+pub struct Pair {
+    /// The connected device.
+    pub device: Device,
+    /// The POS control channel.
+    pub pos: Pos,
+    /// The POS session (data path).
+    pub session: Ws,
+    /// The POS's access token.
+    pub token: String,
+    /// The claimed answer.
+    pub session_id: String,
+    /// `session_url` of the claimed answer.
+    pub session_url: String,
+}
+
+impl Pair {
+    /// Runs steps 1–9 of seed 001 for `tsn` with `creds` (device and POS share them, as a
+    /// terminal carries its POS client's credentials).
+    pub fn connect(relay: &Relay, domain: &str, tsn: &str, creds: &Creds) -> Pair {
+        let device = Device::register_and_connect(relay, tsn, creds);
+        let token = relay.token(domain, creds);
+        let mut pos = Pos::control(relay, &token);
+        let (session_id, session_url) = pos.claim_ok(tsn);
+        assert_eq!(
+            session_id, device.reg.session_id,
+            "the claim names the device's session"
+        );
+        let session = Pos::session(relay, &session_url, &token);
+        Pair {
+            device,
+            pos,
+            session,
+            token,
+            session_id,
+            session_url,
+        }
+    }
+}
+
+/// A text payload of exactly `n` UTF-8 bytes (multi-byte characters included when it fits),
+/// distinct per `seed`.
+pub fn text_payload(n: usize, seed: u64) -> String {
+    let mut s = String::with_capacity(n);
+    if n >= 3 {
+        s.push('€');
+    }
+    let mut i = seed;
+    while s.len() < n {
+        s.push((b'a' + (i % 26) as u8) as char);
+        i += 1;
+    }
+    s
+}
+
+/// A binary payload of exactly `n` pseudo-random bytes, distinct per `seed`.
+pub fn binary_payload(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
