@@ -1032,6 +1032,15 @@ impl Pos {
         }
     }
 
+    /// Wraps a control channel opened some other way (custom headers, subprotocols).
+    pub fn control_from(ws: Ws) -> Pos {
+        Pos {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 0,
+        }
+    }
+
     /// Opens a POS session (§5) with `Authorization: Bearer`.
     pub fn session(relay: &Relay, session_url: &str, token: &str) -> Ws {
         relay.ws_bearer(session_url, token)
