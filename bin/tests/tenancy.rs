@@ -774,3 +774,31 @@ fn provisioning_and_signing_key_survive_kill_9() {
     let _device = Device::register_and_connect(&relay, TSN, &creds);
     let (_sid, _url) = pos.claim_ok(TSN);
 }
+
+#[test]
+fn http_connections_are_reusable_unless_closed() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let form = "grant_type=client_credentials";
+    let token_req = |auth: &str| {
+        format!(
+            "POST /oauth2/v1/acme/token HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+    };
+    let good = token_req(&basic_auth(&creds.client_id, &creds.client_secret));
+    let bad = token_req(&basic_auth(&creds.client_id, "wrong"));
+    let statuses = assert_connection_semantics(relay.relay_addr, good.as_bytes(), "token 200");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let statuses = assert_connection_semantics(relay.relay_addr, bad.as_bytes(), "token 401");
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let admin = format!(
+        "GET /admin/v1/domains/acme/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        relay.admin_token
+    );
+    let statuses = assert_connection_semantics(relay.admin_addr, admin.as_bytes(), "admin list");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let health = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let statuses = assert_connection_semantics(relay.admin_addr, health.as_bytes(), "healthz");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}

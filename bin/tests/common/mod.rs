@@ -276,6 +276,7 @@ impl Relay {
         self.http = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(10))
             .redirects(0)
+            .max_idle_connections(0)
             .tls_config(config.clone())
             .build();
         self.client_tls = Some(config);
@@ -566,10 +567,14 @@ impl Drop for Relay {
     }
 }
 
+/// One connection per request: connection reuse is tested on its own
+/// (tenancy.rs `http_connections_are_reusable_unless_closed`), so a keep-alive bug fails that
+/// test instead of whichever test happens to reuse a connection.
 fn plain_agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
         .redirects(0)
+        .max_idle_connections(0)
         .build()
 }
 
@@ -1207,6 +1212,51 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> RawResp {
     // The relay may answer (and close) before reading all of a huge request.
     let _ = s.write_all(request);
     read_head(&mut s)
+}
+
+/// Reads the body of `resp` (by Content-Length; empty without one) from `s`.
+pub fn read_body(s: &mut TcpStream, resp: &RawResp) -> Vec<u8> {
+    let len: usize = resp
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("read response body");
+    body
+}
+
+/// RFC 9112 §9.3/§9.6: after a response without `Connection: close` the connection stays
+/// usable for another request; after one with it, the server closes. Sends `request` twice
+/// on one connection and asserts whichever the first answer announced; returns both statuses.
+pub fn assert_connection_semantics(addr: SocketAddr, request: &[u8], what: &str) -> Vec<u16> {
+    let mut s = raw_connect(addr);
+    s.write_all(request).expect("write request");
+    let first = read_head(&mut s);
+    read_body(&mut s, &first);
+    let closes = first
+        .header("connection")
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    if closes {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(
+            rest.is_empty(),
+            "{what}: bytes after a Connection: close answer"
+        );
+        return vec![first.status];
+    }
+    let write = s.write_all(request);
+    let mut probe = [0u8; 1];
+    let peeked = s.peek(&mut probe);
+    assert!(
+        write.is_ok() && matches!(peeked, Ok(1)),
+        "{what}: answer {} had no `Connection: close` but the connection was closed \
+         (RFC 9112 §9.6: a server that closes must say so); head {:?}",
+        first.status,
+        first.head
+    );
+    let second = read_head(&mut s);
+    vec![first.status, second.status]
 }
 
 /// Reads an HTTP response head from `s`.
