@@ -476,13 +476,15 @@ fn device_frames_wait_for_the_claim_holders_session() {
 
 #[test]
 fn pos_connections_close_4401_when_the_access_token_expires_but_devices_stay() {
-    let relay = Relay::start(&["--access-token-ttl", "2s"]);
+    // Long enough for the pair to be set up on a loaded machine (JWT times are whole
+    // seconds, so a token may live up to a second less than its TTL).
+    let relay = Relay::start(&["--access-token-ttl", "5s"]);
     let creds = relay.provision("acme", "s1", &[TSN]);
     let mut pair = Pair::connect(&relay, "acme", TSN, &creds);
-    // Both POS connections close with 4401 (within the read timeout after ~2 s).
+    // Both POS connections close with 4401 (within the read timeout, about 5 s in).
     let mut codes = Vec::new();
     for ws in [&mut pair.pos.ws, &mut pair.session] {
-        set_read_timeout(ws, Some(Duration::from_secs(8)));
+        set_read_timeout(ws, Some(Duration::from_secs(12)));
         codes.push(expect_close(ws));
     }
     assert_eq!(codes, [4401, 4401], "§5: token expired");

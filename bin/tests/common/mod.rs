@@ -475,6 +475,7 @@ impl Relay {
     /// Opens a WebSocket to `url` (connecting to this relay's address whatever the host in
     /// `url`), with extra request headers. Err carries a non-101 answer as
     /// `tungstenite::Error::Http`.
+    #[allow(clippy::result_large_err)] // tungstenite's own error type, as tungstenite returns it
     pub fn ws_connect(
         &self,
         url: &str,
