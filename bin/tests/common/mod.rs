@@ -844,6 +844,25 @@ pub fn try_recv(ws: &mut Ws, wait: Duration) -> Option<Message> {
     result
 }
 
+/// Waits up to `wait` for any message including ping/pong; `None` if nothing came.
+pub fn try_recv_any(ws: &mut Ws, wait: Duration) -> Option<Message> {
+    set_read_timeout(ws, Some(wait));
+    let result = match ws.read() {
+        Ok(m) => Some(m),
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("read failed: {}", describe_ws_error(&e)),
+    };
+    set_read_timeout(ws, Some(IO_TIMEOUT));
+    result
+}
+
 /// Sets the read timeout of the socket under `ws`.
 pub fn set_read_timeout(ws: &mut Ws, t: Option<Duration>) {
     tcp_of(ws).set_read_timeout(t).expect("set_read_timeout");
