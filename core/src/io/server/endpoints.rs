@@ -92,6 +92,10 @@ pub(crate) async fn token(
     }
     let mut headers = response.headers.clone();
     headers.push(connection);
+    // A browser POS (PROTOCOL.md §7) served from the admin listener is another origin:
+    // it can read the answer only with CORS. `*` is safe: the answer depends only on the
+    // credentials sent in the request body, never on cookies or other ambient authority.
+    headers.push(("Access-Control-Allow-Origin", "*"));
     let answer = http_response(
         HttpStatus(response.status),
         &headers,
