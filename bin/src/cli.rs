@@ -1,4 +1,4 @@
-//! The command line: `posrelay serve`, `posrelay echo`.
+//! The command line: `posrelay serve`, `echo`, `demo`, `device-sim`, `pos-sim`, `admin`.
 
 use crate::config::ServeArgs;
 use crate::logging::{self, LogFormat};
@@ -22,6 +22,10 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run an RFC 6455 echo server on the protocol core (for conformance tests).
     Echo(EchoArgs),
+    /// Simulate a payment terminal: register, answer requests, reconnect with backoff.
+    DeviceSim(crate::sim::device::DeviceSimArgs),
+    /// Simulate a POS: get a token, claim a terminal, send messages, print replies.
+    PosSim(crate::sim::pos::PosSimArgs),
 }
 
 /// Flags of `posrelay echo`.
@@ -50,6 +54,14 @@ impl Cli {
             Command::Echo(args) => {
                 logging::init(LogFormat::Text);
                 run_echo(args)
+            }
+            Command::DeviceSim(args) => {
+                logging::init(LogFormat::Text);
+                crate::sim::device::run(args)
+            }
+            Command::PosSim(args) => {
+                logging::init(LogFormat::Text);
+                crate::sim::pos::run(args)
             }
         }
     }
