@@ -22,6 +22,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run an RFC 6455 echo server on the protocol core (for conformance tests).
     Echo(EchoArgs),
+    /// Try it: a relay, two simulated terminals and a POS through the whole flow, then keep serving.
+    Demo(Box<crate::demo::DemoArgs>),
     /// Simulate a payment terminal: register, answer requests, reconnect with backoff.
     DeviceSim(crate::sim::device::DeviceSimArgs),
     /// Simulate a POS: get a token, claim a terminal, send messages, print replies.
@@ -55,6 +57,7 @@ impl Cli {
                 logging::init(LogFormat::Text);
                 run_echo(args)
             }
+            Command::Demo(args) => crate::demo::run(*args),
             Command::DeviceSim(args) => {
                 logging::init(LogFormat::Text);
                 crate::sim::device::run(args)
