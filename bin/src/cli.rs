@@ -28,6 +28,8 @@ enum Command {
     DeviceSim(crate::sim::device::DeviceSimArgs),
     /// Simulate a POS: get a token, claim a terminal, send messages, print replies.
     PosSim(crate::sim::pos::PosSimArgs),
+    /// Provision from the command line: domains, stores, POS clients, terminals.
+    Admin(crate::admin_cli::AdminArgs),
 }
 
 /// Flags of `posrelay echo`.
@@ -66,6 +68,7 @@ impl Cli {
                 logging::init(LogFormat::Text);
                 crate::sim::pos::run(args)
             }
+            Command::Admin(args) => crate::admin_cli::run(args),
         }
     }
 }

@@ -135,12 +135,6 @@ pub struct DeviceRow {
     /// The store it belongs to.
     #[serde(default)]
     pub store: String,
-    /// Terminal make, when the relay reports it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub make: Option<String>,
-    /// Terminal model, when the relay reports it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
     /// Whether it may register.
     pub enabled: bool,
     /// Whether its connection is open now.

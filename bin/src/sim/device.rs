@@ -27,7 +27,12 @@ pub struct DeviceSimArgs {
     #[arg(long, value_name = "TSN", required = true)]
     pub tsn: Vec<String>,
     /// Client id the terminal registers with (its custom_registration_data)
-    #[arg(long, env = "POSRELAY_CLIENT_ID", value_name = "ID")]
+    #[arg(
+        long,
+        env = "POSRELAY_CLIENT_ID",
+        hide_env_values = true,
+        value_name = "ID"
+    )]
     pub client_id: String,
     /// Client secret the terminal registers with
     #[arg(

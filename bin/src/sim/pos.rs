@@ -26,7 +26,12 @@ pub struct PosSimArgs {
     #[arg(long, value_name = "DOMAIN")]
     pub domain: String,
     /// POS client id
-    #[arg(long, env = "POSRELAY_CLIENT_ID", value_name = "ID")]
+    #[arg(
+        long,
+        env = "POSRELAY_CLIENT_ID",
+        hide_env_values = true,
+        value_name = "ID"
+    )]
     pub client_id: String,
     /// POS client secret
     #[arg(
