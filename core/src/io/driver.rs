@@ -53,7 +53,12 @@ impl ConnDriver {
     /// Takes over a socket after its handshake; `leftover` are bytes already read.
     pub fn new(transport: Transport, leftover: BytesMut, outbox: OutboxRef) -> ConnDriver {
         let sock = match transport {
-            Transport::Plain(s) => Sock::Plain(s),
+            Transport::Plain(s) => {
+                outbox
+                    .borrow_mut()
+                    .set_fd(std::os::fd::AsRawFd::as_raw_fd(&s));
+                Sock::Plain(s)
+            }
             Transport::Tls(t) => {
                 let (stream, conn) = t.into_parts();
                 Sock::Tls(Box::new(TlsSock {

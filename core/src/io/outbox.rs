@@ -6,7 +6,7 @@
 //! than its limit, senders wait for room before reading more from their own peer:
 //! backpressure instead of unbounded buffering (PROTOCOL.md §6).
 
-use crate::proto::HeaderBuf;
+use crate::proto::{FrameHeader, HeaderBuf, Message, OpCode};
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -69,6 +69,10 @@ pub struct Outbox {
     room_waiters: Vec<Waker>,
     closed: bool,
     requests: ConnRequests,
+    /// The plain-TCP socket to write to directly (the fast path), while the connection is
+    /// open: set by the connection's driver, cleared by [`Outbox::close`] before the
+    /// socket is dropped.
+    fd: Option<std::os::fd::RawFd>,
     /// When the peer last sent anything (idle timeout, pings).
     pub last_rx: std::time::Instant,
     /// Frames written since the connection opened.
@@ -99,6 +103,7 @@ impl Outbox {
             room_waiters: Vec::new(),
             closed: false,
             requests: ConnRequests::default(),
+            fd: None,
             last_rx: std::time::Instant::now(),
             frames_written: 0,
         }))
@@ -113,6 +118,27 @@ impl Outbox {
         self.frames.push_back(frame);
         if let Some(w) = self.writer.take() {
             w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a relayed message as its original frames: a fresh server header plus the
+    /// same payload bytes for each fragment (RFC 6455 §5.4: boundaries kept; never copied).
+    pub fn push_message(&mut self, message: &Message) -> Result<(), PushError> {
+        let first: OpCode = message.kind.into();
+        let parts = message.payload.as_slice();
+        if parts.is_empty() {
+            return self.push(OutFrame::data(
+                server_header(first, true, 0),
+                Bytes::new(),
+                true,
+            ));
+        }
+        let last = parts.len() - 1;
+        for (i, part) in parts.iter().enumerate() {
+            let opcode = if i == 0 { first } else { OpCode::Continuation };
+            let header = server_header(opcode, i == last, part.len());
+            self.push(OutFrame::data(header, part.clone(), i == last))?;
         }
         Ok(())
     }
@@ -181,12 +207,36 @@ impl Outbox {
     /// Returns the frames that were never written, for the caller to report.
     pub fn close(&mut self) -> Vec<OutFrame> {
         self.closed = true;
+        self.fd = None;
         self.queued_bytes = 0;
         self.front_written = 0;
         for w in self.room_waiters.drain(..) {
             w.wake();
         }
         self.frames.drain(..).collect()
+    }
+
+    /// Lets senders write straight to this plain-TCP socket (see [`Outbox::write_now`]).
+    pub fn set_fd(&mut self, fd: std::os::fd::RawFd) {
+        if !self.closed {
+            self.fd = Some(fd);
+        }
+    }
+
+    /// The fast path: writes what is queued right now, from the sender's task, with one
+    /// non-blocking `sendmsg`, so the payload is released before the sender reads again
+    /// (its read buffer is then reused in place). What the socket does not take stays
+    /// queued for the connection's own task, which a push has already woken.
+    pub fn write_now(&mut self) {
+        let Some(fd) = self.fd else { return };
+        while !self.frames.is_empty() {
+            let mut slices = [std::io::IoSlice::new(&[]); 16];
+            let n = self.gather(&mut slices);
+            match super::transport::send_vectored_fd(fd, &slices[..n]) {
+                Ok(written) if written > 0 => self.advance(written),
+                _ => return,
+            }
+        }
     }
 
     /// Whether [`Outbox::close`] was called.
@@ -243,6 +293,17 @@ impl Outbox {
             }
         }
     }
+}
+
+/// An unmasked (server) frame header.
+fn server_header(opcode: OpCode, fin: bool, len: usize) -> HeaderBuf {
+    FrameHeader {
+        fin,
+        opcode,
+        mask: None,
+        payload_len: len as u64,
+    }
+    .encode()
 }
 
 #[cfg(test)]

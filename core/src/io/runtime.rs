@@ -20,6 +20,8 @@ pub struct RuntimeConfig {
     pub io_memory: usize,
     /// Pin each shard to its own CPU (MaxSpread) when there are enough CPUs.
     pub pin: bool,
+    /// Run on each shard's thread before it starts serving (tests mark shard threads).
+    pub on_shard_start: Option<fn()>,
 }
 
 impl Default for RuntimeConfig {
@@ -28,6 +30,7 @@ impl Default for RuntimeConfig {
             shards: available_cores(),
             io_memory: 512 * 1024,
             pin: true,
+            on_shard_start: None,
         }
     }
 }
@@ -86,7 +89,15 @@ where
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(config.io_memory)
         .name("posrelay-shard")
-        .on_all_shards(fut_gen)
+        .on_all_shards({
+            let hook = config.on_shard_start;
+            move || {
+                if let Some(hook) = hook {
+                    hook();
+                }
+                fut_gen()
+            }
+        })
         .map_err(|e| io::Error::other(e.to_string()))?;
     let mut out = Vec::with_capacity(shards);
     for result in handles.join_all() {

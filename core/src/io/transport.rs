@@ -147,12 +147,21 @@ async fn write_all_plain(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<
 }
 
 /// One non-blocking `sendmsg(2)` of `parts` (`MSG_DONTWAIT | MSG_NOSIGNAL`).
-#[allow(unsafe_code)]
 pub fn send_vectored_nonblocking(stream: &TcpStream, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: the descriptor belongs to `stream`, which is borrowed for the whole
-    // lifetime of `fd`; nothing closes it meanwhile. Differential test:
+    send_vectored_fd(stream.as_raw_fd(), parts)
+}
+
+/// One non-blocking `sendmsg(2)` on a descriptor the caller keeps open for the call.
+///
+/// Callers: [`send_vectored_nonblocking`] (the descriptor of a borrowed stream) and
+/// `Outbox::write_now` (a descriptor registered by the connection's driver and cleared
+/// by `Outbox::close` before the socket is dropped).
+#[allow(unsafe_code)]
+pub fn send_vectored_fd(fd: std::os::fd::RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: both callers guarantee `fd` is an open socket for the duration of this
+    // call (see above); the borrow does not outlive it. Differential test:
     // `tests::vectored_fast_path_writes_the_same_bytes`.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd)
         .send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }

@@ -127,7 +127,12 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
         ("GET", "/demo") | ("GET", "/demo/") | ("GET", "/demo/index.html") => {
             // The browser POS (PROTOCOL.md §7: bearer token as a subprotocol).
             let page = include_bytes!("demo/index.html");
-            return http_response(HttpStatus::OK, &keep, Some("text/html; charset=utf-8"), page);
+            return http_response(
+                HttpStatus::OK,
+                &keep,
+                Some("text/html; charset=utf-8"),
+                page,
+            );
         }
         ("GET", "/metrics") => {
             let mut text = ctx.shared.metrics.render();

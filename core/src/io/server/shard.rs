@@ -8,8 +8,8 @@ use super::metrics::{ConnRole, ShardMetrics};
 use super::Shared;
 use crate::control::{event, RequestId};
 use crate::ids::{ClientKey, DeviceKey, Serial};
-use crate::io::outbox::{OutFrame, OutboxRef};
-use crate::proto::{FrameHeader, HeaderBuf, Message, OpCode, Payload};
+use crate::io::outbox::OutboxRef;
+use crate::proto::{Message, Payload};
 use crate::relay::{
     client_shard, owner_shard, Action, ClaimError, ClaimGranted, ClientEventKind, ClientHub,
     ConnId, Count, DeviceShard, HubAction, SessionKeyring,
@@ -136,26 +136,9 @@ impl ShardCtx {
         self.conns.borrow().get(&id).map(|e| e.outbox.clone())
     }
 
-    /// Queues a data message on `outbox` as its original frames: a fresh server header
-    /// plus the same payload bytes for each fragment (never copied).
+    /// Queues a data message on `outbox` (see [`crate::io::outbox::Outbox::push_message`]).
     pub fn push_message(outbox: &OutboxRef, message: &Message) -> Result<(), ()> {
-        let mut ob = outbox.borrow_mut();
-        let first: OpCode = message.kind.into();
-        let parts = message.payload.as_slice();
-        if parts.is_empty() {
-            let header = data_header(first, true, 0);
-            return ob
-                .push(OutFrame::data(header, Bytes::new(), true))
-                .map_err(|_| ());
-        }
-        let last = parts.len() - 1;
-        for (i, part) in parts.iter().enumerate() {
-            let opcode = if i == 0 { first } else { OpCode::Continuation };
-            let header = data_header(opcode, i == last, part.len());
-            ob.push(OutFrame::data(header, part.clone(), i == last))
-                .map_err(|_| ())?;
-        }
-        Ok(())
+        outbox.borrow_mut().push_message(message).map_err(|_| ())
     }
 
     /// Queues a text message (control-channel JSON) on a connection, if it is still open.
@@ -586,16 +569,6 @@ impl ShardCtx {
     }
 }
 
-fn data_header(opcode: OpCode, fin: bool, len: usize) -> HeaderBuf {
-    FrameHeader {
-        fin,
-        opcode,
-        mask: None,
-        payload_len: len as u64,
-    }
-    .encode()
-}
-
 /// Runs one shard: joins the mesh, binds the listeners, serves until drained.
 pub(crate) async fn run_shard(
     shared: Arc<Shared>,
@@ -693,8 +666,11 @@ pub(crate) async fn run_shard(
         .map(|l| glommio::spawn_local(super::accept::accept_loop(ctx.clone(), l, true)));
     // The tick: timers of the relay state, pings, idle timeouts, token expiry, drain.
     let tick = Duration::from_millis(250);
+    // One timer, reset each round: the tick allocates nothing once running.
+    let mut timer = glommio::timer::Timer::new(tick);
     loop {
-        glommio::timer::sleep(tick).await;
+        (&mut timer).await;
+        timer.reset(tick);
         ctx.tick();
         if index == 0 {
             shared.maybe_reload_tls();

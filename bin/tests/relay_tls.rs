@@ -1,0 +1,81 @@
+//! Issue "relay node": the whole flow over TLS (`--tls-cert`/`--tls-key`): the token over
+//! https, registration, device connection, claim, session and an exchange over wss, with a
+//! certificate generated for the test and trusted by the clients (and nothing else).
+
+mod common;
+
+use common::*;
+use tungstenite::Message;
+
+const TSN: &str = "12345678";
+
+#[test]
+fn the_seed_001_flow_runs_over_tls() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("generate a self-signed certificate");
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+
+    let mut relay = Relay::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    assert!(relay.tls, "with TLS the readiness line says wss://");
+    relay.trust(cert.cert.der().to_vec());
+    let creds = relay.provision("acme", "s1", &[TSN]);
+
+    // §1 over https.
+    let token = relay.token("acme", &creds);
+    // §2 over wss; the URLs handed out say wss:// (§7a).
+    let reg = register(&relay, TSN, &creds);
+    assert_eq!(
+        reg.connection_url,
+        format!(
+            "wss://{}/cloud-connector/v1/device-connection/{}",
+            relay.relay_addr, reg.session_id
+        )
+    );
+    let mut device = Device::connect(&relay, reg);
+    let mut pos = Pos::control(&relay, &token);
+    let (sid, session_url) = pos.claim_ok(TSN);
+    assert_eq!(
+        session_url,
+        format!(
+            "wss://{}/cloud-connector/v1/session/{sid}",
+            relay.relay_addr
+        )
+    );
+    let mut session = Pos::session(&relay, &session_url, &token);
+
+    let request = "<TRANSACTION><FUNCTION_TYPE>PAYMENT</FUNCTION_TYPE><COMMAND>CAPTURE</COMMAND><TRANS_AMOUNT>1.00</TRANS_AMOUNT></TRANSACTION>";
+    send_text(&mut session, request);
+    match device.recv() {
+        Message::Text(t) => assert_eq!(t, request),
+        other => panic!("device got {}", show(&other)),
+    }
+    let blob = binary_payload(100_000, 42);
+    device.send_binary(&blob);
+    match recv(&mut session) {
+        Message::Binary(b) => assert!(b == blob, "binary over wss byte-exact"),
+        other => panic!("POS got {}", show(&other)),
+    }
+
+    // A plaintext request to the TLS listener is not served as HTTP.
+    let mut plain = raw_connect(relay.relay_addr);
+    use std::io::{Read, Write};
+    plain
+        .write_all(&upgrade_request(DEVICE_LISTENER, &[]))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    assert!(
+        !buf[..n].starts_with(b"HTTP/1.1 101"),
+        "plaintext upgraded on a TLS listener"
+    );
+}
