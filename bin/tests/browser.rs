@@ -6,6 +6,9 @@
 //!
 //! Needs Debian's Chromium: `apt-get install -y chromium`.
 
+mod common;
+
+use common::Relay;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -15,7 +18,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-const ADMIN_TOKEN: &str = "browser-test-admin-token";
 
 /// A child process killed when the test ends, pass or fail.
 struct Killed(Child);
@@ -46,7 +48,11 @@ fn spawn_lines(mut cmd: Command) -> (Killed, mpsc::Receiver<String>) {
     (Killed(child), rx)
 }
 
-fn wait_line(rx: &mpsc::Receiver<String>, what: &str, mut pred: impl FnMut(&str) -> bool) -> String {
+fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    mut pred: impl FnMut(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -56,14 +62,6 @@ fn wait_line(rx: &mpsc::Receiver<String>, what: &str, mut pred: impl FnMut(&str)
             Err(_) => panic!("{what}: not seen within 30 s"),
         }
     }
-}
-
-fn admin_post(admin: &str, path: &str, body: Value) -> Value {
-    let resp = ureq::post(&format!("{admin}{path}"))
-        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-        .send_string(&body.to_string())
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    serde_json::from_str(&resp.into_string().unwrap()).unwrap_or(Value::Null)
 }
 
 /// A CDP session on one page target.
@@ -158,7 +156,10 @@ fn chromium(profile: &Path) -> (Killed, Cdp) {
                 break p;
             }
         }
-        assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+        assert!(
+            Instant::now() < deadline,
+            "chromium did not open its DevTools port"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -194,41 +195,14 @@ fn target_dir() -> PathBuf {
 
 #[test]
 fn browser_pos_claims_a_terminal_and_exchanges_messages() {
-    let dir = std::env::temp_dir().join(format!("posrelay-browser-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let bin = env!("CARGO_BIN_EXE_posrelay");
 
-    // The relay.
-    let mut serve = Command::new(bin);
-    serve
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--shards", "2", "--data-dir"])
-        .arg(dir.join("data"))
-        .env("POSRELAY_ADMIN_TOKEN", ADMIN_TOKEN);
-    let (_relay, lines) = spawn_lines(serve);
-    let relay = wait_line(&lines, "relay readiness", |l| l.starts_with("relay listening on "))
-        .trim_start_matches("relay listening on ")
-        .to_owned();
-    let admin = wait_line(&lines, "admin readiness", |l| l.starts_with("admin listening on "))
-        .trim_start_matches("admin listening on ")
-        .to_owned();
-
-    // A tenant, a POS client and a terminal.
-    admin_post(&admin, "/admin/v1/domains", json!({ "domain": "demo" }));
-    admin_post(
-        &admin,
-        "/admin/v1/domains/demo/stores",
-        json!({ "store": "s1", "merchant": "m1" }),
-    );
-    let creds = admin_post(&admin, "/admin/v1/domains/demo/clients", json!({ "store": "s1" }));
-    let client_id = creds["client_id"].as_str().unwrap().to_owned();
-    let client_secret = creds["client_secret"].as_str().unwrap().to_owned();
-    admin_post(
-        &admin,
-        "/admin/v1/domains/demo/devices",
-        json!({ "tsn": "10000001", "make": "verifone", "model": "p400", "store": "s1" }),
-    );
+    // The relay, a tenant, a POS client and a terminal.
+    let relay_proc = Relay::start(&[]);
+    let relay = relay_proc.ws_url("");
+    let admin = relay_proc.admin_url("");
+    let creds = relay_proc.provision("demo", "s1", &["10000001"]);
+    let (client_id, client_secret) = (creds.client_id.clone(), creds.client_secret.clone());
 
     // The terminal: posrelay device-sim.
     let mut device = Command::new(bin);
@@ -237,12 +211,15 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
         .env("POSRELAY_CLIENT_ID", &client_id)
         .env("POSRELAY_CLIENT_SECRET", &client_secret);
     let (_device, device_lines) = spawn_lines(device);
-    wait_line(&device_lines, "device-sim online", |l| l.ends_with("] online"));
+    wait_line(&device_lines, "device-sim online", |l| {
+        l.ends_with("] online")
+    });
 
     // The page, in Chromium.
-    let (_chromium, mut cdp) = chromium(&dir.join("chromium-profile"));
+    let (_chromium, mut cdp) = chromium(&relay_proc.scratch().join("chromium-profile"));
     cdp.call("Page.enable", json!({}));
-    let page = format!("{admin}/demo/?relay={relay}&domain=demo&client_id={client_id}&tsn=10000001");
+    let page =
+        format!("{admin}/demo/?relay={relay}&domain=demo&client_id={client_id}&tsn=10000001");
     cdp.call("Page.navigate", json!({ "url": page }));
     cdp.wait_for(
         "document.readyState === 'complete' && !!document.getElementById('btn-connect')",
@@ -250,7 +227,10 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
         "page load",
     );
     assert_eq!(cdp.eval("document.title"), "posrelay browser POS");
-    assert_eq!(cdp.eval("document.getElementById('client_id').value"), client_id.as_str());
+    assert_eq!(
+        cdp.eval("document.getElementById('client_id').value"),
+        client_id.as_str()
+    );
 
     // A person types the secret and presses the button.
     cdp.eval("document.getElementById('client_secret').focus()");
@@ -263,7 +243,10 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
     );
     let status = cdp.eval("document.getElementById('status').textContent");
     assert!(
-        status.as_str().unwrap_or("").starts_with("Connected: terminal 10000001 claimed"),
+        status
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Connected: terminal 10000001 claimed"),
         "{status}"
     );
 
@@ -279,7 +262,10 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
     );
     let reply = cdp.eval("window.posrelayDemo.received[0]");
     assert!(
-        reply.as_str().unwrap_or("").contains("<RESPONSE_TEXT>Session Started</RESPONSE_TEXT>"),
+        reply
+            .as_str()
+            .unwrap_or("")
+            .contains("<RESPONSE_TEXT>Session Started</RESPONSE_TEXT>"),
         "{reply}"
     );
     cdp.eval(
@@ -291,11 +277,13 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
         "window.posrelayDemo.status",
         "echoed reply",
     );
-    assert_eq!(cdp.eval("window.posrelayDemo.received[1]"), "hello from the browser");
-    // The reply is on the page, in the log, as a received line.
-    let shown = cdp.eval(
-        "[...document.querySelectorAll('#log li.recv .d')].map(e => e.textContent)",
+    assert_eq!(
+        cdp.eval("window.posrelayDemo.received[1]"),
+        "hello from the browser"
     );
+    // The reply is on the page, in the log, as a received line.
+    let shown =
+        cdp.eval("[...document.querySelectorAll('#log li.recv .d')].map(e => e.textContent)");
     assert!(
         shown
             .as_array()
@@ -304,16 +292,8 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
     );
 
     // The admin API sees the claim.
-    let list: Value = serde_json::from_str(
-        &ureq::get(&format!("{admin}/admin/v1/domains/demo/devices"))
-            .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(list["devices"][0]["claimed_by"], client_id.as_str());
+    let devices = relay_proc.admin_devices("demo");
+    assert_eq!(devices[0]["claimed_by"], client_id.as_str());
 
     let shot = cdp.call("Page.captureScreenshot", json!({ "format": "png" }));
     use base64::Engine as _;
@@ -324,5 +304,4 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
     let path = target_dir().join("browser-demo.png");
     std::fs::write(&path, &png).unwrap();
     println!("screenshot: {}", path.display());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,9 @@
 //! must pass, the summary must say so, and a second run on the same directory (the
 //! tenant already provisioned) must pass too.
 
+mod common;
+
+use common::Relay;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -110,76 +113,11 @@ fn demo_passes_every_step_on_a_fresh_and_on_a_reused_data_dir() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A `posrelay serve` child with its two addresses.
-struct Relay {
-    child: std::process::Child,
-    relay: String,
-    admin: String,
-    stderr: std::process::ChildStderr,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_relay(data_dir: &std::path::Path, extra: &[&str]) -> Relay {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_posrelay"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--shards", "2", "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .env("POSRELAY_ADMIN_TOKEN", "test-admin-token")
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("posrelay serve starts");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut relay = None;
-    let mut admin = None;
-    while relay.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the readiness lines within 20 s");
-        if let Some(url) = line.strip_prefix("relay listening on ") {
-            relay = Some(url.to_owned());
-        } else if let Some(url) = line.strip_prefix("admin listening on ") {
-            admin = Some(url.to_owned());
-        }
-    }
-    Relay {
-        child,
-        relay: relay.unwrap(),
-        admin: admin.unwrap(),
-        stderr,
-    }
-}
-
-fn admin_cli(relay: &Relay, args: &[&str]) -> (bool, String, String) {
+fn admin_cli(relay: &Relay, token: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_posrelay"))
-        .args(["admin", "--admin-url", &relay.admin])
+        .args(["admin", "--admin-url", &relay.admin_url("")])
         .args(args)
-        .env("POSRELAY_ADMIN_TOKEN", "test-admin-token")
+        .env("POSRELAY_ADMIN_TOKEN", token)
         .output()
         .unwrap();
     (
@@ -191,11 +129,10 @@ fn admin_cli(relay: &Relay, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn admin_cli_provisions_lists_and_disables_with_tables_and_json() {
-    let dir = std::env::temp_dir().join(format!("posrelay-admin-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let relay = start_relay(&dir, &[]);
+    let relay = Relay::start(&[]);
+    let token = relay.admin_token.clone();
     let ok = |args: &[&str]| {
-        let (ok, out, err) = admin_cli(&relay, args);
+        let (ok, out, err) = admin_cli(&relay, &token, args);
         assert!(ok, "posrelay admin {args:?} failed: {err}");
         out
     };
@@ -259,59 +196,32 @@ fn admin_cli_provisions_lists_and_disables_with_tables_and_json() {
     assert_eq!(list["devices"][0]["enabled"], false);
     assert_eq!(list["devices"][0]["online"], false);
 
-    // Errors: the relay's reason, a non-zero exit.
-    let (ok_, _, err) = admin_cli(&relay, &["create-domain", "acme"]);
+    // Errors: the relay's reason on stderr, a non-zero exit.
+    let (ok_, _, err) = admin_cli(&relay, &token, &["create-domain", "acme"]);
     assert!(!ok_ && err.contains("409"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_posrelay"))
-        .args([
-            "admin",
-            "--admin-url",
-            &relay.admin,
-            "list-devices",
-            "--domain",
-            "acme",
-        ])
-        .env("POSRELAY_ADMIN_TOKEN", "wrong")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
-    drop(relay);
-    let _ = std::fs::remove_dir_all(&dir);
+    let (ok_, _, err) = admin_cli(&relay, "wrong", &["list-devices", "--domain", "acme"]);
+    assert!(!ok_ && err.contains("401"), "{err}");
 }
 
 #[test]
 fn log_format_json_gives_json_lines_on_stderr() {
-    use std::io::Read;
-    let dir = std::env::temp_dir().join(format!("posrelay-json-logs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut relay = start_relay(&dir, &["--log-format", "json"]);
-    // Something to log: a refused admin call, then a graceful stop.
-    let _ = Command::new(env!("CARGO_BIN_EXE_posrelay"))
-        .args([
-            "admin",
-            "--admin-url",
-            &relay.admin,
-            "list-devices",
-            "--domain",
-            "x",
-        ])
-        .env("POSRELAY_ADMIN_TOKEN", "wrong")
-        .output();
-    let _ = relay.relay.len();
-    let pid = relay.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    let exit = relay.child.wait().unwrap();
+    let mut relay = Relay::start(&["--log-format", "json"]);
+    // Something to log besides startup: a graceful stop.
+    let exit = relay.sigterm();
     assert!(exit.success(), "SIGTERM drains and exits 0: {exit:?}");
-    let mut err = String::new();
-    relay.stderr.read_to_string(&mut err).unwrap();
+    let err = relay.stderr_tail(10_000);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(!lines.is_empty(), "the relay logged nothing at info");
+    assert!(
+        lines.len() >= 2,
+        "the relay logged too little at info: {err}"
+    );
     for line in &lines {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        lines.iter().any(|l| l.contains("draining")),
+        "the drain is logged: {err}"
+    );
 }

@@ -304,6 +304,7 @@ impl WsClient {
     }
 
     /// The subprotocol the relay selected, if any.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn protocol(&self) -> Option<&str> {
         self.protocol.as_deref()
     }
@@ -323,13 +324,6 @@ impl WsClient {
         self.stream.write_all(&out)?;
         self.stream.flush()?;
         Ok(())
-    }
-
-    /// Sends a Ping (the relay answers with a Pong, which [`WsClient::recv`] skips).
-    pub fn ping(&mut self, payload: &[u8]) -> Result<(), WsError> {
-        self.check_open()?;
-        self.conn.send_ping(payload);
-        self.flush_control()
     }
 
     /// Waits up to `timeout` for the next data message; `Ok(None)` when none came.

@@ -6,7 +6,7 @@
 use crate::client::http::{agent, fetch_token};
 use crate::client::tls::client_config;
 use crate::client::url::WsUrl;
-use crate::client::ws::{ConnectOptions, WsClient, WsError};
+use crate::client::ws::{ConnectOptions, WsClient};
 use anyhow::Context;
 use posrelay_core::proto::MessageKind;
 use serde_json::{json, Value};
@@ -261,11 +261,6 @@ impl PosClient {
         Ok(WsClient::connect(&url, &opts).context("session")?)
     }
 
-    /// The relay listener this POS talks to.
-    pub fn relay(&self) -> &WsUrl {
-        &self.relay
-    }
-
     /// The next pushed event, waiting up to `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<ControlEvent>> {
         if let Some(e) = self.events.pop_front() {
@@ -281,8 +276,7 @@ impl PosClient {
         }
     }
 
-    /// Waits up to `timeout` for an event that `want` accepts; others are dropped
-    /// after being passed to `seen`.
+    /// Waits up to `timeout` for an event that `want` accepts; others are dropped.
     pub fn wait_event(
         &mut self,
         timeout: Duration,
@@ -484,11 +478,6 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-/// Whether an error is the relay closing a connection (for friendlier messages).
-pub fn is_closed(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<WsError>(), Some(WsError::Closed { .. }))
 }
 
 #[cfg(test)]
