@@ -258,7 +258,7 @@ impl PosClient {
             tls: self.tls.clone(),
             ..ConnectOptions::default()
         };
-        Ok(WsClient::connect(&url, &opts).context("session")?)
+        WsClient::connect(&url, &opts).context("session")
     }
 
     /// The next pushed event, waiting up to `timeout`.
