@@ -225,3 +225,114 @@ fn log_format_json_gives_json_lines_on_stderr() {
         "the drain is logged: {err}"
     );
 }
+
+/// The simulators against a `wss://` relay whose certificate only `--ca-file` vouches for:
+/// device-sim answers, pos-sim prints each reply; without `--ca-file` pos-sim refuses the
+/// unknown certificate.
+#[test]
+fn simulators_work_over_tls_with_a_ca_file() {
+    use std::io::{BufRead, BufReader};
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("generate a self-signed certificate");
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let mut relay = Relay::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    relay.trust(cert.cert.der().to_vec());
+    let creds = relay.provision("acme", "s1", &["12345678"]);
+    let url = relay.ws_url("");
+    assert!(url.starts_with("wss://"), "{url}");
+
+    /// Kills the simulator when the test ends, pass or fail.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut device = Command::new(env!("CARGO_BIN_EXE_posrelay"))
+        .args([
+            "device-sim",
+            "--relay",
+            &url,
+            "--tsn",
+            "ingenico-axium-12345678",
+        ])
+        .arg("--ca-file")
+        .arg(&cert_path)
+        .env("POSRELAY_CLIENT_ID", &creds.client_id)
+        .env("POSRELAY_CLIENT_SECRET", &creds.client_secret)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(Killed)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = device.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("device-sim goes online over wss");
+        if line == "[device ingenico-axium-12345678] online" {
+            break;
+        }
+    }
+
+    let input = dir.path().join("requests.txt");
+    std::fs::write(
+        &input,
+        "<TRANSACTION>\n<FUNCTION_TYPE>SESSION</FUNCTION_TYPE>\n<COMMAND>START</COMMAND>\n</TRANSACTION>\n\n{\"traceId\":\"t-1\",\"action\":\"heartbeat\",\"payload\":{}}\n",
+    )
+    .unwrap();
+    let pos = |ca: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posrelay"));
+        cmd.args([
+            "pos-sim", "--relay", &url, "--domain", "acme", "--tsn", "12345678",
+        ])
+        .args(["--split", "blank", "--input"])
+        .arg(&input)
+        .env("POSRELAY_CLIENT_ID", &creds.client_id)
+        .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
+        if ca {
+            cmd.arg("--ca-file").arg(&cert_path);
+        }
+        cmd.output().unwrap()
+    };
+    let out = pos(true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("claimed 12345678 (session "), "{stdout}");
+    assert!(
+        stdout.contains("< [1] reply in ")
+            && stdout.contains("<RESPONSE_TEXT>Session Started</RESPONSE_TEXT>"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"traceId\":\"t-1\""), "{stdout}");
+    assert!(
+        stdout.contains("done: 2 sent, 2 answered, 0 without reply"),
+        "{stdout}"
+    );
+
+    let out = pos(false);
+    assert!(!out.status.success(), "an unknown certificate is refused");
+    drop(device);
+}
