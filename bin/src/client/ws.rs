@@ -62,12 +62,12 @@ impl std::fmt::Debug for ConnectOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum WsError {
     /// No TCP connection to any address of the host.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         /// `host:port` as given.
         addr: String,
         /// The last connect error.
-        source: io::Error,
+        error: io::Error,
     },
     /// A `wss://` URL without a TLS configuration.
     #[error("wss:// needs a TLS configuration")]
@@ -109,6 +109,11 @@ pub enum WsError {
 }
 
 fn describe_close(code: Option<u16>, reason: &str) -> String {
+    let code_text = code.map_or("no status code".to_owned(), |c| c.to_string());
+    // The relay's own reason says it best; the code's meaning when it gave none.
+    if !reason.is_empty() {
+        return format!("{code_text}: {reason}");
+    }
     let meaning = match code {
         Some(1000) => "normal",
         Some(1001) => "relay shutting down",
@@ -121,20 +126,9 @@ fn describe_close(code: Option<u16>, reason: &str) -> String {
         Some(4001) => "claim released or lost",
         Some(4401) => "token expired",
         Some(4404) => "unknown session",
-        Some(_) => "",
-        None => "no status code",
+        _ => return code_text,
     };
-    let code = code.map(|c| c.to_string()).unwrap_or_default();
-    let mut out = [code.as_str(), meaning]
-        .iter()
-        .filter(|s| !s.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ");
-    if !reason.is_empty() {
-        out.push_str(&format!(": {reason}"));
-    }
-    out
+    format!("{code_text} {meaning}")
 }
 
 /// A received data message.
@@ -230,9 +224,9 @@ impl WsClient {
     pub fn connect(url: &WsUrl, opts: &ConnectOptions) -> Result<WsClient, WsError> {
         let addr = format!("{}:{}", url.host, url.port);
         let tcp =
-            connect_tcp(&url.host, url.port, opts.timeout).map_err(|source| WsError::Connect {
+            connect_tcp(&url.host, url.port, opts.timeout).map_err(|error| WsError::Connect {
                 addr: addr.clone(),
-                source,
+                error,
             })?;
         let _ = tcp.set_nodelay(true);
         tcp.set_write_timeout(Some(opts.timeout))?;
@@ -589,6 +583,10 @@ mod tests {
     fn close_reasons_are_readable() {
         assert_eq!(describe_close(Some(4401), ""), "4401 token expired");
         assert_eq!(describe_close(None, ""), "no status code");
-        assert_eq!(describe_close(Some(3000), "x"), "3000: x");
+        assert_eq!(describe_close(Some(3000), ""), "3000");
+        assert_eq!(
+            describe_close(Some(1001), "relay shutting down: reconnect"),
+            "1001: relay shutting down: reconnect"
+        );
     }
 }

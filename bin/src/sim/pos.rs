@@ -381,70 +381,76 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
     } else {
         MessageKind::Text
     };
+    // Input is read on its own thread, so that the connections keep answering the
+    // relay's pings (and show what the terminal sends unasked) while a person types.
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
+    let input = args.input.clone();
+    let split = args.split;
+    std::thread::spawn(move || {
+        if input.as_os_str() == "-" && split == Split::Lines {
+            use std::io::IsTerminal as _;
+            if std::io::stdin().is_terminal() {
+                eprintln!("type one message per line; Ctrl-D ends");
+            }
+            for line in std::io::stdin().lock().lines() {
+                let msg = line.map(|l| l.trim_end().to_owned()).map_err(Into::into);
+                if matches!(&msg, Ok(l) if l.trim().is_empty()) {
+                    continue;
+                }
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        } else {
+            let text = if input.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).map(|_| s)
+            } else {
+                std::fs::read_to_string(&input)
+            };
+            match text {
+                Ok(text) => {
+                    for msg in split_messages(&text, split) {
+                        if tx.send(Ok(msg)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(anyhow::Error::new(e)
+                            .context(format!("cannot read {}", input.display()))));
+                }
+            }
+        }
+    });
     let mut count = 0usize;
     let mut failed = 0usize;
-    let mut send_one =
-        |pos: &mut PosClient, session: &mut WsClient, msg: &str| -> anyhow::Result<()> {
-            count += 1;
-            let started = Instant::now();
-            session.send(kind, msg.as_bytes())?;
-            say(&format!("> [{count}] sent {} bytes", msg.len()));
-            loop {
-                while let Some(e) = pos.next_event(Duration::ZERO)? {
-                    say(&format!("  event: {}", describe_event(&e)));
-                }
-                match session.recv(Duration::from_millis(100).min(args.reply_timeout)) {
-                    Ok(Some(reply)) => {
-                        let shown = match reply.text() {
-                            Some(t) => t.to_owned(),
-                            None => format!("<{} bytes binary>", reply.data.len()),
-                        };
-                        say(&format!(
-                            "< [{count}] reply in {:.1} ms: {shown}",
-                            started.elapsed().as_secs_f64() * 1e3
-                        ));
-                        return Ok(());
-                    }
-                    Ok(None) if started.elapsed() >= args.reply_timeout => {
-                        failed += 1;
-                        say(&format!(
-                            "! [{count}] no reply within {:?}",
-                            args.reply_timeout
-                        ));
-                        return Ok(());
-                    }
-                    Ok(None) => continue,
-                    Err(e) => return Err(e.into()),
+    loop {
+        show_events(&mut pos)?;
+        match rx.try_recv() {
+            Ok(msg) => {
+                let msg = msg?;
+                count += 1;
+                if !exchange(
+                    &mut pos,
+                    &mut session,
+                    kind,
+                    &msg,
+                    count,
+                    args.reply_timeout,
+                )? {
+                    failed += 1;
                 }
             }
-        };
-    if args.input.as_os_str() == "-" && args.split == Split::Lines {
-        // Interactive: one message per line as it is typed.
-        use std::io::IsTerminal as _;
-        if std::io::stdin().is_terminal() {
-            eprintln!("type one message per line; Ctrl-D ends");
-        }
-        for line in std::io::stdin().lock().lines() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                if let Some(m) = session.recv(Duration::from_millis(50))? {
+                    say(&format!("< (unasked) {}", shown(&m)));
+                }
             }
-            send_one(&mut pos, &mut session, line.trim_end())?;
-        }
-    } else {
-        let text = if args.input.as_os_str() == "-" {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s)?;
-            s
-        } else {
-            std::fs::read_to_string(&args.input)
-                .with_context(|| format!("cannot read {}", args.input.display()))?
-        };
-        for msg in split_messages(&text, args.split) {
-            send_one(&mut pos, &mut session, &msg)?;
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
         }
     }
-    let (count, failed) = (count, failed);
     session.close(1000, "");
     let _ = pos.release(&claim.tsn);
     pos.close();
@@ -456,6 +462,51 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} messages got no reply");
     }
     Ok(())
+}
+
+/// Prints the control channel's pushed events (and answers its pings).
+fn show_events(pos: &mut PosClient) -> anyhow::Result<()> {
+    while let Some(e) = pos.next_event(Duration::from_millis(1))? {
+        say(&format!("  event: {}", describe_event(&e)));
+    }
+    Ok(())
+}
+
+/// A received message for the terminal's screen.
+fn shown(m: &crate::client::ws::WsMessage) -> String {
+    match m.text() {
+        Some(t) => t.to_owned(),
+        None => format!("<{} bytes binary>", m.data.len()),
+    }
+}
+
+/// Sends message number `n` and waits for its reply; `false` when none came in time.
+fn exchange(
+    pos: &mut PosClient,
+    session: &mut WsClient,
+    kind: MessageKind,
+    msg: &str,
+    n: usize,
+    reply_timeout: Duration,
+) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    session.send(kind, msg.as_bytes())?;
+    say(&format!("> [{n}] sent {} bytes", msg.len()));
+    loop {
+        show_events(pos)?;
+        if let Some(reply) = session.recv(Duration::from_millis(100).min(reply_timeout))? {
+            say(&format!(
+                "< [{n}] reply in {:.1} ms: {}",
+                started.elapsed().as_secs_f64() * 1e3,
+                shown(&reply)
+            ));
+            return Ok(true);
+        }
+        if started.elapsed() >= reply_timeout {
+            say(&format!("! [{n}] no reply within {reply_timeout:?}"));
+            return Ok(false);
+        }
+    }
 }
 
 /// One event as text.
