@@ -473,7 +473,7 @@ fn fully_qualified_tsn_registers_and_claims_and_replies_name_the_bare_serial() {
     // Case-insensitive make and model.
     let r2 = register(&w.relay, "Ingenico-AXIUM-22222222", &w.c1);
     let c2 = ask(&mut p1, json!({"type": "claim", "tsn": "22222222"}), "q5");
-    assert_eq!(c2["session_id"], r2.session_id);
+    assert_eq!(c2["session_id"], r2.session_id, "{c2}");
     assert_eq!(c2["tsn"], "22222222");
 
     assert_eq!(

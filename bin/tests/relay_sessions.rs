@@ -476,13 +476,15 @@ fn device_frames_wait_for_the_claim_holders_session() {
 
 #[test]
 fn pos_connections_close_4401_when_the_access_token_expires_but_devices_stay() {
-    let relay = Relay::start(&["--access-token-ttl", "2s"]);
+    // Long enough for the pair to be set up on a loaded machine (JWT times are whole
+    // seconds, so a token may live up to a second less than its TTL).
+    let relay = Relay::start(&["--access-token-ttl", "5s"]);
     let creds = relay.provision("acme", "s1", &[TSN]);
     let mut pair = Pair::connect(&relay, "acme", TSN, &creds);
-    // Both POS connections close with 4401 (within the read timeout after ~2 s).
+    // Both POS connections close with 4401 (within the read timeout, about 5 s in).
     let mut codes = Vec::new();
     for ws in [&mut pair.pos.ws, &mut pair.session] {
-        set_read_timeout(ws, Some(Duration::from_secs(8)));
+        set_read_timeout(ws, Some(Duration::from_secs(12)));
         codes.push(expect_close(ws));
     }
     assert_eq!(codes, [4401, 4401], "§5: token expired");
@@ -500,4 +502,100 @@ fn pos_connections_close_4401_when_the_access_token_expires_but_devices_stay() {
     let (_, url) = pos.claim_ok(TSN);
     let mut s = Pos::session(&relay, &url, &fresh);
     expect_msg(recv(&mut s), &Message::Text("still connected".into()));
+}
+
+#[test]
+fn sigterm_reports_what_is_queued_then_closes_1001_and_exits_0() {
+    let mut relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN, "87654321"]);
+    let mut pair = Pair::connect(&relay, "acme", TSN, &creds);
+    let mut other = Device::register_and_connect(&relay, "87654321", &creds);
+    close_and_wait(&mut pair.device.ws, 1000);
+    assert_eq!(pair.pos.next_event(), online(TSN, false));
+    send_text(&mut pair.session, "queued €");
+    send_binary(&mut pair.session, &[1, 2, 3]);
+
+    relay.signal(libc::SIGTERM);
+    // §6: the undelivered report reaches the control channel before its 1001.
+    let (events, code) = drain_until_close(&mut pair.pos.ws);
+    let reports: Vec<Value> = events
+        .iter()
+        .map(|m| match m {
+            Message::Text(t) => serde_json::from_str(t).expect("JSON event"),
+            other => panic!("control channel got {}", show(other)),
+        })
+        .collect();
+    let frames: u64 = reports
+        .iter()
+        .map(|r| r["frames"].as_u64().unwrap_or(0))
+        .sum();
+    let bytes: u64 = reports
+        .iter()
+        .map(|r| r["bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r["type"] == "undelivered" && r["tsn"] == TSN),
+        "{reports:?}"
+    );
+    assert_eq!(
+        (frames, bytes),
+        (2, 13),
+        "§6: 2 frames, 10 + 3 payload bytes"
+    );
+    assert_eq!(code, 1001, "§8: relay shutting down");
+    assert_eq!(expect_close(&mut pair.session), 1001);
+    assert_eq!(expect_close(&mut other.ws), 1001);
+    let status = relay.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "§6: exit status 0 after draining");
+}
+
+#[test]
+fn idle_connections_are_pinged_and_silent_ones_closed() {
+    let relay = Relay::start(&["--ping-interval", "1s", "--idle-timeout", "3s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    // §6: an idle connection is pinged (tungstenite answers with a pong when it reads).
+    match recv_any(&mut device.ws) {
+        Message::Ping(_) => {}
+        other => panic!("expected the relay's ping, got {}", show(&other)),
+    }
+    device.ws.flush().unwrap();
+    // A connection that answers pings stays up past the idle timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match try_recv_any(&mut device.ws, Duration::from_millis(500)) {
+            None | Some(Message::Ping(_)) => device.ws.flush().unwrap(),
+            Some(other) => panic!("unexpected {}", show(&other)),
+        }
+    }
+    device.send_text("alive");
+    // A connection that sends nothing at all (not even pongs) is closed.
+    let mut silent = relay.ws(
+        &relay.ws_url(POS_LISTENER),
+        &[(
+            "Authorization",
+            &format!("Bearer {}", relay.token("acme", &creds)),
+        )],
+    );
+    let mut raw = tcp_of(&mut silent).try_clone().unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    let mut closed = false;
+    // Read raw bytes so that tungstenite never answers a ping.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match std::io::Read::read(&mut raw, &mut buf) {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => continue,
+        }
+    }
+    assert!(
+        closed,
+        "§6: a silent connection is closed after the idle timeout"
+    );
 }

@@ -475,6 +475,7 @@ impl Relay {
     /// Opens a WebSocket to `url` (connecting to this relay's address whatever the host in
     /// `url`), with extra request headers. Err carries a non-101 answer as
     /// `tungstenite::Error::Http`.
+    #[allow(clippy::result_large_err)] // tungstenite's own error type, as tungstenite returns it
     pub fn ws_connect(
         &self,
         url: &str,
@@ -838,6 +839,25 @@ pub fn try_recv(ws: &mut Ws, wait: Duration) -> Option<Message> {
             }
             Err(e) => panic!("read failed: {}", describe_ws_error(&e)),
         }
+    };
+    set_read_timeout(ws, Some(IO_TIMEOUT));
+    result
+}
+
+/// Waits up to `wait` for any message including ping/pong; `None` if nothing came.
+pub fn try_recv_any(ws: &mut Ws, wait: Duration) -> Option<Message> {
+    set_read_timeout(ws, Some(wait));
+    let result = match ws.read() {
+        Ok(m) => Some(m),
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("read failed: {}", describe_ws_error(&e)),
     };
     set_read_timeout(ws, Some(IO_TIMEOUT));
     result

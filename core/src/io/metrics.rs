@@ -99,9 +99,78 @@ impl Metrics {
     }
 }
 
+/// Bucket bounds of [`LatencyHistogram`], in microseconds.
+pub const LATENCY_BOUNDS_US: [u64; 15] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000,
+];
+
+/// A fixed-bucket latency histogram on atomics: recorded by one shard without locks or
+/// allocation, read by the admin shard for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 16],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn record(&self, elapsed: std::time::Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Appends the Prometheus histogram (cumulative buckets, sum, count) of all
+    /// `histograms` together under `name`.
+    pub fn render(name: &str, help: &str, histograms: &[&LatencyHistogram], out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, bound) in LATENCY_BOUNDS_US
+            .iter()
+            .map(|b| Some(*b))
+            .chain([None])
+            .enumerate()
+        {
+            cumulative += histograms
+                .iter()
+                .map(|h| h.buckets[i].load(Ordering::Relaxed))
+                .sum::<u64>();
+            let le = match bound {
+                Some(us) => format!("{}", us as f64 / 1e6),
+                None => "+Inf".to_owned(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum: u64 = histograms.iter().map(|h| h.sum_us.load(Ordering::Relaxed)).sum();
+        let _ = writeln!(out, "{name}_sum {}", sum as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let h = LatencyHistogram::default();
+        h.record(std::time::Duration::from_micros(5));
+        h.record(std::time::Duration::from_micros(30));
+        h.record(std::time::Duration::from_secs(5));
+        let mut out = String::new();
+        LatencyHistogram::render("x", "test", &[&h], &mut out);
+        assert!(out.contains("x_bucket{le=\"0.00001\"} 1\n"));
+        assert!(out.contains("x_bucket{le=\"0.00005\"} 2\n"));
+        assert!(out.contains("x_bucket{le=\"1\"} 2\n"));
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count 3\n"));
+    }
 
     #[test]
     fn renders_prometheus_text_with_current_values() {

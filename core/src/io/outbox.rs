@@ -22,6 +22,8 @@ pub struct OutFrame {
     pub payload: Bytes,
     /// For a relayed data frame: whether it ends its message. `None` for control frames.
     pub message_end: Option<bool>,
+    /// When the relay queued it (relayed data frames only; for the latency histogram).
+    pub queued_at: Option<std::time::Instant>,
 }
 
 impl OutFrame {
@@ -31,6 +33,7 @@ impl OutFrame {
             header,
             payload,
             message_end: Some(message_end),
+            queued_at: None,
         }
     }
 
@@ -40,6 +43,7 @@ impl OutFrame {
             header: HeaderBuf::EMPTY,
             payload: encoded,
             message_end: None,
+            queued_at: None,
         }
     }
 
@@ -73,6 +77,8 @@ pub struct Outbox {
     /// open: set by the connection's driver, cleared by [`Outbox::close`] before the
     /// socket is dropped.
     fd: Option<std::os::fd::RawFd>,
+    /// Where to record how long relayed messages waited here (set by the relay).
+    latency: Option<std::sync::Arc<super::metrics::LatencyHistogram>>,
     /// When the peer last sent anything (idle timeout, pings).
     pub last_rx: std::time::Instant,
     /// Frames written since the connection opened.
@@ -104,6 +110,7 @@ impl Outbox {
             closed: false,
             requests: ConnRequests::default(),
             fd: None,
+            latency: None,
             last_rx: std::time::Instant::now(),
             frames_written: 0,
         }))
@@ -127,20 +134,28 @@ impl Outbox {
     pub fn push_message(&mut self, message: &Message) -> Result<(), PushError> {
         let first: OpCode = message.kind.into();
         let parts = message.payload.as_slice();
+        let queued_at = self.latency.as_ref().map(|_| std::time::Instant::now());
         if parts.is_empty() {
-            return self.push(OutFrame::data(
-                server_header(first, true, 0),
-                Bytes::new(),
-                true,
-            ));
+            let mut frame = OutFrame::data(server_header(first, true, 0), Bytes::new(), true);
+            frame.queued_at = queued_at;
+            return self.push(frame);
         }
         let last = parts.len() - 1;
         for (i, part) in parts.iter().enumerate() {
             let opcode = if i == 0 { first } else { OpCode::Continuation };
             let header = server_header(opcode, i == last, part.len());
-            self.push(OutFrame::data(header, part.clone(), i == last))?;
+            let mut frame = OutFrame::data(header, part.clone(), i == last);
+            if i == last {
+                frame.queued_at = queued_at;
+            }
+            self.push(frame)?;
         }
         Ok(())
+    }
+
+    /// Records, for each relayed message written from now on, how long it waited here.
+    pub fn set_latency(&mut self, histogram: std::sync::Arc<super::metrics::LatencyHistogram>) {
+        self.latency = Some(histogram);
     }
 
     /// Whether a sender may go on (below the limit, or closed: nothing to wait for).
@@ -284,7 +299,11 @@ impl Outbox {
             }
             written -= left;
             self.front_written = 0;
-            self.frames.pop_front();
+            if let Some(frame) = self.frames.pop_front() {
+                if let (Some(at), Some(h)) = (frame.queued_at, &self.latency) {
+                    h.record(at.elapsed());
+                }
+            }
             self.frames_written += 1;
         }
         if self.has_room() {

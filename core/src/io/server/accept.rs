@@ -150,22 +150,42 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
     };
     let mut transport = transport;
     let mut rbuf = BytesMut::with_capacity(2048);
-    let request = match read_request(&mut transport, &mut rbuf, &request_limits(&ctx)).await {
-        Ok(r) => r,
-        Err(e) => return refuse_unreadable(&ctx, transport, e).await,
+    // Plain HTTP requests (the token endpoint, unknown paths) may share a connection
+    // (HTTP/1.1 keep-alive); a WebSocket upgrade ends the loop.
+    let head = loop {
+        let request = match read_request(&mut transport, &mut rbuf, &request_limits(&ctx)).await {
+            Ok(r) => r,
+            Err(ReadRequestError::Timeout | ReadRequestError::Closed) if rbuf.is_empty() => {
+                // An idle keep-alive connection: nothing to answer.
+                return transport.shutdown().await;
+            }
+            Err(e) => return refuse_unreadable(&ctx, transport, e).await,
+        };
+        let keep_alive = wants_keep_alive(&request.head);
+        let answer = match Path::parse(&request.head.path) {
+            Path::Token(domain) => {
+                endpoints::token(&ctx, &domain, &request.head, &request.body, keep_alive).await
+            }
+            Path::Unknown => {
+                ctx.shared.metrics.http_not_found.inc();
+                let body =
+                    br#"{"error":"no such path: see PROTOCOL.md for the relay's endpoints"}"#;
+                let connection = [("Connection", connection_header(keep_alive))];
+                http_response(
+                    HttpStatus::NOT_FOUND,
+                    &connection,
+                    Some("application/json"),
+                    body,
+                )
+            }
+            _ => break request.head,
+        };
+        if transport.write_all_vectored(&[&answer]).await.is_err() || !keep_alive {
+            return transport.shutdown().await;
+        }
     };
-    let head = request.head;
     match Path::parse(&head.path) {
-        Path::Token(domain) => {
-            let answer = endpoints::token(&ctx, &domain, &head, &request.body).await;
-            answer_and_close(transport, &answer).await
-        }
-        Path::Unknown => {
-            ctx.shared.metrics.http_not_found.inc();
-            let body = br#"{"error":"no such path: see PROTOCOL.md for the relay's endpoints"}"#;
-            let answer = http_response(HttpStatus::NOT_FOUND, &[], Some("application/json"), body);
-            answer_and_close(transport, &answer).await
-        }
+        Path::Token(_) | Path::Unknown => unreachable!("answered above"),
         path => {
             let upgrade = match UpgradeRequest::from_head(&head) {
                 Ok(u) => u,
@@ -243,6 +263,31 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                 Path::Token(_) | Path::Unknown => unreachable!("handled above"),
             }
         }
+    }
+}
+
+/// Whether the client wants the connection kept open after the answer (RFC 9112 §9.3:
+/// the default for HTTP/1.1, not for HTTP/1.0).
+pub(crate) fn wants_keep_alive(head: &RequestHead) -> bool {
+    let says = |token: &str| {
+        head.headers
+            .get_all("connection")
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if head.version_minor == 0 {
+        says("keep-alive")
+    } else {
+        !says("close")
+    }
+}
+
+/// The `Connection` header value that tells the client what we will do (RFC 9112 §9.6).
+pub(crate) fn connection_header(keep_alive: bool) -> &'static str {
+    if keep_alive {
+        "keep-alive"
+    } else {
+        "close"
     }
 }
 

@@ -37,6 +37,9 @@ pub(crate) async fn serve(
     }
     let id = ctx.new_conn_id();
     let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
+    outbox
+        .borrow_mut()
+        .set_latency(ctx.metrics.relay_latency.clone());
     ctx.add_conn(id, ConnEntry::new(outbox.clone(), ConnRole::Device));
     let mut driver = ConnDriver::new(transport, rbuf, outbox.clone());
     let mut proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);

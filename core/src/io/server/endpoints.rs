@@ -23,12 +23,14 @@ pub(crate) async fn token(
     domain: &str,
     head: &RequestHead,
     body: &Bytes,
+    keep_alive: bool,
 ) -> Vec<u8> {
+    let connection = ("Connection", super::accept::connection_header(keep_alive));
     if head.method != crate::handshake::Method::Post {
         let body = br#"{"error":"invalid_request","error_description":"use POST"}"#;
         return http_response(
             HttpStatus::METHOD_NOT_ALLOWED,
-            &[("Allow", "POST")],
+            &[("Allow", "POST"), connection],
             Some("application/json"),
             body,
         );
@@ -61,9 +63,11 @@ pub(crate) async fn token(
         401 => m.token_invalid_client.inc(),
         _ => m.token_bad_request.inc(),
     }
+    let mut headers = response.headers.clone();
+    headers.push(connection);
     http_response(
         HttpStatus(response.status),
-        &response.headers,
+        &headers,
         Some("application/json"),
         &response.body,
     )

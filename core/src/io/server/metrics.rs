@@ -64,6 +64,8 @@ pub struct ShardMetrics {
     pub handovers_in: AtomicU64,
     /// Connections closed for a protocol error.
     pub protocol_errors: AtomicU64,
+    /// How long relayed messages waited in the relay before their socket took them.
+    pub relay_latency: std::sync::Arc<crate::io::metrics::LatencyHistogram>,
 }
 
 impl ShardMetrics {
@@ -94,6 +96,14 @@ type Series = (
 
 /// Appends the per-shard series to `out` (Prometheus text format).
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
+    let histograms: Vec<&crate::io::metrics::LatencyHistogram> =
+        shards.iter().map(|m| &*m.relay_latency).collect();
+    crate::io::metrics::LatencyHistogram::render(
+        "posrelay_relay_latency_seconds",
+        "Time a relayed message waits in the relay, from when it is whole and its receiver known to when the receiver's socket takes it.",
+        &histograms,
+        out,
+    );
     let _ = writeln!(
         out,
         "# HELP posrelay_connections Open connections by role and shard."

@@ -25,6 +25,17 @@ const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 /// Why a registration was refused (§2 codes).
 struct Refusal(ControlErrorCode, String);
 
+/// How a registration attempt ended.
+enum Outcome {
+    /// The `registered` reply to send before closing with 1000.
+    Registered(Vec<u8>),
+    /// §2: "The relay answers nothing to a connection that has not registered within the
+    /// handshake timeout; it closes it with 1008."
+    TimedOut,
+    /// The peer went away (or broke the protocol: its close was already sent).
+    Gone,
+}
+
 pub(crate) async fn serve(
     ctx: Rc<ShardCtx>,
     mut transport: Transport,
@@ -46,12 +57,19 @@ pub(crate) async fn serve(
     let mut ws = WsStream::new(transport, rbuf, Connection::new(Role::Server, limits));
     let outcome = registration(&ctx, &mut ws, &prelude.url_base).await;
     match outcome {
-        Ok(Some(reply)) => {
+        Ok(Outcome::Registered(reply)) => {
             let _ = ws.send_text(reply).await;
             let _ = ws.send_close(CloseCode::NORMAL, "registered").await;
             linger(&mut ws).await;
         }
-        Ok(None) => {}
+        Ok(Outcome::TimedOut) => {
+            ctx.shared.metrics.http_handshake_timeout.inc();
+            let _ = ws
+                .send_close(CloseCode::POLICY, "no registration in time")
+                .await;
+            linger(&mut ws).await;
+        }
+        Ok(Outcome::Gone) => {}
         Err(Refusal(code, message)) => {
             tracing::info!(code = code.as_str(), %message, "registration refused");
             ctx.shared.metrics.token_invalid_client.inc();
@@ -77,12 +95,12 @@ async fn linger(ws: &mut WsStream) {
     .await;
 }
 
-/// Reads the registration message and answers it; `Ok(None)`: the peer went away.
+/// Reads the registration message and answers it.
 async fn registration(
     ctx: &Rc<ShardCtx>,
     ws: &mut WsStream,
     url_base: &str,
-) -> Result<Option<Vec<u8>>, Refusal> {
+) -> Result<Outcome, Refusal> {
     let timeout = ctx.shared.config.handshake_timeout;
     let first = with_timeout(timeout, async {
         loop {
@@ -96,15 +114,12 @@ async fn registration(
     })
     .await;
     let message = match first {
-        None => {
-            return Err(Refusal(
-                ControlErrorCode::BadRequest,
-                format!("no registration message within {} s", timeout.as_secs()),
-            ))
-        }
+        None => return Ok(Outcome::TimedOut),
         Some(Ok(Some(m))) => m,
-        Some(Ok(None)) => return Ok(None),
-        Some(Err(WsIoError::Protocol(_))) | Some(Err(WsIoError::Io(_))) => return Ok(None),
+        Some(Ok(None)) => return Ok(Outcome::Gone),
+        Some(Err(WsIoError::Protocol(_))) | Some(Err(WsIoError::Io(_))) => {
+            return Ok(Outcome::Gone)
+        }
     };
     if message.kind != MessageKind::Text {
         return Err(Refusal(
@@ -188,7 +203,7 @@ async fn registration(
         .map_err(|e| Refusal(ControlErrorCode::BadRequest, e.to_string()))?;
     tracing::info!(tsn = %device.serial, domain = %device.domain, shard = owner, "device registered");
     let url = connection_url(url_base, &sid);
-    Ok(Some(registered_reply(
+    Ok(Outcome::Registered(registered_reply(
         &sid,
         &url,
         &issued.token,

@@ -44,6 +44,9 @@ pub(crate) async fn serve(
     }
     let id = ctx.new_conn_id();
     let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
+    outbox
+        .borrow_mut()
+        .set_latency(ctx.metrics.relay_latency.clone());
     let mut entry = ConnEntry::new(outbox.clone(), ConnRole::PosSession);
     entry.token_expires_at = Some(claims.expires_at);
     ctx.add_conn(id, entry);
