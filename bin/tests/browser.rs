@@ -76,7 +76,7 @@ impl Cdp {
         self.next_id += 1;
         let msg = json!({ "id": id, "method": method, "params": params });
         self.ws
-            .send(tungstenite::Message::Text(msg.to_string().into()))
+            .send(tungstenite::Message::Text(msg.to_string()))
             .expect("CDP send");
         loop {
             let frame = self.ws.read().expect("CDP read");
@@ -203,6 +203,24 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
     let admin = relay_proc.admin_url("");
     let creds = relay_proc.provision("demo", "s1", &["10000001"]);
     let (client_id, client_secret) = (creds.client_id.clone(), creds.client_secret.clone());
+
+    // The page (on the admin listener's origin) reads the token answer of the relay
+    // listener (another origin) only if the token endpoint allows it (CORS).
+    let probe = relay_proc.token_request(
+        "demo",
+        &[("Origin", &admin)],
+        &format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}",
+            common::form_encode(&client_id),
+            common::form_encode(&client_secret)
+        ),
+    );
+    assert!(
+        probe.header("access-control-allow-origin").is_some(),
+        "the token endpoint answers without Access-Control-Allow-Origin, so the browser POS \
+         (served by the admin listener, another origin) cannot read its token: the relay must \
+         add `Access-Control-Allow-Origin: *` to POST /oauth2/v1/{{domain}}/token answers"
+    );
 
     // The terminal: posrelay device-sim.
     let mut device = Command::new(bin);

@@ -1,9 +1,12 @@
 //! The README's command reference is the binary's own help: `posrelay --help` and every
-//! subcommand's `--help` must appear verbatim in a fenced block of README.md, and the
-//! configuration table must list every flag of `posrelay serve`.
+//! subcommand's `--help` must appear verbatim in a fenced block of README.md, the
+//! configuration table must list every flag of `posrelay serve`, and the metrics table
+//! every metric that `/metrics` exposes.
 //!
 //! After changing a flag or a help text, regenerate the section with
 //! `POSRELAY_UPDATE_README=1 cargo test -p posrelay --test help`.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -140,6 +143,25 @@ fn configuration_table_lists_every_serve_flag() {
         assert!(
             readme.contains(&format!("| `--{flag}`")) || readme.contains(&format!(", `--{flag}`")),
             "README.md's configuration table has no row for --{flag}"
+        );
+    }
+}
+
+#[test]
+fn metrics_table_lists_every_metric() {
+    let readme = std::fs::read_to_string(readme_path()).expect("README.md");
+    let relay = common::Relay::start(&[]);
+    let text = relay.metrics();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 10, "metrics exposed: {names:?}");
+    for name in names {
+        assert!(
+            readme.contains(&format!("| `{name}`")) || readme.contains(&format!("| `{name}{{")),
+            "README.md's metrics table has no row for {name}"
         );
     }
 }
