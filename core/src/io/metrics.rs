@@ -147,7 +147,10 @@ impl LatencyHistogram {
             };
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
-        let sum: u64 = histograms.iter().map(|h| h.sum_us.load(Ordering::Relaxed)).sum();
+        let sum: u64 = histograms
+            .iter()
+            .map(|h| h.sum_us.load(Ordering::Relaxed))
+            .sum();
         let _ = writeln!(out, "{name}_sum {}", sum as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {cumulative}");
     }

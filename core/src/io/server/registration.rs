@@ -4,7 +4,7 @@
 
 use super::accept::Prelude;
 use super::metrics::ConnRole;
-use super::shard::{ShardCtx, ShardMsg};
+use super::shard::ShardCtx;
 use crate::auth::{resolve_device, verify_client, ScopeError, TsnInput, DEVICE_TOKEN_TTL};
 use crate::control::register::{connection_url, error_reply, registered_reply};
 use crate::control::{ControlErrorCode, RegisterRequest};
@@ -17,7 +17,7 @@ use crate::relay::owner_shard;
 use crate::store::Store;
 use bytes::BytesMut;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A registration message is small: refuse anything larger than this.
 const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
@@ -178,13 +178,9 @@ async fn registration(
     };
     let sid = ctx.devices.borrow().session_id(&key);
     let owner = owner_shard(&sid, ctx.shards).0;
-    if owner == ctx.index {
-        ctx.devices
-            .borrow_mut()
-            .handle_register(key, Instant::now());
-    } else {
-        ctx.send(owner, ShardMsg::Registered(key));
-    }
+    // The owner knows the session before the device is answered: a claim right after
+    // the `registered` reply must not find the device `offline`.
+    ctx.register_device(key).await;
     let client_key = ClientKey {
         domain: client.domain.clone(),
         client_id: client.client_id.clone(),

@@ -29,8 +29,15 @@ use std::time::{Duration, Instant};
 pub(crate) enum ShardMsg {
     /// A connection whose upgrade request named a session or client this shard owns.
     Handover(Box<Handover>),
-    /// A device registered (§2): make sure its session exists on its owner.
-    Registered(DeviceKey),
+    /// A device registered (§2): make sure its session exists on its owner, then
+    /// acknowledge, so that a claim right after the `registered` reply finds it.
+    Registered {
+        device: DeviceKey,
+        query: u64,
+        origin: usize,
+    },
+    /// The acknowledgement of a [`ShardMsg::Registered`].
+    Ack { query: u64 },
     /// A control channel's claim or release, sent to the device's owner.
     ClaimRequest {
         /// Claim (true) or release (false).
@@ -305,35 +312,66 @@ impl ShardCtx {
             by_owner.entry(self.owner_of(&d)).or_default().push(d);
         }
         let mut presence = Vec::new();
-        let query = self.next_query.get() + 1;
-        self.next_query.set(query);
-        let mut remote = 0;
+        let mut remote = Vec::new();
         for (owner, devices) in by_owner {
             if owner == self.index {
                 presence.extend(self.local_presence(&devices));
             } else {
-                remote += 1;
-                self.send(
-                    owner,
-                    ShardMsg::PresenceQuery {
-                        query,
-                        origin: self.index,
-                        devices,
-                    },
-                );
+                remote.push((owner, devices));
             }
         }
-        if remote == 0 {
+        if remote.is_empty() {
             return presence;
         }
+        let query = self.open_query(remote.len(), presence);
+        for (owner, devices) in remote {
+            self.send(
+                owner,
+                ShardMsg::PresenceQuery {
+                    query,
+                    origin: self.index,
+                    devices,
+                },
+            );
+        }
+        self.wait_query(query).await
+    }
+
+    /// Records one answer to a pending query; wakes its waiter on the last one.
+    fn answer_query(&self, query: u64, presence: Vec<(DeviceKey, bool, Option<ClientKey>)>) {
+        let mut queries = self.queries.borrow_mut();
+        if let Some(q) = queries.get_mut(&query) {
+            q.presence.extend(presence);
+            q.remaining = q.remaining.saturating_sub(1);
+            if q.remaining == 0 {
+                if let Some(w) = q.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// A new query id, registered as waiting for `remaining` answers.
+    fn open_query(
+        &self,
+        remaining: usize,
+        presence: Vec<(DeviceKey, bool, Option<ClientKey>)>,
+    ) -> u64 {
+        let query = self.next_query.get() + 1;
+        self.next_query.set(query);
         self.queries.borrow_mut().insert(
             query,
             PendingQuery {
-                remaining: remote,
+                remaining,
                 presence,
                 waker: None,
             },
         );
+        query
+    }
+
+    /// Waits until every answer to `query` has arrived; returns what they carried.
+    async fn wait_query(&self, query: u64) -> Vec<(DeviceKey, bool, Option<ClientKey>)> {
         std::future::poll_fn(|cx| {
             let mut queries = self.queries.borrow_mut();
             let done = queries
@@ -351,6 +389,27 @@ impl ShardCtx {
             }
         })
         .await
+    }
+
+    /// Makes sure a registered device's session exists on its owner before answering it.
+    pub async fn register_device(self: &Rc<Self>, device: DeviceKey) {
+        let owner = self.owner_of(&device);
+        if owner == self.index {
+            self.devices
+                .borrow_mut()
+                .handle_register(device, Instant::now());
+            return;
+        }
+        let query = self.open_query(1, Vec::new());
+        self.send(
+            owner,
+            ShardMsg::Registered {
+                device,
+                query,
+                origin: self.index,
+            },
+        );
+        self.wait_query(query).await;
     }
 
     fn local_presence(&self, devices: &[DeviceKey]) -> Vec<(DeviceKey, bool, Option<ClientKey>)> {
@@ -446,11 +505,17 @@ impl ShardCtx {
                 glommio::spawn_local(async move { super::accept::serve_handover(ctx, *h).await })
                     .detach();
             }
-            ShardMsg::Registered(device) => {
+            ShardMsg::Registered {
+                device,
+                query,
+                origin,
+            } => {
                 self.devices
                     .borrow_mut()
                     .handle_register(device, Instant::now());
+                self.send(origin, ShardMsg::Ack { query });
             }
+            ShardMsg::Ack { query } => self.answer_query(query, Vec::new()),
             ShardMsg::ClaimRequest {
                 claim,
                 client,
@@ -471,18 +536,7 @@ impl ShardCtx {
                 let presence = self.local_presence(&devices);
                 self.send(origin, ShardMsg::PresenceAnswer { query, presence });
             }
-            ShardMsg::PresenceAnswer { query, presence } => {
-                let mut queries = self.queries.borrow_mut();
-                if let Some(q) = queries.get_mut(&query) {
-                    q.presence.extend(presence);
-                    q.remaining -= 1;
-                    if q.remaining == 0 {
-                        if let Some(w) = q.waker.take() {
-                            w.wake();
-                        }
-                    }
-                }
-            }
+            ShardMsg::PresenceAnswer { query, presence } => self.answer_query(query, presence),
             ShardMsg::ClientEvent { client, event } => {
                 self.hub
                     .borrow_mut()
