@@ -31,7 +31,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_config(s: &Settings) -> ServerConfig {
+pub(crate) fn server_config(s: &Settings) -> ServerConfig {
     let runtime = RuntimeConfig {
         shards: s.shards,
         ..RuntimeConfig::default()
