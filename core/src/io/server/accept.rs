@@ -276,13 +276,8 @@ async fn serve_relay_connection(
                     route_to(ctx, owner, transport, rbuf, prelude, routed, held).await
                 }
                 Path::PosListener => {
-                    let claims = match verify_access(&ctx, &prelude) {
-                        Ok(c) => c,
-                        Err(answer) => return answer_and_close(transport, &answer).await,
-                    };
-                    unauth.authenticated();
-                    let held = match admit_client(&ctx, &claims, conn) {
-                        Ok(h) => h,
+                    let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+                        Ok(admitted) => admitted,
                         Err(answer) => return answer_and_close(transport, &answer).await,
                     };
                     let home = client_shard(&claims.client(), ctx.shards).0;
@@ -302,13 +297,8 @@ async fn serve_relay_connection(
                         Ok(s) => s,
                         Err(_) => return answer_and_close(transport, &not_found_session()).await,
                     };
-                    let claims = match verify_access(&ctx, &prelude) {
-                        Ok(c) => c,
-                        Err(answer) => return answer_and_close(transport, &answer).await,
-                    };
-                    unauth.authenticated();
-                    let held = match admit_client(&ctx, &claims, conn) {
-                        Ok(h) => h,
+                    let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+                        Ok(admitted) => admitted,
                         Err(answer) => return answer_and_close(transport, &answer).await,
                     };
                     let owner = owner_shard(&sid, ctx.shards).0;
@@ -467,13 +457,24 @@ pub(crate) fn json_escape(s: &str) -> String {
     out
 }
 
-/// Takes a place under the per-client limit (§ admission) for a POS connection.
-fn admit_client(ctx: &ShardCtx, claims: &AccessClaims, conn: ConnSlot) -> Result<Held, Vec<u8>> {
+/// A POS connection (control channel or session): its access token verified, it stops
+/// counting as anonymous and takes a place under the per-client limit.
+fn admit_pos(
+    ctx: &ShardCtx,
+    prelude: &Prelude,
+    unauth: UnauthSlot,
+    conn: ConnSlot,
+) -> Result<(AccessClaims, Held), Vec<u8>> {
+    let claims = verify_access(ctx, prelude)?;
+    unauth.authenticated();
     match ctx.shared.admission.admit_client(&claims.client()) {
-        Ok(slot) => Ok(Held {
-            _conn: conn,
-            _client: Some(slot),
-        }),
+        Ok(slot) => Ok((
+            claims,
+            Held {
+                _conn: conn,
+                _client: Some(slot),
+            },
+        )),
         Err(why) => {
             let body = br#"{"error":"this client has too many open connections: close some, or retry later"}"#;
             Err(refusal_response(why, body))

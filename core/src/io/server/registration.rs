@@ -154,7 +154,7 @@ async fn registration(
     // The secret check runs on the blocking pool (argon2). Unknown and wrong look alike.
     let shared = ctx.shared.clone();
     let client_id = request.client_id.clone();
-    let secret = crate::auth::ClientSecret::new(request.client_secret.expose());
+    let secret = request.client_secret.clone();
     let client = glommio::executor()
         .spawn_blocking(move || {
             let domain = ClientId::new(client_id.as_str())
