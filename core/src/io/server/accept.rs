@@ -4,6 +4,7 @@
 
 use super::admission::{ConnSlot, Refusal, UnauthSlot};
 use super::handover::{Handover, Held, Routed, Routing};
+use super::metrics::ConnRole;
 use super::shard::ShardCtx;
 use super::{control, device, endpoints, registration, session};
 use crate::auth::{AccessClaims, AuthError};
@@ -549,26 +550,68 @@ async fn serve_routed(
     }
 }
 
-/// Drain (PROTOCOL.md §6): stop accepting, report what is queued, close everyone with
-/// 1001, wait for the connections to go (at most the drain timeout).
+/// Drain (PROTOCOL.md §6): stop accepting; report what the offline queues hold; close
+/// POS sessions (1001) first, so that a frame crossing their close still reaches its
+/// device or is reported; then devices; then, once every shard has done so (its reports
+/// travel ahead of its signal), the control channels, which by then hold every
+/// `undelivered` report; all within the drain timeout.
 pub(crate) async fn drain(ctx: &Rc<ShardCtx>, relay: Task<()>, admin: Option<Task<()>>) {
     ctx.draining.set(true);
     drop(relay);
     drop(admin);
     let started = std::time::Instant::now();
+    let deadline = started + ctx.shared.config.drain_timeout;
     ctx.devices.borrow_mut().handle_shutdown(started);
     ctx.process_actions();
-    // Reports travel to the clients' home shards: give them a moment before closing.
-    glommio::timer::sleep(Duration::from_millis(300)).await;
+    for roles in [&[ConnRole::PosSession][..], &[ConnRole::Device]] {
+        close_roles(ctx, roles);
+        wait_until(deadline, || !has_roles(ctx, roles)).await;
+        ctx.process_actions();
+    }
+    for shard in 0..ctx.shards {
+        if shard != ctx.index {
+            ctx.send(shard, super::shard::ShardMsg::DataClosed);
+        }
+    }
+    let others = ctx.shards - 1;
+    wait_until(deadline, || ctx.data_closed.get() >= others).await;
     ctx.process_actions();
-    let conns: Vec<_> = ctx.conns.borrow().keys().copied().collect();
+    let everyone = [
+        ConnRole::PosControl,
+        ConnRole::Registration,
+        ConnRole::Device,
+        ConnRole::PosSession,
+    ];
+    close_roles(ctx, &everyone);
+    wait_until(deadline, || ctx.conns.borrow().is_empty()).await;
+    let left = ctx.conns.borrow().len();
+    tracing::info!(
+        shard = ctx.index,
+        left,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shard drained"
+    );
+}
+
+fn close_roles(ctx: &ShardCtx, roles: &[ConnRole]) {
+    let conns: Vec<_> = ctx
+        .conns
+        .borrow()
+        .iter()
+        .filter(|(_, e)| roles.contains(&e.role))
+        .map(|(id, _)| *id)
+        .collect();
     for conn in conns {
         ctx.close_conn(conn, 1001, "relay shutting down: reconnect");
     }
-    let deadline = started + ctx.shared.config.drain_timeout;
-    while !ctx.conns.borrow().is_empty() && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(20)).await;
+}
+
+fn has_roles(ctx: &ShardCtx, roles: &[ConnRole]) -> bool {
+    ctx.conns.borrow().values().any(|e| roles.contains(&e.role))
+}
+
+async fn wait_until(deadline: std::time::Instant, done: impl Fn() -> bool) {
+    while !done() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    let left = ctx.conns.borrow().len();
-    tracing::info!(shard = ctx.index, left, "shard drained");
 }

@@ -85,7 +85,10 @@ impl Refusal {
     /// Seconds the client should wait (`Retry-After`).
     pub fn retry_after_secs(self) -> u64 {
         match self {
-            Refusal::LoginRateClient(d) | Refusal::LoginRateAddress(d) => d.as_secs().max(1),
+            // Rounded up: a client that waits exactly this long must find the window over.
+            Refusal::LoginRateClient(d) | Refusal::LoginRateAddress(d) => {
+                (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+            }
             _ => 1,
         }
     }
@@ -369,6 +372,11 @@ mod tests {
             a.check_login(Some("e"), ip, t0),
             Err(Refusal::LoginRateAddress(_))
         ));
+        // Retry-After rounds up: 49.5 s left is 50 s.
+        match a.check_login(Some("c"), other, t0 + Duration::from_millis(10_500)) {
+            Err(why @ Refusal::LoginRateClient(_)) => assert_eq!(why.retry_after_secs(), 50),
+            other => panic!("{other:?}"),
+        }
         // The window ends.
         assert!(a.check_login(Some("c"), other, t0 + LOGIN_WINDOW).is_ok());
     }

@@ -75,6 +75,9 @@ pub(crate) enum ShardMsg {
     DeviceDisabled(DeviceKey),
     /// The operator deleted a client (admin API).
     ClientDeleted(ClientKey),
+    /// Drain: the sender has closed its POS sessions and devices; every report it made
+    /// was sent before this (messages between two shards keep their order).
+    DataClosed,
 }
 
 /// Where a control-channel answer goes back to.
@@ -113,6 +116,8 @@ pub(crate) struct ShardCtx {
     queries: RefCell<HashMap<u64, PendingQuery>>,
     next_query: Cell<u64>,
     pub draining: Cell<bool>,
+    /// Drain: how many other shards have closed their POS sessions and devices.
+    pub data_closed: Cell<usize>,
 }
 
 impl ShardCtx {
@@ -558,6 +563,7 @@ impl ShardCtx {
                 self.hub.borrow_mut().handle_client_deleted(&client);
                 self.process_actions();
             }
+            ShardMsg::DataClosed => self.data_closed.set(self.data_closed.get() + 1),
         }
     }
 
@@ -664,6 +670,7 @@ pub(crate) async fn run_shard(
         queries: RefCell::new(HashMap::new()),
         next_query: Cell::new(0),
         draining: Cell::new(false),
+        data_closed: Cell::new(0),
         shared: shared.clone(),
     });
     for (_peer, rx) in receivers.streams() {
