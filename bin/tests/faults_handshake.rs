@@ -468,7 +468,8 @@ fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     s.set_read_timeout(Some(wait)).unwrap();
     let mut b = [0u8; 512];
     match s.read(&mut b) {
-        Ok(_) => true, // EOF, or an answer (e.g. 408) before the close
+        Ok(0) => true,
+        Ok(_) => true, // an answer (e.g. 408) before the close
         Err(e) => !matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
