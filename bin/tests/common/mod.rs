@@ -2010,3 +2010,111 @@ pub fn probe_exchange(relay: &Relay, domain: &str, creds: &Creds) {
     close_and_wait(&mut p.pos.ws, 1000);
     close_and_wait(&mut p.device.ws, 1000);
 }
+
+/// Parses the whole frames at the start of `bytes` (what a peer's receive buffer held);
+/// returns them and the number of bytes left over (a frame cut short).
+pub fn parse_frames(bytes: &[u8]) -> (Vec<RawFrame>, usize) {
+    let mut frames = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let rest = &bytes[at..];
+        let (Some(&b0), Some(&b1)) = (rest.first(), rest.get(1)) else {
+            break;
+        };
+        let masked = b1 & 0x80 != 0;
+        let (len, mut off) = match b1 & 0x7f {
+            126 => match rest.get(2..4) {
+                Some(b) => (u16::from_be_bytes([b[0], b[1]]) as u64, 4usize),
+                None => break,
+            },
+            127 => match rest.get(2..10) {
+                Some(b) => (u64::from_be_bytes(b.try_into().unwrap()), 10usize),
+                None => break,
+            },
+            n => (n as u64, 2usize),
+        };
+        let mut key = [0u8; 4];
+        if masked {
+            match rest.get(off..off + 4) {
+                Some(k) => key.copy_from_slice(k),
+                None => break,
+            }
+            off += 4;
+        }
+        let Some(end) = usize::try_from(len).ok().and_then(|l| off.checked_add(l)) else {
+            break;
+        };
+        let Some(body) = rest.get(off..end) else {
+            break;
+        };
+        let payload = body
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b })
+            .collect();
+        frames.push(RawFrame {
+            fin: b0 & 0x80 != 0,
+            opcode: b0 & 0x0f,
+            payload,
+        });
+        at += end;
+    }
+    (frames, bytes.len() - at)
+}
+
+impl RawWs {
+    /// Everything the relay sent until it ended the connection (EOF or reset), read without
+    /// ever writing; panics if it is still open after `limit`. Calls `tick` every ~50 ms
+    /// meanwhile (to keep other connections alive).
+    pub fn read_to_end(&mut self, limit: Duration, mut tick: impl FnMut()) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the relay kept the connection open for {limit:?}"
+                    );
+                    tick();
+                }
+                Err(e) => panic!("reading to the end: {e}"),
+            }
+        }
+        self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        got
+    }
+}
+
+/// Bytes in `stream`'s send queue that the peer's TCP has not acknowledged yet (SIOCOUTQ).
+pub fn unacked_bytes(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one c_int to the pointer, which points to a live local.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "ioctl(TIOCOUTQ)");
+    n.max(0) as usize
+}
+
+/// Waits until everything written to `stream` has been acknowledged by the peer's TCP
+/// (the relay's kernel holds it, whether or not the relay has read it yet).
+pub fn wait_acked(stream: &TcpStream, limit: Duration) {
+    let acked = wait_for(limit, || (unacked_bytes(stream) == 0).then_some(()));
+    assert!(
+        acked.is_some(),
+        "{} bytes still unacknowledged after {limit:?}",
+        unacked_bytes(stream)
+    );
+}
