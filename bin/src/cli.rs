@@ -1,4 +1,4 @@
-//! The command line: `posrelay serve`, `posrelay echo`.
+//! The command line: `posrelay serve`, `echo`, `demo`, `device-sim`, `pos-sim`, `admin`.
 
 use crate::config::ServeArgs;
 use crate::logging::{self, LogFormat};
@@ -22,6 +22,14 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run an RFC 6455 echo server on the protocol core (for conformance tests).
     Echo(EchoArgs),
+    /// Try it: a relay, two simulated terminals and a POS through the whole flow, then keep serving.
+    Demo(Box<crate::demo::DemoArgs>),
+    /// Simulate a payment terminal: register, answer requests, reconnect with backoff.
+    DeviceSim(crate::sim::device::DeviceSimArgs),
+    /// Simulate a POS: get a token, claim a terminal, send messages, print replies.
+    PosSim(crate::sim::pos::PosSimArgs),
+    /// Provision from the command line: domains, stores, POS clients, terminals.
+    Admin(crate::admin_cli::AdminArgs),
 }
 
 /// Flags of `posrelay echo`.
@@ -51,6 +59,16 @@ impl Cli {
                 logging::init(LogFormat::Text);
                 run_echo(args)
             }
+            Command::Demo(args) => crate::demo::run(*args),
+            Command::DeviceSim(args) => {
+                logging::init(LogFormat::Text);
+                crate::sim::device::run(args)
+            }
+            Command::PosSim(args) => {
+                logging::init(LogFormat::Text);
+                crate::sim::pos::run(args)
+            }
+            Command::Admin(args) => crate::admin_cli::run(args),
         }
     }
 }

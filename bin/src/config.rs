@@ -38,6 +38,18 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: &str = "10s";
     /// `--access-token-ttl`
     pub const ACCESS_TOKEN_TTL: &str = "1h";
+    /// `--max-connections` (below the 20,000 open files a process may have here)
+    pub const MAX_CONNECTIONS: usize = 16_384;
+    /// `--max-unauthenticated`
+    pub const MAX_UNAUTHENTICATED: usize = 1_024;
+    /// `--max-connections-per-client`
+    pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+    /// `--max-header-count`
+    pub const MAX_HEADER_COUNT: usize = 64;
+    /// `--failed-logins-per-client` (per minute)
+    pub const FAILED_LOGINS_PER_CLIENT: u32 = 10;
+    /// `--failed-logins-per-address` (per minute)
+    pub const FAILED_LOGINS_PER_ADDRESS: u32 = 30;
 }
 
 /// Flags of `posrelay serve` (each also a key of the configuration file).
@@ -100,6 +112,24 @@ pub struct ServeArgs {
     /// Lifetime of access tokens [default: 1h]
     #[arg(long, value_name = "DURATION")]
     pub access_token_ttl: Option<String>,
+    /// Connections open at once on the relay listener; beyond: 503 + Retry-After [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections not yet authenticated (slow or anonymous clients); beyond: 503 [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_unauthenticated: Option<usize>,
+    /// POS connections (control channels and sessions) per client id; beyond: 429 [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// Header lines in a request head (431 beyond) [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_header_count: Option<usize>,
+    /// Failed logins (token requests, registrations) per client id per minute before 429 [default: 10]
+    #[arg(long, value_name = "N")]
+    pub failed_logins_per_client: Option<u32>,
+    /// Failed logins per source address per minute before 429 [default: 30]
+    #[arg(long, value_name = "N")]
+    pub failed_logins_per_address: Option<u32>,
     /// Admin API token (better: the POSRELAY_ADMIN_TOKEN environment variable) [default: none, admin API refuses every call]
     #[arg(
         long,
@@ -137,6 +167,12 @@ struct FileConfig {
     access_token_ttl: Option<String>,
     admin_token: Option<String>,
     log_format: Option<LogFormat>,
+    max_connections: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    max_connections_per_client: Option<usize>,
+    max_header_count: Option<usize>,
+    failed_logins_per_client: Option<u32>,
+    failed_logins_per_address: Option<u32>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -161,6 +197,12 @@ pub struct Settings {
     pub access_token_ttl: Duration,
     pub admin_token: Option<String>,
     pub log_format: LogFormat,
+    pub max_connections: usize,
+    pub max_unauthenticated: usize,
+    pub max_connections_per_client: usize,
+    pub max_header_count: usize,
+    pub failed_logins_per_client: u32,
+    pub failed_logins_per_address: u32,
 }
 
 impl ServeArgs {
@@ -290,7 +332,44 @@ impl ServeArgs {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults::MAX_CONNECTIONS),
+            max_unauthenticated: self
+                .max_unauthenticated
+                .or(file.max_unauthenticated)
+                .unwrap_or(defaults::MAX_UNAUTHENTICATED),
+            max_connections_per_client: self
+                .max_connections_per_client
+                .or(file.max_connections_per_client)
+                .unwrap_or(defaults::MAX_CONNECTIONS_PER_CLIENT),
+            max_header_count: self
+                .max_header_count
+                .or(file.max_header_count)
+                .unwrap_or(defaults::MAX_HEADER_COUNT),
+            failed_logins_per_client: self
+                .failed_logins_per_client
+                .or(file.failed_logins_per_client)
+                .unwrap_or(defaults::FAILED_LOGINS_PER_CLIENT),
+            failed_logins_per_address: self
+                .failed_logins_per_address
+                .or(file.failed_logins_per_address)
+                .unwrap_or(defaults::FAILED_LOGINS_PER_ADDRESS),
         };
+        for (name, value) in [
+            ("max_connections", settings.max_connections),
+            ("max_unauthenticated", settings.max_unauthenticated),
+            (
+                "max_connections_per_client",
+                settings.max_connections_per_client,
+            ),
+            ("max_header_count", settings.max_header_count),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
         if let Some(url) = &settings.public_url {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 bail!("public_url must start with ws:// or wss://, got {url:?}");

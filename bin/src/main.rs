@@ -1,9 +1,13 @@
 //! The `posrelay` binary: serve the relay, run the echo server, and operator helpers.
 
+mod admin_cli;
 mod cli;
+mod client;
 mod config;
+mod demo;
 mod logging;
 mod serve;
+mod sim;
 mod units;
 
 use clap::Parser;

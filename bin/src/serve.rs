@@ -5,6 +5,7 @@
 use crate::config::Settings;
 use posrelay_core::handshake::{HeadLimits, SubprotocolPolicy};
 use posrelay_core::io::runtime::RuntimeConfig;
+use posrelay_core::io::server::admission::AdmissionLimits;
 use posrelay_core::io::server::{run_server, ServerConfig, StopHandle};
 use posrelay_core::proto::Limits;
 use posrelay_core::relay::RelayLimits;
@@ -30,7 +31,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_config(s: &Settings) -> ServerConfig {
+pub(crate) fn server_config(s: &Settings) -> ServerConfig {
     let runtime = RuntimeConfig {
         shards: s.shards,
         ..RuntimeConfig::default()
@@ -60,7 +61,7 @@ fn server_config(s: &Settings) -> ServerConfig {
         },
         head_limits: HeadLimits {
             max_head_bytes: s.max_header_bytes,
-            ..HeadLimits::default()
+            max_headers: s.max_header_count,
         },
         handshake_timeout: s.handshake_timeout,
         ping_interval: s.ping_interval,
@@ -70,6 +71,13 @@ fn server_config(s: &Settings) -> ServerConfig {
         admin_token: s.admin_token.clone(),
         send_queue_bytes: SEND_QUEUE_BYTES,
         hash_cost: posrelay_core::auth::HashCost::PRODUCTION,
+        admission: AdmissionLimits {
+            max_connections: s.max_connections,
+            max_unauthenticated: s.max_unauthenticated,
+            max_per_client: s.max_connections_per_client,
+            failed_logins_per_client: s.failed_logins_per_client,
+            failed_logins_per_address: s.failed_logins_per_address,
+        },
     }
 }
 

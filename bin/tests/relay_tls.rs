@@ -79,3 +79,71 @@ fn the_seed_001_flow_runs_over_tls() {
         "plaintext upgraded on a TLS listener"
     );
 }
+
+/// Whether a TLS handshake with the relay succeeds for a client that trusts only `trusted`.
+fn handshake_trusting(addr: std::net::SocketAddr, trusted: &[u8]) -> bool {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(trusted.to_vec()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut sock).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn sighup_reloads_the_certificate_without_a_restart() {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let first = rcgen::generate_simple_self_signed(names.clone()).unwrap();
+    let second = rcgen::generate_simple_self_signed(names).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, first.cert.pem()).unwrap();
+    std::fs::write(&key_path, first.key_pair.serialize_pem()).unwrap();
+    let relay = Relay::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let pid = relay.pid();
+    assert!(handshake_trusting(relay.relay_addr, first.cert.der()));
+    assert!(!handshake_trusting(relay.relay_addr, second.cert.der()));
+
+    // The operator renews the certificate in place and sends SIGHUP.
+    std::fs::write(&cert_path, second.cert.pem()).unwrap();
+    std::fs::write(&key_path, second.key_pair.serialize_pem()).unwrap();
+    relay.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !handshake_trusting(relay.relay_addr, second.cert.der()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new connections still get the old certificate 5 s after SIGHUP"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!handshake_trusting(relay.relay_addr, first.cert.der()));
+    assert_eq!(relay.pid(), pid, "the same process: no restart");
+
+    // A broken file on the next SIGHUP keeps the working certificate.
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    relay.signal(libc::SIGHUP);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(handshake_trusting(relay.relay_addr, second.cert.der()));
+}

@@ -230,6 +230,7 @@ fn a_relay_node_forwards_without_per_message_allocations() {
         admin_token: Some(ADMIN.into()),
         send_queue_bytes: 256 * 1024,
         hash_cost: posrelay_core::auth::HashCost::TEST_ONLY,
+        admission: Default::default(),
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

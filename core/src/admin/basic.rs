@@ -1,7 +1,5 @@
 //! HTTP Basic client credentials (RFC 7617, as RFC 6749 §2.3.1 uses them).
 
-use base64::Engine as _;
-
 /// An `Authorization` header's client credentials.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum BasicAuth {
@@ -20,64 +18,23 @@ pub(super) enum BasicAuth {
 
 /// Parses `Basic base64(urlencode(id) ":" urlencode(secret))`.
 pub(super) fn parse(authorization: Option<&str>) -> BasicAuth {
-    let Some(header) = authorization else {
-        return BasicAuth::Absent;
-    };
-    let Some((scheme, encoded)) = header.trim().split_once(' ') else {
-        return BasicAuth::Invalid;
-    };
-    // RFC 9110 §11.1: the scheme is case-insensitive.
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return BasicAuth::Invalid;
-    }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return BasicAuth::Invalid;
-    };
-    // RFC 7617 §2: the user-id cannot contain ':', so the first ':' separates.
-    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-        return BasicAuth::Invalid;
-    };
-    let (id, secret) = (&decoded[..colon], &decoded[colon + 1..]);
-    // RFC 6749 §2.3.1: both are form-urlencoded before they are put in the header.
-    match (form_decode(id), form_decode(secret)) {
-        (Some(client_id), Some(client_secret)) => BasicAuth::Credentials {
-            client_id,
-            client_secret,
+    match authorization {
+        None => BasicAuth::Absent,
+        // RFC 7617 and RFC 6749 §2.3.1 (form-encoded id and secret): handshake::form.
+        Some(header) => match crate::handshake::parse_basic_auth(header) {
+            Some((client_id, client_secret)) => BasicAuth::Credentials {
+                client_id,
+                client_secret,
+            },
+            None => BasicAuth::Invalid,
         },
-        _ => BasicAuth::Invalid,
     }
-}
-
-/// `application/x-www-form-urlencoded` decoding of one value ('+' is a space, `%XX` a
-/// byte); `None` unless the result is UTF-8.
-fn form_decode(raw: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        let hex = |at: usize| raw.get(at).and_then(|c| char::from(*c).to_digit(16));
-        match (b, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                // Two hex digits are at most 0xff.
-                out.push(u8::try_from(hi * 16 + lo).ok()?);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            // WHATWG URL: a '%' not followed by two hex digits stays as it is.
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn basic(user_pass: &str) -> String {
         format!(

@@ -126,7 +126,7 @@ fn parse_request(request: &TokenRequest<'_>) -> Result<Credentials, AuthError> {
             reason: "body too large",
         });
     }
-    let form = Form::parse(request.body);
+    let form = Form::parse(request.body)?;
     // PROTOCOL.md §1: "The grant type is checked first."
     match form.single("grant_type")? {
         None => {
@@ -187,12 +187,11 @@ struct Form {
 }
 
 impl Form {
-    fn parse(body: &[u8]) -> Self {
-        Self {
-            pairs: form_urlencoded::parse(body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        }
+    fn parse(body: &[u8]) -> Result<Self, AuthError> {
+        let pairs = crate::handshake::parse_form(body).map_err(|_| AuthError::InvalidRequest {
+            reason: "malformed application/x-www-form-urlencoded body",
+        })?;
+        Ok(Self { pairs })
     }
 
     /// The value of `name`: RFC 6749 §3.2 "Parameters sent without a value MUST be

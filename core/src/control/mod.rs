@@ -19,7 +19,7 @@ pub mod request_id;
 
 pub use error::{ControlError, ControlErrorCode};
 pub use event::DeviceEntry;
-pub use register::{ClientSecret, RegisterRequest};
+pub use register::RegisterRequest;
 pub use request::{ControlRequest, RequestRejected};
 pub use request_id::RequestId;
 

@@ -4,38 +4,15 @@
 //! (`registered` or `error`) and the relay closes: with [`CLOSE_AFTER_REGISTERED`] after
 //! success, [`CLOSE_AFTER_ERROR`] after an error.
 
-use std::fmt;
-
 use super::error::{ControlError, ControlErrorCode};
 use super::json::{parse_object, required_str, JsonWriter};
+use crate::auth::ClientSecret;
 use crate::ids::SessionId;
 
 /// §2 / §8: the close code after a `registered` reply (normal closure).
 pub const CLOSE_AFTER_REGISTERED: u16 = 1000;
 /// §2 / §8: the close code after an `error` reply (policy).
 pub const CLOSE_AFTER_ERROR: u16 = 1008;
-
-/// A client secret as the device sent it. Its `Debug` never shows the secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClientSecret(String);
-
-impl ClientSecret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret, for the credential check only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientSecret(<redacted>)")
-    }
-}
 
 /// `{"type":"register","tsn":"…","client_id":"…","client_secret":"…"}` (§2).
 ///

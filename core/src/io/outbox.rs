@@ -136,14 +136,15 @@ impl Outbox {
         let parts = message.payload.as_slice();
         let queued_at = self.latency.as_ref().map(|_| std::time::Instant::now());
         if parts.is_empty() {
-            let mut frame = OutFrame::data(server_header(first, true, 0), Bytes::new(), true);
+            let mut frame =
+                OutFrame::data(FrameHeader::server_data(first, true, 0), Bytes::new(), true);
             frame.queued_at = queued_at;
             return self.push(frame);
         }
         let last = parts.len() - 1;
         for (i, part) in parts.iter().enumerate() {
             let opcode = if i == 0 { first } else { OpCode::Continuation };
-            let header = server_header(opcode, i == last, part.len());
+            let header = FrameHeader::server_data(opcode, i == last, part.len());
             let mut frame = OutFrame::data(header, part.clone(), i == last);
             if i == last {
                 frame.queued_at = queued_at;
@@ -312,17 +313,6 @@ impl Outbox {
             }
         }
     }
-}
-
-/// An unmasked (server) frame header.
-fn server_header(opcode: OpCode, fin: bool, len: usize) -> HeaderBuf {
-    FrameHeader {
-        fin,
-        opcode,
-        mask: None,
-        payload_len: len as u64,
-    }
-    .encode()
 }
 
 #[cfg(test)]

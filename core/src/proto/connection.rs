@@ -261,13 +261,7 @@ impl Connection {
     /// Always unmasked, i.e. what a server sends; a client must mask and
     /// therefore copy: see [`super::frame::encode_client_frame`].
     pub fn encode_data_header(&self, opcode: OpCode, fin: bool, len: usize) -> HeaderBuf {
-        FrameHeader {
-            fin,
-            opcode,
-            mask: None,
-            payload_len: len as u64,
-        }
-        .encode()
+        FrameHeader::server_data(opcode, fin, len)
     }
 }
 

@@ -154,6 +154,19 @@ impl FrameHeader {
     ///
     /// Lengths with the top bit set cannot be represented; they are clamped
     /// to `i64::MAX` (no real payload comes near).
+    /// The header a server writes before forwarding `len` payload bytes unchanged
+    /// (unmasked: RFC 6455 §5.1, a server never masks).
+    pub fn server_data(opcode: OpCode, fin: bool, len: usize) -> HeaderBuf {
+        FrameHeader {
+            fin,
+            opcode,
+            mask: None,
+            payload_len: len as u64,
+        }
+        .encode()
+    }
+
+    /// Encodes the header with the minimal length form.
     pub fn encode(&self) -> HeaderBuf {
         let mut buf = [0u8; MAX_HEADER_LEN];
         buf[0] = (u8::from(self.fin) << 7) | self.opcode.as_u8();

@@ -2,7 +2,8 @@
 //! answers plain HTTP; WebSocket paths are checked (§8 statuses), authenticated, and
 //! handed to the shard that owns their session or client.
 
-use super::handover::{Handover, Routed};
+use super::admission::{ConnSlot, Refusal, UnauthSlot};
+use super::handover::{Handover, Held, Routed, Routing};
 use super::shard::ShardCtx;
 use super::{control, device, endpoints, registration, session};
 use crate::auth::{AccessClaims, AuthError};
@@ -78,15 +79,39 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin:
             continue;
         }
         let ctx = ctx.clone();
+        if admin {
+            glommio::spawn_local(endpoints::serve_admin_connection(ctx, stream)).detach();
+            continue;
+        }
+        let admitted = ctx.shared.admission.admit();
         glommio::spawn_local(async move {
-            if admin {
-                endpoints::serve_admin_connection(ctx, stream).await
-            } else {
-                serve_relay_connection(ctx, stream).await
+            match admitted {
+                Ok((conn, unauth)) => serve_relay_connection(ctx, stream, conn, unauth).await,
+                Err(why) => {
+                    let body = br#"{"error":"the relay is at its connection limit: retry later"}"#;
+                    let answer = refusal_response(why, body);
+                    answer_and_close(Transport::Plain(stream), &answer).await
+                }
             }
         })
         .detach();
     }
+}
+
+/// The answer to a connection or login refused by an admission limit: 503 for the
+/// relay's own limits, 429 for a client's; both say when to retry.
+pub(crate) fn refusal_response(why: Refusal, body: &[u8]) -> Vec<u8> {
+    let status = match why {
+        Refusal::MaxConnections | Refusal::MaxUnauthenticated => HttpStatus::SERVICE_UNAVAILABLE,
+        _ => HttpStatus::TOO_MANY_REQUESTS,
+    };
+    let retry = why.retry_after_secs().to_string();
+    http_response(
+        status,
+        &[("Retry-After", &retry), ("Connection", "close")],
+        Some("application/json"),
+        body,
+    )
 }
 
 /// Writes a whole answer and closes.
@@ -136,8 +161,17 @@ pub(crate) async fn refuse_unreadable(ctx: &ShardCtx, transport: Transport, err:
     }
 }
 
-async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
+async fn serve_relay_connection(
+    ctx: Rc<ShardCtx>,
+    stream: TcpStream,
+    conn: ConnSlot,
+    unauth: UnauthSlot,
+) {
     let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let transport = match &ctx.shared.tls {
         Some(tls) => match Transport::tls(stream, tls.current()) {
             Ok(t) => t,
@@ -161,10 +195,20 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
             }
             Err(e) => return refuse_unreadable(&ctx, transport, e).await,
         };
-        let keep_alive = wants_keep_alive(&request.head);
+        let mut keep_alive = wants_keep_alive(&request.head);
         let answer = match Path::parse(&request.head.path) {
             Path::Token(domain) => {
-                endpoints::token(&ctx, &domain, &request.head, &request.body, keep_alive).await
+                let (answer, keep) = endpoints::token(
+                    &ctx,
+                    &domain,
+                    &request.head,
+                    &request.body,
+                    keep_alive,
+                    peer,
+                )
+                .await;
+                keep_alive = keep;
+                answer
             }
             Path::Unknown => {
                 ctx.shared.metrics.http_not_found.inc();
@@ -199,7 +243,9 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
             match path {
-                Path::DeviceListener => registration::serve(ctx, transport, rbuf, prelude).await,
+                Path::DeviceListener => {
+                    registration::serve(ctx, transport, rbuf, prelude, peer, (conn, unauth)).await
+                }
                 Path::DeviceConnection(sid) => {
                     let sid = match SessionId::new(sid) {
                         Ok(s) => s,
@@ -220,13 +266,18 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                             return answer_and_close(transport, &auth_refusal(&ctx, &e)).await
                         }
                     };
+                    unauth.authenticated();
                     let owner = owner_shard(&sid, ctx.shards).0;
                     let routed = Routed::Device { sid, claims };
-                    route_to(ctx, owner, transport, rbuf, prelude, routed).await
+                    let held = Held {
+                        _conn: conn,
+                        _client: None,
+                    };
+                    route_to(ctx, owner, transport, rbuf, prelude, routed, held).await
                 }
                 Path::PosListener => {
-                    let claims = match verify_access(&ctx, &prelude) {
-                        Ok(c) => c,
+                    let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+                        Ok(admitted) => admitted,
                         Err(answer) => return answer_and_close(transport, &answer).await,
                     };
                     let home = client_shard(&claims.client(), ctx.shards).0;
@@ -237,6 +288,7 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                         rbuf,
                         prelude,
                         Routed::Control { claims },
+                        held,
                     )
                     .await
                 }
@@ -245,8 +297,8 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                         Ok(s) => s,
                         Err(_) => return answer_and_close(transport, &not_found_session()).await,
                     };
-                    let claims = match verify_access(&ctx, &prelude) {
-                        Ok(c) => c,
+                    let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+                        Ok(admitted) => admitted,
                         Err(answer) => return answer_and_close(transport, &answer).await,
                     };
                     let owner = owner_shard(&sid, ctx.shards).0;
@@ -257,6 +309,7 @@ async fn serve_relay_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
                         rbuf,
                         prelude,
                         Routed::Session { sid, claims },
+                        held,
                     )
                     .await
                 }
@@ -404,6 +457,31 @@ pub(crate) fn json_escape(s: &str) -> String {
     out
 }
 
+/// A POS connection (control channel or session): its access token verified, it stops
+/// counting as anonymous and takes a place under the per-client limit.
+fn admit_pos(
+    ctx: &ShardCtx,
+    prelude: &Prelude,
+    unauth: UnauthSlot,
+    conn: ConnSlot,
+) -> Result<(AccessClaims, Held), Vec<u8>> {
+    let claims = verify_access(ctx, prelude)?;
+    unauth.authenticated();
+    match ctx.shared.admission.admit_client(&claims.client()) {
+        Ok(slot) => Ok((
+            claims,
+            Held {
+                _conn: conn,
+                _client: Some(slot),
+            },
+        )),
+        Err(why) => {
+            let body = br#"{"error":"this client has too many open connections: close some, or retry later"}"#;
+            Err(refusal_response(why, body))
+        }
+    }
+}
+
 /// Serves `routed` here, or hands the connection to the shard that owns it.
 async fn route_to(
     ctx: Rc<ShardCtx>,
@@ -412,6 +490,7 @@ async fn route_to(
     rbuf: BytesMut,
     prelude: Prelude,
     routed: Routed,
+    held: Held,
 ) {
     if shard == ctx.index {
         serve_routed(
@@ -421,16 +500,18 @@ async fn route_to(
             prelude.answer,
             prelude.url_base,
             routed,
+            held,
         )
         .await
     } else {
-        match Handover::new(
-            transport,
-            rbuf.to_vec(),
-            prelude.answer,
-            prelude.url_base,
+        let routing = Routing {
+            leftover: rbuf.to_vec(),
+            answer: prelude.answer,
+            url_base: prelude.url_base,
             routed,
-        ) {
+            held,
+        };
+        match Handover::new(transport, routing) {
             Ok(h) => ctx.send_handover(shard, h).await,
             Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
         }
@@ -439,11 +520,12 @@ async fn route_to(
 
 /// Serves a connection that arrived from another shard.
 pub(crate) async fn serve_handover(ctx: Rc<ShardCtx>, handover: Handover) {
-    let (transport, leftover, answer, url_base, routed) = handover.into_transport();
-    let rbuf = BytesMut::from(&leftover[..]);
-    serve_routed(ctx, transport, rbuf, answer, url_base, routed).await
+    let (transport, r) = handover.into_transport();
+    let rbuf = BytesMut::from(&r.leftover[..]);
+    serve_routed(ctx, transport, rbuf, r.answer, r.url_base, r.routed, r.held).await
 }
 
+/// Serves a routed connection; its admission slots are released when it ends.
 async fn serve_routed(
     ctx: Rc<ShardCtx>,
     transport: Transport,
@@ -451,7 +533,9 @@ async fn serve_routed(
     answer: Vec<u8>,
     url_base: String,
     routed: Routed,
+    held: Held,
 ) {
+    let _held = held;
     match routed {
         Routed::Device { sid, claims } => {
             device::serve(ctx, transport, rbuf, answer, sid, claims).await

@@ -47,29 +47,21 @@ pub(crate) async fn serve(
         .devices
         .borrow_mut()
         .handle_device_connected(&sid, id, Instant::now());
-    let ended = match connected {
+    match connected {
         Ok(()) => {
             ctx.process_actions();
             tracing::info!(role = "device", tsn = %device.serial, domain = %device.domain, shard = ctx.index, conn = id.0, "connection opened");
-            let mut handler = DeviceHandler {
-                sid: sid.clone(),
-                conn: id,
-                device: device.clone(),
-            };
-            serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await
         }
-        Err(e) => {
-            outbox
-                .borrow_mut()
-                .request_close(e.close_code(), "unknown session");
-            let mut handler = DeviceHandler {
-                sid: sid.clone(),
-                conn: id,
-                device: device.clone(),
-            };
-            serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await
-        }
+        // The session went away between the check and now (a disable): 4404.
+        Err(e) => outbox
+            .borrow_mut()
+            .request_close(e.close_code(), "unknown session"),
+    }
+    let mut handler = DeviceHandler {
+        sid: sid.clone(),
+        conn: id,
     };
+    let ended = serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await;
     let unsent = retire(&ctx, id, &outbox);
     ctx.report_unsent_to_device(&device, unsent);
     ctx.devices
@@ -87,7 +79,6 @@ pub(crate) fn log_end(role: &str, device: &DeviceKey, shard: usize, id: ConnId, 
 struct DeviceHandler {
     sid: SessionId,
     conn: ConnId,
-    device: DeviceKey,
 }
 
 impl Handler for DeviceHandler {
@@ -98,17 +89,31 @@ impl Handler for DeviceHandler {
             message,
             Instant::now(),
         );
-        match route {
-            Route::Forward { conn, message } => forward(ctx, driver, conn, message, None).await,
-            Route::Queued => ShardMetrics::add(&ctx.metrics.queued, 1),
-            Route::Rejected => {}
-            Route::Dropped(reason) => {
-                ShardMetrics::add(&ctx.metrics.dropped_device_frames, 1);
-                tracing::debug!(tsn = %self.device.serial, ?reason, "device message dropped");
-            }
-        }
-        ctx.process_actions();
+        carry(ctx, driver, route, None).await;
     }
+}
+
+/// Carries out the relay state's decision for one message: forward it (`to_device`
+/// names the device when it came from its POS), or count what the state did with it
+/// (queued; rejected and reported; or, for device messages nobody can receive, dropped).
+pub(crate) async fn carry(
+    ctx: &Rc<ShardCtx>,
+    driver: &mut ConnDriver,
+    route: Route<Message>,
+    to_device: Option<&DeviceKey>,
+) {
+    match route {
+        Route::Forward { conn, message } => forward(ctx, driver, conn, message, to_device).await,
+        Route::Queued => ShardMetrics::add(&ctx.metrics.queued, 1),
+        Route::Rejected => {}
+        Route::Dropped(reason) => {
+            if to_device.is_none() {
+                ShardMetrics::add(&ctx.metrics.dropped_device_frames, 1);
+            }
+            tracing::debug!(?reason, "message dropped");
+        }
+    }
+    ctx.process_actions();
 }
 
 /// Writes `message` on `target` (zero copy) and waits while the target is full

@@ -16,7 +16,7 @@ use glommio::net::TcpStream;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Answers `POST /oauth2/v1/{domain}/token`. The secret check (argon2, tens of
+/// Answers `POST /oauth2/v1/{domain}/token`, and whether the connection stays open. The secret check (argon2, tens of
 /// milliseconds) runs on glommio's blocking pool so that the shard keeps relaying.
 pub(crate) async fn token(
     ctx: &Rc<ShardCtx>,
@@ -24,16 +24,40 @@ pub(crate) async fn token(
     head: &RequestHead,
     body: &Bytes,
     keep_alive: bool,
-) -> Vec<u8> {
+    peer: std::net::IpAddr,
+) -> (Vec<u8>, bool) {
     let connection = ("Connection", super::accept::connection_header(keep_alive));
     if head.method != crate::handshake::Method::Post {
         let body = br#"{"error":"invalid_request","error_description":"use POST"}"#;
-        return http_response(
+        let answer = http_response(
             HttpStatus::METHOD_NOT_ALLOWED,
             &[("Allow", "POST"), connection],
             Some("application/json"),
             body,
         );
+        return (answer, keep_alive);
+    }
+    // Who is trying: the client id from Basic or the form (only to rate-limit failures).
+    let client_id = head
+        .headers
+        .get("authorization")
+        .and_then(crate::handshake::parse_basic_auth)
+        .map(|(id, _)| id)
+        .or_else(|| {
+            crate::handshake::parse_form(body)
+                .ok()?
+                .into_iter()
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v)
+        });
+    let admission = ctx.shared.admission.clone();
+    if let Err(why) = admission.check_login(client_id.as_deref(), peer, std::time::Instant::now()) {
+        let body = format!(
+            "{{\"error\":\"invalid_request\",\"error_description\":\"too many failed attempts: retry in {} s\"}}",
+            why.retry_after_secs()
+        );
+        // A refusal closes the connection (and says so with Connection: close).
+        return (super::accept::refusal_response(why, body.as_bytes()), false);
     }
     let shared = ctx.shared.clone();
     let domain = domain.to_owned();
@@ -60,17 +84,25 @@ pub(crate) async fn token(
     let m = &ctx.shared.metrics;
     match response.status {
         200 => m.tokens_issued.inc(),
-        401 => m.token_invalid_client.inc(),
+        401 => {
+            m.token_invalid_client.inc();
+            admission.login_failed(client_id.as_deref(), peer, std::time::Instant::now());
+        }
         _ => m.token_bad_request.inc(),
     }
     let mut headers = response.headers.clone();
     headers.push(connection);
-    http_response(
+    // A browser POS (PROTOCOL.md §7) served from the admin listener is another origin:
+    // it can read the answer only with CORS. `*` is safe: the answer depends only on the
+    // credentials sent in the request body, never on cookies or other ambient authority.
+    headers.push(("Access-Control-Allow-Origin", "*"));
+    let answer = http_response(
         HttpStatus(response.status),
         &headers,
         Some("application/json"),
         &response.body,
-    )
+    );
+    (answer, keep_alive)
 }
 
 /// A presence snapshot gathered from every shard, for the admin device list.
@@ -141,6 +173,7 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
         ("GET", "/metrics") => {
             let mut text = ctx.shared.metrics.render();
             super::metrics::render(&ctx.shared.shard_metrics, &mut text);
+            ctx.shared.admission.render(&mut text);
             return http_response(
                 HttpStatus::OK,
                 &keep,

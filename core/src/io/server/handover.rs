@@ -23,11 +23,8 @@ pub(crate) enum Routed {
     },
 }
 
-/// A connection in flight between shards. `Send` by construction: a file descriptor,
-/// bytes, rustls state and plain data.
-pub(crate) struct Handover {
-    fd: OwnedFd,
-    tls: Option<rustls::ServerConnection>,
+/// Everything about a routed connection except its socket.
+pub(crate) struct Routing {
     /// Bytes read after the request head.
     pub leftover: Vec<u8>,
     /// The `101 Switching Protocols` answer to write first.
@@ -36,6 +33,23 @@ pub(crate) struct Handover {
     pub url_base: String,
     /// What it is.
     pub routed: Routed,
+    /// Its places under the admission limits, held until it closes.
+    pub held: Held,
+}
+
+/// The admission slots a connection holds for as long as it is open.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub _conn: super::admission::ConnSlot,
+    pub _client: Option<super::admission::ClientSlot>,
+}
+
+/// A connection in flight between shards. `Send` by construction: a file descriptor,
+/// rustls state, bytes and plain data.
+pub(crate) struct Handover {
+    fd: OwnedFd,
+    tls: Option<rustls::ServerConnection>,
+    routing: Routing,
 }
 
 const _: () = {
@@ -45,13 +59,7 @@ const _: () = {
 
 impl Handover {
     /// Takes the connection off this shard.
-    pub fn new(
-        transport: Transport,
-        leftover: Vec<u8>,
-        answer: Vec<u8>,
-        url_base: String,
-        routed: Routed,
-    ) -> std::io::Result<Handover> {
+    pub fn new(transport: Transport, routing: Routing) -> std::io::Result<Handover> {
         let (stream, tls) = match transport {
             Transport::Plain(s) => (s, None),
             Transport::Tls(t) => {
@@ -62,30 +70,17 @@ impl Handover {
         let fd = dup_fd(&stream)?;
         // Dropping glommio's stream closes its descriptor; the duplicate keeps the socket.
         drop(stream);
-        Ok(Handover {
-            fd,
-            tls,
-            leftover,
-            answer,
-            url_base,
-            routed,
-        })
+        Ok(Handover { fd, tls, routing })
     }
 
     /// Rebuilds the transport on the receiving shard.
-    pub fn into_transport(self) -> (Transport, Vec<u8>, Vec<u8>, String, Routed) {
+    pub fn into_transport(self) -> (Transport, Routing) {
         let stream = stream_from_fd(self.fd);
         let transport = match self.tls {
             Some(conn) => Transport::from_tls_parts(stream, conn),
             None => Transport::Plain(stream),
         };
-        (
-            transport,
-            self.leftover,
-            self.answer,
-            self.url_base,
-            self.routed,
-        )
+        (transport, self.routing)
     }
 }
 

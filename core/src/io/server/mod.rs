@@ -5,6 +5,7 @@
 //! client's home shard. Cores talk only by message ([`shard::ShardMsg`]).
 
 mod accept;
+pub mod admission;
 mod conn;
 mod control;
 mod device;
@@ -72,6 +73,8 @@ pub struct ServerConfig {
     pub send_queue_bytes: usize,
     /// Cost of hashing client secrets (lower only in tests).
     pub hash_cost: HashCost,
+    /// Connection and login limits.
+    pub admission: admission::AdmissionLimits,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -145,6 +148,7 @@ pub(crate) struct Shared {
     pub tls: Option<tls::TlsReloader>,
     pub stop: StopHandle,
     pub addrs: std::sync::OnceLock<ServerAddrs>,
+    pub admission: Arc<admission::Admission>,
 }
 
 /// Opens the store, binds both listeners on every shard, calls `on_ready`, and serves
@@ -183,6 +187,7 @@ pub fn run_server(
         None => None,
     };
     let shards = config.runtime.shards.max(1);
+    let config_admission = config.admission;
     let (relay_addr, relay_reservation) = resolve_port(config.listen)?;
     let (admin_addr, admin_reservation) = resolve_port(config.admin_listen)?;
     let shared = Arc::new(Shared {
@@ -199,6 +204,7 @@ pub fn run_server(
         tls,
         stop,
         addrs: std::sync::OnceLock::new(),
+        admission: admission::Admission::new(config_admission),
     });
     let addrs = ServerAddrs {
         relay: relay_addr,

@@ -3,6 +3,7 @@
 //! (errors: an error message, then close 1008).
 
 use super::accept::Prelude;
+use super::admission::{ConnSlot, UnauthSlot};
 use super::metrics::ConnRole;
 use super::shard::ShardCtx;
 use crate::auth::{resolve_device, verify_client, ScopeError, TsnInput, DEVICE_TOKEN_TTL};
@@ -16,8 +17,9 @@ use crate::proto::{CloseCode, Connection, Event, Limits, MessageKind, Role};
 use crate::relay::owner_shard;
 use crate::store::Store;
 use bytes::BytesMut;
+use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A registration message is small: refuse anything larger than this.
 const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
@@ -41,6 +43,8 @@ pub(crate) async fn serve(
     mut transport: Transport,
     rbuf: BytesMut,
     prelude: Prelude,
+    peer: IpAddr,
+    _slots: (ConnSlot, UnauthSlot),
 ) {
     if transport
         .write_all_vectored(&[&prelude.answer])
@@ -55,7 +59,7 @@ pub(crate) async fn serve(
         max_message: MAX_REGISTRATION_BYTES,
     };
     let mut ws = WsStream::new(transport, rbuf, Connection::new(Role::Server, limits));
-    let outcome = registration(&ctx, &mut ws, &prelude.url_base).await;
+    let outcome = registration(&ctx, &mut ws, &prelude.url_base, peer).await;
     match outcome {
         Ok(Outcome::Registered(reply)) => {
             let _ = ws.send_text(reply).await;
@@ -100,6 +104,7 @@ async fn registration(
     ctx: &Rc<ShardCtx>,
     ws: &mut WsStream,
     url_base: &str,
+    peer: IpAddr,
 ) -> Result<Outcome, Refusal> {
     let timeout = ctx.shared.config.handshake_timeout;
     let first = with_timeout(timeout, async {
@@ -136,10 +141,20 @@ async fn registration(
             "tsn must be a serial number or <make>-<model>-<serial>".into(),
         )
     })?;
+    let admission = &ctx.shared.admission;
+    if let Err(why) = admission.check_login(Some(&request.client_id), peer, Instant::now()) {
+        return Err(Refusal(
+            ControlErrorCode::InvalidClient,
+            format!(
+                "too many failed attempts: retry in {} s",
+                why.retry_after_secs()
+            ),
+        ));
+    }
     // The secret check runs on the blocking pool (argon2). Unknown and wrong look alike.
     let shared = ctx.shared.clone();
     let client_id = request.client_id.clone();
-    let secret = crate::auth::ClientSecret::new(request.client_secret.expose());
+    let secret = request.client_secret.clone();
     let client = glommio::executor()
         .spawn_blocking(move || {
             let domain = ClientId::new(client_id.as_str())
@@ -151,6 +166,7 @@ async fn registration(
         })
         .await
         .map_err(|_| {
+            admission.login_failed(Some(&request.client_id), peer, Instant::now());
             Refusal(
                 ControlErrorCode::InvalidClient,
                 "unknown client or wrong secret: check custom_registration_data".into(),

@@ -4,7 +4,7 @@
 
 use super::accept::{answer_and_close, auth_refusal, not_found_session};
 use super::conn::{retire, serve_ws, ConnEntry, Handler};
-use super::device::{forward, log_end};
+use super::device::{carry, log_end};
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
 use crate::auth::{AccessClaims, AuthError};
@@ -13,7 +13,7 @@ use crate::io::driver::ConnDriver;
 use crate::io::outbox::Outbox;
 use crate::io::transport::Transport;
 use crate::proto::{Connection, Message, Role};
-use crate::relay::{ConnId, Route, SessionError};
+use crate::relay::{ConnId, SessionError};
 use bytes::BytesMut;
 use std::rc::Rc;
 use std::time::Instant;
@@ -96,13 +96,6 @@ impl Handler for SessionHandler {
             message,
             Instant::now(),
         );
-        match route {
-            Route::Forward { conn, message } => {
-                forward(ctx, driver, conn, message, Some(&self.device)).await
-            }
-            Route::Queued => ShardMetrics::add(&ctx.metrics.queued, 1),
-            Route::Rejected | Route::Dropped(_) => {}
-        }
-        ctx.process_actions();
+        carry(ctx, driver, route, Some(&self.device)).await;
     }
 }

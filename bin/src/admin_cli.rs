@@ -1,0 +1,290 @@
+//! `posrelay admin`: the admin API (PROTOCOL.md §9) from the command line, with
+//! readable tables, or JSON with `--json`.
+
+use crate::client::http::{agent, AdminClient, ClientCredentials, DeviceRow};
+use crate::client::tls::client_config;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Flags of `posrelay admin`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Admin listener URL
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9080",
+        value_name = "URL",
+        global = true
+    )]
+    pub admin_url: String,
+    /// Admin API token (better: the POSRELAY_ADMIN_TOKEN environment variable)
+    #[arg(
+        long,
+        env = "POSRELAY_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// Print JSON instead of tables and sentences
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// PEM file of the CA certificates to trust for an https:// admin URL
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// One admin call.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Create a domain (a tenant)
+    CreateDomain {
+        /// Domain name, e.g. acme
+        domain: String,
+    },
+    /// Create a store of a merchant in a domain
+    CreateStore {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// The merchant the store belongs to
+        #[arg(long, value_name = "MERCHANT")]
+        merchant: String,
+        /// Store name
+        store: String,
+    },
+    /// Create a POS client (prints its id and secret; the secret is shown once)
+    CreateClient {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// The store it may claim terminals of [default: the whole domain]
+        #[arg(long, value_name = "STORE")]
+        store: Option<String>,
+    },
+    /// Delete a POS client (its tokens stop working)
+    DeleteClient {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// The client id
+        client_id: String,
+    },
+    /// Provision a terminal
+    CreateDevice {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// The store it belongs to
+        #[arg(long, value_name = "STORE")]
+        store: String,
+        /// Make, e.g. verifone
+        #[arg(long, value_name = "MAKE")]
+        make: String,
+        /// Model, e.g. p400
+        #[arg(long, value_name = "MODEL")]
+        model: String,
+        /// Terminal serial number
+        tsn: String,
+    },
+    /// List a domain's terminals with their state
+    ListDevices {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+    },
+    /// Disable a terminal (its connection is closed; it cannot register)
+    DisableDevice {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// Terminal serial number
+        tsn: String,
+    },
+    /// Enable a disabled terminal again
+    EnableDevice {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// Terminal serial number
+        tsn: String,
+    },
+}
+
+/// Runs one admin call and prints its result.
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let Some(token) = args.admin_token.as_deref() else {
+        anyhow::bail!("no admin token: set POSRELAY_ADMIN_TOKEN (or pass --admin-token)");
+    };
+    let tls = if args.admin_url.starts_with("https://") {
+        Some(client_config(args.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let admin = AdminClient::new(agent(tls), &args.admin_url, token);
+    let out = execute(&admin, &args.command, args.json)?;
+    println!("{out}");
+    Ok(())
+}
+
+/// Makes the call; returns what to print.
+fn execute(admin: &AdminClient, command: &AdminCommand, as_json: bool) -> anyhow::Result<String> {
+    let done = |sentence: String, value: serde_json::Value| {
+        if as_json {
+            value.to_string()
+        } else {
+            sentence
+        }
+    };
+    Ok(match command {
+        AdminCommand::CreateDomain { domain } => {
+            admin.create_domain(domain)?;
+            done(
+                format!("created domain {domain}"),
+                json!({ "domain": domain, "created": true }),
+            )
+        }
+        AdminCommand::CreateStore {
+            domain,
+            merchant,
+            store,
+        } => {
+            admin.create_store(domain, store, merchant)?;
+            done(
+                format!("created store {store} (merchant {merchant}) in domain {domain}"),
+                json!({ "domain": domain, "store": store, "merchant": merchant, "created": true }),
+            )
+        }
+        AdminCommand::CreateClient { domain, store } => {
+            let creds = admin.create_client(domain, store.as_deref())?;
+            if as_json {
+                serde_json::to_string(&creds)?
+            } else {
+                client_table(domain, store.as_deref(), &creds)
+            }
+        }
+        AdminCommand::DeleteClient { domain, client_id } => {
+            admin.delete_client(domain, client_id)?;
+            done(
+                format!("deleted client {client_id} of domain {domain}"),
+                json!({ "domain": domain, "client_id": client_id, "deleted": true }),
+            )
+        }
+        AdminCommand::CreateDevice {
+            domain,
+            store,
+            make,
+            model,
+            tsn,
+        } => {
+            admin.create_device(domain, tsn, make, model, store)?;
+            done(
+                format!(
+                    "created terminal {tsn} ({make} {model}) in store {store} of domain {domain}"
+                ),
+                json!({ "domain": domain, "tsn": tsn, "make": make, "model": model, "store": store, "created": true }),
+            )
+        }
+        AdminCommand::ListDevices { domain } => {
+            let devices = admin.list_devices(domain)?;
+            if as_json {
+                json!({ "devices": devices }).to_string()
+            } else {
+                devices_table(&devices)
+            }
+        }
+        AdminCommand::DisableDevice { domain, tsn } => {
+            admin.set_device_enabled(domain, tsn, false)?;
+            done(
+                format!("disabled terminal {tsn} of domain {domain}"),
+                json!({ "domain": domain, "tsn": tsn, "enabled": false }),
+            )
+        }
+        AdminCommand::EnableDevice { domain, tsn } => {
+            admin.set_device_enabled(domain, tsn, true)?;
+            done(
+                format!("enabled terminal {tsn} of domain {domain}"),
+                json!({ "domain": domain, "tsn": tsn, "enabled": true }),
+            )
+        }
+    })
+}
+
+fn client_table(domain: &str, store: Option<&str>, creds: &ClientCredentials) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["domain", "scope", "client_id", "client_secret"]);
+    t.add_row(vec![
+        domain.to_owned(),
+        store.map_or("whole domain".to_owned(), |s| format!("store {s}")),
+        creds.client_id.clone(),
+        creds.client_secret.clone(),
+    ]);
+    format!("{t}\nthe secret is shown only this once: keep it now")
+}
+
+fn devices_table(devices: &[DeviceRow]) -> String {
+    if devices.is_empty() {
+        return "no terminals".to_owned();
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec!["tsn", "store", "enabled", "online", "claimed by"]);
+    for d in devices {
+        t.add_row(vec![
+            d.tsn.clone(),
+            d.store.clone(),
+            yes_no(d.enabled).to_owned(),
+            yes_no(d.online).to_owned(),
+            d.claimed_by.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    t.to_string()
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_table_is_readable() {
+        let rows = vec![
+            DeviceRow {
+                tsn: "10000001".into(),
+                store: "store-1".into(),
+                enabled: true,
+                online: true,
+                claimed_by: Some("abc".into()),
+            },
+            DeviceRow {
+                tsn: "10000002".into(),
+                store: "store-1".into(),
+                enabled: false,
+                online: false,
+                claimed_by: None,
+            },
+        ];
+        let t = devices_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].contains("tsn") && lines[1].contains("claimed by"),
+            "{t}"
+        );
+        let first = lines.iter().find(|l| l.contains("10000001")).unwrap();
+        assert!(first.contains("yes") && first.contains("abc"), "{t}");
+        let second = lines.iter().find(|l| l.contains("10000002")).unwrap();
+        assert!(second.contains("no") && second.contains(" - "), "{t}");
+        assert_eq!(devices_table(&[]), "no terminals");
+    }
+}

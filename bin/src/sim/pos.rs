@@ -1,0 +1,572 @@
+//! `posrelay pos-sim`: a simulated POS. It gets an access token (PROTOCOL.md §1),
+//! opens the control channel (§4), claims a terminal, opens the session (§5), sends
+//! messages from a file or stdin and prints each reply. [`PosClient`] is also what
+//! the demo drives.
+
+use crate::client::http::{agent, fetch_token};
+use crate::client::tls::client_config;
+use crate::client::url::WsUrl;
+use crate::client::ws::{ConnectOptions, WsClient};
+use anyhow::Context;
+use posrelay_core::proto::MessageKind;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::io::{BufRead, Read as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Flags of `posrelay pos-sim`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PosSimArgs {
+    /// Relay URL (ws:// or wss://)
+    #[arg(long, default_value = "ws://127.0.0.1:8080", value_name = "URL")]
+    pub relay: String,
+    /// Domain (tenant) of the POS client
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: String,
+    /// POS client id
+    #[arg(
+        long,
+        env = "POSRELAY_CLIENT_ID",
+        hide_env_values = true,
+        value_name = "ID"
+    )]
+    pub client_id: String,
+    /// POS client secret
+    #[arg(
+        long,
+        env = "POSRELAY_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub client_secret: String,
+    /// Terminal serial number to claim
+    #[arg(long, value_name = "TSN")]
+    pub tsn: String,
+    /// Messages to send: a file, or - for stdin
+    #[arg(long, default_value = "-", value_name = "FILE")]
+    pub input: PathBuf,
+    /// How the input is cut into messages: each line, blank-line separated blocks, or the whole input as one
+    #[arg(long, value_enum, default_value = "lines", value_name = "HOW")]
+    pub split: Split,
+    /// Send binary messages instead of text
+    #[arg(long)]
+    pub binary: bool,
+    /// How long to wait for each reply
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub reply_timeout: Duration,
+    /// PEM file of the CA certificates to trust for wss:// and https:// [default: the public web PKI roots]
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::units::parse_duration(s)
+}
+
+/// How input is cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// One message per non-empty line.
+    Lines,
+    /// Messages separated by blank lines (for multi-line XML).
+    Blank,
+    /// The whole input is one message.
+    Whole,
+}
+
+/// A relay answer of `{"type":"error"}` on the control channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ControlError {
+    /// `bad_request`, `not_found`, `device_busy`, `offline`.
+    pub code: String,
+    /// The relay's explanation.
+    pub message: String,
+}
+
+/// A claim (§4 `claimed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The bare serial number.
+    pub tsn: String,
+    /// The device's session.
+    pub session_id: String,
+    /// Where to open the session.
+    pub session_url: String,
+    /// Whether the device is connected now.
+    pub online: bool,
+}
+
+/// An event the relay pushed on the control channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// A claimed device went on- or offline.
+    DeviceStatus {
+        /// Its tsn.
+        tsn: String,
+        /// Now online?
+        online: bool,
+    },
+    /// Frames this POS sent could not be delivered.
+    Undelivered {
+        /// The device.
+        tsn: String,
+        /// How many messages.
+        frames: u64,
+        /// Their payload bytes.
+        bytes: u64,
+    },
+    /// Anything else, as JSON.
+    Other(String),
+}
+
+/// A POS: token, control channel, claims, sessions.
+pub struct PosClient {
+    relay: WsUrl,
+    control: WsClient,
+    token: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    events: VecDeque<ControlEvent>,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for PosClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PosClient")
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Time allowed for an answer on the control channel.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl PosClient {
+    /// Gets a token for `client_id` in `domain` and opens the control channel.
+    pub fn connect(
+        relay: &WsUrl,
+        domain: &str,
+        client_id: &str,
+        client_secret: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<PosClient> {
+        let token = fetch_token(
+            &agent(tls.clone()),
+            &relay.http_base(),
+            domain,
+            client_id,
+            client_secret,
+        )?;
+        Self::with_token(relay, &token.access_token, tls)
+    }
+
+    /// Opens the control channel with an access token already fetched.
+    pub fn with_token(
+        relay: &WsUrl,
+        token: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<PosClient> {
+        let opts = ConnectOptions {
+            bearer: Some(token.to_owned()),
+            tls: tls.clone(),
+            ..ConnectOptions::default()
+        };
+        let control =
+            WsClient::connect(&relay.with_path("/cloud-connector/v1/pos-listener"), &opts)
+                .context("control channel")?;
+        Ok(PosClient {
+            relay: relay.clone(),
+            control,
+            token: token.to_owned(),
+            tls,
+            events: VecDeque::new(),
+            next_id: 1,
+        })
+    }
+
+    /// Sends a request with a fresh `request_id` and waits for its answer, keeping
+    /// pushed events for [`PosClient::next_event`].
+    fn request(&mut self, mut body: Value) -> anyhow::Result<Value> {
+        let id = format!("r{}", self.next_id);
+        self.next_id += 1;
+        body["request_id"] = Value::String(id.clone());
+        self.control.send_text(&body.to_string())?;
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(msg) = self.control.recv(left)? else {
+                anyhow::bail!("no answer to {} within {CONTROL_TIMEOUT:?}", body["type"]);
+            };
+            let v: Value =
+                serde_json::from_slice(&msg.data).context("control message is not JSON")?;
+            if v["request_id"].as_str() == Some(id.as_str()) {
+                if v["type"] == "error" {
+                    return Err(ControlError {
+                        code: v["code"].as_str().unwrap_or("?").to_owned(),
+                        message: v["message"].as_str().unwrap_or("").to_owned(),
+                    }
+                    .into());
+                }
+                return Ok(v);
+            }
+            self.events.push_back(parse_event(&v));
+        }
+    }
+
+    /// §4 `claim`.
+    pub fn claim(&mut self, tsn: &str) -> anyhow::Result<Claim> {
+        let v = self.request(json!({ "type": "claim", "tsn": tsn }))?;
+        Ok(Claim {
+            tsn: v["tsn"].as_str().unwrap_or(tsn).to_owned(),
+            session_id: v["session_id"].as_str().unwrap_or_default().to_owned(),
+            session_url: v["session_url"].as_str().unwrap_or_default().to_owned(),
+            online: v["online"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// §4 `release`.
+    pub fn release(&mut self, tsn: &str) -> anyhow::Result<()> {
+        self.request(json!({ "type": "release", "tsn": tsn }))
+            .map(drop)
+    }
+
+    /// §4 `devices`: `(tsn, online)` of every device in scope.
+    pub fn devices(&mut self) -> anyhow::Result<Vec<(String, bool)>> {
+        let v = self.request(json!({ "type": "devices" }))?;
+        Ok(v["devices"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|d| {
+                        (
+                            d["tsn"].as_str().unwrap_or_default().to_owned(),
+                            d["online"].as_bool().unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// §5: opens the session of a claim.
+    pub fn open_session(&self, claim: &Claim) -> anyhow::Result<WsClient> {
+        let url = WsUrl::parse(&claim.session_url).context("session_url")?;
+        let opts = ConnectOptions {
+            bearer: Some(self.token.clone()),
+            tls: self.tls.clone(),
+            ..ConnectOptions::default()
+        };
+        WsClient::connect(&url, &opts).context("session")
+    }
+
+    /// The next pushed event, waiting up to `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<ControlEvent>> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        match self.control.recv(timeout)? {
+            Some(msg) => {
+                let v: Value =
+                    serde_json::from_slice(&msg.data).context("control message is not JSON")?;
+                Ok(Some(parse_event(&v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` for an event that `want` accepts; others are dropped.
+    pub fn wait_event(
+        &mut self,
+        timeout: Duration,
+        mut want: impl FnMut(&ControlEvent) -> bool,
+    ) -> anyhow::Result<Option<ControlEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left)? {
+                Some(e) if want(&e) => return Ok(Some(e)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Closes the control channel (1000).
+    pub fn close(self) {
+        self.control.close(1000, "");
+    }
+}
+
+fn parse_event(v: &Value) -> ControlEvent {
+    let tsn = v["tsn"].as_str().unwrap_or_default().to_owned();
+    match v["type"].as_str() {
+        Some("device_status") => ControlEvent::DeviceStatus {
+            tsn,
+            online: v["online"].as_bool().unwrap_or(false),
+        },
+        Some("undelivered") => ControlEvent::Undelivered {
+            tsn,
+            frames: v["frames"].as_u64().unwrap_or(0),
+            bytes: v["bytes"].as_u64().unwrap_or(0),
+        },
+        _ => ControlEvent::Other(v.to_string()),
+    }
+}
+
+/// Cuts `text` into messages.
+pub fn split_messages(text: &str, split: Split) -> Vec<String> {
+    match split {
+        Split::Whole if text.trim().is_empty() => vec![],
+        Split::Whole => vec![text.trim_end_matches(['\r', '\n']).to_owned()],
+        Split::Lines => text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Split::Blank => {
+            let mut out = Vec::new();
+            let mut cur: Vec<&str> = Vec::new();
+            for line in text.lines() {
+                if line.trim().is_empty() {
+                    if !cur.is_empty() {
+                        out.push(cur.join("\n"));
+                        cur.clear();
+                    }
+                } else {
+                    cur.push(line.trim_end());
+                }
+            }
+            if !cur.is_empty() {
+                out.push(cur.join("\n"));
+            }
+            out
+        }
+    }
+}
+
+/// `posrelay pos-sim`.
+pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
+    let relay = WsUrl::parse(&args.relay)?;
+    let tls = if relay.secure {
+        Some(client_config(args.ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let mut pos = PosClient::connect(
+        &relay,
+        &args.domain,
+        &args.client_id,
+        &args.client_secret,
+        tls,
+    )?;
+    say(&format!("control channel open on {}", relay.base()));
+    let claim = pos.claim(&args.tsn)?;
+    say(&format!(
+        "claimed {} (session {}, {})",
+        claim.tsn,
+        claim.session_id,
+        if claim.online {
+            "online"
+        } else {
+            "offline: messages wait in the relay's queue"
+        }
+    ));
+    let mut session = pos.open_session(&claim)?;
+    say("session open: sending messages");
+    let kind = if args.binary {
+        MessageKind::Binary
+    } else {
+        MessageKind::Text
+    };
+    // Input is read on its own thread, so that the connections keep answering the
+    // relay's pings (and show what the terminal sends unasked) while a person types.
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
+    let input = args.input.clone();
+    let split = args.split;
+    std::thread::spawn(move || {
+        if input.as_os_str() == "-" && split == Split::Lines {
+            use std::io::IsTerminal as _;
+            if std::io::stdin().is_terminal() {
+                eprintln!("type one message per line; Ctrl-D ends");
+            }
+            for line in std::io::stdin().lock().lines() {
+                let msg = line.map(|l| l.trim_end().to_owned()).map_err(Into::into);
+                if matches!(&msg, Ok(l) if l.trim().is_empty()) {
+                    continue;
+                }
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        } else {
+            let text = if input.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).map(|_| s)
+            } else {
+                std::fs::read_to_string(&input)
+            };
+            match text {
+                Ok(text) => {
+                    for msg in split_messages(&text, split) {
+                        if tx.send(Ok(msg)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(anyhow::Error::new(e)
+                            .context(format!("cannot read {}", input.display()))));
+                }
+            }
+        }
+    });
+    let mut count = 0usize;
+    let mut failed = 0usize;
+    loop {
+        show_events(&mut pos)?;
+        match rx.try_recv() {
+            Ok(msg) => {
+                let msg = msg?;
+                count += 1;
+                if !exchange(
+                    &mut pos,
+                    &mut session,
+                    kind,
+                    &msg,
+                    count,
+                    args.reply_timeout,
+                )? {
+                    failed += 1;
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                if let Some(m) = session.recv(Duration::from_millis(50))? {
+                    say(&format!("< (unasked) {}", shown(&m)));
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        }
+    }
+    session.close(1000, "");
+    let _ = pos.release(&claim.tsn);
+    pos.close();
+    say(&format!(
+        "done: {count} sent, {} answered, {failed} without reply",
+        count - failed
+    ));
+    if failed > 0 {
+        anyhow::bail!("{failed} messages got no reply");
+    }
+    Ok(())
+}
+
+/// Prints the control channel's pushed events (and answers its pings).
+fn show_events(pos: &mut PosClient) -> anyhow::Result<()> {
+    while let Some(e) = pos.next_event(Duration::from_millis(1))? {
+        say(&format!("  event: {}", describe_event(&e)));
+    }
+    Ok(())
+}
+
+/// A received message for the terminal's screen.
+fn shown(m: &crate::client::ws::WsMessage) -> String {
+    match m.text() {
+        Some(t) => t.to_owned(),
+        None => format!("<{} bytes binary>", m.data.len()),
+    }
+}
+
+/// Sends message number `n` and waits for its reply; `false` when none came in time.
+fn exchange(
+    pos: &mut PosClient,
+    session: &mut WsClient,
+    kind: MessageKind,
+    msg: &str,
+    n: usize,
+    reply_timeout: Duration,
+) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    session.send(kind, msg.as_bytes())?;
+    say(&format!("> [{n}] sent {} bytes", msg.len()));
+    loop {
+        show_events(pos)?;
+        if let Some(reply) = session.recv(Duration::from_millis(100).min(reply_timeout))? {
+            say(&format!(
+                "< [{n}] reply in {:.1} ms: {}",
+                started.elapsed().as_secs_f64() * 1e3,
+                shown(&reply)
+            ));
+            return Ok(true);
+        }
+        if started.elapsed() >= reply_timeout {
+            say(&format!("! [{n}] no reply within {reply_timeout:?}"));
+            return Ok(false);
+        }
+    }
+}
+
+/// One event as text.
+pub fn describe_event(e: &ControlEvent) -> String {
+    match e {
+        ControlEvent::DeviceStatus { tsn, online } => {
+            format!(
+                "device {tsn} is {}",
+                if *online { "online" } else { "offline" }
+            )
+        }
+        ControlEvent::Undelivered { tsn, frames, bytes } => {
+            format!("{frames} messages ({bytes} bytes) to {tsn} could not be delivered")
+        }
+        ControlEvent::Other(json) => json.clone(),
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting_input_into_messages() {
+        let text = "<A>\n<B/>\n</A>\n\n  \n{\"x\":1}\n";
+        assert_eq!(
+            split_messages(text, Split::Lines),
+            vec!["<A>", "<B/>", "</A>", "{\"x\":1}"]
+        );
+        assert_eq!(
+            split_messages(text, Split::Blank),
+            vec!["<A>\n<B/>\n</A>", "{\"x\":1}"]
+        );
+        assert_eq!(split_messages(text, Split::Whole).len(), 1);
+        assert!(split_messages("\n \n", Split::Whole).is_empty());
+    }
+
+    #[test]
+    fn control_events_are_parsed() {
+        let v: Value =
+            serde_json::from_str(r#"{"type":"device_status","tsn":"1","online":false}"#).unwrap();
+        assert_eq!(
+            parse_event(&v),
+            ControlEvent::DeviceStatus {
+                tsn: "1".into(),
+                online: false
+            }
+        );
+        let v: Value =
+            serde_json::from_str(r#"{"type":"undelivered","tsn":"1","frames":2,"bytes":9}"#)
+                .unwrap();
+        assert_eq!(
+            describe_event(&parse_event(&v)),
+            "2 messages (9 bytes) to 1 could not be delivered"
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! The browser POS page (`GET /demo/` on the admin listener) in a real headless
+//! Chromium, driven over the Chrome DevTools protocol: it fills the form, gets a
+//! token, claims a terminal run by `posrelay device-sim`, opens the session with the
+//! bearer token as a subprotocol (PROTOCOL.md §7), sends messages and sees the
+//! terminal's replies in the page. A screenshot is saved to `target/browser-demo.png`.
+//!
+//! Needs Debian's Chromium: `apt-get install -y chromium`.
+
+mod common;
+
+use common::Relay;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A child process killed when the test ends, pass or fail.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` and returns it with a channel of its stdout lines.
+fn spawn_lines(mut cmd: Command) -> (Killed, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Killed(child), rx)
+}
+
+fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    mut pred: impl FnMut(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("{what}: not seen within 30 s"),
+        }
+    }
+}
+
+/// A CDP session on one page target.
+struct Cdp {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Cdp {
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({ "id": id, "method": method, "params": params });
+        self.ws
+            .send(tungstenite::Message::Text(msg.to_string()))
+            .expect("CDP send");
+        loop {
+            let frame = self.ws.read().expect("CDP read");
+            let tungstenite::Message::Text(text) = frame else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(text.as_str()).expect("CDP JSON");
+            if v["id"].as_u64() == Some(id) {
+                if let Some(err) = v.get("error") {
+                    panic!("CDP {method} failed: {err}");
+                }
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page and returns its JSON value.
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
+        );
+        if let Some(ex) = r.get("exceptionDetails") {
+            panic!("page script failed: {ex}\n{expr}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Polls `expr` until it is `true`; on timeout fails with `explain`'s value.
+    fn wait_for(&mut self, expr: &str, explain: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.eval(expr) == Value::Bool(true) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: timed out; the page says: {}", self.eval(explain));
+    }
+}
+
+/// Starts Chromium with a fresh profile and connects to its first page.
+fn chromium(profile: &Path) -> (Killed, Cdp) {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install Debian's Chromium with `apt-get install -y chromium` \
+         (CI: add it to .ci/run before the tests)"
+    );
+    let child = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,900",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let child = Killed(child);
+    // Chromium writes the port it picked to DevToolsActivePort in the profile.
+    let port_file = profile.join("DevToolsActivePort");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port: u16 = loop {
+        if let Ok(text) = std::fs::read_to_string(&port_file) {
+            if let Some(p) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
+                break p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromium did not open its DevTools port"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page_ws = loop {
+        let targets: Value = ureq::get(&format!("http://127.0.0.1:{port}/json/list"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null);
+        let page = targets.as_array().and_then(|list| {
+            list.iter()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
+        });
+        if let Some(url) = page {
+            break url;
+        }
+        assert!(Instant::now() < deadline, "chromium has no page target");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (ws, _) = tungstenite::connect(page_ws.as_str()).expect("CDP connect");
+    (child, Cdp { ws, next_id: 1 })
+}
+
+fn target_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+#[test]
+fn browser_pos_claims_a_terminal_and_exchanges_messages() {
+    let bin = env!("CARGO_BIN_EXE_posrelay");
+
+    // The relay, a tenant, a POS client and a terminal.
+    let relay_proc = Relay::start(&[]);
+    let relay = relay_proc.ws_url("");
+    let admin = relay_proc.admin_url("");
+    let creds = relay_proc.provision("demo", "s1", &["10000001"]);
+    let (client_id, client_secret) = (creds.client_id.clone(), creds.client_secret.clone());
+
+    // The page (on the admin listener's origin) reads the token answer of the relay
+    // listener (another origin) only if the token endpoint allows it (CORS).
+    let probe = relay_proc.token_request(
+        "demo",
+        &[("Origin", &admin)],
+        &format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}",
+            common::form_encode(&client_id),
+            common::form_encode(&client_secret)
+        ),
+    );
+    assert!(
+        probe.header("access-control-allow-origin").is_some(),
+        "the token endpoint answers without Access-Control-Allow-Origin, so the browser POS \
+         (served by the admin listener, another origin) cannot read its token: the relay must \
+         add `Access-Control-Allow-Origin: *` to POST /oauth2/v1/{{domain}}/token answers"
+    );
+
+    // The terminal: posrelay device-sim.
+    let mut device = Command::new(bin);
+    device
+        .args(["device-sim", "--relay", &relay, "--tsn", "10000001"])
+        .env("POSRELAY_CLIENT_ID", &client_id)
+        .env("POSRELAY_CLIENT_SECRET", &client_secret);
+    let (_device, device_lines) = spawn_lines(device);
+    wait_line(&device_lines, "device-sim online", |l| {
+        l.ends_with("] online")
+    });
+
+    // The page, in Chromium.
+    let (_chromium, mut cdp) = chromium(&relay_proc.scratch().join("chromium-profile"));
+    cdp.call("Page.enable", json!({}));
+    let page =
+        format!("{admin}/demo/?relay={relay}&domain=demo&client_id={client_id}&tsn=10000001");
+    cdp.call("Page.navigate", json!({ "url": page }));
+    cdp.wait_for(
+        "document.readyState === 'complete' && !!document.getElementById('btn-connect')",
+        "document.title",
+        "page load",
+    );
+    assert_eq!(cdp.eval("document.title"), "posrelay browser POS");
+    assert_eq!(
+        cdp.eval("document.getElementById('client_id').value"),
+        client_id.as_str()
+    );
+
+    // A person types the secret and presses the button.
+    cdp.eval("document.getElementById('client_secret').focus()");
+    cdp.call("Input.insertText", json!({ "text": client_secret }));
+    cdp.eval("document.getElementById('btn-connect').click()");
+    cdp.wait_for(
+        "window.posrelayDemo.state === 'session'",
+        "window.posrelayDemo.status",
+        "token, claim and session",
+    );
+    let status = cdp.eval("document.getElementById('status').textContent");
+    assert!(
+        status
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Connected: terminal 10000001 claimed"),
+        "{status}"
+    );
+
+    // An SCA request from the presets, then free text that the terminal echoes.
+    cdp.eval(
+        "(() => { const p = document.getElementById('preset'); p.value = 'sca-start'; \
+         p.dispatchEvent(new Event('change')); document.getElementById('btn-send').click(); })()",
+    );
+    cdp.wait_for(
+        "window.posrelayDemo.received.length >= 1",
+        "window.posrelayDemo.status",
+        "SCA reply",
+    );
+    let reply = cdp.eval("window.posrelayDemo.received[0]");
+    assert!(
+        reply
+            .as_str()
+            .unwrap_or("")
+            .contains("<RESPONSE_TEXT>Session Started</RESPONSE_TEXT>"),
+        "{reply}"
+    );
+    cdp.eval(
+        "(() => { document.getElementById('message').value = 'hello from the browser'; \
+         document.getElementById('btn-send').click(); })()",
+    );
+    cdp.wait_for(
+        "window.posrelayDemo.received.length >= 2",
+        "window.posrelayDemo.status",
+        "echoed reply",
+    );
+    assert_eq!(
+        cdp.eval("window.posrelayDemo.received[1]"),
+        "hello from the browser"
+    );
+    // The reply is on the page, in the log, as a received line.
+    let shown =
+        cdp.eval("[...document.querySelectorAll('#log li.recv .d')].map(e => e.textContent)");
+    assert!(
+        shown
+            .as_array()
+            .is_some_and(|l| l.iter().any(|t| t == "hello from the browser")),
+        "{shown}"
+    );
+
+    // The admin API sees the claim.
+    let devices = relay_proc.admin_devices("demo");
+    assert_eq!(devices[0]["claimed_by"], client_id.as_str());
+
+    let shot = cdp.call("Page.captureScreenshot", json!({ "format": "png" }));
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().expect("screenshot data"))
+        .expect("screenshot base64");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let path = target_dir().join("browser-demo.png");
+    std::fs::write(&path, &png).unwrap();
+    println!("screenshot: {}", path.display());
+}
