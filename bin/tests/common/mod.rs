@@ -1945,8 +1945,8 @@ impl Health {
         }
     }
 
-    /// A fresh pair completes an exchange; then every `posrelay_connections` gauge must come
-    /// back to 0 (the case has dropped all its connections) and VmRSS within
+    /// A fresh pair completes an exchange; then every `posrelay_connections` gauge and
+    /// `posrelay_open_connections` (admission slots) must come back to 0 (the case has dropped all its connections) and VmRSS within
     /// `baseline + slack_kib` (both polled for up to 10 s: closing is asynchronous).
     pub fn check(&self, relay: &Relay, what: &str, slack_kib: u64) {
         probe_exchange(relay, &self.domain, &self.creds);
@@ -1954,7 +1954,10 @@ impl Health {
         let closed = wait_for(Duration::from_secs(10), || {
             open = parse_metrics(&relay.metrics())
                 .into_iter()
-                .filter(|s| s.name == "posrelay_connections" && s.value != 0.0)
+                .filter(|s| {
+                    (s.name == "posrelay_connections" || s.name == "posrelay_open_connections")
+                        && s.value != 0.0
+                })
                 .map(|s| format!("{:?}={}", s.labels, s.value))
                 .collect();
             open.is_empty().then_some(())
@@ -2117,4 +2120,20 @@ pub fn wait_acked(stream: &TcpStream, limit: Duration) {
         "{} bytes still unacknowledged after {limit:?}",
         unacked_bytes(stream)
     );
+}
+
+impl Relay {
+    /// Whether the relay process has exited (reaps it if so).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => true,
+            Some(child) => match child.try_wait().expect("try_wait") {
+                Some(_) => {
+                    self.child = None;
+                    true
+                }
+                None => false,
+            },
+        }
+    }
 }
