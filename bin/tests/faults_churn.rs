@@ -25,7 +25,7 @@ const DOMAIN: &str = "acme";
 const PAIR_TSN: &str = "77770000";
 const WORKERS: u64 = 8;
 const CONNECTIONS_PER_MINUTE: u64 = 5_000;
-const QUIET: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_secs(10);
 const STALL: Duration = Duration::from_secs(1);
 
 fn churn_secs() -> u64 {

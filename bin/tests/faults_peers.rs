@@ -416,7 +416,9 @@ fn a_peer_that_stops_reading_while_the_other_sends_100_mib() {
     let start = Instant::now();
     let mut events = Vec::new();
     let mut peak = 0u64;
-    let mut sent_at_cut = None;
+    // What the POS had sent 1 s and 2 s into the stall (the device, silent since it
+    // connected, is cut at the earliest 3 s in).
+    let mut sent_at = [None::<u64>; 2];
     let buffered;
     {
         let events = &mut events;
@@ -424,20 +426,19 @@ fn a_peer_that_stops_reading_while_the_other_sends_100_mib() {
         let pos = &mut pos;
         let relay = &relay;
         let sent = &sent;
-        let sent_at_cut = &mut sent_at_cut;
+        let sent_at = &mut sent_at;
         // Wait for the cut (the offline event), then drain the dead connection's buffer.
         while !events.contains(&offline(TSN)) {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the stalled device was never cut: {events:?}"
             );
-            // What the POS had sent while nothing had happened yet (no event: the device
-            // was still connected and not reading).
-            let before = sent.load(Ordering::SeqCst);
-            tick_control(pos, events);
-            if events.is_empty() {
-                *sent_at_cut = Some(before);
+            for (i, slot) in sent_at.iter_mut().enumerate() {
+                if slot.is_none() && start.elapsed() >= Duration::from_secs(i as u64 + 1) {
+                    *slot = Some(sent.load(Ordering::SeqCst));
+                }
             }
+            tick_control(pos, events);
             *peak = (*peak).max(relay.rss_kib());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -476,18 +477,22 @@ fn a_peer_that_stops_reading_while_the_other_sends_100_mib() {
     });
     reported += more;
     eprintln!(
-        "stopped reader: cut by the idle timeout after {cut_after:?}; the POS had sent {} of \
-         {MESSAGES} frames before it; {} whole frames (+{left} bytes of a partial one) sat in its receive \
+        "stopped reader: cut by the idle timeout after {cut_after:?}; the POS had sent {:?} of \
+         {MESSAGES} frames 1 s and 2 s into the stall; {} whole frames (+{left} bytes of a partial one) sat in its receive \
          buffer, {} delivered after the reconnect, {reported} reported undelivered; VmRSS \
          baseline {} KiB, peak {peak} KiB",
-        sent_at_cut.unwrap(),
+        sent_at,
         in_buffer.len(),
         after.len(),
         health.baseline_kib
     );
+    let [Some(at_1s), Some(at_2s)] = sent_at else {
+        panic!("the device was cut within 2 s ({cut_after:?})")
+    };
     assert!(
-        sent_at_cut.unwrap() < MESSAGES,
-        "§6: the POS was paced while the device did not read"
+        at_2s < MESSAGES / 4 && at_2s - at_1s <= 32,
+        "§6: the POS is paced while the device does not read ({at_1s} then {at_2s} frames of \
+         64 KiB sent 1 s and 2 s in)"
     );
     let mut all: Vec<u64> = in_buffer.iter().chain(after.iter()).copied().collect();
     all.dedup();
