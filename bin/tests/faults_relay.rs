@@ -337,7 +337,18 @@ fn sigint_drains_like_sigterm() {
     assert_eq!(got, vec![Message::Text("before SIGINT".into())]);
     assert_eq!(code, 1001, "§6: SIGINT closes with 1001 as SIGTERM does");
     assert_eq!(expect_close(&mut pair.session), 1001);
-    assert_eq!(expect_close(&mut pair.pos.ws), 1001);
+    // Devices close before control channels (so that every report reaches them first):
+    // the control channel may hear its device go offline before its own 1001 (§4).
+    let (events, code) = drain_until_close(&mut pair.pos.ws);
+    assert_eq!(code, 1001);
+    for event in &events {
+        match event {
+            Message::Text(t) => {
+                assert!(t.contains("\"type\":\"device_status\""), "before 1001: {t}")
+            }
+            other => panic!("before 1001: {other:?}"),
+        }
+    }
     let status = relay.wait_exit(Duration::from_secs(DRAIN_S + 10));
     assert_eq!(status.code(), Some(0));
     drop(pair);

@@ -24,7 +24,7 @@ pub struct EchoConfig {
 
 /// Serves echo on every shard until the process is stopped. `on_ready` gets the bound address.
 pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
-    let (addr, reservation) = resolve_port(config.listen)?;
+    let addr = resolve_port(config.listen)?;
     let limits = config.limits;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let shards = config.runtime.shards.max(1);
@@ -57,7 +57,6 @@ pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std:
     for _ in 0..shards {
         ready_rx.recv().map_err(std::io::Error::other)??;
     }
-    drop(reservation);
     on_ready(addr);
     handle
         .join()

@@ -45,10 +45,14 @@ pub fn available_cores() -> usize {
 /// Resolves `addr` to a concrete port before the shards bind it.
 ///
 /// Every glommio listener binding port 0 would get its own port, so port 0 is
-/// resolved once here. The probe socket is bound but never listens, so it never
-/// takes a connection away from the shards' SO_REUSEPORT group; it is returned so
-/// that the port stays reserved until the shards have bound it.
-pub fn resolve_port(addr: SocketAddr) -> io::Result<(SocketAddr, PortReservation)> {
+/// resolved once here. The probe does NOT set SO_REUSEPORT: with it, the kernel may
+/// pick a port that another process of the same user already listens on with
+/// SO_REUSEPORT (another relay, a parallel test), and the two would then share
+/// connections. Without it the port is free; the probe is released before the
+/// shards bind (the window in which someone else could take it is tiny). A fixed
+/// port is checked the same way, so "address in use" is reported before any shard
+/// starts.
+pub fn resolve_port(addr: SocketAddr) -> io::Result<SocketAddr> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -56,17 +60,14 @@ pub fn resolve_port(addr: SocketAddr) -> io::Result<(SocketAddr, PortReservation
     };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     let local = socket
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::other("bound address is not an inet address"))?;
-    Ok((local, PortReservation(socket)))
+    drop(socket);
+    Ok(local)
 }
-
-/// Keeps a resolved port reserved (see [`resolve_port`]); drop it once the shards listen.
-pub struct PortReservation(#[allow(dead_code)] socket2::Socket);
 
 /// Binds a std listener with SO_REUSEPORT for tests and tools that need a plain one.
 pub fn bind_std(addr: SocketAddr) -> io::Result<StdListener> {

@@ -188,8 +188,8 @@ pub fn run_server(
     };
     let shards = config.runtime.shards.max(1);
     let config_admission = config.admission;
-    let (relay_addr, relay_reservation) = resolve_port(config.listen)?;
-    let (admin_addr, admin_reservation) = resolve_port(config.admin_listen)?;
+    let relay_addr = resolve_port(config.listen)?;
+    let admin_addr = resolve_port(config.admin_listen)?;
     let shared = Arc::new(Shared {
         shard_metrics: (0..shards)
             .map(|_| Arc::new(ShardMetrics::default()))
@@ -229,8 +229,6 @@ pub fn run_server(
             Err(_) => break,
         }
     }
-    drop(relay_reservation);
-    drop(admin_reservation);
     tracing::info!(relay = %relay_addr, admin = %admin_addr, shards, tls = addrs.tls, "posrelay ready");
     on_ready(&addrs);
     let results = handle
