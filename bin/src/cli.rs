@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay (embedded store in --data-dir; nothing else to install).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run an RFC 6455 echo server on the protocol core (for conformance tests).
     Echo(EchoArgs),
 }

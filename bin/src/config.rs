@@ -101,7 +101,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     pub access_token_ttl: Option<String>,
     /// Admin API token (better: the POSRELAY_ADMIN_TOKEN environment variable) [default: none, admin API refuses every call]
-    #[arg(long, env = "POSRELAY_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "POSRELAY_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub admin_token: Option<String>,
     /// Log format [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -163,18 +168,28 @@ impl ServeArgs {
     pub fn resolve(&self) -> anyhow::Result<Settings> {
         let file: FileConfig = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("configuration file {} is not valid", path.display()))?
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read configuration file {}", path.display())
+                })?;
+                toml::from_str(&text).with_context(|| {
+                    format!("configuration file {} is not valid", path.display())
+                })?
             }
             None => FileConfig::default(),
         };
-        let size = |flag: &Option<String>, key: &Option<String>, default: &str, name: &str| -> anyhow::Result<usize> {
+        let size = |flag: &Option<String>,
+                    key: &Option<String>,
+                    default: &str,
+                    name: &str|
+         -> anyhow::Result<usize> {
             let text = flag.as_deref().or(key.as_deref()).unwrap_or(default);
             parse_size(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
         };
-        let dur = |flag: &Option<String>, key: &Option<String>, default: &str, name: &str| -> anyhow::Result<Duration> {
+        let dur = |flag: &Option<String>,
+                   key: &Option<String>,
+                   default: &str,
+                   name: &str|
+         -> anyhow::Result<Duration> {
             let text = flag.as_deref().or(key.as_deref()).unwrap_or(default);
             parse_duration(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
         };
@@ -193,7 +208,10 @@ impl ServeArgs {
             bail!("shards must be at least 1");
         }
         let settings = Settings {
-            listen: self.listen.or(file.listen).unwrap_or_else(|| defaults::LISTEN.parse().expect("default")),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| defaults::LISTEN.parse().expect("default")),
             admin_listen: self
                 .admin_listen
                 .or(file.admin_listen)
@@ -207,18 +225,71 @@ impl ServeArgs {
             shards,
             tls,
             subprotocols: self.subprotocols.clone().or(file.subprotocols),
-            offline_queue_bytes: size(&self.offline_queue_bytes, &file.offline_queue_bytes, defaults::OFFLINE_QUEUE_BYTES, "offline_queue_bytes")?,
-            offline_grace: dur(&self.offline_grace, &file.offline_grace, defaults::OFFLINE_GRACE, "offline_grace")?,
-            claim_grace: dur(&self.claim_grace, &file.claim_grace, defaults::CLAIM_GRACE, "claim_grace")?,
-            max_message_bytes: size(&self.max_message_bytes, &file.max_message_bytes, defaults::MAX_MESSAGE_BYTES, "max_message_bytes")?,
-            max_header_bytes: size(&self.max_header_bytes, &file.max_header_bytes, defaults::MAX_HEADER_BYTES, "max_header_bytes")?,
-            handshake_timeout: dur(&self.handshake_timeout, &file.handshake_timeout, defaults::HANDSHAKE_TIMEOUT, "handshake_timeout")?,
-            ping_interval: dur(&self.ping_interval, &file.ping_interval, defaults::PING_INTERVAL, "ping_interval")?,
-            idle_timeout: dur(&self.idle_timeout, &file.idle_timeout, defaults::IDLE_TIMEOUT, "idle_timeout")?,
-            drain_timeout: dur(&self.drain_timeout, &file.drain_timeout, defaults::DRAIN_TIMEOUT, "drain_timeout")?,
-            access_token_ttl: dur(&self.access_token_ttl, &file.access_token_ttl, defaults::ACCESS_TOKEN_TTL, "access_token_ttl")?,
+            offline_queue_bytes: size(
+                &self.offline_queue_bytes,
+                &file.offline_queue_bytes,
+                defaults::OFFLINE_QUEUE_BYTES,
+                "offline_queue_bytes",
+            )?,
+            offline_grace: dur(
+                &self.offline_grace,
+                &file.offline_grace,
+                defaults::OFFLINE_GRACE,
+                "offline_grace",
+            )?,
+            claim_grace: dur(
+                &self.claim_grace,
+                &file.claim_grace,
+                defaults::CLAIM_GRACE,
+                "claim_grace",
+            )?,
+            max_message_bytes: size(
+                &self.max_message_bytes,
+                &file.max_message_bytes,
+                defaults::MAX_MESSAGE_BYTES,
+                "max_message_bytes",
+            )?,
+            max_header_bytes: size(
+                &self.max_header_bytes,
+                &file.max_header_bytes,
+                defaults::MAX_HEADER_BYTES,
+                "max_header_bytes",
+            )?,
+            handshake_timeout: dur(
+                &self.handshake_timeout,
+                &file.handshake_timeout,
+                defaults::HANDSHAKE_TIMEOUT,
+                "handshake_timeout",
+            )?,
+            ping_interval: dur(
+                &self.ping_interval,
+                &file.ping_interval,
+                defaults::PING_INTERVAL,
+                "ping_interval",
+            )?,
+            idle_timeout: dur(
+                &self.idle_timeout,
+                &file.idle_timeout,
+                defaults::IDLE_TIMEOUT,
+                "idle_timeout",
+            )?,
+            drain_timeout: dur(
+                &self.drain_timeout,
+                &file.drain_timeout,
+                defaults::DRAIN_TIMEOUT,
+                "drain_timeout",
+            )?,
+            access_token_ttl: dur(
+                &self.access_token_ttl,
+                &file.access_token_ttl,
+                defaults::ACCESS_TOKEN_TTL,
+                "access_token_ttl",
+            )?,
             admin_token: self.admin_token.clone().or(file.admin_token),
-            log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
         };
         if let Some(url) = &settings.public_url {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
@@ -249,7 +320,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("posrelay-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("posrelay.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:7000\"\noffline_grace = \"5s\"\nshards = 1\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7000\"\noffline_grace = \"5s\"\nshards = 1\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             offline_grace: Some("7s".into()),
@@ -267,7 +342,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "lisen = \"127.0.0.1:7000\"\n").unwrap();
-        let args = ServeArgs { config: Some(path), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
         assert!(args.resolve().is_err());
     }
 }

@@ -1,8 +1,96 @@
-//! `posrelay serve`: maps the resolved settings onto the relay server.
+//! `posrelay serve`: maps the resolved settings onto the relay server, prints where it
+//! listens, and turns signals into a graceful drain (SIGTERM, SIGINT; a second one
+//! exits at once) or a certificate reload (SIGHUP).
 
 use crate::config::Settings;
+use posrelay_core::handshake::{HeadLimits, SubprotocolPolicy};
+use posrelay_core::io::runtime::RuntimeConfig;
+use posrelay_core::io::server::{run_server, ServerConfig, StopHandle};
+use posrelay_core::proto::Limits;
+use posrelay_core::relay::RelayLimits;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::io::Write;
+
+/// Per-connection send queue before the sender is paused (backpressure).
+const SEND_QUEUE_BYTES: usize = 256 * 1024;
 
 /// Runs the relay until it is stopped.
-pub fn run(_settings: Settings) -> anyhow::Result<()> {
-    anyhow::bail!("serve is being built")
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let config = server_config(&settings);
+    let stop = StopHandle::default();
+    watch_signals(stop.clone())?;
+    run_server(config, stop, |addrs| {
+        let scheme = if addrs.tls { "wss" } else { "ws" };
+        let mut out = std::io::stdout().lock();
+        // Tests and scripts read these two lines to find the ports.
+        let _ = writeln!(out, "relay listening on {scheme}://{}", addrs.relay);
+        let _ = writeln!(out, "admin listening on http://{}", addrs.admin);
+        let _ = out.flush();
+    })?;
+    Ok(())
+}
+
+fn server_config(s: &Settings) -> ServerConfig {
+    let runtime = RuntimeConfig {
+        shards: s.shards,
+        ..RuntimeConfig::default()
+    };
+    let max = s.max_message_bytes;
+    let relay_limits = RelayLimits {
+        offline_queue_bytes: s.offline_queue_bytes,
+        offline_grace: s.offline_grace,
+        claim_grace: s.claim_grace,
+        ..RelayLimits::default()
+    };
+    ServerConfig {
+        listen: s.listen,
+        admin_listen: s.admin_listen,
+        data_dir: s.data_dir.clone(),
+        public_url: s.public_url.clone(),
+        runtime,
+        tls: s.tls.clone(),
+        subprotocols: match &s.subprotocols {
+            Some(list) => SubprotocolPolicy::OneOf(list.clone()),
+            None => SubprotocolPolicy::FirstOffered,
+        },
+        relay_limits,
+        ws_limits: Limits {
+            max_frame_payload: max as u64,
+            max_message: max,
+        },
+        head_limits: HeadLimits {
+            max_head_bytes: s.max_header_bytes,
+            ..HeadLimits::default()
+        },
+        handshake_timeout: s.handshake_timeout,
+        ping_interval: s.ping_interval,
+        idle_timeout: s.idle_timeout,
+        drain_timeout: s.drain_timeout,
+        access_token_ttl: s.access_token_ttl,
+        admin_token: s.admin_token.clone(),
+        send_queue_bytes: SEND_QUEUE_BYTES,
+        hash_cost: posrelay_core::auth::HashCost::PRODUCTION,
+    }
+}
+
+fn watch_signals(stop: StopHandle) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("posrelay-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => stop.reload_tls(),
+                    _ if stop.is_stopping() => {
+                        tracing::warn!("second signal: exiting without draining");
+                        std::process::exit(1);
+                    }
+                    _ => {
+                        tracing::info!(signal, "draining: closing connections with 1001");
+                        stop.stop();
+                    }
+                }
+            }
+        })?;
+    Ok(())
 }

@@ -1,1 +1,21 @@
-//! auth (to be written)
+//! Authentication and authorisation: client secrets, client-credential checks, JWT access
+//! and device tokens, scopes and tsn matching. Sans-IO: time and randomness come in.
+
+mod credentials;
+mod error;
+pub(crate) mod scope;
+mod secrets;
+mod tokens;
+mod tsn;
+
+pub use credentials::{new_client_credentials, verify_client};
+pub use error::AuthError;
+pub use scope::{devices_in_scope, resolve_device, Principal, Scope, ScopeError};
+pub use secrets::{
+    generate_client_id, generate_client_secret, ClientSecret, HashCost, SecretHash, SecretHasher,
+};
+pub use tokens::{
+    AccessClaims, DeviceClaims, IssuedToken, SigningKey, TokenIssuer, ACCESS_AUDIENCE,
+    DEFAULT_ACCESS_TTL, DEVICE_AUDIENCE, DEVICE_TOKEN_TTL, ISSUER,
+};
+pub use tsn::TsnInput;

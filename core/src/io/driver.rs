@@ -29,6 +29,17 @@ struct TlsSock {
     out_pos: usize,
 }
 
+/// Why [`ConnDriver::read`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// New bytes are in `rbuf`.
+    Data,
+    /// The peer closed its side.
+    Eof,
+    /// The relay asked something of this connection (close, ping).
+    Requests,
+}
+
 /// Reads into `rbuf`, writes the outbox.
 pub struct ConnDriver {
     sock: Sock,
@@ -100,7 +111,9 @@ impl ConnDriver {
                 // Ciphertext first: it was produced from frames already taken.
                 while tls.out_pos < tls.cipher_out.len() {
                     match Pin::new(&mut tls.stream).poll_write(cx, &tls.cipher_out[tls.out_pos..]) {
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
                         Poll::Ready(Ok(n)) => tls.out_pos += n,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
@@ -176,13 +189,25 @@ impl ConnDriver {
         }
     }
 
-    /// Reads more bytes into `rbuf`, writing the outbox meanwhile. `Ok(0)`: end of stream.
-    pub async fn read(&mut self) -> io::Result<usize> {
+    /// Reads more bytes into `rbuf`, writing the outbox meanwhile; returns early when the
+    /// relay asked something of this connection (see [`super::outbox::ConnRequests`]).
+    pub async fn read(&mut self) -> io::Result<ReadOutcome> {
         poll_fn(|cx| {
             if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
                 return Poll::Ready(Err(e));
             }
-            self.poll_read(cx)
+            if self.outbox.borrow().has_requests() {
+                return Poll::Ready(Ok(ReadOutcome::Requests));
+            }
+            self.poll_read(cx).map(|r| {
+                r.map(|n| {
+                    if n == 0 {
+                        ReadOutcome::Eof
+                    } else {
+                        ReadOutcome::Data
+                    }
+                })
+            })
         })
         .await
     }

@@ -25,7 +25,7 @@ pub struct EchoConfig {
 /// Serves echo on every shard until the process is stopped. `on_ready` gets the bound address.
 pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
     let (addr, reservation) = resolve_port(config.listen)?;
-    let limits = config.limits.clone();
+    let limits = config.limits;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let shards = config.runtime.shards.max(1);
     let runtime = config.runtime.clone();
@@ -42,8 +42,10 @@ pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std:
                 }
             };
             loop {
-                let Ok(stream) = listener.accept().await else { continue };
-                let limits = limits.clone();
+                let Ok(stream) = listener.accept().await else {
+                    continue;
+                };
+                let limits = limits;
                 glommio::spawn_local(async move {
                     let _ = stream.set_nodelay(true);
                     serve_connection(Transport::Plain(stream), limits).await;

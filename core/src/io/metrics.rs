@@ -71,7 +71,10 @@ impl Metrics {
             &[
                 ("reason=\"invalid_client\"", self.token_invalid_client.get()),
                 ("reason=\"invalid_request\"", self.token_bad_request.get()),
-                ("reason=\"admin_unauthorized\"", self.admin_unauthorized.get()),
+                (
+                    "reason=\"admin_unauthorized\"",
+                    self.admin_unauthorized.get(),
+                ),
             ],
         );
         counter(
@@ -79,7 +82,10 @@ impl Metrics {
             "Requests refused before they were routed, by reason.",
             &[
                 ("reason=\"bad_request\"", self.http_bad_request.get()),
-                ("reason=\"headers_too_large\"", self.http_headers_too_large.get()),
+                (
+                    "reason=\"headers_too_large\"",
+                    self.http_headers_too_large.get(),
+                ),
                 ("reason=\"timeout\"", self.http_handshake_timeout.get()),
                 ("reason=\"not_found\"", self.http_not_found.get()),
             ],
@@ -104,7 +110,9 @@ mod tests {
         m.tokens_issued.inc();
         m.token_invalid_client.inc();
         let text = m.render();
-        assert!(text.contains("# TYPE posrelay_tokens_issued_total counter\nposrelay_tokens_issued_total 2\n"));
+        assert!(text.contains(
+            "# TYPE posrelay_tokens_issued_total counter\nposrelay_tokens_issued_total 2\n"
+        ));
         assert!(text.contains("posrelay_auth_failures_total{reason=\"invalid_client\"} 1\n"));
     }
 }

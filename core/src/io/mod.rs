@@ -10,5 +10,6 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod runtime;
+pub mod server;
 pub mod transport;
 pub mod ws;

@@ -20,9 +20,29 @@ pub struct OutFrame {
     pub header: HeaderBuf,
     /// The payload (or a whole pre-encoded frame).
     pub payload: Bytes,
+    /// For a relayed data frame: whether it ends its message. `None` for control frames.
+    pub message_end: Option<bool>,
 }
 
 impl OutFrame {
+    /// A relayed data frame.
+    pub fn data(header: HeaderBuf, payload: Bytes, message_end: bool) -> OutFrame {
+        OutFrame {
+            header,
+            payload,
+            message_end: Some(message_end),
+        }
+    }
+
+    /// A frame encoded whole (a control frame from the protocol state).
+    pub fn control(encoded: Bytes) -> OutFrame {
+        OutFrame {
+            header: HeaderBuf::EMPTY,
+            payload: encoded,
+            message_end: None,
+        }
+    }
+
     /// Total bytes on the wire.
     pub fn wire_len(&self) -> usize {
         self.header.as_bytes().len() + self.payload.len()
@@ -48,8 +68,20 @@ pub struct Outbox {
     writer: Option<Waker>,
     room_waiters: Vec<Waker>,
     closed: bool,
+    requests: ConnRequests,
+    /// When the peer last sent anything (idle timeout, pings).
+    pub last_rx: std::time::Instant,
     /// Frames written since the connection opened.
     pub frames_written: u64,
+}
+
+/// What the relay asks of a connection's task from outside (timers, other connections).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnRequests {
+    /// Close with this code and reason.
+    pub close: Option<(u16, &'static str)>,
+    /// Send a ping (the connection has been idle for the ping interval).
+    pub ping: bool,
 }
 
 /// A shard-local handle on an outbox (`!Send`: never crosses a core).
@@ -66,6 +98,8 @@ impl Outbox {
             writer: None,
             room_waiters: Vec::new(),
             closed: false,
+            requests: ConnRequests::default(),
+            last_rx: std::time::Instant::now(),
             frames_written: 0,
         }))
     }
@@ -98,6 +132,34 @@ impl Outbox {
             }
             Poll::Pending
         }
+    }
+
+    /// Asks the connection's task to close with `code` (the first request wins).
+    pub fn request_close(&mut self, code: u16, reason: &'static str) {
+        if self.requests.close.is_none() {
+            self.requests.close = Some((code, reason));
+        }
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Asks the connection's task to send a ping.
+    pub fn request_ping(&mut self) {
+        self.requests.ping = true;
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether a request is pending.
+    pub fn has_requests(&self) -> bool {
+        self.requests.close.is_some() || self.requests.ping
+    }
+
+    /// Takes the pending requests (the close request stays recorded as taken).
+    pub fn take_requests(&mut self) -> ConnRequests {
+        std::mem::take(&mut self.requests)
     }
 
     /// Whether nothing is waiting to be written.
@@ -196,10 +258,7 @@ mod tests {
             payload_len: payload.len() as u64,
         }
         .encode();
-        OutFrame {
-            header,
-            payload: Bytes::from_static(payload),
-        }
+        OutFrame::data(header, Bytes::from_static(payload), true)
     }
 
     #[test]

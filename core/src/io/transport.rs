@@ -44,6 +44,16 @@ impl Transport {
         })))
     }
 
+    /// Rebuilds a TLS transport from a socket and the TLS state it already negotiated.
+    pub fn from_tls_parts(stream: TcpStream, conn: rustls::ServerConnection) -> Self {
+        Transport::Tls(Box::new(TlsTransport {
+            stream,
+            conn,
+            cipher_in: vec![0; READ_CHUNK],
+            cipher_out: Vec::new(),
+        }))
+    }
+
     /// The socket under the transport.
     pub fn tcp(&self) -> &TcpStream {
         match self {
@@ -143,7 +153,8 @@ pub fn send_vectored_nonblocking(stream: &TcpStream, parts: &[IoSlice<'_>]) -> i
     // lifetime of `fd`; nothing closes it meanwhile. Differential test:
     // `tests::vectored_fast_path_writes_the_same_bytes`.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    socket2::SockRef::from(&fd).send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    socket2::SockRef::from(&fd)
+        .send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 impl TlsTransport {

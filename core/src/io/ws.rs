@@ -2,7 +2,9 @@
 //! out, messages written as a fresh header plus the unchanged payload bytes.
 
 use super::transport::Transport;
-use crate::proto::{CloseCode, Connection, Event, HeaderBuf, Message, MessageKind, OpCode, Payload, ProtocolError};
+use crate::proto::{
+    CloseCode, Connection, Event, HeaderBuf, Message, MessageKind, OpCode, Payload, ProtocolError,
+};
 use bytes::{Bytes, BytesMut};
 use std::io;
 
@@ -71,7 +73,22 @@ impl WsStream {
 
     /// Writes `message` with its opcode, payload bytes and boundaries unchanged.
     pub async fn send_message(&mut self, message: &Message) -> io::Result<()> {
-        write_message(&mut self.transport, &self.proto, message.kind, &message.payload).await
+        write_message(
+            &mut self.transport,
+            &self.proto,
+            message.kind,
+            &message.payload,
+        )
+        .await
+    }
+
+    /// Sends a text message (a whole JSON document, for example).
+    pub async fn send_text(&mut self, text: Vec<u8>) -> io::Result<()> {
+        let message = Message {
+            kind: MessageKind::Text,
+            payload: Payload::Single(Bytes::from(text)),
+        };
+        self.send_message(&message).await
     }
 
     /// Sends a Close with `code` (once) and flushes it.
@@ -89,23 +106,50 @@ pub async fn write_message(
     payload: &Payload,
 ) -> io::Result<()> {
     match payload {
-        Payload::Single(bytes) => write_frame(transport, proto.encode_data_header(kind_opcode(kind), true, bytes.len()), bytes).await,
+        Payload::Single(bytes) => {
+            write_frame(
+                transport,
+                proto.encode_data_header(kind_opcode(kind), true, bytes.len()),
+                bytes,
+            )
+            .await
+        }
         Payload::Fragments(parts) => {
             let last = parts.len().saturating_sub(1);
             for (i, part) in parts.iter().enumerate() {
-                let opcode = if i == 0 { kind_opcode(kind) } else { OpCode::Continuation };
-                write_frame(transport, proto.encode_data_header(opcode, i == last, part.len()), part).await?;
+                let opcode = if i == 0 {
+                    kind_opcode(kind)
+                } else {
+                    OpCode::Continuation
+                };
+                write_frame(
+                    transport,
+                    proto.encode_data_header(opcode, i == last, part.len()),
+                    part,
+                )
+                .await?;
             }
             if parts.is_empty() {
-                write_frame(transport, proto.encode_data_header(kind_opcode(kind), true, 0), &Bytes::new()).await?;
+                write_frame(
+                    transport,
+                    proto.encode_data_header(kind_opcode(kind), true, 0),
+                    &Bytes::new(),
+                )
+                .await?;
             }
             Ok(())
         }
     }
 }
 
-async fn write_frame(transport: &mut Transport, header: HeaderBuf, payload: &Bytes) -> io::Result<()> {
-    transport.write_all_vectored(&[header.as_bytes(), payload]).await
+async fn write_frame(
+    transport: &mut Transport,
+    header: HeaderBuf,
+    payload: &Bytes,
+) -> io::Result<()> {
+    transport
+        .write_all_vectored(&[header.as_bytes(), payload])
+        .await
 }
 
 /// The opcode of a message's first frame.

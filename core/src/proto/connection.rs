@@ -308,6 +308,12 @@ mod tests {
         CloseFrame::parse(&body).unwrap().map(|c| c.code)
     }
 
+    /// A connection can be handed to another shard before it starts.
+    const _: () = {
+        const fn assert_send<T: Send>() {}
+        assert_send::<Connection>();
+    };
+
     #[test]
     fn ping_is_answered_with_pong() {
         let mut c = server();

@@ -35,7 +35,13 @@ pub struct HeaderBuf {
 }
 
 impl HeaderBuf {
-    /// The encoded header bytes (2 to 14 of them).
+    /// No header: for a frame that is already encoded whole in its payload bytes.
+    pub const EMPTY: HeaderBuf = HeaderBuf {
+        buf: [0; MAX_HEADER_LEN],
+        len: 0,
+    };
+
+    /// The encoded header bytes (2 to 14 of them; none for [`HeaderBuf::EMPTY`]).
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]
     }

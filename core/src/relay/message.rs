@@ -43,6 +43,13 @@ impl QueuedMessage for Bytes {
     }
 }
 
+/// A message as the protocol core assembled it (fragments kept, never copied).
+impl QueuedMessage for crate::proto::Message {
+    fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,1 +1,296 @@
-//! store (to be written)
+//! Durable tenancy: domains, their merchants' stores, clients (hashed secrets) and devices,
+//! plus the token signing key.
+//!
+//! [`Store`] is the interface the admin API, the token endpoint and the relay use;
+//! [`RedbStore`] keeps it in `<data_dir>/posrelay.redb` (every write committed durably
+//! before it returns, PROTOCOL.md §9), [`MemStore`] in memory for tests.
+//!
+//! Integrity rules, the same in every implementation: a store, client or device needs its
+//! domain (and a device or store-scoped client its store); names are unique per domain.
+
+mod codec;
+mod error;
+mod mem;
+mod record;
+mod redb_store;
+mod schema;
+
+pub use error::StoreError;
+pub use mem::MemStore;
+pub use record::{ClientRecord, DeviceRecord, StoreRecord};
+pub use redb_store::RedbStore;
+pub use schema::SCHEMA_VERSION;
+
+use crate::ids::{ClientId, DomainName, Serial, StoreName};
+
+/// The durable tenancy operations. Object safe: `&dyn Store` works.
+///
+/// Every write either succeeds completely or changes nothing.
+pub trait Store {
+    /// Creates a domain. `DuplicateDomain` if it exists.
+    fn create_domain(&self, domain: &DomainName) -> Result<(), StoreError>;
+
+    /// Whether the domain exists.
+    fn domain_exists(&self, domain: &DomainName) -> Result<bool, StoreError>;
+
+    /// Creates a store of a merchant. `UnknownDomain`, `DuplicateStore`.
+    fn create_store(&self, record: &StoreRecord) -> Result<(), StoreError>;
+
+    /// Whether the store exists in the domain.
+    fn store_exists(&self, domain: &DomainName, store: &StoreName) -> Result<bool, StoreError>;
+
+    /// Creates a client. `UnknownDomain`, `UnknownStore` (store scope), `DuplicateClient`.
+    fn create_client(&self, record: &ClientRecord) -> Result<(), StoreError>;
+
+    /// Deletes a client: its tokens stop verifying. `UnknownDomain`, `UnknownClient`.
+    fn delete_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<(), StoreError>;
+
+    /// The client, or `None` if it or its domain does not exist.
+    fn get_client(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+    ) -> Result<Option<ClientRecord>, StoreError>;
+
+    /// The client with this id in whichever domain it belongs to (client ids are unique
+    /// across domains), or `None`. Used by device registration, which names no domain.
+    fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError>;
+
+    /// Provisions a device. `UnknownDomain`, `UnknownStore`, `DuplicateDevice`.
+    fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError>;
+
+    /// Enables or disables a device; returns it as now stored. `UnknownDomain`, `UnknownDevice`.
+    fn set_device_enabled(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        enabled: bool,
+    ) -> Result<DeviceRecord, StoreError>;
+
+    /// The device, or `None` if it or its domain does not exist.
+    fn get_device(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// The domain's devices ordered by serial. `UnknownDomain`.
+    fn list_devices(&self, domain: &DomainName) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// The token signing key: the stored one, or `fresh` (32 bytes from a CSPRNG, passed in
+    /// by the caller) stored now and returned. It survives restarts so that access tokens
+    /// stay valid until they expire (PROTOCOL.md §6).
+    fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
+}
+
+macro_rules! forward_store {
+    ($($ty:ty),*) => {$(
+        impl<T: Store + ?Sized> Store for $ty {
+            fn create_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+                (**self).create_domain(domain)
+            }
+            fn domain_exists(&self, domain: &DomainName) -> Result<bool, StoreError> {
+                (**self).domain_exists(domain)
+            }
+            fn create_store(&self, record: &StoreRecord) -> Result<(), StoreError> {
+                (**self).create_store(record)
+            }
+            fn store_exists(&self, domain: &DomainName, store: &StoreName) -> Result<bool, StoreError> {
+                (**self).store_exists(domain, store)
+            }
+            fn create_client(&self, record: &ClientRecord) -> Result<(), StoreError> {
+                (**self).create_client(record)
+            }
+            fn delete_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<(), StoreError> {
+                (**self).delete_client(domain, client_id)
+            }
+            fn get_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+                (**self).get_client(domain, client_id)
+            }
+            fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+                (**self).find_client(client_id)
+            }
+            fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {
+                (**self).create_device(record)
+            }
+            fn set_device_enabled(&self, domain: &DomainName, serial: &Serial, enabled: bool) -> Result<DeviceRecord, StoreError> {
+                (**self).set_device_enabled(domain, serial, enabled)
+            }
+            fn get_device(&self, domain: &DomainName, serial: &Serial) -> Result<Option<DeviceRecord>, StoreError> {
+                (**self).get_device(domain, serial)
+            }
+            fn list_devices(&self, domain: &DomainName) -> Result<Vec<DeviceRecord>, StoreError> {
+                (**self).list_devices(domain)
+            }
+            fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+                (**self).load_or_create_signing_key(fresh)
+            }
+        }
+    )*};
+}
+
+forward_store!(&T, std::sync::Arc<T>, std::rc::Rc<T>, Box<T>);
+
+/// The behaviour every [`Store`] must show, run against each implementation.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use crate::auth::{HashCost, Scope, SecretHasher};
+    use crate::ids::{DeviceModelName, MerchantName};
+
+    pub(crate) fn d(name: &str) -> DomainName {
+        DomainName::new(name).unwrap()
+    }
+
+    pub(crate) fn store_rec(domain: &str, store: &str) -> StoreRecord {
+        StoreRecord {
+            domain: d(domain),
+            store: StoreName::new(store).unwrap(),
+            merchant: MerchantName::new("m1").unwrap(),
+        }
+    }
+
+    pub(crate) fn device_rec(domain: &str, serial: &str, store: &str) -> DeviceRecord {
+        DeviceRecord {
+            domain: d(domain),
+            serial: Serial::new(serial).unwrap(),
+            make: DeviceModelName::new("ingenico").unwrap(),
+            model: DeviceModelName::new("axium").unwrap(),
+            store: StoreName::new(store).unwrap(),
+            enabled: true,
+        }
+    }
+
+    pub(crate) fn client_rec(domain: &str, id: &str, scope: Scope) -> ClientRecord {
+        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        ClientRecord {
+            domain: d(domain),
+            client_id: ClientId::new(id).unwrap(),
+            scope,
+            secret_hash: hasher.dummy_hash().clone(),
+        }
+    }
+
+    /// Every rule of the trait, in one pass over an empty store.
+    /// Client ids are unique across domains and findable without the domain.
+    fn check_client_index(s: &dyn Store) {
+        let (a, b) = (d("idx-a"), d("idx-b"));
+        s.create_domain(&a).unwrap();
+        s.create_domain(&b).unwrap();
+        let c = client_rec("idx-a", "unique1", Scope::Domain);
+        s.create_client(&c).unwrap();
+        assert_eq!(s.find_client(&c.client_id).unwrap(), Some(c.clone()));
+        // The same id in another domain is refused: registration could not tell them apart.
+        let twin = client_rec("idx-b", "unique1", Scope::Domain);
+        assert!(matches!(
+            s.create_client(&twin),
+            Err(StoreError::DuplicateClient { .. })
+        ));
+        s.delete_client(&a, &c.client_id).unwrap();
+        assert_eq!(s.find_client(&c.client_id).unwrap(), None);
+        assert_eq!(
+            s.find_client(&ClientId::new("never").unwrap()).unwrap(),
+            None
+        );
+    }
+
+    pub(crate) fn check(s: &dyn Store) {
+        check_client_index(s);
+        let acme = d("acme");
+        assert!(!s.domain_exists(&acme).unwrap());
+        assert!(matches!(
+            s.create_store(&store_rec("acme", "s1")),
+            Err(StoreError::UnknownDomain { .. })
+        ));
+        s.create_domain(&acme).unwrap();
+        assert!(s.domain_exists(&acme).unwrap());
+        assert!(matches!(
+            s.create_domain(&acme),
+            Err(StoreError::DuplicateDomain { .. })
+        ));
+
+        s.create_store(&store_rec("acme", "s1")).unwrap();
+        let err = s.create_store(&store_rec("acme", "s1")).unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateStore { .. }));
+        assert_eq!(err.status(), 409);
+        assert!(s
+            .store_exists(&acme, &StoreName::new("s1").unwrap())
+            .unwrap());
+        assert!(!s
+            .store_exists(&acme, &StoreName::new("s2").unwrap())
+            .unwrap());
+
+        // Devices need their store; serials are unique per domain.
+        let err = s.create_device(&device_rec("acme", "1", "s2")).unwrap_err();
+        assert!(matches!(err, StoreError::UnknownStore { .. }));
+        assert_eq!(err.status(), 404);
+        s.create_device(&device_rec("acme", "2", "s1")).unwrap();
+        s.create_device(&device_rec("acme", "1", "s1")).unwrap();
+        assert!(matches!(
+            s.create_device(&device_rec("acme", "1", "s1")),
+            Err(StoreError::DuplicateDevice { .. })
+        ));
+        let serials: Vec<_> = s
+            .list_devices(&acme)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.serial.as_str().to_owned())
+            .collect();
+        assert_eq!(serials, ["1", "2"]);
+        let one = Serial::new("1").unwrap();
+        assert_eq!(
+            s.get_device(&acme, &one).unwrap(),
+            Some(device_rec("acme", "1", "s1"))
+        );
+        let off = s.set_device_enabled(&acme, &one, false).unwrap();
+        assert!(!off.enabled);
+        assert!(!s.get_device(&acme, &one).unwrap().unwrap().enabled);
+        assert!(matches!(
+            s.set_device_enabled(&acme, &Serial::new("9").unwrap(), false),
+            Err(StoreError::UnknownDevice { .. })
+        ));
+
+        // Clients: store scope needs the store; ids unique; delete removes.
+        let bad = client_rec("acme", "c0", Scope::Store(StoreName::new("nope").unwrap()));
+        assert!(matches!(
+            s.create_client(&bad),
+            Err(StoreError::UnknownStore { .. })
+        ));
+        let c1 = client_rec("acme", "c1", Scope::Store(StoreName::new("s1").unwrap()));
+        s.create_client(&c1).unwrap();
+        assert!(matches!(
+            s.create_client(&c1),
+            Err(StoreError::DuplicateClient { .. })
+        ));
+        assert_eq!(
+            s.get_client(&acme, &c1.client_id).unwrap(),
+            Some(c1.clone())
+        );
+        s.delete_client(&acme, &c1.client_id).unwrap();
+        assert_eq!(s.get_client(&acme, &c1.client_id).unwrap(), None);
+        assert!(matches!(
+            s.delete_client(&acme, &c1.client_id),
+            Err(StoreError::UnknownClient { .. })
+        ));
+
+        // Another domain sees nothing of acme's.
+        let other = d("other");
+        s.create_domain(&other).unwrap();
+        assert_eq!(s.list_devices(&other).unwrap(), vec![]);
+        assert_eq!(s.get_device(&other, &one).unwrap(), None);
+        assert!(matches!(
+            s.list_devices(&d("ghost")),
+            Err(StoreError::UnknownDomain { .. })
+        ));
+        assert!(matches!(
+            s.delete_client(&d("ghost"), &c1.client_id),
+            Err(StoreError::UnknownDomain { .. })
+        ));
+        assert_eq!(s.get_client(&d("ghost"), &c1.client_id).unwrap(), None);
+
+        // The first key stays.
+        let key = s.load_or_create_signing_key([1; 32]).unwrap();
+        assert_eq!(key, [1; 32]);
+        assert_eq!(s.load_or_create_signing_key([2; 32]).unwrap(), [1; 32]);
+    }
+}

@@ -1,0 +1,684 @@
+//! The admin API (PROTOCOL.md §9) as a sans-IO request handler.
+
+use rand::{CryptoRng, RngCore};
+
+use super::body::{self, ClientOut, DeviceList, DeviceListEntry, DeviceOut, DomainOut, StoreOut};
+use super::response::ErrorBody;
+use super::route::Route;
+use super::{AdminEffect, AdminError, AdminResponse, AdminToken, DevicePresence};
+use crate::auth::{new_client_credentials, Scope, SecretHasher, TsnInput};
+use crate::ids::{
+    ClientId, ClientKey, DeviceModelName, DomainName, MerchantName, Serial, StoreName,
+};
+use crate::store::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
+
+/// The admin API over a store: checks the admin token, routes, validates, writes.
+#[derive(Debug)]
+pub struct AdminApi<S: Store> {
+    store: S,
+    token: AdminToken,
+    hasher: SecretHasher,
+}
+
+impl<S: Store> AdminApi<S> {
+    /// An admin API writing to `store`, guarded by `token`, hashing new client secrets
+    /// with `hasher`.
+    pub fn new(store: S, token: AdminToken, hasher: SecretHasher) -> Self {
+        Self {
+            store,
+            token,
+            hasher,
+        }
+    }
+
+    /// Whether `authorization` carries the admin token (for work done before `handle`).
+    pub fn check_token(&self, authorization: Option<&str>) -> bool {
+        self.token.check_header(authorization).is_ok()
+    }
+
+    /// The store behind the API.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Answers one admin request. `authorization` is the `Authorization` header, `body`
+    /// the whole request body; `presence` tells which devices are online and claimed;
+    /// `rng` makes client ids and secrets. Every write is durable before this returns,
+    /// and a refused call changes nothing.
+    pub fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+        presence: &dyn DevicePresence,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> AdminResponse {
+        match self.dispatch(method, path, authorization, body, presence, rng) {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+        presence: &dyn DevicePresence,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<AdminResponse, AdminError> {
+        // The token first: without it, not even which paths exist is told.
+        self.token.check_header(authorization)?;
+        let route = Route::parse(path).ok_or_else(|| AdminError::UnknownPath {
+            path: path.chars().take(200).collect(),
+        })?;
+        // RFC 9110 §9.1: method names are case-sensitive.
+        match (&route, method) {
+            (Route::Domains, "POST") => self.create_domain(body),
+            (Route::Stores { domain }, "POST") => self.create_store(domain, body),
+            (Route::Clients { domain }, "POST") => self.create_client(domain, body, rng),
+            (Route::Client { domain, client_id }, "DELETE") => {
+                self.delete_client(domain, client_id)
+            }
+            (Route::Devices { domain }, "POST") => self.create_device(domain, body),
+            (Route::Devices { domain }, "GET") => self.list_devices(domain, presence),
+            (Route::Device { domain, tsn }, "PATCH") => self.patch_device(domain, tsn, body),
+            _ => Err(AdminError::MethodNotAllowed {
+                method: method.chars().take(20).collect(),
+                allowed: route.allowed(),
+            }),
+        }
+    }
+
+    fn create_domain(&self, body: &[u8]) -> Result<AdminResponse, AdminError> {
+        let req: body::NewDomain = body::parse(body, r#"{"domain":"acme"}"#)?;
+        let domain = DomainName::new(req.domain)?;
+        self.store.create_domain(&domain)?;
+        Ok(AdminResponse::json(
+            201,
+            &DomainOut {
+                domain: domain.as_str(),
+            },
+        ))
+    }
+
+    fn create_store(&self, domain: &str, body: &[u8]) -> Result<AdminResponse, AdminError> {
+        let req: body::NewStore = body::parse(body, r#"{"store":"s1","merchant":"m1"}"#)?;
+        let record = StoreRecord {
+            domain: path_domain(domain)?,
+            store: StoreName::new(req.store)?,
+            merchant: MerchantName::new(req.merchant)?,
+        };
+        self.store.create_store(&record)?;
+        Ok(AdminResponse::json(
+            201,
+            &StoreOut {
+                store: record.store.as_str(),
+                merchant: record.merchant.as_str(),
+            },
+        ))
+    }
+
+    fn create_client(
+        &self,
+        domain: &str,
+        body: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<AdminResponse, AdminError> {
+        let req: body::NewClient =
+            body::parse(body, r#"{"store":"s1"} or {} for a domain-wide client"#)?;
+        let domain = path_domain(domain)?;
+        let scope = match req.store {
+            Some(store) => Scope::Store(StoreName::new(store)?),
+            None => Scope::Domain,
+        };
+        let (client_id, secret, secret_hash) = new_client_credentials(&self.hasher, rng);
+        self.store.create_client(&ClientRecord {
+            domain,
+            client_id: client_id.clone(),
+            scope,
+            secret_hash,
+        })?;
+        Ok(AdminResponse::json(
+            201,
+            &ClientOut {
+                client_id: client_id.as_str(),
+                client_secret: secret.expose(),
+            },
+        ))
+    }
+
+    fn delete_client(&self, domain: &str, client_id: &str) -> Result<AdminResponse, AdminError> {
+        let domain = path_domain(domain)?;
+        let unknown = || StoreError::UnknownClient {
+            domain: domain.to_string(),
+            client_id: client_id.chars().take(64).collect(),
+        };
+        let client_id = ClientId::new(client_id).map_err(|_| unknown())?;
+        self.store.delete_client(&domain, &client_id)?;
+        Ok(AdminResponse::no_content()
+            .with_effect(AdminEffect::ClientDeleted(ClientKey { domain, client_id })))
+    }
+
+    fn create_device(&self, domain: &str, body: &[u8]) -> Result<AdminResponse, AdminError> {
+        let req: body::NewDevice = body::parse(
+            body,
+            r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1"}"#,
+        )?;
+        let record = DeviceRecord {
+            domain: path_domain(domain)?,
+            serial: Serial::new(req.tsn)?,
+            make: DeviceModelName::new(req.make)?,
+            model: DeviceModelName::new(req.model)?,
+            store: StoreName::new(req.store)?,
+            enabled: true,
+        };
+        self.store.create_device(&record)?;
+        Ok(AdminResponse::json(201, &device_out(&record)))
+    }
+
+    fn patch_device(
+        &self,
+        domain: &str,
+        tsn: &str,
+        body: &[u8],
+    ) -> Result<AdminResponse, AdminError> {
+        let req: body::DevicePatch = body::parse(body, r#"{"enabled":false}"#)?;
+        let domain = path_domain(domain)?;
+        let unknown = || StoreError::UnknownDevice {
+            domain: domain.to_string(),
+            serial: tsn.chars().take(64).collect(),
+        };
+        // The path may name the device by bare serial or qualified tsn (PROTOCOL.md §2).
+        let tsn = TsnInput::parse(tsn).map_err(|_| unknown())?;
+        let Some(current) = self
+            .store
+            .get_device(&domain, tsn.serial())?
+            .filter(|device| tsn.matches(device))
+        else {
+            if !self.store.domain_exists(&domain)? {
+                return Err(StoreError::UnknownDomain {
+                    domain: domain.to_string(),
+                }
+                .into());
+            }
+            return Err(unknown().into());
+        };
+        let updated = self
+            .store
+            .set_device_enabled(&domain, &current.serial, req.enabled)?;
+        let response = AdminResponse::json(200, &device_out(&updated));
+        Ok(if updated.enabled {
+            response
+        } else {
+            // PROTOCOL.md §9: "a disabled device's connection is closed (1008)".
+            response.with_effect(AdminEffect::DeviceDisabled(updated.key()))
+        })
+    }
+
+    fn list_devices(
+        &self,
+        domain: &str,
+        presence: &dyn DevicePresence,
+    ) -> Result<AdminResponse, AdminError> {
+        let domain = path_domain(domain)?;
+        let devices = self.store.list_devices(&domain)?;
+        let entries = devices
+            .iter()
+            .map(|device| {
+                let now = presence.presence(&device.domain, &device.serial);
+                DeviceListEntry {
+                    tsn: device.serial.as_str(),
+                    store: device.store.as_str(),
+                    enabled: device.enabled,
+                    online: now.online,
+                    claimed_by: now.claimed_by.map(|c| c.as_str().to_owned()),
+                }
+            })
+            .collect();
+        Ok(AdminResponse::json(200, &DeviceList { devices: entries }))
+    }
+}
+
+/// A domain named in the path: a name that cannot exist is an unknown domain (404).
+fn path_domain(domain: &str) -> Result<DomainName, StoreError> {
+    DomainName::new(domain).map_err(|_| StoreError::UnknownDomain {
+        domain: domain.chars().take(64).collect(),
+    })
+}
+
+fn device_out(device: &DeviceRecord) -> DeviceOut<'_> {
+    DeviceOut {
+        tsn: device.serial.as_str(),
+        make: device.make.as_str(),
+        model: device.model.as_str(),
+        store: device.store.as_str(),
+        enabled: device.enabled,
+    }
+}
+
+fn error_response(err: &AdminError) -> AdminResponse {
+    let message = err.to_string();
+    let mut response = AdminResponse::json(err.status(), &ErrorBody { error: &message });
+    match err {
+        // RFC 6750 §3: a 401 names the scheme.
+        AdminError::MissingToken => response
+            .headers
+            .push(("WWW-Authenticate", r#"Bearer realm="posrelay-admin""#)),
+        AdminError::WrongToken => response.headers.push((
+            "WWW-Authenticate",
+            r#"Bearer realm="posrelay-admin", error="invalid_token""#,
+        )),
+        AdminError::MethodNotAllowed { allowed, .. } => response.headers.push(("Allow", allowed)),
+        _ => {}
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{NoPresence, Presence};
+    use crate::auth::HashCost;
+    use crate::store::MemStore;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const AUTH: Option<&str> = Some("Bearer admintoken");
+
+    struct Admin {
+        api: AdminApi<MemStore>,
+        rng: StdRng,
+    }
+
+    impl Admin {
+        fn new() -> Self {
+            Self {
+                api: AdminApi::new(
+                    MemStore::new(),
+                    AdminToken::new("admintoken").unwrap(),
+                    SecretHasher::new(HashCost::TEST_ONLY),
+                ),
+                rng: StdRng::seed_from_u64(5),
+            }
+        }
+
+        fn call(&mut self, method: &str, path: &str, body: &str) -> AdminResponse {
+            self.api.handle(
+                method,
+                path,
+                AUTH,
+                body.as_bytes(),
+                &NoPresence,
+                &mut self.rng,
+            )
+        }
+
+        /// acme with store s1 and device 12345678.
+        fn provisioned() -> Self {
+            let mut a = Self::new();
+            assert_eq!(
+                a.call("POST", "/admin/v1/domains", r#"{"domain":"acme"}"#)
+                    .status,
+                201
+            );
+            let r = a.call(
+                "POST",
+                "/admin/v1/domains/acme/stores",
+                r#"{"store":"s1","merchant":"m1"}"#,
+            );
+            assert_eq!(r.status, 201);
+            let r = a.call(
+                "POST",
+                "/admin/v1/domains/acme/devices",
+                r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1"}"#,
+            );
+            assert_eq!(r.status, 201);
+            a
+        }
+    }
+
+    fn text(r: &AdminResponse) -> &str {
+        std::str::from_utf8(&r.body).unwrap()
+    }
+
+    fn error_of(r: &AdminResponse) -> String {
+        #[derive(serde::Deserialize)]
+        struct E {
+            error: String,
+        }
+        let mut body = r.body.clone();
+        simd_json::serde::from_slice::<E>(&mut body).unwrap().error
+    }
+
+    #[test]
+    fn provisioning_table_happy_path() {
+        let mut a = Admin::provisioned();
+        let r = a.call("GET", "/admin/v1/domains/acme/devices", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            text(&r),
+            r#"{"devices":[{"tsn":"12345678","store":"s1","enabled":true,"online":false,"claimed_by":null}]}"#
+        );
+
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/12345678",
+            r#"{"enabled":false}"#,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            text(&r),
+            r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1","enabled":false}"#
+        );
+        let key = crate::ids::DeviceKey {
+            domain: DomainName::new("acme").unwrap(),
+            serial: Serial::new("12345678").unwrap(),
+        };
+        assert_eq!(r.effect, Some(AdminEffect::DeviceDisabled(key)));
+        let r = a.call("GET", "/admin/v1/domains/acme/devices", "");
+        assert!(text(&r).contains(r#""enabled":false"#));
+
+        // Re-enabling has no effect for the relay to apply.
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/12345678",
+            r#"{"enabled":true}"#,
+        );
+        assert_eq!((r.status, r.effect), (200, None));
+    }
+
+    #[test]
+    fn client_secret_is_shown_once_and_stored_as_hash() {
+        let mut a = Admin::provisioned();
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/clients",
+            r#"{"store":"s1"}"#,
+        );
+        assert_eq!(r.status, 201);
+        #[derive(serde::Deserialize)]
+        struct Created {
+            client_id: String,
+            client_secret: String,
+        }
+        let mut body = r.body.clone();
+        let created: Created = simd_json::serde::from_slice(&mut body).unwrap();
+        let domain = DomainName::new("acme").unwrap();
+        let id = ClientId::new(created.client_id.as_str()).unwrap();
+        let record = a.api.store().get_client(&domain, &id).unwrap().unwrap();
+        assert_eq!(record.scope, Scope::Store(StoreName::new("s1").unwrap()));
+        assert!(!record.secret_hash.as_phc().contains(&created.client_secret));
+        assert!(a
+            .api
+            .hasher
+            .verify_secret(&record.secret_hash, created.client_secret.as_bytes()));
+
+        let r = a.call("POST", "/admin/v1/domains/acme/clients", "{}");
+        assert_eq!(r.status, 201);
+
+        let path = format!("/admin/v1/domains/acme/clients/{}", created.client_id);
+        let r = a.call("DELETE", &path, "");
+        assert_eq!((r.status, r.body.len()), (204, 0));
+        assert_eq!(
+            r.effect,
+            Some(AdminEffect::ClientDeleted(ClientKey {
+                domain: domain.clone(),
+                client_id: id.clone()
+            }))
+        );
+        assert_eq!(a.api.store().get_client(&domain, &id).unwrap(), None);
+        let r = a.call("DELETE", &path, "");
+        assert_eq!((r.status, r.effect), (404, None));
+    }
+
+    #[test]
+    fn bad_admin_token_is_401_and_changes_nothing() {
+        let mut a = Admin::new();
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic admintoken"),
+            Some("Bearer "),
+        ] {
+            let r = a.api.handle(
+                "POST",
+                "/admin/v1/domains",
+                auth,
+                br#"{"domain":"acme"}"#,
+                &NoPresence,
+                &mut a.rng,
+            );
+            assert_eq!(r.status, 401, "{auth:?}");
+            assert_eq!(r.headers[0].0, "WWW-Authenticate");
+            assert!(error_of(&r).contains("admin token"));
+        }
+        // Unknown paths are not revealed without the token either.
+        let r = a
+            .api
+            .handle("GET", "/nope", None, b"", &NoPresence, &mut a.rng);
+        assert_eq!(r.status, 401);
+        assert!(!a
+            .api
+            .store()
+            .domain_exists(&DomainName::new("acme").unwrap())
+            .unwrap());
+    }
+
+    #[test]
+    fn malformed_bodies_are_400_and_change_nothing() {
+        let mut a = Admin::provisioned();
+        for (path, body) in [
+            ("/admin/v1/domains", "{"),
+            ("/admin/v1/domains", ""),
+            ("/admin/v1/domains", "[]"),
+            ("/admin/v1/domains", r#"{"domain":7}"#),
+            ("/admin/v1/domains", r#"{"name":"x"}"#),
+            ("/admin/v1/domains/acme/stores", r#"{"store":"s2"}"#),
+            // A typo must not create a domain-wide client.
+            ("/admin/v1/domains/acme/clients", r#"{"stor":"s1"}"#),
+            ("/admin/v1/domains/acme/devices", r#"{"tsn":"1"}"#),
+        ] {
+            let r = a.call("POST", path, body);
+            assert_eq!(r.status, 400, "{path} {body}");
+            assert!(
+                error_of(&r).starts_with("malformed JSON body"),
+                "{}",
+                text(&r)
+            );
+        }
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/12345678",
+            r#"{"enabled":"no"}"#,
+        );
+        assert_eq!(r.status, 400);
+        let domain = DomainName::new("acme").unwrap();
+        assert!(
+            a.api
+                .store()
+                .get_device(&domain, &Serial::new("12345678").unwrap())
+                .unwrap()
+                .unwrap()
+                .enabled
+        );
+        assert_eq!(a.api.store().list_devices(&domain).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn invalid_names_are_400() {
+        let mut a = Admin::provisioned();
+        let r = a.call("POST", "/admin/v1/domains", r#"{"domain":"a/b"}"#);
+        assert_eq!(r.status, 400);
+        assert!(error_of(&r).contains("domain may contain only"));
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            r#"{"tsn":"1","make":"in-genico","model":"axium","store":"s1"}"#,
+        );
+        assert_eq!(r.status, 400);
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            r#"{"tsn":"12-34","make":"ingenico","model":"axium","store":"s1"}"#,
+        );
+        assert_eq!(r.status, 400);
+        let r = a.call("POST", "/admin/v1/domains/acme/clients", r#"{"store":""}"#);
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn unknown_domain_store_device_are_404() {
+        let mut a = Admin::provisioned();
+        for (method, path, body) in [
+            (
+                "POST",
+                "/admin/v1/domains/ghost/stores",
+                r#"{"store":"s1","merchant":"m1"}"#,
+            ),
+            ("POST", "/admin/v1/domains/ghost/clients", "{}"),
+            (
+                "POST",
+                "/admin/v1/domains/ghost/devices",
+                r#"{"tsn":"1","make":"a","model":"b","store":"s1"}"#,
+            ),
+            ("GET", "/admin/v1/domains/ghost/devices", ""),
+            (
+                "PATCH",
+                "/admin/v1/domains/ghost/devices/12345678",
+                r#"{"enabled":false}"#,
+            ),
+            ("DELETE", "/admin/v1/domains/ghost/clients/abc", ""),
+            ("GET", "/admin/v1/domains/bad%20name/devices", ""),
+        ] {
+            let r = a.call(method, path, body);
+            assert_eq!(r.status, 404, "{method} {path}");
+            assert!(error_of(&r).contains("create it first with POST /admin/v1/domains"));
+        }
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/clients",
+            r#"{"store":"s9"}"#,
+        );
+        assert_eq!(r.status, 404);
+        assert!(error_of(&r).contains("unknown store"));
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            r#"{"tsn":"1","make":"a","model":"b","store":"s9"}"#,
+        );
+        assert_eq!(r.status, 404);
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/999",
+            r#"{"enabled":false}"#,
+        );
+        assert_eq!((r.status, &r.effect), (404, &None));
+        assert!(error_of(&r).contains("provision it first"));
+    }
+
+    #[test]
+    fn duplicates_are_409() {
+        let mut a = Admin::provisioned();
+        let r = a.call("POST", "/admin/v1/domains", r#"{"domain":"acme"}"#);
+        assert_eq!(r.status, 409);
+        assert!(error_of(&r).contains("exists already"));
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/stores",
+            r#"{"store":"s1","merchant":"m2"}"#,
+        );
+        assert_eq!(r.status, 409);
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            r#"{"tsn":"12345678","make":"verifone","model":"p400","store":"s1"}"#,
+        );
+        assert_eq!(r.status, 409);
+        // Nothing changed: the device is still the ingenico.
+        let device = a
+            .api
+            .store()
+            .get_device(
+                &DomainName::new("acme").unwrap(),
+                &Serial::new("12345678").unwrap(),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(device.make.as_str(), "ingenico");
+    }
+
+    #[test]
+    fn paths_and_methods() {
+        let mut a = Admin::provisioned();
+        let r = a.call("GET", "/admin/v1/nothing", "");
+        assert_eq!(r.status, 404);
+        let r = a.call("DELETE", "/admin/v1/domains", "");
+        assert_eq!(r.status, 405);
+        assert_eq!(r.headers, vec![("Allow", "POST")]);
+        let r = a.call("PUT", "/admin/v1/domains/acme/devices", "");
+        assert_eq!(
+            (r.status, r.headers.clone()),
+            (405, vec![("Allow", "GET, POST")])
+        );
+        // Methods are case-sensitive.
+        let r = a.call("post", "/admin/v1/domains", r#"{"domain":"x"}"#);
+        assert_eq!(r.status, 405);
+    }
+
+    #[test]
+    fn patch_accepts_qualified_tsn_with_matching_make_and_model() {
+        let mut a = Admin::provisioned();
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/INGENICO-Axium-12345678",
+            r#"{"enabled":false}"#,
+        );
+        assert_eq!(r.status, 200);
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/verifone-axium-12345678",
+            r#"{"enabled":true}"#,
+        );
+        assert_eq!(r.status, 404);
+    }
+
+    #[test]
+    fn device_list_shows_presence_from_the_relay() {
+        struct Live;
+        impl DevicePresence for Live {
+            fn presence(&self, _: &DomainName, serial: &Serial) -> Presence {
+                Presence {
+                    online: serial.as_str() == "12345678",
+                    claimed_by: Some(ClientId::new("pos1").unwrap()),
+                }
+            }
+        }
+        let mut a = Admin::provisioned();
+        let r = a.api.handle(
+            "GET",
+            "/admin/v1/domains/acme/devices",
+            AUTH,
+            b"",
+            &Live,
+            &mut a.rng,
+        );
+        assert_eq!(
+            text(&r),
+            r#"{"devices":[{"tsn":"12345678","store":"s1","enabled":true,"online":true,"claimed_by":"pos1"}]}"#
+        );
+    }
+
+    #[test]
+    fn oversized_body_is_413() {
+        let mut a = Admin::new();
+        let big = format!(
+            r#"{{"domain":"{}"}}"#,
+            "a".repeat(crate::admin::MAX_ADMIN_BODY)
+        );
+        let r = a.call("POST", "/admin/v1/domains", &big);
+        assert_eq!(r.status, 413);
+    }
+}

@@ -1,0 +1,480 @@
+//! `POST /oauth2/v1/{domain}/token`: the OAuth 2.0 client credentials grant
+//! (RFC 6749 §4.4) exactly as PROTOCOL.md §1 states it.
+
+use rand::{CryptoRng, RngCore};
+use serde::Serialize;
+
+use super::basic::{self, BasicAuth};
+use super::response::to_json;
+use crate::auth::{verify_client, AuthError, ClientSecret, SecretHasher, TokenIssuer};
+use crate::store::Store;
+
+/// The largest token request body accepted (a real one is under 200 bytes).
+const MAX_TOKEN_BODY: usize = 8 * 1024;
+
+/// A token request as the HTTP layer received it.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRequest<'a> {
+    /// The `{domain}` of the path, undecoded.
+    pub domain: &'a str,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<&'a str>,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// The whole body.
+    pub body: &'a [u8],
+}
+
+/// The HTTP answer: status, headers besides `Content-Type: application/json` and
+/// `Content-Length`, and the JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenResponse {
+    /// 200, 400, 401 or 500.
+    pub status: u16,
+    /// RFC 6749 §5.1 `Cache-Control: no-store` and `Pragma: no-cache` always;
+    /// `WWW-Authenticate` on 401 (RFC 6749 §5.2, RFC 9110 §15.5.2).
+    pub headers: Vec<(&'static str, &'static str)>,
+    /// `{"access_token":…,"token_type":"Bearer","expires_in":…}` or `{"error":…}`.
+    pub body: Vec<u8>,
+}
+
+/// What the token endpoint needs: the store, the secret hasher, the issuer and the
+/// access-token lifetime (`crate::auth::DEFAULT_ACCESS_TTL` unless configured).
+#[derive(Debug)]
+pub struct TokenEndpoint<'a, S: Store + ?Sized> {
+    /// Where clients are.
+    pub store: &'a S,
+    /// Verifies secrets (and holds the dummy hash for unknown clients).
+    pub hasher: &'a SecretHasher,
+    /// Signs the access token.
+    pub issuer: &'a TokenIssuer,
+    /// Access token lifetime, seconds.
+    pub access_ttl: u64,
+}
+
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+#[derive(Serialize)]
+struct OAuthError {
+    error: &'static str,
+}
+
+/// The credentials a request carried, from exactly one place.
+struct Credentials {
+    client_id: String,
+    secret: ClientSecret,
+}
+
+impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
+    /// Answers one token request at `now` (unix seconds); `rng` makes the token's `jti`.
+    pub fn handle(
+        &self,
+        request: &TokenRequest<'_>,
+        now: u64,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> TokenResponse {
+        let result = parse_request(request).and_then(|creds| {
+            let client = verify_client(
+                self.store,
+                self.hasher,
+                request.domain,
+                &creds.client_id,
+                &creds.secret,
+            )?;
+            self.issuer.issue_access(&client, now, self.access_ttl, rng)
+        });
+        let mut headers = vec![("Cache-Control", "no-store"), ("Pragma", "no-cache")];
+        match result {
+            Ok(issued) => TokenResponse {
+                status: 200,
+                headers,
+                body: to_json(&TokenBody {
+                    access_token: &issued.token,
+                    token_type: "Bearer",
+                    expires_in: issued.expires_in,
+                }),
+            },
+            Err(err) => {
+                if err.status() == 401 {
+                    headers.push(("WWW-Authenticate", r#"Basic realm="posrelay""#));
+                }
+                if err.status() >= 500 {
+                    tracing::error!(error = %err, "token endpoint failed");
+                }
+                TokenResponse {
+                    status: err.status(),
+                    headers,
+                    body: to_json(&OAuthError {
+                        error: err.oauth_error_code(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Checks the request in PROTOCOL.md §1's order — grant type first, then where the
+/// credentials are — and returns them.
+fn parse_request(request: &TokenRequest<'_>) -> Result<Credentials, AuthError> {
+    if request.body.len() > MAX_TOKEN_BODY {
+        return Err(AuthError::InvalidRequest {
+            reason: "body too large",
+        });
+    }
+    let form = Form::parse(request.body);
+    // PROTOCOL.md §1: "The grant type is checked first."
+    match form.single("grant_type")? {
+        None => {
+            return Err(AuthError::InvalidRequest {
+                reason: "missing grant_type",
+            })
+        }
+        Some("client_credentials") => {}
+        Some(other) => {
+            return Err(AuthError::UnsupportedGrantType {
+                grant_type: other.chars().take(64).collect(),
+            })
+        }
+    }
+    // RFC 6749 §4.4.2: the body is application/x-www-form-urlencoded.
+    if let Some(content_type) = request.content_type {
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(AuthError::InvalidRequest {
+                reason: "content type must be application/x-www-form-urlencoded",
+            });
+        }
+    }
+    let body_id = form.single("client_id")?;
+    let body_secret = form.single("client_secret")?;
+    match basic::parse(request.authorization) {
+        // RFC 6749 §2.3: "The client MUST NOT use more than one authentication method
+        // in each request."
+        BasicAuth::Credentials { .. } | BasicAuth::Invalid
+            if body_id.is_some() || body_secret.is_some() =>
+        {
+            Err(AuthError::InvalidRequest {
+                reason: "credentials both in Authorization and in the body",
+            })
+        }
+        BasicAuth::Credentials {
+            client_id,
+            client_secret,
+        } => Ok(Credentials {
+            client_id,
+            secret: ClientSecret::new(client_secret),
+        }),
+        BasicAuth::Invalid => Err(AuthError::InvalidClient),
+        BasicAuth::Absent => match (body_id, body_secret) {
+            (Some(id), Some(secret)) => Ok(Credentials {
+                client_id: id.to_owned(),
+                secret: ClientSecret::new(secret),
+            }),
+            // PROTOCOL.md §1: missing credentials answer 401 invalid_client.
+            _ => Err(AuthError::InvalidClient),
+        },
+    }
+}
+
+/// A decoded form body.
+struct Form {
+    pairs: Vec<(String, String)>,
+}
+
+impl Form {
+    fn parse(body: &[u8]) -> Self {
+        Self {
+            pairs: form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        }
+    }
+
+    /// The value of `name`: RFC 6749 §3.2 "Parameters sent without a value MUST be
+    /// treated as if they were omitted from the request" and "Request and response
+    /// parameters MUST NOT be included more than once".
+    fn single(&self, name: &str) -> Result<Option<&str>, AuthError> {
+        let mut values = self
+            .pairs
+            .iter()
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(AuthError::InvalidRequest {
+                reason: "a parameter is repeated",
+            });
+        }
+        Ok(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{new_client_credentials, HashCost, Scope, SigningKey, DEFAULT_ACCESS_TTL};
+    use crate::ids::{DomainName, StoreName};
+    use crate::store::conformance::store_rec;
+    use crate::store::{ClientRecord, MemStore};
+    use base64::Engine as _;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const NOW: u64 = 1_700_000_000;
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+    struct World {
+        store: MemStore,
+        hasher: SecretHasher,
+        issuer: TokenIssuer,
+        id: String,
+        secret: String,
+        rng: StdRng,
+    }
+
+    fn world() -> World {
+        let store = MemStore::new();
+        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        let mut rng = StdRng::seed_from_u64(11);
+        for domain in ["acme", "globex"] {
+            store
+                .create_domain(&DomainName::new(domain).unwrap())
+                .unwrap();
+            store.create_store(&store_rec(domain, "s1")).unwrap();
+        }
+        let (client_id, secret, secret_hash) = new_client_credentials(&hasher, &mut rng);
+        store
+            .create_client(&ClientRecord {
+                domain: DomainName::new("acme").unwrap(),
+                client_id: client_id.clone(),
+                scope: Scope::Store(StoreName::new("s1").unwrap()),
+                secret_hash,
+            })
+            .unwrap();
+        World {
+            store,
+            hasher,
+            issuer: TokenIssuer::new(&SigningKey::from_bytes([1; 32])),
+            id: client_id.to_string(),
+            secret: secret.expose().to_owned(),
+            rng,
+        }
+    }
+
+    impl World {
+        fn post(
+            &mut self,
+            domain: &str,
+            authorization: Option<&str>,
+            content_type: Option<&str>,
+            body: &str,
+        ) -> TokenResponse {
+            let endpoint = TokenEndpoint {
+                store: &self.store,
+                hasher: &self.hasher,
+                issuer: &self.issuer,
+                access_ttl: DEFAULT_ACCESS_TTL,
+            };
+            endpoint.handle(
+                &TokenRequest {
+                    domain,
+                    authorization,
+                    content_type,
+                    body: body.as_bytes(),
+                },
+                NOW,
+                &mut self.rng,
+            )
+        }
+
+        fn body_creds(&self) -> String {
+            format!(
+                "grant_type=client_credentials&client_id={}&client_secret={}",
+                self.id, self.secret
+            )
+        }
+
+        fn basic(&self) -> String {
+            let pair = format!("{}:{}", self.id, self.secret);
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        }
+    }
+
+    fn text(r: &TokenResponse) -> &str {
+        std::str::from_utf8(&r.body).unwrap()
+    }
+
+    fn assert_error(r: &TokenResponse, status: u16, code: &str) {
+        assert_eq!(r.status, status, "{}", text(r));
+        assert_eq!(text(r), format!(r#"{{"error":"{code}"}}"#));
+        assert!(r.headers.contains(&("Cache-Control", "no-store")));
+        let has_challenge = r.headers.iter().any(|(h, _)| *h == "WWW-Authenticate");
+        assert_eq!(has_challenge, status == 401);
+    }
+
+    fn token_of(r: &TokenResponse) -> String {
+        #[derive(serde::Deserialize)]
+        struct Ok {
+            access_token: String,
+            token_type: String,
+            expires_in: u64,
+        }
+        let mut body = r.body.clone();
+        let ok: Ok = simd_json::serde::from_slice(&mut body).unwrap();
+        assert_eq!((ok.token_type.as_str(), ok.expires_in), ("Bearer", 3600));
+        ok.access_token
+    }
+
+    #[test]
+    fn credentials_in_body_give_a_token() {
+        let mut w = world();
+        let body = w.body_creds();
+        let r = w.post("acme", None, FORM, &body);
+        assert_eq!(r.status, 200, "{}", text(&r));
+        // RFC 6749 §5.1: no caching of tokens.
+        assert!(r.headers.contains(&("Cache-Control", "no-store")));
+        assert!(r.headers.contains(&("Pragma", "no-cache")));
+        let token = token_of(&r);
+        let claims = w.issuer.verify_access(&w.store, &token, NOW).unwrap();
+        assert_eq!(claims.client_id.as_str(), w.id);
+        assert_eq!(claims.expires_at, NOW + 3600);
+    }
+
+    #[test]
+    fn credentials_in_basic_give_a_token() {
+        let mut w = world();
+        let basic = w.basic();
+        let r = w.post(
+            "acme",
+            Some(&basic),
+            Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            "grant_type=client_credentials",
+        );
+        assert_eq!(r.status, 200, "{}", text(&r));
+        token_of(&r);
+    }
+
+    #[test]
+    fn grant_type_is_checked_first() {
+        let mut w = world();
+        // Missing grant type: 400 invalid_request, whatever the credentials.
+        let r = w.post("acme", None, FORM, "client_id=x&client_secret=y");
+        assert_error(&r, 400, "invalid_request");
+        let r = w.post("ghost", None, FORM, "");
+        assert_error(&r, 400, "invalid_request");
+        // Another grant: unsupported, even with no, bad or doubled credentials.
+        let r = w.post("acme", None, FORM, "grant_type=password");
+        assert_error(&r, 400, "unsupported_grant_type");
+        let basic = w.basic();
+        let r = w.post(
+            "ghost",
+            Some(&basic),
+            FORM,
+            "grant_type=authorization_code&client_id=a&client_secret=b",
+        );
+        assert_error(&r, 400, "unsupported_grant_type");
+        // Empty value = omitted (RFC 6749 §3.2).
+        let r = w.post("acme", None, FORM, "grant_type=&client_id=a");
+        assert_error(&r, 400, "invalid_request");
+    }
+
+    #[test]
+    fn credentials_in_both_places_are_invalid_request() {
+        let mut w = world();
+        let basic = w.basic();
+        let body = w.body_creds();
+        let r = w.post("acme", Some(&basic), FORM, &body);
+        assert_error(&r, 400, "invalid_request");
+        let body = format!("grant_type=client_credentials&client_id={}", w.id);
+        let r = w.post("acme", Some(&basic), FORM, &body);
+        assert_error(&r, 400, "invalid_request");
+    }
+
+    #[test]
+    fn every_credential_failure_is_401_invalid_client() {
+        let mut w = world();
+        let good_id = w.id.clone();
+        let good_secret = w.secret.clone();
+        let form = |id: &str, secret: &str| {
+            format!("grant_type=client_credentials&client_id={id}&client_secret={secret}")
+        };
+        let cases = [
+            ("acme", None, "grant_type=client_credentials".to_owned()),
+            (
+                "acme",
+                None,
+                format!("grant_type=client_credentials&client_id={good_id}"),
+            ),
+            (
+                "acme",
+                None,
+                format!("grant_type=client_credentials&client_secret={good_secret}"),
+            ),
+            ("acme", None, form(&good_id, "")),
+            ("acme", None, form(&good_id, "wrong")),
+            ("acme", None, form("unknown", &good_secret)),
+            ("globex", None, form(&good_id, &good_secret)),
+            ("ghost", None, form(&good_id, &good_secret)),
+            ("bad%2Fname", None, form(&good_id, &good_secret)),
+            (
+                "acme",
+                Some("Bearer abc"),
+                "grant_type=client_credentials".to_owned(),
+            ),
+            (
+                "acme",
+                Some("Basic ###"),
+                "grant_type=client_credentials".to_owned(),
+            ),
+        ];
+        let mut bodies = Vec::new();
+        for (domain, auth, body) in cases {
+            let r = w.post(domain, auth, FORM, &body);
+            assert_error(&r, 401, "invalid_client");
+            bodies.push(r);
+        }
+        // Indistinguishable answers: same status, headers and body bytes.
+        assert!(bodies.windows(2).all(|p| p[0] == p[1]));
+    }
+
+    #[test]
+    fn repeated_parameters_and_wrong_content_type_are_invalid_request() {
+        let mut w = world();
+        let body = format!("{}&client_id=other", w.body_creds());
+        let r = w.post("acme", None, FORM, &body);
+        assert_error(&r, 400, "invalid_request");
+        let r = w.post(
+            "acme",
+            None,
+            FORM,
+            "grant_type=client_credentials&grant_type=client_credentials",
+        );
+        assert_error(&r, 400, "invalid_request");
+        let body = w.body_creds();
+        let r = w.post("acme", None, Some("application/json"), &body);
+        assert_error(&r, 400, "invalid_request");
+        // No content type at all: the form is still read.
+        let r = w.post("acme", None, None, &body);
+        assert_eq!(r.status, 200);
+    }
+
+    #[test]
+    fn deleted_client_gets_no_token() {
+        let mut w = world();
+        let id = crate::ids::ClientId::new(w.id.as_str()).unwrap();
+        w.store
+            .delete_client(&DomainName::new("acme").unwrap(), &id)
+            .unwrap();
+        let body = w.body_creds();
+        let r = w.post("acme", None, FORM, &body);
+        assert_error(&r, 401, "invalid_client");
+    }
+}

@@ -1,0 +1,250 @@
+//! Client secrets: generation from a CSPRNG, argon2id hashing, constant-time checks.
+//!
+//! A secret is shown once by the admin API (PROTOCOL.md §9) and only its PHC-encoded
+//! argon2id hash is stored. Verification recomputes the hash with the parameters written
+//! in the stored PHC string and compares in constant time (the `password-hash` crate's
+//! `Output` comparison).
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use rand::{CryptoRng, RngCore};
+
+use crate::ids::ClientId;
+
+/// A client secret in clear: 32 random bytes (256 bits), base64url without padding.
+///
+/// Its `Debug` output is redacted so that it cannot end up in a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(String);
+
+impl ClientSecret {
+    /// Wraps a secret presented by a client (not validated: any text may be a guess).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret's text, to be shown once to the operator or checked against a hash.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecret(<redacted>)")
+    }
+}
+
+/// An argon2id hash of a client secret in PHC string format
+/// (`$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash(String);
+
+impl SecretHash {
+    /// Wraps a PHC string read back from the store, checking that it parses as one.
+    pub fn from_phc(phc: impl Into<String>) -> Result<Self, argon2::password_hash::Error> {
+        let phc = phc.into();
+        PasswordHash::new(&phc)?;
+        Ok(Self(phc))
+    }
+
+    /// The PHC string, as stored.
+    pub fn as_phc(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The hash is not the secret, but it is offline-attackable: keep it out of logs.
+        f.write_str("SecretHash(<redacted>)")
+    }
+}
+
+/// A fresh client secret: 32 bytes from a CSPRNG (>= 128 bits), base64url without padding.
+pub fn generate_client_secret(rng: &mut (impl RngCore + CryptoRng)) -> ClientSecret {
+    let mut bytes = [0u8; 32];
+    rng.fill_bytes(&mut bytes);
+    ClientSecret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A fresh client id: 16 random bytes (128 bits), base64url without padding (22 characters).
+pub fn generate_client_id(rng: &mut (impl RngCore + CryptoRng)) -> ClientId {
+    let mut bytes = [0u8; 16];
+    rng.fill_bytes(&mut bytes);
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    // base64url's alphabet ([A-Za-z0-9_-]) is inside ClientId's, and 22 <= 64 characters.
+    ClientId::new(text)
+        .unwrap_or_else(|_| unreachable!("base64url of 16 bytes is a valid ClientId"))
+}
+
+/// Argon2id cost parameters for client secrets.
+///
+/// [`HashCost::PRODUCTION`] is m = 12 MiB, t = 3, p = 1: one of OWASP's recommended
+/// argon2id settings (equivalent to m = 19 MiB, t = 2), measured at about 20 ms per hash
+/// on this project's 2-core machine (release build). [`HashCost::TEST_ONLY`] is the
+/// cheapest setting argon2 allows, for unit and property tests in debug builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    /// Memory in KiB (argon2 `m`).
+    pub memory_kib: u32,
+    /// Passes over memory (argon2 `t`).
+    pub iterations: u32,
+    /// Lanes (argon2 `p`).
+    pub parallelism: u32,
+}
+
+impl HashCost {
+    /// The production cost: m = 12288 KiB, t = 3, p = 1 (about 20 ms per hash here).
+    pub const PRODUCTION: HashCost = HashCost {
+        memory_kib: 12 * 1024,
+        iterations: 3,
+        parallelism: 1,
+    };
+
+    /// Minimal cost (m = 8 KiB, t = 1): only for tests, never for real secrets.
+    pub const TEST_ONLY: HashCost = HashCost {
+        memory_kib: 8,
+        iterations: 1,
+        parallelism: 1,
+    };
+}
+
+/// Hashes and verifies client secrets with one cost; keeps the dummy hash that makes an
+/// unknown client cost as much time as a wrong secret.
+#[derive(Debug)]
+pub struct SecretHasher {
+    argon2: Argon2<'static>,
+    dummy: OnceLock<SecretHash>,
+}
+
+impl SecretHasher {
+    /// A hasher for `cost`. Panics only if `cost` is outside argon2's limits, which is a
+    /// programming error (the constants above are within them).
+    pub fn new(cost: HashCost) -> Self {
+        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            .unwrap_or_else(|e| panic!("argon2 cost {cost:?} is invalid: {e}"));
+        Self {
+            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            dummy: OnceLock::new(),
+        }
+    }
+
+    /// A hasher with [`HashCost::PRODUCTION`].
+    pub fn production() -> Self {
+        Self::new(HashCost::PRODUCTION)
+    }
+
+    /// Hashes `secret` with a fresh 16-byte salt from `rng`.
+    pub fn hash_secret(
+        &self,
+        secret: &ClientSecret,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> SecretHash {
+        let mut salt = [0u8; 16];
+        rng.fill_bytes(&mut salt);
+        self.hash_with_salt(secret.expose().as_bytes(), &salt)
+    }
+
+    fn hash_with_salt(&self, secret: &[u8], salt: &[u8; 16]) -> SecretHash {
+        // 16 bytes are within the PHC salt limits, and the parameters were checked in `new`.
+        let salt = SaltString::encode_b64(salt)
+            .unwrap_or_else(|e| unreachable!("a 16-byte salt is valid: {e}"));
+        let hash = self
+            .argon2
+            .hash_password(secret, &salt)
+            .unwrap_or_else(|e| unreachable!("argon2 with checked parameters cannot fail: {e}"));
+        SecretHash(hash.to_string())
+    }
+
+    /// Whether `candidate` is the secret of `hash` (argon2 verification, constant-time
+    /// comparison of the outputs). A hash that does not parse never verifies.
+    pub fn verify_secret(&self, hash: &SecretHash, candidate: &[u8]) -> bool {
+        match PasswordHash::new(hash.as_phc()) {
+            Ok(parsed) => self.argon2.verify_password(candidate, &parsed).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// A fixed hash with this hasher's cost, built on first use: verifying a candidate
+    /// against it costs what a real verification costs, and it never verifies a secret a
+    /// client could know (its input is a constant no generated secret can equal, since
+    /// generated secrets are 43 base64url characters).
+    pub fn dummy_hash(&self) -> &SecretHash {
+        self.dummy.get_or_init(|| {
+            self.hash_with_salt(b"posrelay dummy secret: unknown client", &[0x5a; 16])
+        })
+    }
+
+    /// Whether the dummy hash has been built (that is, used) yet.
+    #[cfg(test)]
+    pub(crate) fn dummy_built(&self) -> bool {
+        self.dummy.get().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn secrets_are_256_bits_of_base64url() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let a = generate_client_secret(&mut rng);
+        let b = generate_client_secret(&mut rng);
+        assert_eq!(a.expose().len(), 43);
+        assert_ne!(a, b);
+        assert!(a
+            .expose()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(format!("{a:?}"), "ClientSecret(<redacted>)");
+    }
+
+    #[test]
+    fn client_ids_are_valid_and_distinct() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let a = generate_client_id(&mut rng);
+        let b = generate_client_id(&mut rng);
+        assert_eq!(a.as_str().len(), 22);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn hash_verifies_the_secret_and_nothing_else() {
+        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        let mut rng = StdRng::seed_from_u64(3);
+        let secret = generate_client_secret(&mut rng);
+        let hash = hasher.hash_secret(&secret, &mut rng);
+        assert!(hash.as_phc().starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+        assert!(hasher.verify_secret(&hash, secret.expose().as_bytes()));
+        assert!(!hasher.verify_secret(&hash, b"wrong"));
+        assert!(!hasher.verify_secret(&hash, b""));
+        // Same secret, fresh salt: a different hash that verifies too.
+        let again = hasher.hash_secret(&secret, &mut rng);
+        assert_ne!(hash, again);
+        assert!(hasher.verify_secret(&again, secret.expose().as_bytes()));
+    }
+
+    #[test]
+    fn production_cost_is_written_in_the_hash() {
+        let hasher = SecretHasher::production();
+        let hash = hasher.dummy_hash();
+        assert!(hash.as_phc().starts_with("$argon2id$v=19$m=12288,t=3,p=1$"));
+    }
+
+    #[test]
+    fn stored_hash_must_parse() {
+        assert!(SecretHash::from_phc("not a phc string").is_err());
+        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        let dummy = hasher.dummy_hash().clone();
+        assert_eq!(SecretHash::from_phc(dummy.as_phc()).unwrap(), dummy);
+        assert!(!hasher.verify_secret(&dummy, b"anything"));
+    }
+}

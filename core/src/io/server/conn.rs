@@ -1,0 +1,175 @@
+//! What every upgraded connection shares: its entry in the shard's table, and the loop
+//! that turns socket bytes into protocol events and relay requests into frames.
+
+use super::metrics::{ConnRole, ShardMetrics};
+use super::shard::ShardCtx;
+use crate::io::driver::{ConnDriver, ReadOutcome};
+use crate::io::http::with_timeout;
+use crate::io::outbox::{OutFrame, OutboxRef};
+use crate::proto::{CloseCode, Connection, Event, Message};
+use crate::relay::Count;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How long a closing connection waits for its peer's Close before dropping TCP.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A live connection, as the shard sees it.
+pub(crate) struct ConnEntry {
+    pub outbox: OutboxRef,
+    pub role: ConnRole,
+    pub last_ping: Cell<Instant>,
+    /// Unix time at which the connection's access token expires (POS connections, §5).
+    pub token_expires_at: Option<u64>,
+    /// Base of URLs handed out on this connection (control channels).
+    pub url_base: Option<String>,
+}
+
+impl ConnEntry {
+    pub fn new(outbox: OutboxRef, role: ConnRole) -> ConnEntry {
+        ConnEntry {
+            outbox,
+            role,
+            last_ping: Cell::new(Instant::now()),
+            token_expires_at: None,
+            url_base: None,
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The peer sent a Close (its code, if any).
+    PeerClosed(Option<u16>),
+    /// The TCP stream ended or failed without a Close.
+    Vanished,
+    /// The peer broke RFC 6455; we closed with this code.
+    ProtocolError(u16),
+    /// The relay closed it with this code.
+    ClosedByRelay(u16),
+}
+
+impl Ended {
+    /// The close code for logs (`None`: no close frame).
+    pub fn code(self) -> Option<u16> {
+        match self {
+            Ended::PeerClosed(c) => c,
+            Ended::Vanished => None,
+            Ended::ProtocolError(c) | Ended::ClosedByRelay(c) => Some(c),
+        }
+    }
+}
+
+/// What a role does with the messages its peer sends.
+pub(crate) trait Handler {
+    /// One whole message arrived (may wait for room at the receiver: backpressure).
+    async fn on_message(&mut self, ctx: &Rc<ShardCtx>, driver: &mut ConnDriver, message: Message);
+}
+
+/// Queues the control frames the protocol state produced (pongs, closes).
+pub(crate) fn push_transmit(proto: &mut Connection, outbox: &OutboxRef) {
+    while let Some(frame) = proto.poll_transmit() {
+        let _ = outbox.borrow_mut().push(OutFrame::control(frame));
+    }
+}
+
+/// Serves a connection until it ends: decodes, hands messages to `handler`, answers
+/// pings, sends the pings and closes the relay asks for.
+pub(crate) async fn serve_ws<H: Handler>(
+    ctx: &Rc<ShardCtx>,
+    driver: &mut ConnDriver,
+    proto: &mut Connection,
+    handler: &mut H,
+) -> Ended {
+    loop {
+        loop {
+            let event = proto.handle_read(&mut driver.rbuf);
+            push_transmit(proto, &driver.outbox);
+            match event {
+                Ok(Some(Event::Message(message))) => handler.on_message(ctx, driver, message).await,
+                Ok(Some(Event::Close(frame))) => {
+                    let _ = with_timeout(CLOSE_LINGER, driver.flush()).await;
+                    return Ended::PeerClosed(frame.map(|f| f.code.0));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(err) => {
+                    ShardMetrics::add(&ctx.metrics.protocol_errors, 1);
+                    tracing::info!(error = %err, "closing a connection for a protocol error");
+                    let _ = with_timeout(CLOSE_LINGER, driver.flush()).await;
+                    return Ended::ProtocolError(err.close_code().0);
+                }
+            }
+        }
+        match driver.read().await {
+            Ok(ReadOutcome::Data) => driver.outbox.borrow_mut().last_rx = Instant::now(),
+            Ok(ReadOutcome::Eof) | Err(_) => return Ended::Vanished,
+            Ok(ReadOutcome::Requests) => {
+                let requests = driver.outbox.borrow_mut().take_requests();
+                if requests.ping {
+                    proto.send_ping(b"posrelay");
+                    push_transmit(proto, &driver.outbox);
+                }
+                if let Some((code, reason)) = requests.close {
+                    proto.send_close(CloseCode(code), reason);
+                    push_transmit(proto, &driver.outbox);
+                    finish_close(ctx, driver, proto, handler).await;
+                    return Ended::ClosedByRelay(code);
+                }
+            }
+        }
+    }
+}
+
+/// After our Close: flush it, then keep reading until the peer's Close (messages that
+/// crossed ours still go to the handler, which reports what it cannot deliver).
+async fn finish_close<H: Handler>(
+    ctx: &Rc<ShardCtx>,
+    driver: &mut ConnDriver,
+    proto: &mut Connection,
+    handler: &mut H,
+) {
+    let _ = with_timeout(CLOSE_LINGER, async {
+        loop {
+            loop {
+                let event = proto.handle_read(&mut driver.rbuf);
+                push_transmit(proto, &driver.outbox);
+                match event {
+                    Ok(Some(Event::Message(m))) => handler.on_message(ctx, driver, m).await,
+                    Ok(Some(Event::Close(_))) | Err(_) => {
+                        let _ = driver.flush().await;
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                }
+            }
+            match driver.read().await {
+                Ok(ReadOutcome::Data) => {}
+                Ok(ReadOutcome::Requests) => {
+                    let _ = driver.outbox.borrow_mut().take_requests();
+                }
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// Ends a connection: forgets it, and counts the relayed messages it never wrote.
+pub(crate) fn retire(ctx: &Rc<ShardCtx>, id: crate::relay::ConnId, outbox: &OutboxRef) -> Count {
+    ctx.remove_conn(id);
+    let unsent = outbox.borrow_mut().close();
+    let mut count = Count::default();
+    for frame in unsent {
+        if let Some(end) = frame.message_end {
+            count.bytes += frame.payload.len() as u64;
+            if end {
+                count.frames += 1;
+            }
+        }
+    }
+    count
+}

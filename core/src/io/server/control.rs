@@ -1,0 +1,170 @@
+//! §4 POS control channel: served on the client's home shard. Claims and releases go
+//! to the device's owning shard and their answers come back here; `devices` asks the
+//! owners which devices are online; events for the client arrive from every shard.
+
+use super::conn::{retire, serve_ws, ConnEntry, Handler};
+use super::metrics::ConnRole;
+use super::shard::{ReplyTo, ShardCtx, ShardMsg};
+use crate::auth::{devices_in_scope, resolve_device, AccessClaims, TsnInput};
+use crate::control::event::{self, DeviceEntry};
+use crate::control::{ControlErrorCode, ControlRequest, RequestId};
+use crate::ids::{ClientKey, DeviceKey};
+use crate::io::driver::ConnDriver;
+use crate::io::outbox::Outbox;
+use crate::io::transport::Transport;
+use crate::proto::{Connection, Message, MessageKind, Role};
+use crate::relay::ConnId;
+use bytes::BytesMut;
+use std::rc::Rc;
+use std::time::Instant;
+
+pub(crate) async fn serve(
+    ctx: Rc<ShardCtx>,
+    mut transport: Transport,
+    rbuf: BytesMut,
+    answer: Vec<u8>,
+    url_base: String,
+    claims: AccessClaims,
+) {
+    if transport.write_all_vectored(&[&answer]).await.is_err() {
+        return;
+    }
+    let client = claims.client();
+    let id = ctx.new_conn_id();
+    let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
+    let mut entry = ConnEntry::new(outbox.clone(), ConnRole::PosControl);
+    entry.token_expires_at = Some(claims.expires_at);
+    entry.url_base = Some(url_base);
+    ctx.add_conn(id, entry);
+    ctx.hub
+        .borrow_mut()
+        .handle_control_opened(&client, id, Instant::now());
+    ctx.process_actions();
+    tracing::info!(role = "pos_control", client = %client.client_id, domain = %client.domain, shard = ctx.index, conn = id.0, "connection opened");
+    let mut driver = ConnDriver::new(transport, rbuf, outbox.clone());
+    let mut proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
+    let mut handler = ControlHandler {
+        claims,
+        client: client.clone(),
+        conn: id,
+    };
+    let ended = serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await;
+    retire(&ctx, id, &outbox);
+    ctx.hub
+        .borrow_mut()
+        .handle_control_closed(&client, id, Instant::now());
+    ctx.process_actions();
+    driver.shutdown().await;
+    tracing::info!(role = "pos_control", client = %client.client_id, domain = %client.domain, shard = ctx.index, conn = id.0, close_code = ?ended.code(), how = ?ended, "connection closed");
+}
+
+struct ControlHandler {
+    claims: AccessClaims,
+    client: ClientKey,
+    conn: ConnId,
+}
+
+impl Handler for ControlHandler {
+    async fn on_message(&mut self, ctx: &Rc<ShardCtx>, _driver: &mut ConnDriver, message: Message) {
+        if message.kind != MessageKind::Text {
+            let json = event::error(
+                None,
+                ControlErrorCode::BadRequest,
+                "control messages are JSON text messages",
+            );
+            return ctx.send_text(self.conn, json);
+        }
+        let mut bytes = message.payload.to_bytes().to_vec();
+        match ControlRequest::parse(&mut bytes) {
+            Err(rejected) => ctx.send_text(self.conn, rejected.reply()),
+            Ok(ControlRequest::Claim { request_id, tsn }) => {
+                self.claim(ctx, true, request_id, &tsn)
+            }
+            Ok(ControlRequest::Release { request_id, tsn }) => {
+                self.claim(ctx, false, request_id, &tsn)
+            }
+            Ok(ControlRequest::Devices { request_id }) => self.devices(ctx, request_id).await,
+        }
+    }
+}
+
+impl ControlHandler {
+    fn claim(&self, ctx: &Rc<ShardCtx>, claim: bool, request_id: Option<RequestId>, tsn: &str) {
+        let not_found = |rid: Option<&RequestId>| {
+            event::error(
+                rid,
+                ControlErrorCode::NotFound,
+                "no such device in your scope: check the tsn (and that it is provisioned in your store or domain)",
+            )
+        };
+        let Ok(tsn) = TsnInput::parse(tsn) else {
+            return ctx.send_text(self.conn, not_found(request_id.as_ref()));
+        };
+        let device = match resolve_device(&*ctx.shared.store, &self.claims, &tsn) {
+            Ok(d) => d,
+            Err(_) => return ctx.send_text(self.conn, not_found(request_id.as_ref())),
+        };
+        if claim && !device.enabled {
+            let json = event::error(
+                request_id.as_ref(),
+                ControlErrorCode::Offline,
+                "the device is disabled, so it has no session: ask the operator to enable it",
+            );
+            return ctx.send_text(self.conn, json);
+        }
+        let key = DeviceKey {
+            domain: device.domain,
+            serial: device.serial,
+        };
+        let reply = ReplyTo {
+            shard: ctx.index,
+            conn: self.conn,
+            request_id,
+        };
+        let owner = ctx.owner_of(&key);
+        if owner == ctx.index {
+            ctx.handle_claim_request(claim, self.client.clone(), key, reply);
+        } else {
+            ctx.send(
+                owner,
+                ShardMsg::ClaimRequest {
+                    claim,
+                    client: self.client.clone(),
+                    device: key,
+                    reply,
+                },
+            );
+        }
+    }
+
+    async fn devices(&self, ctx: &Rc<ShardCtx>, request_id: Option<RequestId>) {
+        let devices = match devices_in_scope(&*ctx.shared.store, &self.claims) {
+            Ok(d) => d,
+            Err(e) => {
+                let json = event::error(
+                    request_id.as_ref(),
+                    ControlErrorCode::BadRequest,
+                    &e.to_string(),
+                );
+                return ctx.send_text(self.conn, json);
+            }
+        };
+        let keys: Vec<DeviceKey> = devices
+            .iter()
+            .map(|d| DeviceKey {
+                domain: d.domain.clone(),
+                serial: d.serial.clone(),
+            })
+            .collect();
+        let presence = ctx.presence_of(keys).await;
+        let mut entries: Vec<DeviceEntry> = presence
+            .into_iter()
+            .map(|(k, online, _)| DeviceEntry {
+                tsn: k.serial,
+                online,
+            })
+            .collect();
+        entries.sort_by(|a, b| a.tsn.cmp(&b.tsn));
+        ctx.send_text(self.conn, event::devices(request_id.as_ref(), &entries));
+    }
+}

@@ -1,0 +1,194 @@
+//! Per-shard counters and gauges: each shard writes only its own (relaxed atomics on
+//! memory no other core writes), the admin shard reads them all for `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// The role a connection plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRole {
+    /// `device-listener`, until registered.
+    Registration,
+    /// `device-connection`.
+    Device,
+    /// `pos-listener`.
+    PosControl,
+    /// `session`.
+    PosSession,
+}
+
+impl ConnRole {
+    /// Every role, in metric order.
+    pub const ALL: [ConnRole; 4] = [
+        ConnRole::Registration,
+        ConnRole::Device,
+        ConnRole::PosControl,
+        ConnRole::PosSession,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnRole::Registration => "registration",
+            ConnRole::Device => "device",
+            ConnRole::PosControl => "pos_control",
+            ConnRole::PosSession => "pos_session",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One shard's numbers.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    open: [AtomicI64; 4],
+    opened: [AtomicU64; 4],
+    /// Messages relayed device → POS.
+    pub frames_to_pos: AtomicU64,
+    /// Payload bytes relayed device → POS.
+    pub bytes_to_pos: AtomicU64,
+    /// Messages relayed POS → device.
+    pub frames_to_device: AtomicU64,
+    /// Payload bytes relayed POS → device.
+    pub bytes_to_device: AtomicU64,
+    /// Messages put in an offline queue.
+    pub queued: AtomicU64,
+    /// POS messages reported undelivered.
+    pub undelivered_frames: AtomicU64,
+    /// Device messages dropped because nobody could receive them or be told.
+    pub dropped_device_frames: AtomicU64,
+    /// Connections handed over to this shard by another.
+    pub handovers_in: AtomicU64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: AtomicU64,
+}
+
+impl ShardMetrics {
+    /// A connection of `role` opened.
+    pub fn opened(&self, role: ConnRole) {
+        self.open[role.index()].fetch_add(1, Ordering::Relaxed);
+        self.opened[role.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection of `role` closed.
+    pub fn closed(&self, role: ConnRole) {
+        self.open[role.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A counter series: name, help (empty: same family as the previous one), labels, field.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> &AtomicU64,
+);
+
+/// Appends the per-shard series to `out` (Prometheus text format).
+pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP posrelay_connections Open connections by role and shard."
+    );
+    let _ = writeln!(out, "# TYPE posrelay_connections gauge");
+    for (i, m) in shards.iter().enumerate() {
+        for role in ConnRole::ALL {
+            let v = m.open[role.index()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "posrelay_connections{{role=\"{}\",shard=\"{i}\"}} {v}",
+                role.as_str()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP posrelay_connections_opened_total Connections opened by role and shard."
+    );
+    let _ = writeln!(out, "# TYPE posrelay_connections_opened_total counter");
+    for (i, m) in shards.iter().enumerate() {
+        for role in ConnRole::ALL {
+            let v = m.opened[role.index()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "posrelay_connections_opened_total{{role=\"{}\",shard=\"{i}\"}} {v}",
+                role.as_str()
+            );
+        }
+    }
+    let series: [Series; 9] = [
+        (
+            "posrelay_relayed_frames_total",
+            "Messages relayed, by direction.",
+            "direction=\"to_pos\"",
+            |m| &m.frames_to_pos,
+        ),
+        (
+            "posrelay_relayed_frames_total",
+            "",
+            "direction=\"to_device\"",
+            |m| &m.frames_to_device,
+        ),
+        (
+            "posrelay_relayed_bytes_total",
+            "Payload bytes relayed, by direction.",
+            "direction=\"to_pos\"",
+            |m| &m.bytes_to_pos,
+        ),
+        (
+            "posrelay_relayed_bytes_total",
+            "",
+            "direction=\"to_device\"",
+            |m| &m.bytes_to_device,
+        ),
+        (
+            "posrelay_queued_frames_total",
+            "Messages put in an offline queue.",
+            "",
+            |m| &m.queued,
+        ),
+        (
+            "posrelay_undelivered_frames_total",
+            "POS messages reported undelivered.",
+            "",
+            |m| &m.undelivered_frames,
+        ),
+        (
+            "posrelay_dropped_device_frames_total",
+            "Device messages nobody could receive (no claim).",
+            "",
+            |m| &m.dropped_device_frames,
+        ),
+        (
+            "posrelay_handovers_total",
+            "Connections handed over to their owning shard.",
+            "",
+            |m| &m.handovers_in,
+        ),
+        (
+            "posrelay_protocol_errors_total",
+            "Connections closed for an RFC 6455 violation.",
+            "",
+            |m| &m.protocol_errors,
+        ),
+    ];
+    for (name, help, labels, get) in series {
+        if !help.is_empty() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+        }
+        for (i, m) in shards.iter().enumerate() {
+            let v = get(m).load(Ordering::Relaxed);
+            let sep = if labels.is_empty() { "" } else { "," };
+            let _ = writeln!(out, "{name}{{{labels}{sep}shard=\"{i}\"}} {v}");
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! `posrelay serve`: the relay node. One glommio executor per shard, each accepting on
+//! the same port; every device and its POS session are served on the device's owning
+//! shard (connections accepted elsewhere are handed over once, right after their
+//! upgrade request names the session); a client's control channels live on the
+//! client's home shard. Cores talk only by message ([`shard::ShardMsg`]).
+
+mod accept;
+mod conn;
+mod control;
+mod device;
+mod endpoints;
+mod handover;
+mod metrics;
+mod registration;
+mod session;
+mod shard;
+mod tls;
+
+pub use metrics::ShardMetrics;
+
+use crate::admin::{AdminApi, AdminToken};
+use crate::auth::{HashCost, SecretHasher, SigningKey, TokenIssuer};
+use crate::handshake::{HeadLimits, SubprotocolPolicy};
+use crate::io::metrics::Metrics;
+use crate::io::runtime::{resolve_port, run_shards, RuntimeConfig};
+use crate::proto::Limits;
+use crate::relay::RelayLimits;
+use crate::store::{RedbStore, Store};
+use rand::RngCore;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the relay node is configured with (see `posrelay serve --help`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Relay listener (devices, POS, OAuth2).
+    pub listen: SocketAddr,
+    /// Admin listener (provisioning, metrics, health).
+    pub admin_listen: SocketAddr,
+    /// Where the embedded store lives.
+    pub data_dir: PathBuf,
+    /// Base of the URLs handed out (`ws://host` or `wss://host`); else from `Host`.
+    pub public_url: Option<String>,
+    /// Executors.
+    pub runtime: RuntimeConfig,
+    /// PEM certificate chain and key: serve `wss://` / `https://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Which application subprotocol to select.
+    pub subprotocols: SubprotocolPolicy,
+    /// Offline queue, grace periods.
+    pub relay_limits: RelayLimits,
+    /// Frame and message limits.
+    pub ws_limits: Limits,
+    /// Request head limits.
+    pub head_limits: HeadLimits,
+    /// Time for a request head, and for a registration message, to arrive.
+    pub handshake_timeout: Duration,
+    /// Ping a connection idle this long.
+    pub ping_interval: Duration,
+    /// Close a connection that sent nothing this long.
+    pub idle_timeout: Duration,
+    /// Time allowed to drain on shutdown.
+    pub drain_timeout: Duration,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// Admin API token; `None` refuses every admin call.
+    pub admin_token: Option<String>,
+    /// Per-connection send queue bound before the sender is paused (backpressure).
+    pub send_queue_bytes: usize,
+    /// Cost of hashing client secrets (lower only in tests).
+    pub hash_cost: HashCost,
+}
+
+/// Where the listeners ended up (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerAddrs {
+    /// Relay listener.
+    pub relay: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Whether the relay listener speaks TLS.
+    pub tls: bool,
+}
+
+/// Lets another thread (a signal handler) stop the relay or reload its certificate.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+impl StopHandle {
+    /// Starts the graceful drain (PROTOCOL.md §6).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the drain has started.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Asks for the TLS certificate and key to be read again (SIGHUP).
+    pub fn reload_tls(&self) {
+        self.reload.store(true, Ordering::SeqCst);
+    }
+
+    fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Shared {
+    /// Reloads the certificate if asked (new connections get it; open ones keep theirs).
+    pub(crate) fn maybe_reload_tls(&self) {
+        if !self.stop.take_reload() {
+            return;
+        }
+        match &self.tls {
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed: keeping the old certificate")
+                }
+            },
+            None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+        }
+    }
+}
+
+/// What every shard shares, read-only (or internally synchronised, off the data path).
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub store: Arc<RedbStore>,
+    pub issuer: TokenIssuer,
+    pub hasher: Arc<SecretHasher>,
+    pub keyring_key: [u8; 32],
+    /// `None` when no admin token is configured: every admin call is refused.
+    pub admin: Option<AdminApi<Arc<RedbStore>>>,
+    pub metrics: Metrics,
+    pub shard_metrics: Vec<Arc<ShardMetrics>>,
+    pub tls: Option<tls::TlsReloader>,
+    pub stop: StopHandle,
+    pub addrs: std::sync::OnceLock<ServerAddrs>,
+}
+
+/// Opens the store, binds both listeners on every shard, calls `on_ready`, and serves
+/// until `stop` is triggered and the drain is done.
+pub fn run_server(
+    config: ServerConfig,
+    stop: StopHandle,
+    on_ready: impl FnOnce(&ServerAddrs) + Send + 'static,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ),
+        )
+    })?;
+    let store = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
+    let mut fresh = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut fresh);
+    let key = store
+        .load_or_create_signing_key(fresh)
+        .map_err(std::io::Error::other)?;
+    let issuer = TokenIssuer::new(&SigningKey::from_bytes(key));
+    let mut keyring_key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut keyring_key);
+    let hasher = Arc::new(SecretHasher::new(config.hash_cost));
+    let admin = config
+        .admin_token
+        .as_deref()
+        .and_then(AdminToken::new)
+        .map(|token| AdminApi::new(store.clone(), token, SecretHasher::new(config.hash_cost)));
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::TlsReloader::load(cert, key)?),
+        None => None,
+    };
+    let shards = config.runtime.shards.max(1);
+    let (relay_addr, relay_reservation) = resolve_port(config.listen)?;
+    let (admin_addr, admin_reservation) = resolve_port(config.admin_listen)?;
+    let shared = Arc::new(Shared {
+        shard_metrics: (0..shards)
+            .map(|_| Arc::new(ShardMetrics::default()))
+            .collect(),
+        config,
+        store,
+        issuer,
+        hasher,
+        keyring_key,
+        admin,
+        metrics: Metrics::default(),
+        tls,
+        stop,
+        addrs: std::sync::OnceLock::new(),
+    });
+    let addrs = ServerAddrs {
+        relay: relay_addr,
+        admin: admin_addr,
+        tls: shared.tls.is_some(),
+    };
+    let _ = shared.addrs.set(addrs);
+    let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let runtime = shared.config.runtime.clone();
+    let for_shards = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name("posrelay-shards".into())
+        .spawn(move || {
+            run_shards(&runtime, move || async move {
+                shard::run_shard(for_shards, mesh, relay_addr, admin_addr, ready_tx).await
+            })
+        })?;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(result) => result?,
+            Err(_) => break,
+        }
+    }
+    drop(relay_reservation);
+    drop(admin_reservation);
+    tracing::info!(relay = %relay_addr, admin = %admin_addr, shards, tls = addrs.tls, "posrelay ready");
+    on_ready(&addrs);
+    let results = handle
+        .join()
+        .map_err(|_| std::io::Error::other("a shard panicked"))??;
+    for r in results {
+        r?;
+    }
+    tracing::info!("posrelay stopped");
+    Ok(())
+}
+
+/// Seconds since the Unix epoch (token times).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

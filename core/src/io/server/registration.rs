@@ -1,0 +1,197 @@
+//! §2 device registration: one text message with the terminal's credentials, answered
+//! with its session id, connection URL and a short-lived device token, then close 1000
+//! (errors: an error message, then close 1008).
+
+use super::accept::Prelude;
+use super::metrics::ConnRole;
+use super::shard::{ShardCtx, ShardMsg};
+use crate::auth::{resolve_device, verify_client, ScopeError, TsnInput, DEVICE_TOKEN_TTL};
+use crate::control::register::{connection_url, error_reply, registered_reply};
+use crate::control::{ControlErrorCode, RegisterRequest};
+use crate::ids::{ClientId, ClientKey, DeviceKey};
+use crate::io::http::with_timeout;
+use crate::io::transport::Transport;
+use crate::io::ws::{WsIoError, WsStream};
+use crate::proto::{CloseCode, Connection, Event, Limits, MessageKind, Role};
+use crate::relay::owner_shard;
+use crate::store::Store;
+use bytes::BytesMut;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// A registration message is small: refuse anything larger than this.
+const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
+
+/// Why a registration was refused (§2 codes).
+struct Refusal(ControlErrorCode, String);
+
+pub(crate) async fn serve(
+    ctx: Rc<ShardCtx>,
+    mut transport: Transport,
+    rbuf: BytesMut,
+    prelude: Prelude,
+) {
+    if transport
+        .write_all_vectored(&[&prelude.answer])
+        .await
+        .is_err()
+    {
+        return;
+    }
+    ctx.metrics.opened(ConnRole::Registration);
+    let limits = Limits {
+        max_frame_payload: MAX_REGISTRATION_BYTES as u64,
+        max_message: MAX_REGISTRATION_BYTES,
+    };
+    let mut ws = WsStream::new(transport, rbuf, Connection::new(Role::Server, limits));
+    let outcome = registration(&ctx, &mut ws, &prelude.url_base).await;
+    match outcome {
+        Ok(Some(reply)) => {
+            let _ = ws.send_text(reply).await;
+            let _ = ws.send_close(CloseCode::NORMAL, "registered").await;
+            linger(&mut ws).await;
+        }
+        Ok(None) => {}
+        Err(Refusal(code, message)) => {
+            tracing::info!(code = code.as_str(), %message, "registration refused");
+            ctx.shared.metrics.token_invalid_client.inc();
+            let _ = ws.send_text(error_reply(code, &message)).await;
+            let _ = ws.send_close(CloseCode::POLICY, code.as_str()).await;
+            linger(&mut ws).await;
+        }
+    }
+    ws.transport.shutdown().await;
+    ctx.metrics.closed(ConnRole::Registration);
+}
+
+/// Waits briefly for the peer's Close after ours (RFC 6455 §7.1.1), then lets go.
+async fn linger(ws: &mut WsStream) {
+    let _ = with_timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next_event().await {
+                Ok(Some(Event::Close(_))) | Ok(None) | Err(_) => return,
+                Ok(Some(_)) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads the registration message and answers it; `Ok(None)`: the peer went away.
+async fn registration(
+    ctx: &Rc<ShardCtx>,
+    ws: &mut WsStream,
+    url_base: &str,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let timeout = ctx.shared.config.handshake_timeout;
+    let first = with_timeout(timeout, async {
+        loop {
+            match ws.next_event().await {
+                Ok(Some(Event::Message(m))) => return Ok(Some(m)),
+                Ok(Some(Event::Close(_))) | Ok(None) => return Ok(None),
+                Ok(Some(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    let message = match first {
+        None => {
+            return Err(Refusal(
+                ControlErrorCode::BadRequest,
+                format!("no registration message within {} s", timeout.as_secs()),
+            ))
+        }
+        Some(Ok(Some(m))) => m,
+        Some(Ok(None)) => return Ok(None),
+        Some(Err(WsIoError::Protocol(_))) | Some(Err(WsIoError::Io(_))) => return Ok(None),
+    };
+    if message.kind != MessageKind::Text {
+        return Err(Refusal(
+            ControlErrorCode::BadRequest,
+            "the registration message must be a text (JSON) message".into(),
+        ));
+    }
+    let mut text = message.payload.to_bytes().to_vec();
+    let request = RegisterRequest::parse(&mut text)
+        .map_err(|e| Refusal(ControlErrorCode::BadRequest, e.to_string()))?;
+    let tsn = TsnInput::parse(&request.tsn).map_err(|_| {
+        Refusal(
+            ControlErrorCode::BadRequest,
+            "tsn must be a serial number or <make>-<model>-<serial>".into(),
+        )
+    })?;
+    // The secret check runs on the blocking pool (argon2). Unknown and wrong look alike.
+    let shared = ctx.shared.clone();
+    let client_id = request.client_id.clone();
+    let secret = crate::auth::ClientSecret::new(request.client_secret.expose());
+    let client = glommio::executor()
+        .spawn_blocking(move || {
+            let domain = ClientId::new(client_id.as_str())
+                .ok()
+                .and_then(|id| shared.store.find_client(&id).ok().flatten())
+                .map(|c| c.domain.to_string())
+                .unwrap_or_else(|| "-".to_owned());
+            verify_client(&*shared.store, &shared.hasher, &domain, &client_id, &secret)
+        })
+        .await
+        .map_err(|_| {
+            Refusal(
+                ControlErrorCode::InvalidClient,
+                "unknown client or wrong secret: check custom_registration_data".into(),
+            )
+        })?;
+    let device = match resolve_device(&*ctx.shared.store, &client, &tsn) {
+        Ok(d) => d,
+        Err(ScopeError::NotFound { .. }) => {
+            return Err(Refusal(
+                ControlErrorCode::UnknownDevice,
+                "no such device for these credentials: provision it (admin API) in the client's store or domain".into(),
+            ))
+        }
+        Err(e) => return Err(Refusal(ControlErrorCode::BadRequest, e.to_string())),
+    };
+    if !device.enabled {
+        return Err(Refusal(
+            ControlErrorCode::DeviceDisabled,
+            "this device is disabled: ask the operator to enable it".into(),
+        ));
+    }
+    let key = DeviceKey {
+        domain: device.domain.clone(),
+        serial: device.serial.clone(),
+    };
+    let sid = ctx.devices.borrow().session_id(&key);
+    let owner = owner_shard(&sid, ctx.shards).0;
+    if owner == ctx.index {
+        ctx.devices
+            .borrow_mut()
+            .handle_register(key, Instant::now());
+    } else {
+        ctx.send(owner, ShardMsg::Registered(key));
+    }
+    let client_key = ClientKey {
+        domain: client.domain.clone(),
+        client_id: client.client_id.clone(),
+    };
+    let issued = ctx
+        .shared
+        .issuer
+        .issue_device(
+            &client_key,
+            &device.serial,
+            &sid,
+            super::unix_now(),
+            DEVICE_TOKEN_TTL,
+            &mut rand::rngs::OsRng,
+        )
+        .map_err(|e| Refusal(ControlErrorCode::BadRequest, e.to_string()))?;
+    tracing::info!(tsn = %device.serial, domain = %device.domain, shard = owner, "device registered");
+    let url = connection_url(url_base, &sid);
+    Ok(Some(registered_reply(
+        &sid,
+        &url,
+        &issued.token,
+        issued.expires_in,
+    )))
+}

@@ -1,0 +1,105 @@
+//! §5 POS session: served on the device's owning shard, for the client holding the
+//! claim. Its messages go to the device (or wait in the offline queue, or are reported
+//! `undelivered`); the device's come here.
+
+use super::accept::{answer_and_close, auth_refusal, not_found_session};
+use super::conn::{retire, serve_ws, ConnEntry, Handler};
+use super::device::{forward, log_end};
+use super::metrics::{ConnRole, ShardMetrics};
+use super::shard::ShardCtx;
+use crate::auth::{AccessClaims, AuthError};
+use crate::ids::{ClientKey, DeviceKey, SessionId};
+use crate::io::driver::ConnDriver;
+use crate::io::outbox::Outbox;
+use crate::io::transport::Transport;
+use crate::proto::{Connection, Message, Role};
+use crate::relay::{ConnId, Route, SessionError};
+use bytes::BytesMut;
+use std::rc::Rc;
+use std::time::Instant;
+
+pub(crate) async fn serve(
+    ctx: Rc<ShardCtx>,
+    mut transport: Transport,
+    rbuf: BytesMut,
+    answer: Vec<u8>,
+    sid: SessionId,
+    claims: AccessClaims,
+) {
+    let client: ClientKey = claims.client();
+    let device = ctx.devices.borrow().session_device(&sid).cloned();
+    let check = ctx.devices.borrow().check_pos_session(&sid, &client);
+    let device = match (device, check) {
+        (Some(device), Ok(())) => device,
+        (None, _) | (_, Err(SessionError::UnknownSession { .. })) => {
+            return answer_and_close(transport, &not_found_session()).await
+        }
+        (_, Err(SessionError::NotClaimHolder { .. })) => {
+            let refusal = auth_refusal(&ctx, &AuthError::WrongSession);
+            return answer_and_close(transport, &refusal).await;
+        }
+    };
+    if transport.write_all_vectored(&[&answer]).await.is_err() {
+        return;
+    }
+    let id = ctx.new_conn_id();
+    let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
+    let mut entry = ConnEntry::new(outbox.clone(), ConnRole::PosSession);
+    entry.token_expires_at = Some(claims.expires_at);
+    ctx.add_conn(id, entry);
+    let mut driver = ConnDriver::new(transport, rbuf, outbox.clone());
+    let mut proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
+    let opened =
+        ctx.devices
+            .borrow_mut()
+            .handle_pos_session_opened(&sid, &client, id, Instant::now());
+    if let Err(e) = opened {
+        outbox
+            .borrow_mut()
+            .request_close(e.close_code(), "session no longer available");
+    }
+    ctx.process_actions();
+    tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
+    let mut handler = SessionHandler {
+        sid: sid.clone(),
+        conn: id,
+        device: device.clone(),
+    };
+    let ended = serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await;
+    let unsent = retire(&ctx, id, &outbox);
+    if unsent.frames > 0 {
+        // Device messages that never reached the POS: the device cannot be told.
+        ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
+    }
+    ctx.devices
+        .borrow_mut()
+        .handle_pos_session_closed(&sid, id, Instant::now());
+    ctx.process_actions();
+    driver.shutdown().await;
+    log_end("pos_session", &device, ctx.index, id, ended);
+}
+
+struct SessionHandler {
+    sid: SessionId,
+    conn: ConnId,
+    device: DeviceKey,
+}
+
+impl Handler for SessionHandler {
+    async fn on_message(&mut self, ctx: &Rc<ShardCtx>, driver: &mut ConnDriver, message: Message) {
+        let route = ctx.devices.borrow_mut().handle_message_from_pos(
+            &self.sid,
+            self.conn,
+            message,
+            Instant::now(),
+        );
+        match route {
+            Route::Forward { conn, message } => {
+                forward(ctx, driver, conn, message, Some(&self.device)).await
+            }
+            Route::Queued => ShardMetrics::add(&ctx.metrics.queued, 1),
+            Route::Rejected | Route::Dropped(_) => {}
+        }
+        ctx.process_actions();
+    }
+}

@@ -1,0 +1,67 @@
+//! What the store keeps: stores (under merchants), clients and devices of a domain.
+
+use crate::auth::{Scope, SecretHash};
+use crate::ids::{
+    ClientId, ClientKey, DeviceKey, DeviceModelName, DomainName, MerchantName, Serial, StoreName,
+};
+
+/// A store of a merchant within a domain. Store names are unique per domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRecord {
+    /// The tenant.
+    pub domain: DomainName,
+    /// The store.
+    pub store: StoreName,
+    /// The merchant the store belongs to.
+    pub merchant: MerchantName,
+}
+
+/// A POS client or domain application: its scope and the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The tenant.
+    pub domain: DomainName,
+    /// The OAuth2 client id.
+    pub client_id: ClientId,
+    /// One store, or the whole domain.
+    pub scope: Scope,
+    /// argon2id PHC hash of the secret (the secret itself is never stored).
+    pub secret_hash: SecretHash,
+}
+
+impl ClientRecord {
+    /// The client's key (domain + id).
+    pub fn key(&self) -> ClientKey {
+        ClientKey {
+            domain: self.domain.clone(),
+            client_id: self.client_id.clone(),
+        }
+    }
+}
+
+/// A provisioned payment terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The tenant.
+    pub domain: DomainName,
+    /// The bare serial (tsn).
+    pub serial: Serial,
+    /// Its make, e.g. `ingenico`.
+    pub make: DeviceModelName,
+    /// Its model, e.g. `axium`.
+    pub model: DeviceModelName,
+    /// The store it belongs to.
+    pub store: StoreName,
+    /// `false` once the operator disabled it: it may not register or be claimed.
+    pub enabled: bool,
+}
+
+impl DeviceRecord {
+    /// The device's key (domain + serial).
+    pub fn key(&self) -> DeviceKey {
+        DeviceKey {
+            domain: self.domain.clone(),
+            serial: self.serial.clone(),
+        }
+    }
+}
