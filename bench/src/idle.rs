@@ -29,6 +29,11 @@ pub fn max_pairs(fd_limit: u64, per_pair: u64) -> usize {
     (fd_limit.saturating_sub(FD_RESERVE) / per_pair.max(1)) as usize
 }
 
+/// Pairs set up before the first memory reading: a tenth, at most one setup batch.
+pub fn warm_pairs(pairs: usize, concurrency: usize) -> usize {
+    (pairs / 10).min(concurrency.max(1))
+}
+
 /// What the idle scenario measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleOutcome {
@@ -36,9 +41,11 @@ pub struct IdleOutcome {
     pub pairs: usize,
     /// Pairs set up.
     pub pairs_up: usize,
-    /// WebSocket connections the target held for them.
+    /// Pairs set up before the memory was first read (not measured).
+    pub warm_pairs: usize,
+    /// WebSocket connections the measured pairs hold on the target.
     pub connections: u64,
-    /// Target memory before the pairs connected.
+    /// Target memory with the warm-up pairs connected.
     pub before: Memory,
     /// Target memory with every pair connected and idle.
     pub after: Memory,
@@ -63,10 +70,17 @@ pub async fn run_idle(
     label: Option<&str>,
     target_pid: u32,
 ) -> IdleOutcome {
-    let before = procfs::memory(target_pid).unwrap_or_default();
+    // Warm the target first (first-use allocations, the allocator's arenas,
+    // the work of registration): only the pairs after these are measured.
+    let warm = warm_pairs(pairs, concurrency);
     let started = Instant::now();
-    let (conns, failed) = setup_pairs(&env, pairs, concurrency, label).await;
+    let (mut conns, mut failed) = setup_pairs(&env, 0..warm, concurrency, None).await;
+    let before = procfs::memory(target_pid).unwrap_or_default();
+    let (measured, failed_measured) = setup_pairs(&env, warm..pairs, concurrency, label).await;
     let setup_secs = started.elapsed().as_secs_f64();
+    let connections = measured.len() as u64 * env.kind.connections_per_pair();
+    failed += failed_measured;
+    conns.extend(measured);
     if label.is_some() {
         crate::load::progress_line(&format!(
             "idle: {} pairs up in {setup_secs:.1}s, idling {:.1}s",
@@ -76,7 +90,7 @@ pub async fn run_idle(
     }
     sleep(settle).await;
     let after = procfs::memory(target_pid).unwrap_or_default();
-    let connections = conns.len() as u64 * env.kind.connections_per_pair();
+    let pairs_up = conns.len();
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / connections.max(1) as f64;
 
     // Prove every counted pair is alive, then close it.
@@ -110,7 +124,8 @@ pub async fn run_idle(
     }
     IdleOutcome {
         pairs,
-        pairs_up: (connections / env.kind.connections_per_pair()) as usize,
+        pairs_up,
+        warm_pairs: warm,
         connections,
         before,
         after,
@@ -139,11 +154,24 @@ async fn one_round_trip(pair: u32, mut conns: PairConns) -> anyhow::Result<bool>
     }
     let m = conns.pos.next_message().await?;
     ok &= payload::check(stamp, size, m.payload.iter().map(|b| &b[..])).is_ok();
-    conns.pos.close().await;
-    if let Some(mut device) = conns.device {
-        device.close().await;
-    }
+    close_pair(conns).await;
     Ok(ok)
+}
+
+/// Closes both ends at once (a relay may answer one end's Close only once
+/// the other end is gone too), giving up after two seconds: teardown is not measured.
+pub async fn close_pair(conns: PairConns) {
+    let PairConns { mut pos, device } = conns;
+    let both = async move {
+        let device = async move {
+            if let Some(mut d) = device {
+                d.close().await;
+            }
+        };
+        futures_lite::future::zip(pos.close(), device).await;
+        Ok(())
+    };
+    let _ = timeout(Duration::from_secs(2), both).await;
 }
 
 #[cfg(test)]
@@ -155,5 +183,12 @@ mod tests {
         assert_eq!(max_pairs(20_000, 2), 9_800);
         assert_eq!(max_pairs(20_000, 1), 19_600);
         assert_eq!(max_pairs(100, 2), 0);
+    }
+
+    #[test]
+    fn warm_up_is_small() {
+        assert_eq!(warm_pairs(20, 64), 2);
+        assert_eq!(warm_pairs(9_800, 64), 64);
+        assert_eq!(warm_pairs(5, 64), 0);
     }
 }

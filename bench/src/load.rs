@@ -117,6 +117,9 @@ impl Run {
     }
 }
 
+/// How long setting up one pair may take before it counts as failed.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A message sent and not yet answered: its sequence number and the instant
 /// its latency counts from.
 type Outstanding = Rc<RefCell<VecDeque<(u64, Instant)>>>;
@@ -124,19 +127,22 @@ type Outstanding = Rc<RefCell<VecDeque<(u64, Instant)>>>;
 /// Sets up the pairs (at most `concurrency` at a time); failures are counted, not fatal.
 pub async fn setup_pairs(
     env: &Rc<Env>,
-    pairs: usize,
+    range: std::ops::Range<usize>,
     concurrency: usize,
     progress: Option<&str>,
 ) -> (Vec<(usize, PairConns)>, u64) {
+    let pairs = range.len();
     let gate = Rc::new(Semaphore::new(concurrency.max(1) as u64));
     let done = Rc::new(Cell::new(0usize));
     let failed = Rc::new(Cell::new(0u64));
     let mut tasks = Vec::with_capacity(pairs);
-    for i in 0..pairs {
+    for i in range {
         let (env, gate, done, failed) = (env.clone(), gate.clone(), done.clone(), failed.clone());
         tasks.push(glommio::spawn_local(async move {
             let _permit = gate.acquire_permit(1).await.ok()?;
-            let r = open_pair(&env, i).await;
+            let r = timeout(SETUP_TIMEOUT, async { Ok(open_pair(&env, i).await) })
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("no answer: {e}")));
             done.set(done.get() + 1);
             match r {
                 Ok(p) => Some((i, p)),
@@ -177,7 +183,8 @@ pub async fn setup_pairs(
 pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOutcome {
     let setup_start = Instant::now();
     let label = spec.progress.then_some(spec.label.as_str());
-    let (pairs, setup_failed) = setup_pairs(&env, spec.pairs, spec.setup_concurrency, label).await;
+    let (pairs, setup_failed) =
+        setup_pairs(&env, 0..spec.pairs, spec.setup_concurrency, label).await;
     let setup = setup_start.elapsed();
     let run = Rc::new(Run {
         size: spec.size.max(payload::MIN_SIZE),

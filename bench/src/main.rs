@@ -135,7 +135,7 @@ fn run(mut args: RunArgs) -> ExitCode {
         let mut sr = ScenarioReport {
             name: s.name.into(),
             about: s.about.into(),
-            work: s.work,
+            work: s.work.with_overrides(args.pairs, args.size),
             mode: matches!(s.work, Work::Load { .. }).then_some(mode),
             warmup_secs: cfg.warmup.as_secs_f64(),
             duration_secs: cfg.duration.as_secs_f64(),

@@ -372,13 +372,18 @@ pub fn render(s: &ScenarioReport) -> String {
     };
     let timing = if matches!(s.work, Work::Load { .. }) {
         format!(
-            ", {:.0}s measured after {:.0}s warm-up",
+            ", {}s measured after {}s warm-up",
             s.duration_secs, s.warmup_secs
         )
     } else {
         String::new()
     };
-    out.push_str(&format!("\n== {}: {}{mode}{timing}\n", s.name, s.about));
+    out.push_str(&format!(
+        "\n== {} ({}): {}{mode}{timing}\n",
+        s.name,
+        s.work.describe(),
+        s.about
+    ));
     let width0 = rows
         .iter()
         .map(|r| r.0.chars().count())

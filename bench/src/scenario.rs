@@ -49,44 +49,70 @@ pub struct Scenario {
 /// Every scenario name, in the order `--scenario all` runs them.
 pub const NAMES: [&str; 6] = ["latency", "small", "large", "many", "idle", "storm"];
 
+impl Work {
+    /// `work` with the command line's overrides of pairs (devices) and size.
+    pub fn with_overrides(self, pairs: Option<usize>, size: Option<usize>) -> Work {
+        match self {
+            Work::Load { pairs: p, size: s } => Work::Load {
+                pairs: pairs.unwrap_or(p),
+                size: size.unwrap_or(s),
+            },
+            Work::Idle { pairs: p } => Work::Idle { pairs: pairs.or(p) },
+            Work::Storm { devices } => Work::Storm {
+                devices: pairs.unwrap_or(devices),
+            },
+        }
+    }
+
+    /// A short description, e.g. `64 pairs, 64 B`.
+    pub fn describe(&self) -> String {
+        match self {
+            Work::Load { pairs, size } if size % 1024 == 0 => {
+                format!("{pairs} pairs, {} KiB", size / 1024)
+            }
+            Work::Load { pairs, size } => format!("{pairs} pairs, {size} B"),
+            Work::Idle { pairs: Some(p) } => format!("{p} idle pairs"),
+            Work::Idle { pairs: None } => "idle pairs up to the descriptor limit".into(),
+            Work::Storm { devices } => format!("{devices} devices, target restarted"),
+        }
+    }
+}
+
 /// The preset `name` at `scale`.
 pub fn preset(name: &str, scale: Scale) -> Option<Scenario> {
     let tiny = scale == Scale::Tiny;
     let pick = |full: usize, small: usize| if tiny { small } else { full };
     let (about, work) = match name {
-        "latency" => (
-            "1 pair, 64 B: the latency floor",
-            Work::Load { pairs: 1, size: 64 },
-        ),
+        "latency" => ("the latency floor", Work::Load { pairs: 1, size: 64 }),
         "small" => (
-            "64 pairs, 64 B: per-message cost",
+            "per-message cost",
             Work::Load {
                 pairs: pick(64, 4),
                 size: 64,
             },
         ),
         "large" => (
-            "64 pairs, 16 KiB: per-byte cost",
+            "per-byte cost",
             Work::Load {
                 pairs: pick(64, 4),
                 size: 16 * 1024,
             },
         ),
         "many" => (
-            "1,000 pairs, 64 B: many connections",
+            "many connections",
             Work::Load {
                 pairs: pick(1000, 20),
                 size: 64,
             },
         ),
         "idle" => (
-            "idle pairs up to the descriptor limit: memory per connection",
+            "memory per idle connection",
             Work::Idle {
                 pairs: tiny.then_some(20),
             },
         ),
         "storm" => (
-            "10,000 devices reconnecting at once after a restart",
+            "devices reconnecting at once after a restart",
             Work::Storm {
                 devices: pick(10_000, 20),
             },

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future::or;
 use glommio::sync::Semaphore;
-use glommio::timer::sleep;
+use glommio::timer::{sleep, timeout};
 use rand::Rng as _;
 use serde::Serialize;
 
@@ -64,6 +64,9 @@ struct Shared {
 }
 
 const PLENTY: u64 = 1 << 40;
+
+/// How long one attempt to come online may take before it counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the storm on `target` with `devices` devices; gives the target back.
 pub async fn run_storm(
@@ -158,11 +161,15 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
     let mut first = true;
     let mut counted_back = false;
     loop {
+        let try_once = async {
+            let r = timeout(ATTEMPT_TIMEOUT, async { Ok(device_online(&env, i).await) }).await;
+            r.unwrap_or_else(|e| Err(anyhow::anyhow!("no answer: {e}")))
+        };
         let attempt = if first {
             let _permit = gate.acquire_permit(1).await;
-            device_online(&env, i).await
+            try_once.await
         } else {
-            device_online(&env, i).await
+            try_once.await
         };
         match attempt {
             Ok(mut conn) => {
@@ -187,7 +194,11 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
                 };
                 shared.online.set(shared.online.get() - 1);
                 if stopped {
-                    conn.close().await;
+                    let _ = timeout(Duration::from_secs(2), async {
+                        conn.close().await;
+                        Ok(())
+                    })
+                    .await;
                     return;
                 }
             }
