@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// (latency corrected for coordinated omission).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Run each scenario this many times (each repetition runs every target
+    /// and has its own table and ratios).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Print JSON on stdout (the tables go to stderr).
     #[arg(long)]
     pub json: bool,
@@ -103,6 +107,10 @@ pub struct RunArgs {
     /// Storm: how long devices may take to come back.
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub storm_deadline: Duration,
+    /// Storm: how long one attempt to come online may take before the device
+    /// gives up and tries again.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub storm_attempt_timeout: Duration,
     /// Extra argument for `posrelay serve` (repeat for several).
     #[arg(long = "relay-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub relay_args: Vec<String>,

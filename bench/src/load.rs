@@ -66,6 +66,9 @@ pub struct LoadSpec {
     pub setup_concurrency: usize,
     /// Print a progress line every second.
     pub progress: bool,
+    /// The CPUs the target and the generator are pinned to (to tell how
+    /// busy other processes kept them during the window).
+    pub cores: Option<(usize, usize)>,
 }
 
 /// What a load run measured.
@@ -83,6 +86,9 @@ pub struct LoadOutcome {
     pub generator_cpu: CpuTicks,
     /// Pairs that were set up.
     pub pairs_up: usize,
+    /// Share of the target's CPU and of the generator's CPU that *other*
+    /// processes used during the window (0 on a quiet machine).
+    pub foreign_load: Option<(f64, f64)>,
     /// Time the setup took.
     pub setup: Duration,
 }
@@ -253,6 +259,10 @@ pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOut
 
     sleep(spec.warmup).await;
     let me = std::process::id();
+    let cores = |c: Option<(usize, usize)>| {
+        c.and_then(|(t, g)| Some((procfs::core_ticks(t)?, procfs::core_ticks(g)?)))
+    };
+    let c0 = cores(spec.cores);
     let t0 = (
         Instant::now(),
         procfs::cpu_ticks(target_pid).unwrap_or_default(),
@@ -266,6 +276,23 @@ pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOut
         procfs::cpu_ticks(target_pid).unwrap_or_default(),
         procfs::cpu_ticks(me).unwrap_or_default(),
     );
+    let c1 = cores(spec.cores);
+    let foreign_load = c0.zip(c1).map(|((t0c, g0c), (t1c, g1c))| {
+        let share =
+            |busy: u64, total: u64, own: u64| busy.saturating_sub(own) as f64 / total.max(1) as f64;
+        (
+            share(
+                t1c.busy - t0c.busy,
+                t1c.total - t0c.total,
+                t1.1.since(t0.1).total(),
+            ),
+            share(
+                g1c.busy - g0c.busy,
+                g1c.total - g0c.total,
+                t1.2.since(t0.2).total(),
+            ),
+        )
+    });
     drop(ticker);
 
     // Stop sending; let what is in flight come back; then close everything.
@@ -296,6 +323,7 @@ pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOut
         target_cpu: t1.1.since(t0.1),
         generator_cpu: t1.2.since(t0.2),
         pairs_up,
+        foreign_load,
         setup,
     }
 }

@@ -104,6 +104,7 @@ fn run(mut args: RunArgs) -> ExitCode {
         setup_concurrency: args.setup_concurrency,
         idle_settle: args.idle_settle,
         storm_deadline: args.storm_deadline,
+        storm_attempt_timeout: args.storm_attempt_timeout,
         pairs: args.pairs,
         size: args.size,
         relay_args: args.relay_args.clone(),
@@ -128,30 +129,34 @@ fn run(mut args: RunArgs) -> ExitCode {
         scale: args.scale,
         scenarios: Vec::new(),
     };
+    let repeat = args.repeat.max(1);
     for name in scenarios {
         let Some(s) = preset(name, args.scale) else {
             continue;
         };
-        let mut sr = ScenarioReport {
-            name: s.name.into(),
-            about: s.about.into(),
-            work: s.work.with_overrides(args.pairs, args.size),
-            mode: matches!(s.work, Work::Load { .. }).then_some(mode),
-            warmup_secs: cfg.warmup.as_secs_f64(),
-            duration_secs: cfg.duration.as_secs_f64(),
-            results: Vec::new(),
-            ratios: Vec::new(),
-        };
-        for &kind in &targets {
-            let r = run_one(&cfg, &s, kind);
-            if let Some(e) = &r.error {
-                eprintln!("{}/{}: {e}", s.name, kind.name());
+        for repetition in 1..=repeat {
+            let mut sr = ScenarioReport {
+                name: s.name.into(),
+                about: s.about.into(),
+                repetition,
+                work: s.work.with_overrides(args.pairs, args.size),
+                mode: matches!(s.work, Work::Load { .. }).then_some(mode),
+                warmup_secs: cfg.warmup.as_secs_f64(),
+                duration_secs: cfg.duration.as_secs_f64(),
+                results: Vec::new(),
+                ratios: Vec::new(),
+            };
+            for &kind in &targets {
+                let r = run_one(&cfg, &s, kind);
+                if let Some(e) = &r.error {
+                    eprintln!("{}/{}: {e}", s.name, kind.name());
+                }
+                sr.results.push(r);
             }
-            sr.results.push(r);
+            sr.compute_ratios();
+            human(&render(&sr));
+            report.scenarios.push(sr);
         }
-        sr.compute_ratios();
-        human(&render(&sr));
-        report.scenarios.push(sr);
     }
     if args.json {
         match serde_json::to_string_pretty(&report) {

@@ -167,6 +167,50 @@ pub fn describe_placement(threads: &[ThreadPlacement]) -> String {
     )
 }
 
+/// Busy and total time of one CPU, in clock ticks (a `cpuN` line of /proc/stat).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreTicks {
+    /// Ticks not idle and not waiting for I/O.
+    pub busy: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
+/// Parses the `cpu{cpu}` line of a /proc/stat text.
+pub fn parse_core_ticks(stat: &str, cpu: usize) -> Option<CoreTicks> {
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some(CoreTicks {
+        busy: total.saturating_sub(idle),
+        total,
+    })
+}
+
+/// The ticks of CPU `cpu` so far.
+pub fn core_ticks(cpu: usize) -> Option<CoreTicks> {
+    parse_core_ticks(&std::fs::read_to_string("/proc/stat").ok()?, cpu)
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The soft limit on open file descriptors of this process (/proc/self/limits).
 pub fn fd_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -263,6 +307,28 @@ mod tests {
         );
         assert_eq!(f("Cpus_allowed_list").as_deref(), Some("0"));
         assert_eq!(f("Missing"), None);
+    }
+
+    #[test]
+    fn core_ticks_line() {
+        let stat =
+            "cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 5 1 4 50 2 1 1 0 0 0\ncpu1 5 0 6 50 0 0 0 0 0 0\n";
+        assert_eq!(
+            parse_core_ticks(stat, 0),
+            Some(CoreTicks {
+                busy: 12,
+                total: 64
+            })
+        );
+        assert_eq!(
+            parse_core_ticks(stat, 1),
+            Some(CoreTicks {
+                busy: 11,
+                total: 61
+            })
+        );
+        assert_eq!(parse_core_ticks(stat, 2), None);
+        assert!(load_average().is_some());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct ScenarioReport {
     pub name: String,
     /// What it shows.
     pub about: String,
+    /// Which repetition (from 1).
+    pub repetition: usize,
     /// What it ran.
     pub work: Work,
     /// Pacing (load scenarios).
@@ -101,6 +103,10 @@ pub struct LoadFigures {
     pub generator_cpu_us_per_round_trip: Option<f64>,
     /// Seconds the pairs took to set up.
     pub setup_secs: f64,
+    /// Share of the target's CPU other processes used in the window.
+    pub foreign_load_target_cpu: Option<f64>,
+    /// Share of the generator's CPU other processes used in the window.
+    pub foreign_load_generator_cpu: Option<f64>,
 }
 
 impl LoadFigures {
@@ -128,6 +134,8 @@ impl LoadFigures {
             target_cpu_utilisation: target_cpu / secs,
             generator_cpu_us_per_round_trip: per_rt(o.generator_cpu.as_duration().as_secs_f64()),
             setup_secs: o.setup.as_secs_f64(),
+            foreign_load_target_cpu: o.foreign_load.map(|f| f.0),
+            foreign_load_generator_cpu: o.foreign_load.map(|f| f.1),
         }
     }
 }
@@ -296,6 +304,16 @@ pub fn render(s: &ScenarioReport) -> String {
             row("errors / mismatches", &|r| {
                 load(r).map_or("-".into(), |l| format!("{} / {}", l.errors, l.mismatches))
             });
+            row("other processes on target/gen CPU", &|r| {
+                let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
+                load(r).map_or("-".into(), |l| {
+                    format!(
+                        "{}/{}",
+                        pct(l.foreign_load_target_cpu),
+                        pct(l.foreign_load_generator_cpu)
+                    )
+                })
+            });
         }
         Work::Idle { .. } => {
             let idle = |r: &TargetReport| r.idle.clone();
@@ -378,8 +396,13 @@ pub fn render(s: &ScenarioReport) -> String {
     } else {
         String::new()
     };
+    let rep = if s.repetition > 1 {
+        format!(" #{}", s.repetition)
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "\n== {} ({}): {}{mode}{timing}\n",
+        "\n== {}{rep} ({}): {}{mode}{timing}\n",
         s.name,
         s.work.describe(),
         s.about
@@ -466,6 +489,7 @@ mod tests {
             },
             generator_cpu: CpuTicks::default(),
             pairs_up: 1,
+            foreign_load: None,
             setup: Duration::ZERO,
         };
         TargetReport {
@@ -485,6 +509,7 @@ mod tests {
         let mut s = ScenarioReport {
             name: "small".into(),
             about: "test".into(),
+            repetition: 1,
             work: Work::Load { pairs: 1, size: 64 },
             mode: Some(Mode::Closed { in_flight: 1 }),
             warmup_secs: 1.0,

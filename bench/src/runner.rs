@@ -16,7 +16,7 @@ use crate::load::{run_load, LoadSpec, Mode};
 use crate::procfs;
 use crate::report::{LoadFigures, TargetReport};
 use crate::scenario::{Scenario, Work};
-use crate::storm::run_storm;
+use crate::storm::{run_storm, StormSettings};
 use crate::target::{parse_cpu_list, Launch, Programs, Target, TargetKind};
 
 /// glommio's registered io memory for the generator (the process may lock 8 MiB).
@@ -43,6 +43,8 @@ pub struct RunConfig {
     pub idle_settle: Duration,
     /// Storm deadline.
     pub storm_deadline: Duration,
+    /// Storm: how long one reconnect attempt may take.
+    pub storm_attempt_timeout: Duration,
     /// Override of pairs / devices.
     pub pairs: Option<usize>,
     /// Override of the message size.
@@ -180,6 +182,7 @@ fn run_inner(
                 duration: cfg.duration,
                 setup_concurrency: cfg.setup_concurrency,
                 progress,
+                cores: gen_cpu.map(|g| (cfg.target_cpu, g)),
             };
             let (outcome, placement) = on_generator(gen_cpu, move || async move {
                 let o = run_load(Rc::new(env), &spec, pid).await;
@@ -203,11 +206,15 @@ fn run_inner(
         }
         Work::Storm { .. } => {
             report.target_placement = procfs::describe_placement(&procfs::placement(pid));
-            let deadline = cfg.storm_deadline;
-            let conc = cfg.setup_concurrency;
+            let settings = StormSettings {
+                devices,
+                deadline: cfg.storm_deadline,
+                attempt_timeout: cfg.storm_attempt_timeout,
+                concurrency: cfg.setup_concurrency,
+                progress,
+            };
             let (outcome, back, placement) = on_generator(gen_cpu, move || async move {
-                let (o, t) =
-                    run_storm(Rc::new(env), target, devices, deadline, conc, progress).await;
+                let (o, t) = run_storm(Rc::new(env), target, settings).await;
                 (o, t, thread_placement())
             })?;
             report.generator_placement = placement;

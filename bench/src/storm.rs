@@ -60,23 +60,41 @@ struct Shared {
     failed_attempts: Cell<u64>,
     failed_before: Cell<u64>,
     stopping: Cell<bool>,
+    /// How long one attempt to come online may take before the device gives up and retries.
+    attempt_timeout: Duration,
     stop: Semaphore,
 }
 
 const PLENTY: u64 = 1 << 40;
 
-/// How long one attempt to come online may take before it counts as failed.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a storm runs.
+#[derive(Debug, Clone, Copy)]
+pub struct StormSettings {
+    /// Devices.
+    pub devices: usize,
+    /// How long devices may take to come online (first, and again after the restart).
+    pub deadline: Duration,
+    /// How long one attempt may take before the device gives up and retries.
+    pub attempt_timeout: Duration,
+    /// First connections made at the same time (reconnects are not limited).
+    pub concurrency: usize,
+    /// Progress lines.
+    pub progress: bool,
+}
 
-/// Runs the storm on `target` with `devices` devices; gives the target back.
+/// Runs the storm on `target`; gives the target back.
 pub async fn run_storm(
     env: Rc<Env>,
     target: Target,
-    devices: usize,
-    deadline: Duration,
-    concurrency: usize,
-    progress: bool,
+    settings: StormSettings,
 ) -> (StormOutcome, anyhow::Result<Target>) {
+    let StormSettings {
+        devices,
+        deadline,
+        concurrency,
+        progress,
+        ..
+    } = settings;
     let shared = Rc::new(Shared {
         online: Cell::new(0),
         ready_at: Cell::new(None),
@@ -86,6 +104,7 @@ pub async fn run_storm(
         failed_attempts: Cell::new(0),
         failed_before: Cell::new(0),
         stopping: Cell::new(false),
+        attempt_timeout: settings.attempt_timeout,
         stop: Semaphore::new(0),
     });
     // The first connection is paced like any setup; reconnects are not.
@@ -162,7 +181,10 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
     let mut counted_back = false;
     loop {
         let try_once = async {
-            let r = timeout(ATTEMPT_TIMEOUT, async { Ok(device_online(&env, i).await) }).await;
+            let r = timeout(shared.attempt_timeout, async {
+                Ok(device_online(&env, i).await)
+            })
+            .await;
             r.unwrap_or_else(|e| Err(anyhow::anyhow!("no answer: {e}")))
         };
         let attempt = if first {
