@@ -74,22 +74,24 @@ pub async fn run_idle(
     // the work of registration): only the pairs after these are measured.
     let warm = warm_pairs(pairs, concurrency);
     let started = Instant::now();
-    let (mut conns, mut failed) = setup_pairs(&env, 0..warm, concurrency, None).await;
+    let warmed = setup_pairs(&env, 0..warm, concurrency, None).await;
     let before = procfs::memory(target_pid).unwrap_or_default();
-    let (measured, failed_measured) = setup_pairs(&env, warm..pairs, concurrency, label).await;
+    let measured = setup_pairs(&env, warm..pairs, concurrency, label).await;
     let setup_secs = started.elapsed().as_secs_f64();
-    let connections = measured.len() as u64 * env.kind.connections_per_pair();
-    failed += failed_measured;
-    conns.extend(measured);
     if label.is_some() {
         crate::load::progress_line(&format!(
             "idle: {} pairs up in {setup_secs:.1}s, idling {:.1}s",
-            conns.len(),
+            measured.alive() + warmed.alive(),
             settle.as_secs_f64()
         ));
     }
     sleep(settle).await;
     let after = procfs::memory(target_pid).unwrap_or_default();
+    let connections = measured.alive() as u64 * env.kind.connections_per_pair();
+    let (mut conns, mut failed) = warmed.take().await;
+    let (measured, failed_measured) = measured.take().await;
+    failed += failed_measured;
+    conns.extend(measured);
     let pairs_up = conns.len();
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / connections.max(1) as f64;
 

@@ -130,37 +130,103 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// its latency counts from.
 type Outstanding = Rc<RefCell<VecDeque<(u64, Instant)>>>;
 
-/// Sets up the pairs (at most `concurrency` at a time); failures are counted, not fatal.
+/// Pairs being set up or kept alive until [`Setup::take`] hands them out.
+pub struct Setup {
+    tasks: Vec<glommio::task::JoinHandle<Option<(usize, PairConns)>>>,
+    release: Rc<Semaphore>,
+    failed: Rc<Cell<u64>>,
+    alive: Rc<Cell<usize>>,
+}
+
+impl Setup {
+    /// Pairs up and still alive right now.
+    pub fn alive(&self) -> usize {
+        self.alive.get()
+    }
+
+    /// Stops keeping the pairs alive and hands them out, with the count of
+    /// pairs that failed (in setup, or while they waited).
+    pub async fn take(self) -> (Vec<(usize, PairConns)>, u64) {
+        self.release.signal(PLENTY);
+        let mut out = Vec::with_capacity(self.tasks.len());
+        for t in self.tasks {
+            out.extend(t.await.flatten());
+        }
+        (out, self.failed.get())
+    }
+}
+
+/// Reads both ends of a pair that waits for the load, so that the target's
+/// pings are answered (a relay closes a connection that stays silent for its
+/// idle timeout). Any data message or close while waiting is a failure.
+async fn keep_alive(conns: &mut PairConns) -> anyhow::Result<()> {
+    async fn watch(conn: &mut WsReader) -> anyhow::Result<()> {
+        match conn.next().await? {
+            Incoming::Message(_) => anyhow::bail!("unexpected message while idle"),
+            Incoming::Closed(code) => anyhow::bail!("closed while idle ({code:?})"),
+        }
+    }
+    let PairConns { pos, device } = conns;
+    match device {
+        Some(device) => or(watch(pos), watch(device)).await,
+        None => watch(pos).await,
+    }
+}
+
+/// Sets up the pairs of `range` (at most `concurrency` at a time) and returns
+/// once every one is up or failed; failures are counted, not fatal. The pairs
+/// are kept alive (pings answered) until [`Setup::take`].
 pub async fn setup_pairs(
     env: &Rc<Env>,
     range: std::ops::Range<usize>,
     concurrency: usize,
     progress: Option<&str>,
-) -> (Vec<(usize, PairConns)>, u64) {
+) -> Setup {
     let pairs = range.len();
     let gate = Rc::new(Semaphore::new(concurrency.max(1) as u64));
+    let ready = Rc::new(Semaphore::new(0));
+    let release = Rc::new(Semaphore::new(0));
     let done = Rc::new(Cell::new(0usize));
     let failed = Rc::new(Cell::new(0u64));
+    let alive = Rc::new(Cell::new(0usize));
     let mut tasks = Vec::with_capacity(pairs);
     for i in range {
         let (env, gate, done, failed) = (env.clone(), gate.clone(), done.clone(), failed.clone());
-        tasks.push(glommio::spawn_local(async move {
-            let _permit = gate.acquire_permit(1).await.ok()?;
+        let (ready, release, alive) = (ready.clone(), release.clone(), alive.clone());
+        let task = glommio::spawn_local(async move {
+            let permit = gate.acquire_permit(1).await;
             let r = timeout(SETUP_TIMEOUT, async { Ok(open_pair(&env, i).await) })
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("no answer: {e}")));
+            drop(permit);
             done.set(done.get() + 1);
-            match r {
-                Ok(p) => Some((i, p)),
+            ready.signal(1);
+            let fail = |e: anyhow::Error| {
+                if failed.get() == 0 {
+                    eprintln!("pair {i}: {e:#}");
+                }
+                failed.set(failed.get() + 1);
+                None
+            };
+            let mut conns = match r {
+                Ok(p) => p,
+                Err(e) => return fail(e.context("setup")),
+            };
+            alive.set(alive.get() + 1);
+            let released = async {
+                let _ = release.acquire(1).await;
+                Ok(())
+            };
+            match or(released, keep_alive(&mut conns)).await {
+                Ok(()) => Some((i, conns)),
                 Err(e) => {
-                    if failed.get() == 0 {
-                        eprintln!("pair {i} setup failed: {e:#}");
-                    }
-                    failed.set(failed.get() + 1);
-                    None
+                    alive.set(alive.get() - 1);
+                    fail(e)
                 }
             }
-        }));
+        })
+        .detach();
+        tasks.push(task);
     }
     let ticker = progress.map(|label| {
         let (label, done, failed) = (label.to_owned(), done.clone(), failed.clone());
@@ -177,20 +243,24 @@ pub async fn setup_pairs(
             }
         })
     });
-    let mut out = Vec::with_capacity(pairs);
-    for t in tasks {
-        out.extend(t.await);
-    }
+    let _ = ready.acquire(pairs as u64).await;
     drop(ticker);
-    (out, failed.get())
+    Setup {
+        tasks,
+        release,
+        failed,
+        alive,
+    }
 }
 
 /// Runs the load on pairs already set up, measuring `target_pid`'s CPU.
 pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOutcome {
     let setup_start = Instant::now();
     let label = spec.progress.then_some(spec.label.as_str());
-    let (pairs, setup_failed) =
-        setup_pairs(&env, 0..spec.pairs, spec.setup_concurrency, label).await;
+    let (pairs, setup_failed) = setup_pairs(&env, 0..spec.pairs, spec.setup_concurrency, label)
+        .await
+        .take()
+        .await;
     let setup = setup_start.elapsed();
     let run = Rc::new(Run {
         size: spec.size.max(payload::MIN_SIZE),
