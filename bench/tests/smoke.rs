@@ -1,0 +1,114 @@
+//! CI smoke: every scenario at tiny scale against every target, briefly.
+//! Asserts that every pair was set up, every message came back intact, every
+//! storm device came back, and that the figures are there. Never timing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_posrelay-bench"));
+    c.args(["--ci", "--quiet", "--json", "--no-build"]);
+    c
+}
+
+/// Runs the CI mode against `targets` and returns the JSON report.
+fn run(targets: &[&str], extra: &[&str]) -> Value {
+    let mut cmd = bench();
+    for t in targets {
+        cmd.args(["--target", t]);
+    }
+    cmd.args(extra);
+    let out = cmd.output().expect("posrelay-bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "posrelay-bench --ci failed ({}):\n{stderr}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn check(report: &Value, targets: &[&str]) {
+    let scenarios = report["scenarios"].as_array().expect("scenarios");
+    let names: Vec<&str> = scenarios
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["latency", "small", "large", "many", "idle", "storm"]
+    );
+    for s in scenarios {
+        let name = s["name"].as_str().unwrap();
+        let results = s["results"].as_array().expect("results");
+        let got: Vec<&str> = results
+            .iter()
+            .filter_map(|r| r["target"].as_str())
+            .collect();
+        assert_eq!(got, targets, "{name}");
+        for r in results {
+            let what = format!("{name}/{}", r["target"]);
+            assert!(r["error"].is_null(), "{what}: {}", r["error"]);
+            assert!(
+                r["target_placement"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("allowed cpus")),
+                "{what}: placement {}",
+                r["target_placement"]
+            );
+            match s["work"]["kind"].as_str() {
+                Some("load") => {
+                    let l = &r["load"];
+                    assert_eq!(l["pairs_up"], l["pairs"], "{what}");
+                    assert!(l["round_trips"].as_u64().unwrap() > 0, "{what}: {l}");
+                    assert_eq!(l["errors"], 0, "{what}: {l}");
+                    assert_eq!(l["mismatches"], 0, "{what}: {l}");
+                    assert_eq!(
+                        l["latency"]["count"], l["round_trips"],
+                        "{what}: every measured round trip is in the histogram"
+                    );
+                }
+                Some("idle") => {
+                    let i = &r["idle"];
+                    assert_eq!(i["pairs_up"], i["pairs"], "{what}: {i}");
+                    assert_eq!(i["errors"], 0, "{what}: {i}");
+                    assert_eq!(i["mismatches"], 0, "{what}: {i}");
+                    assert!(i["after"]["rss"].as_u64().unwrap() > 0, "{what}: {i}");
+                }
+                Some("storm") => {
+                    let st = &r["storm"];
+                    assert_eq!(st["online_before"], st["devices"], "{what}: {st}");
+                    assert_eq!(st["failed_devices"], 0, "{what}: {st}");
+                    assert!(st["all_online_secs"].is_number(), "{what}: {st}");
+                }
+                other => panic!("{what}: unknown work {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn peers_pass_every_scenario_at_tiny_scale() {
+    let report = run(&["baseline", "direct"], &[]);
+    check(&report, &["baseline", "direct"]);
+}
+
+#[test]
+fn posrelay_passes_every_scenario_at_tiny_scale() {
+    // `cargo test --workspace` builds the relay next to this binary.
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_posrelay-bench"));
+    let relay = dir.with_file_name("posrelay");
+    assert!(
+        relay.exists(),
+        "{} is missing: build it first (cargo build -p posrelay) or run cargo test --workspace",
+        relay.display()
+    );
+    let report = run(&["posrelay"], &["--posrelay-bin", relay.to_str().unwrap()]);
+    check(&report, &["posrelay"]);
+    // The ratios need the peers; they are computed, not asserted (no timing).
+    let small = &report["scenarios"][1];
+    assert!(small["ratios"].as_array().is_some_and(|r| !r.is_empty()));
+}
