@@ -48,8 +48,8 @@ fn serve_echo(listen: SocketAddr) -> anyhow::Result<()> {
         listen,
         runtime: RuntimeConfig {
             shards: 1,
-            io_memory: 512 * 1024,
             pin: false,
+            ..RuntimeConfig::default()
         },
         limits: Limits {
             max_frame_payload: 16 << 20,

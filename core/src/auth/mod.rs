@@ -1,6 +1,7 @@
 //! Authentication and authorisation: client secrets, client-credential checks, JWT access
 //! and device tokens, scopes and tsn matching. Sans-IO: time and randomness come in.
 
+mod cache;
 mod credentials;
 mod error;
 pub(crate) mod scope;
@@ -8,6 +9,7 @@ mod secrets;
 mod tokens;
 mod tsn;
 
+pub use cache::{CredentialCache, DEFAULT_CREDENTIAL_TTL};
 pub use credentials::{new_client_credentials, verify_client};
 pub use error::AuthError;
 pub use scope::{devices_in_scope, resolve_device, Principal, Scope, ScopeError};

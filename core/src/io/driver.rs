@@ -16,6 +16,13 @@ use std::task::{Context, Poll};
 /// How many slices one vectored write gathers (header and payload per frame).
 const GATHER: usize = 32;
 
+/// Smallest read: an idle connection keeps a buffer about this size.
+pub const MIN_READ: usize = 1024;
+/// Largest single read (a big frame is read in chunks of this).
+pub const MAX_READ: usize = 64 * 1024;
+/// An empty read buffer that grew beyond this (a large message) is given back.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 enum Sock {
     Plain(TcpStream),
     Tls(Box<TlsSock>),
@@ -47,9 +54,21 @@ pub struct ConnDriver {
     pub outbox: OutboxRef,
     /// Bytes read and not yet decoded.
     pub rbuf: BytesMut,
+    /// How many bytes the next read asks for (see [`ConnDriver::prepare_read`]).
+    read_size: usize,
 }
 
 impl ConnDriver {
+    /// Sizes the next read from what the protocol still needs for its next frame:
+    /// small for small messages (an idle connection keeps a small buffer), large for a
+    /// large frame; an empty buffer left large by a big message is given back.
+    pub fn prepare_read(&mut self, needed: usize) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > SHRINK_ABOVE {
+            self.rbuf = BytesMut::with_capacity(MIN_READ);
+        }
+        self.read_size = needed.clamp(MIN_READ, MAX_READ);
+    }
+
     /// Takes over a socket after its handshake; `leftover` are bytes already read.
     pub fn new(transport: Transport, leftover: BytesMut, outbox: OutboxRef) -> ConnDriver {
         let sock = match transport {
@@ -70,10 +89,17 @@ impl ConnDriver {
                 }))
             }
         };
+        // The handshake read in large chunks; an idle connection should not keep that.
+        let rbuf = if leftover.is_empty() {
+            BytesMut::with_capacity(MIN_READ)
+        } else {
+            leftover
+        };
         ConnDriver {
             sock,
             outbox,
-            rbuf: leftover,
+            rbuf,
+            read_size: MIN_READ,
         }
     }
 
@@ -149,7 +175,7 @@ impl ConnDriver {
         match &mut self.sock {
             Sock::Plain(stream) => {
                 let start = self.rbuf.len();
-                self.rbuf.resize(start + READ_CHUNK, 0);
+                self.rbuf.resize(start + self.read_size, 0);
                 let r = Pin::new(&mut *stream).poll_read(cx, &mut self.rbuf[start..]);
                 let n = match &r {
                     Poll::Ready(Ok(n)) => *n,
@@ -160,7 +186,7 @@ impl ConnDriver {
             }
             Sock::Tls(tls) => loop {
                 let start = self.rbuf.len();
-                self.rbuf.resize(start + READ_CHUNK, 0);
+                self.rbuf.resize(start + self.read_size, 0);
                 let plain = tls.conn.reader().read(&mut self.rbuf[start..]);
                 match plain {
                     Ok(n) => {

@@ -45,13 +45,13 @@ pub fn available_cores() -> usize {
 /// Resolves `addr` to a concrete port before the shards bind it.
 ///
 /// Every glommio listener binding port 0 would get its own port, so port 0 is
-/// resolved once here. The probe does NOT set SO_REUSEPORT: with it, the kernel may
-/// pick a port that another process of the same user already listens on with
-/// SO_REUSEPORT (another relay, a parallel test), and the two would then share
-/// connections. Without it the port is free; the probe is released before the
-/// shards bind (the window in which someone else could take it is tiny). A fixed
-/// port is checked the same way, so "address in use" is reported before any shard
-/// starts.
+/// resolved once here, WITHOUT SO_REUSEPORT: with it, the kernel may pick a port that
+/// another process of the same user already listens on with SO_REUSEPORT (another
+/// relay, a parallel test), and the two would then share connections. A fixed port is
+/// probed WITH SO_REUSEPORT, as the shards will bind it, so that sockets a previous
+/// instance left behind (accepted connections still closing) do not refuse a restart
+/// on the same port; a port really held by another listener is still refused by the
+/// shards' bind. The probe is released before the shards bind.
 pub fn resolve_port(addr: SocketAddr) -> io::Result<SocketAddr> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
@@ -60,6 +60,7 @@ pub fn resolve_port(addr: SocketAddr) -> io::Result<SocketAddr> {
     };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(addr.port() != 0)?;
     socket.bind(&addr.into())?;
     let local = socket
         .local_addr()?

@@ -103,6 +103,7 @@ pub(crate) async fn serve_ws<H: Handler>(
                 }
             }
         }
+        driver.prepare_read(proto.needed(&driver.rbuf));
         match driver.read().await {
             Ok(ReadOutcome::Data) => driver.outbox.borrow_mut().last_rx = Instant::now(),
             Ok(ReadOutcome::Eof) | Err(_) => return Ended::Vanished,
@@ -146,6 +147,7 @@ async fn finish_close<H: Handler>(
                     Ok(None) => break,
                 }
             }
+            driver.prepare_read(proto.needed(&driver.rbuf));
             match driver.read().await {
                 Ok(ReadOutcome::Data) => {}
                 Ok(ReadOutcome::Requests) => {

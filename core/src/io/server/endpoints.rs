@@ -250,6 +250,7 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
             ctx.broadcast_admin(|| ShardMsg::DeviceDisabled(device.clone()));
         }
         Some(AdminEffect::ClientDeleted(client)) => {
+            ctx.shared.credentials.forget(&client.client_id);
             let client = client.clone();
             ctx.broadcast_admin(|| ShardMsg::ClientDeleted(client.clone()));
         }

@@ -149,6 +149,8 @@ pub(crate) struct Shared {
     pub stop: StopHandle,
     pub addrs: std::sync::OnceLock<ServerAddrs>,
     pub admission: Arc<admission::Admission>,
+    /// Recently verified client secrets (registration storms after a restart).
+    pub credentials: crate::auth::CredentialCache,
 }
 
 /// Opens the store, binds both listeners on every shard, calls `on_ready`, and serves
@@ -177,6 +179,8 @@ pub fn run_server(
     let mut keyring_key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut keyring_key);
     let hasher = Arc::new(SecretHasher::new(config.hash_cost));
+    let mut cache_key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut cache_key);
     let admin = config
         .admin_token
         .as_deref()
@@ -205,6 +209,10 @@ pub fn run_server(
         stop,
         addrs: std::sync::OnceLock::new(),
         admission: admission::Admission::new(config_admission),
+        credentials: crate::auth::CredentialCache::new(
+            cache_key,
+            crate::auth::DEFAULT_CREDENTIAL_TTL,
+        ),
     });
     let addrs = ServerAddrs {
         relay: relay_addr,

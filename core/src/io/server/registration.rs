@@ -151,27 +151,50 @@ async fn registration(
             ),
         ));
     }
-    // The secret check runs on the blocking pool (argon2). Unknown and wrong look alike.
-    let shared = ctx.shared.clone();
-    let client_id = request.client_id.clone();
-    let secret = request.client_secret.clone();
-    let client = glommio::executor()
-        .spawn_blocking(move || {
-            let domain = ClientId::new(client_id.as_str())
-                .ok()
-                .and_then(|id| shared.store.find_client(&id).ok().flatten())
-                .map(|c| c.domain.to_string())
-                .unwrap_or_else(|| "-".to_owned());
-            verify_client(&*shared.store, &shared.hasher, &domain, &client_id, &secret)
-        })
-        .await
-        .map_err(|_| {
-            admission.login_failed(Some(&request.client_id), peer, Instant::now());
-            Refusal(
-                ControlErrorCode::InvalidClient,
-                "unknown client or wrong secret: check custom_registration_data".into(),
-            )
-        })?;
+    // A secret that verified recently skips argon2 (see auth::cache); otherwise the check
+    // runs on the blocking pool. Unknown and wrong look alike, in answer and in time.
+    let cached = ClientId::new(request.client_id.as_str())
+        .ok()
+        .and_then(|id| {
+            ctx.shared
+                .credentials
+                .check(&id, &request.client_secret, Instant::now())
+        });
+    let client = match cached {
+        Some(client) => client,
+        None => {
+            let shared = ctx.shared.clone();
+            let client_id = request.client_id.clone();
+            let secret = request.client_secret.clone();
+            let verified = glommio::executor()
+                .spawn_blocking(move || {
+                    let domain = ClientId::new(client_id.as_str())
+                        .ok()
+                        .and_then(|id| shared.store.find_client(&id).ok().flatten())
+                        .map(|c| c.domain.to_string())
+                        .unwrap_or_else(|| "-".to_owned());
+                    verify_client(&*shared.store, &shared.hasher, &domain, &client_id, &secret)
+                })
+                .await;
+            match verified {
+                Ok(client) => {
+                    ctx.shared.credentials.remember(
+                        &client,
+                        &request.client_secret,
+                        Instant::now(),
+                    );
+                    client
+                }
+                Err(_) => {
+                    admission.login_failed(Some(&request.client_id), peer, Instant::now());
+                    return Err(Refusal(
+                        ControlErrorCode::InvalidClient,
+                        "unknown client or wrong secret: check custom_registration_data".into(),
+                    ));
+                }
+            }
+        }
+    };
     let device = match resolve_device(&*ctx.shared.store, &client, &tsn) {
         Ok(d) => d,
         Err(ScopeError::NotFound { .. }) => {
