@@ -299,6 +299,12 @@ fn command_line(
                 &launch.data_dir.to_string_lossy(),
                 "--shards",
                 "1",
+                // The generator drives every pair with one domain-wide client: let it
+                // hold as many POS connections as the descriptor limit allows.
+                "--max-connections-per-client",
+                "20000",
+                "--max-connections",
+                "20000",
             ]
             .iter()
             .map(|s| s.to_string())

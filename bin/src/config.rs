@@ -42,8 +42,9 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 16_384;
     /// `--max-unauthenticated`
     pub const MAX_UNAUTHENTICATED: usize = 1_024;
-    /// `--max-connections-per-client`
-    pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+    /// `--max-connections-per-client` (a domain-wide application holds one session per
+    /// terminal, so this is generous; it keeps one leaked credential from taking all)
+    pub const MAX_CONNECTIONS_PER_CLIENT: usize = 8_192;
     /// `--max-header-count`
     pub const MAX_HEADER_COUNT: usize = 64;
     /// `--failed-logins-per-client` (per minute)
@@ -118,7 +119,7 @@ pub struct ServeArgs {
     /// Connections not yet authenticated (slow or anonymous clients); beyond: 503 [default: 1024]
     #[arg(long, value_name = "N")]
     pub max_unauthenticated: Option<usize>,
-    /// POS connections (control channels and sessions) per client id; beyond: 429 [default: 64]
+    /// POS connections (control channels and sessions) per client id; beyond: 429 [default: 8192]
     #[arg(long, value_name = "N")]
     pub max_connections_per_client: Option<usize>,
     /// Header lines in a request head (431 beyond) [default: 64]

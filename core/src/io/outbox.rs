@@ -118,15 +118,24 @@ impl Outbox {
 
     /// Queues a frame and wakes the writer.
     pub fn push(&mut self, frame: OutFrame) -> Result<(), PushError> {
+        self.enqueue(frame)?;
+        self.wake_writer();
+        Ok(())
+    }
+
+    fn enqueue(&mut self, frame: OutFrame) -> Result<(), PushError> {
         if self.closed {
             return Err(PushError::Closed);
         }
         self.queued_bytes += frame.wire_len();
         self.frames.push_back(frame);
+        Ok(())
+    }
+
+    fn wake_writer(&mut self) {
         if let Some(w) = self.writer.take() {
             w.wake();
         }
-        Ok(())
     }
 
     /// Queues a relayed message as its original frames: a fresh server header plus the
@@ -135,13 +144,14 @@ impl Outbox {
         let first: OpCode = message.kind.into();
         let parts = message.payload.as_slice();
         let queued_at = self.latency.as_ref().map(|_| std::time::Instant::now());
+        let backlog = !self.frames.is_empty();
         if parts.is_empty() {
             let mut frame =
                 OutFrame::data(FrameHeader::server_data(first, true, 0), Bytes::new(), true);
             frame.queued_at = queued_at;
-            return self.push(frame);
+            self.enqueue(frame)?;
         }
-        let last = parts.len() - 1;
+        let last = parts.len().saturating_sub(1);
         for (i, part) in parts.iter().enumerate() {
             let opcode = if i == 0 { first } else { OpCode::Continuation };
             let header = FrameHeader::server_data(opcode, i == last, part.len());
@@ -149,7 +159,16 @@ impl Outbox {
             if i == last {
                 frame.queued_at = queued_at;
             }
-            self.push(frame)?;
+            self.enqueue(frame)?;
+        }
+        // The fast path: with no backlog, write from the sender's task right away; the
+        // connection's own task is woken only for what the socket did not take (waking
+        // it for nothing would cost it a poll and glommio a re-armed read).
+        if !backlog {
+            self.write_now();
+        }
+        if !self.frames.is_empty() {
+            self.wake_writer();
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ impl Default for AdmissionLimits {
         AdmissionLimits {
             max_connections: 16_384,
             max_unauthenticated: 1_024,
-            max_per_client: 64,
+            max_per_client: 8_192,
             failed_logins_per_client: 10,
             failed_logins_per_address: 30,
         }

@@ -153,7 +153,6 @@ pub(crate) async fn forward(
         ShardMetrics::add(&m.bytes_to_pos, len);
     }
     if let Some(ob) = outbox {
-        ob.borrow_mut().write_now();
         if !ob.borrow().has_room() {
             let _ = driver.wait_for_room(&ob).await;
         }
