@@ -4,7 +4,7 @@
 //! when both directions are full).
 
 use super::outbox::OutboxRef;
-use super::transport::{send_vectored_nonblocking, Transport, READ_CHUNK};
+use super::transport::{send_vectored_nonblocking, Transport};
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -22,6 +22,67 @@ pub const MIN_READ: usize = 1024;
 pub const MAX_READ: usize = 64 * 1024;
 /// An empty read buffer that grew beyond this (a large message) is given back.
 const SHRINK_ABOVE: usize = 64 * 1024;
+/// How many spare read buffers a shard keeps for connections that wake up.
+const POOL_MAX: usize = 128;
+
+/// Read buffers of connections that are waiting for bytes. A connection with nothing
+/// buffered gives its buffer back when its read would block and takes one when it
+/// wakes, so an idle connection holds no read buffer (its kernel socket buffers it)
+/// while a busy shard reuses the same few buffers without allocating.
+mod read_pool {
+    use super::{BytesMut, MIN_READ, POOL_MAX, SHRINK_ABOVE};
+    use crate::io::transport::READ_CHUNK;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static PLAIN: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static CIPHER: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer for decoded bytes (at least [`MIN_READ`] of room).
+    pub fn take() -> BytesMut {
+        PLAIN
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(MIN_READ))
+    }
+
+    /// Takes `buf` back if it is empty and of a reusable size (else it is freed).
+    pub fn give(buf: &mut BytesMut) {
+        if !buf.is_empty() || buf.capacity() == 0 {
+            return;
+        }
+        let buf = std::mem::take(buf);
+        if (MIN_READ..=SHRINK_ABOVE).contains(&buf.capacity()) {
+            PLAIN.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_MAX {
+                    p.push(buf);
+                }
+            });
+        }
+    }
+
+    /// A buffer for ciphertext, [`READ_CHUNK`] long.
+    pub fn take_cipher() -> Vec<u8> {
+        CIPHER
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0; READ_CHUNK])
+    }
+
+    /// Takes a ciphertext buffer back.
+    pub fn give_cipher(buf: &mut Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(buf);
+        CIPHER.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(buf);
+            }
+        });
+    }
+}
 
 enum Sock {
     Plain(TcpStream),
@@ -83,15 +144,16 @@ impl ConnDriver {
                 Sock::Tls(Box::new(TlsSock {
                     stream,
                     conn,
-                    cipher_in: vec![0; READ_CHUNK],
+                    cipher_in: Vec::new(),
                     cipher_out: Vec::new(),
                     out_pos: 0,
                 }))
             }
         };
-        // The handshake read in large chunks; an idle connection should not keep that.
+        // The handshake read in large chunks; an idle connection should not keep that
+        // (an empty buffer is taken from the shard's pool at the first read).
         let rbuf = if leftover.is_empty() {
-            BytesMut::with_capacity(MIN_READ)
+            BytesMut::new()
         } else {
             leftover
         };
@@ -174,6 +236,9 @@ impl ConnDriver {
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         match &mut self.sock {
             Sock::Plain(stream) => {
+                if self.rbuf.capacity() == 0 {
+                    self.rbuf = read_pool::take();
+                }
                 let start = self.rbuf.len();
                 self.rbuf.resize(start + self.read_size, 0);
                 let r = Pin::new(&mut *stream).poll_read(cx, &mut self.rbuf[start..]);
@@ -182,9 +247,15 @@ impl ConnDriver {
                     _ => 0,
                 };
                 self.rbuf.truncate(start + n);
+                if r.is_pending() {
+                    read_pool::give(&mut self.rbuf);
+                }
                 r
             }
             Sock::Tls(tls) => loop {
+                if self.rbuf.capacity() == 0 {
+                    self.rbuf = read_pool::take();
+                }
                 let start = self.rbuf.len();
                 self.rbuf.resize(start + self.read_size, 0);
                 let plain = tls.conn.reader().read(&mut self.rbuf[start..]);
@@ -199,11 +270,18 @@ impl ConnDriver {
                         return Poll::Ready(Err(e));
                     }
                 }
+                if tls.cipher_in.is_empty() {
+                    tls.cipher_in = read_pool::take_cipher();
+                }
                 let n = match Pin::new(&mut tls.stream).poll_read(cx, &mut tls.cipher_in) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
                     Poll::Ready(Ok(n)) => n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        read_pool::give(&mut self.rbuf);
+                        read_pool::give_cipher(&mut tls.cipher_in);
+                        return Poll::Pending;
+                    }
                 };
                 let mut input = &tls.cipher_in[..n];
                 while !input.is_empty() {

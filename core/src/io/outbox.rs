@@ -101,7 +101,8 @@ impl Outbox {
     /// An empty queue that asks senders to wait beyond `limit` bytes.
     pub fn new(limit: usize) -> OutboxRef {
         Rc::new(RefCell::new(Outbox {
-            frames: VecDeque::with_capacity(8),
+            // Empty until a frame has to wait: most are written directly.
+            frames: VecDeque::new(),
             queued_bytes: 0,
             front_written: 0,
             limit,

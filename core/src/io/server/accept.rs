@@ -494,7 +494,7 @@ async fn route_to(
     held: Held,
 ) {
     if shard == ctx.index {
-        serve_routed(
+        spawn_routed(
             ctx,
             transport,
             rbuf,
@@ -503,7 +503,6 @@ async fn route_to(
             routed,
             held,
         )
-        .await
     } else {
         let routing = Routing {
             leftover: rbuf.to_vec(),
@@ -520,14 +519,45 @@ async fn route_to(
 }
 
 /// Serves a connection that arrived from another shard.
-pub(crate) async fn serve_handover(ctx: Rc<ShardCtx>, handover: Handover) {
+pub(crate) fn serve_handover(ctx: Rc<ShardCtx>, handover: Handover) {
     let (transport, r) = handover.into_transport();
     let rbuf = BytesMut::from(&r.leftover[..]);
-    serve_routed(ctx, transport, rbuf, r.answer, r.url_base, r.routed, r.held).await
+    spawn_routed(ctx, transport, rbuf, r.answer, r.url_base, r.routed, r.held)
 }
 
-/// Serves a routed connection; its admission slots are released when it ends.
-async fn serve_routed(
+/// A routed connection as its role's `serve` takes it: boxed, so that the connection's
+/// future keeps one pointer of arguments for its whole life instead of a second copy of
+/// every argument beside the locals made from them (async fn arguments are never
+/// overlapped with other state).
+pub(crate) struct Accepted<R> {
+    /// The upgraded socket.
+    pub transport: Transport,
+    /// Bytes read after the upgrade request.
+    pub rbuf: BytesMut,
+    /// The 101 answer, still to be written.
+    pub answer: Vec<u8>,
+    /// Admission slots, released when the connection ends.
+    pub held: Held,
+    /// What the role needs (session id, claims...).
+    pub role: R,
+}
+
+impl Accepted<()> {
+    fn with_role<R>(self, role: R) -> Box<Accepted<R>> {
+        Box::new(Accepted {
+            transport: self.transport,
+            rbuf: self.rbuf,
+            answer: self.answer,
+            held: self.held,
+            role,
+        })
+    }
+}
+
+/// Serves a routed connection in a task of its own, sized for its role: the task
+/// that read the upgrade request (its HTTP and handshake state, several KiB) ends
+/// here instead of staying under every long-lived connection.
+fn spawn_routed(
     ctx: Rc<ShardCtx>,
     transport: Transport,
     rbuf: BytesMut,
@@ -536,18 +566,24 @@ async fn serve_routed(
     routed: Routed,
     held: Held,
 ) {
-    let _held = held;
+    let accepted = Accepted {
+        transport,
+        rbuf,
+        answer,
+        held,
+        role: (),
+    };
     match routed {
         Routed::Device { sid, claims } => {
-            device::serve(ctx, transport, rbuf, answer, sid, claims).await
+            glommio::spawn_local(device::serve(ctx, accepted.with_role((sid, claims)))).detach()
         }
         Routed::Control { claims } => {
-            control::serve(ctx, transport, rbuf, answer, url_base, claims).await
+            glommio::spawn_local(control::serve(ctx, accepted.with_role((url_base, claims)))).detach()
         }
         Routed::Session { sid, claims } => {
-            session::serve(ctx, transport, rbuf, answer, sid, claims).await
+            glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims)))).detach()
         }
-    }
+    };
 }
 
 /// Drain (PROTOCOL.md §6): stop accepting; report what the offline queues hold; close

@@ -116,7 +116,8 @@ pub(crate) async fn serve_ws<H: Handler>(
                 if let Some((code, reason)) = requests.close {
                     proto.send_close(CloseCode(code), reason);
                     push_transmit(proto, &driver.outbox);
-                    finish_close(ctx, driver, proto, handler).await;
+                    // Boxed: only a closing connection pays for its state.
+                    Box::pin(finish_close(ctx, driver, proto, handler)).await;
                     return Ended::ClosedByRelay(code);
                 }
             }

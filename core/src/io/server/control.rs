@@ -2,6 +2,7 @@
 //! to the device's owning shard and their answers come back here; `devices` asks the
 //! owners which devices are online; events for the client arrive from every shard.
 
+use super::accept::Accepted;
 use super::conn::{retire, serve_ws, ConnEntry, Handler};
 use super::metrics::ConnRole;
 use super::shard::{ReplyTo, ShardCtx, ShardMsg};
@@ -11,21 +12,19 @@ use crate::control::{ControlErrorCode, ControlRequest, RequestId};
 use crate::ids::{ClientKey, DeviceKey};
 use crate::io::driver::ConnDriver;
 use crate::io::outbox::Outbox;
-use crate::io::transport::Transport;
 use crate::proto::{Connection, Message, MessageKind, Role};
 use crate::relay::ConnId;
-use bytes::BytesMut;
 use std::rc::Rc;
 use std::time::Instant;
 
-pub(crate) async fn serve(
-    ctx: Rc<ShardCtx>,
-    mut transport: Transport,
-    rbuf: BytesMut,
-    answer: Vec<u8>,
-    url_base: String,
-    claims: AccessClaims,
-) {
+pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(String, AccessClaims)>>) {
+    let Accepted {
+        mut transport,
+        rbuf,
+        answer,
+        held: _held,
+        role: (url_base, claims),
+    } = *accepted;
     if transport.write_all_vectored(&[&answer]).await.is_err() {
         return;
     }

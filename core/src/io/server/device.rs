@@ -1,6 +1,7 @@
 //! §3 device connection: served on the device's owning shard. Its messages go to the
 //! POS that holds the claim (or wait in the device → POS queue); the POS's come here.
 
+use super::accept::Accepted;
 use super::conn::{retire, serve_ws, ConnEntry, Ended, Handler};
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
@@ -8,21 +9,19 @@ use crate::auth::DeviceClaims;
 use crate::ids::{DeviceKey, SessionId};
 use crate::io::driver::ConnDriver;
 use crate::io::outbox::Outbox;
-use crate::io::transport::Transport;
 use crate::proto::{Connection, Message, Role};
 use crate::relay::{ConnId, Route};
-use bytes::BytesMut;
 use std::rc::Rc;
 use std::time::Instant;
 
-pub(crate) async fn serve(
-    ctx: Rc<ShardCtx>,
-    mut transport: Transport,
-    rbuf: BytesMut,
-    answer: Vec<u8>,
-    sid: SessionId,
-    claims: DeviceClaims,
-) {
+pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, DeviceClaims)>>) {
+    let Accepted {
+        mut transport,
+        rbuf,
+        answer,
+        held: _held,
+        role: (sid, claims),
+    } = *accepted;
     let device = DeviceKey {
         domain: claims.domain.clone(),
         serial: claims.serial.clone(),

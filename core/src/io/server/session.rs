@@ -2,7 +2,7 @@
 //! claim. Its messages go to the device (or wait in the offline queue, or are reported
 //! `undelivered`); the device's come here.
 
-use super::accept::{answer_and_close, auth_refusal, not_found_session};
+use super::accept::{answer_and_close, auth_refusal, not_found_session, Accepted};
 use super::conn::{retire, serve_ws, ConnEntry, Handler};
 use super::device::{carry, log_end};
 use super::metrics::{ConnRole, ShardMetrics};
@@ -11,21 +11,19 @@ use crate::auth::{AccessClaims, AuthError};
 use crate::ids::{ClientKey, DeviceKey, SessionId};
 use crate::io::driver::ConnDriver;
 use crate::io::outbox::Outbox;
-use crate::io::transport::Transport;
 use crate::proto::{Connection, Message, Role};
 use crate::relay::{ConnId, SessionError};
-use bytes::BytesMut;
 use std::rc::Rc;
 use std::time::Instant;
 
-pub(crate) async fn serve(
-    ctx: Rc<ShardCtx>,
-    mut transport: Transport,
-    rbuf: BytesMut,
-    answer: Vec<u8>,
-    sid: SessionId,
-    claims: AccessClaims,
-) {
+pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, AccessClaims)>>) {
+    let Accepted {
+        mut transport,
+        rbuf,
+        answer,
+        held: _held,
+        role: (sid, claims),
+    } = *accepted;
     let client: ClientKey = claims.client();
     let device = ctx.devices.borrow().session_device(&sid).cloned();
     let check = ctx.devices.borrow().check_pos_session(&sid, &client);

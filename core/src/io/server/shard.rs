@@ -506,9 +506,7 @@ impl ShardCtx {
         match msg {
             ShardMsg::Handover(h) => {
                 ShardMetrics::add(&self.metrics.handovers_in, 1);
-                let ctx = self.clone();
-                glommio::spawn_local(async move { super::accept::serve_handover(ctx, *h).await })
-                    .detach();
+                super::accept::serve_handover(self.clone(), *h);
             }
             ShardMsg::Registered {
                 device,
