@@ -8,6 +8,10 @@
 //!    when the executor parks and wakes (poll sources, preemption timers, its timer map):
 //!    the test prints the count and asserts that it is only that, i.e. well under one
 //!    allocation per message when messages are pipelined.
+//! 3. Idle connections: the heap a relay node's shard holds per idle connection (a
+//!    device connection or a POS session with nothing to say), counted byte by byte on
+//!    the shard thread: at most 2 KiB (the goal the benchmark's `idle` scenario checks
+//!    on resident memory).
 //!
 //! Its own test binary, so that its global allocator counts nothing else.
 
@@ -15,7 +19,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use posrelay_core::io::runtime::RuntimeConfig;
@@ -24,11 +28,20 @@ use tungstenite::{client::IntoClientRequest, Message};
 
 thread_local! {
     static ON_SHARD: Cell<bool> = const { Cell::new(false) };
+    static ON_IDLE_SHARD: Cell<bool> = const { Cell::new(false) };
     static ON_TEST_THREAD: Cell<u64> = const { Cell::new(0) };
     static COUNT_TEST_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 static SHARD_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes allocated and not yet freed on the idle test's shard thread.
+static IDLE_SHARD_LIVE: AtomicI64 = AtomicI64::new(0);
+
+fn track_live(delta: i64) {
+    if ON_IDLE_SHARD.with(|c| c.get()) {
+        IDLE_SHARD_LIVE.fetch_add(delta, Ordering::Relaxed);
+    }
+}
 
 fn count_here() {
     if COUNT_TEST_THREAD.with(|c| c.get()) {
@@ -46,9 +59,11 @@ unsafe impl GlobalAlloc for Counting {
             SHARD_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         count_here();
+        track_live(layout.size() as i64);
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        track_live(-(layout.size() as i64));
         System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -56,6 +71,7 @@ unsafe impl GlobalAlloc for Counting {
             SHARD_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         count_here();
+        track_live(new_size as i64 - layout.size() as i64);
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -65,6 +81,10 @@ static ALLOCATOR: Counting = Counting;
 
 fn mark_shard_thread() {
     ON_SHARD.with(|c| c.set(true));
+}
+
+fn mark_idle_shard_thread() {
+    ON_IDLE_SHARD.with(|c| c.set(true));
 }
 
 const ADMIN: &str = "alloc-test-admin-token";
@@ -202,9 +222,20 @@ fn text(ws: &mut Ws) -> String {
     }
 }
 
-#[test]
-fn a_relay_node_forwards_without_per_message_allocations() {
-    let dir = std::env::temp_dir().join(format!("posrelay-alloc-{}", std::process::id()));
+/// A one-shard relay node on a fresh data directory, `devices` terminals provisioned
+/// (serials 10000000, 10000001, ...), and a POS access token.
+struct Node {
+    dir: std::path::PathBuf,
+    stop: StopHandle,
+    server: std::thread::JoinHandle<()>,
+    relay: String,
+    client_id: String,
+    secret: String,
+    token: String,
+}
+
+fn start_node(name: &str, on_shard_start: fn(), devices: usize) -> Node {
+    let dir = std::env::temp_dir().join(format!("posrelay-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -214,7 +245,7 @@ fn a_relay_node_forwards_without_per_message_allocations() {
         runtime: RuntimeConfig {
             shards: 1,
             pin: false,
-            on_shard_start: Some(mark_shard_thread),
+            on_shard_start: Some(on_shard_start),
             ..RuntimeConfig::default()
         },
         tls: None,
@@ -269,47 +300,92 @@ fn a_relay_node_forwards_without_per_message_allocations() {
         &admin,
         r#"{"store":"s1"}"#,
     );
-    let (id, secret) = (field(&client, "client_id"), field(&client, "client_secret"));
-    let device_body = r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1"}"#;
-    assert_eq!(
-        http(
+    let (client_id, secret) = (field(&client, "client_id"), field(&client, "client_secret"));
+    for n in 0..devices {
+        let body = format!(
+            r#"{{"tsn":"{}","make":"ingenico","model":"axium","store":"s1"}}"#,
+            10_000_000 + n
+        );
+        let (status, _) = http(
             addrs.admin,
             "POST",
             "/admin/v1/domains/acme/devices",
             &admin,
-            device_body
-        )
-        .0,
-        201
-    );
-    let form = format!("grant_type=client_credentials&client_id={id}&client_secret={secret}");
+            &body,
+        );
+        assert_eq!(status, 201);
+    }
+    let form =
+        format!("grant_type=client_credentials&client_id={client_id}&client_secret={secret}");
     let mut s = TcpStream::connect(addrs.relay).unwrap();
     write!(s, "POST /oauth2/v1/acme/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}", form.len()).unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     let token = field(&answer, "access_token");
+    Node {
+        dir,
+        stop,
+        server,
+        relay: format!("ws://{}", addrs.relay),
+        client_id,
+        secret,
+        token,
+    }
+}
 
-    let relay = format!("ws://{}", addrs.relay);
-    let mut reg = connect(&format!("{relay}/cloud-connector/v1/device-listener"), None);
-    reg.send(Message::text(format!(
-        r#"{{"type":"register","tsn":"12345678","client_id":"{id}","client_secret":"{secret}"}}"#
-    )))
-    .unwrap();
-    let registered = text(&mut reg);
-    let mut device = connect(
-        &field(&registered, "connection_url"),
-        Some(&field(&registered, "token")),
-    );
-    let mut control = connect(
-        &format!("{relay}/cloud-connector/v1/pos-listener"),
-        Some(&token),
-    );
-    control
-        .send(Message::text(r#"{"type":"claim","tsn":"12345678"}"#))
+impl Node {
+    /// Registers terminal `n` and opens its device connection (§2, §3).
+    fn device(&self, n: usize) -> Ws {
+        let mut reg = connect(
+            &format!("{}/cloud-connector/v1/device-listener", self.relay),
+            None,
+        );
+        reg.send(Message::text(format!(
+            r#"{{"type":"register","tsn":"{}","client_id":"{}","client_secret":"{}"}}"#,
+            10_000_000 + n,
+            self.client_id,
+            self.secret
+        )))
         .unwrap();
-    let claimed = text(&mut control);
-    let mut pos = connect(&field(&claimed, "session_url"), Some(&token));
+        let registered = text(&mut reg);
+        connect(
+            &field(&registered, "connection_url"),
+            Some(&field(&registered, "token")),
+        )
+    }
 
+    /// Claims terminal `n` on `control` and opens its POS session (§4, §5).
+    fn session(&self, control: &mut Ws, n: usize) -> Ws {
+        control
+            .send(Message::text(format!(
+                r#"{{"type":"claim","tsn":"{}"}}"#,
+                10_000_000 + n
+            )))
+            .unwrap();
+        let claimed = text(control);
+        connect(&field(&claimed, "session_url"), Some(&self.token))
+    }
+
+    fn control(&self) -> Ws {
+        connect(
+            &format!("{}/cloud-connector/v1/pos-listener", self.relay),
+            Some(&self.token),
+        )
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        self.server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_relay_node_forwards_without_per_message_allocations() {
+    let node = start_node("alloc", mark_shard_thread, 1);
+    let mut device = node.device(0);
+    let mut control = node.control();
+    let mut pos = node.session(&mut control, 0);
     // The terminal echoes every message.
     let echo = std::thread::spawn(move || loop {
         match device.read() {
@@ -355,13 +431,55 @@ fn a_relay_node_forwards_without_per_message_allocations() {
     );
     let _ = pos.close(None);
     let _ = control.close(None);
-    stop.stop();
-    server.join().unwrap();
+    node.stop();
     let _ = echo.join();
-    let _ = std::fs::remove_dir_all(&dir);
     // A per-message allocation anywhere on the path would give at least one per message.
     assert!(
         allocations * 2 < forwarded,
         "{allocations} allocations for {forwarded} messages: something allocates per message"
+    );
+}
+
+#[test]
+fn a_relay_node_holds_at_most_2_kib_per_idle_connection() {
+    // WARM pairs first (the shard's maps, pools and first-use state), then MEASURED
+    // pairs, each a device connection and a POS session left idle.
+    const WARM: usize = 16;
+    const MEASURED: usize = 200;
+    let node = start_node("idle-memory", mark_idle_shard_thread, WARM + MEASURED);
+    let mut control = node.control();
+    let mut pairs = Vec::new();
+    let open = |control: &mut Ws, n: usize| (node.device(n), node.session(control, n));
+    for n in 0..WARM {
+        pairs.push(open(&mut control, n));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = IDLE_SHARD_LIVE.load(Ordering::Relaxed);
+    for n in WARM..WARM + MEASURED {
+        pairs.push(open(&mut control, n));
+    }
+    // Let the registrations' and handshakes' transient state go.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = IDLE_SHARD_LIVE.load(Ordering::Relaxed);
+    let connections = 2 * MEASURED as i64;
+    let per_connection = (after - before) / connections;
+    println!(
+        "idle: {MEASURED} pairs held {} bytes of heap on the shard: {per_connection} bytes per connection",
+        after - before
+    );
+    // Every pair still relays: one message each way.
+    for (n, (device, pos)) in pairs.iter_mut().enumerate() {
+        let payload = format!("hello {n}");
+        pos.send(Message::text(payload.clone())).unwrap();
+        assert_eq!(text(device), payload);
+        device.send(Message::text(payload.clone())).unwrap();
+        assert_eq!(text(pos), payload);
+    }
+    drop(pairs);
+    let _ = control.close(None);
+    node.stop();
+    assert!(
+        per_connection <= 2048,
+        "{per_connection} bytes of heap per idle connection (goal: at most 2 KiB)"
     );
 }

@@ -578,7 +578,8 @@ fn spawn_routed(
             glommio::spawn_local(device::serve(ctx, accepted.with_role((sid, claims)))).detach()
         }
         Routed::Control { claims } => {
-            glommio::spawn_local(control::serve(ctx, accepted.with_role((url_base, claims)))).detach()
+            glommio::spawn_local(control::serve(ctx, accepted.with_role((url_base, claims))))
+                .detach()
         }
         Routed::Session { sid, claims } => {
             glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims)))).detach()

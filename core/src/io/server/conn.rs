@@ -90,7 +90,7 @@ pub(crate) async fn serve_ws<H: Handler>(
             match event {
                 Ok(Some(Event::Message(message))) => handler.on_message(ctx, driver, message).await,
                 Ok(Some(Event::Close(frame))) => {
-                    let _ = with_timeout(CLOSE_LINGER, driver.flush()).await;
+                    let _ = Box::pin(with_timeout(CLOSE_LINGER, driver.flush())).await;
                     return Ended::PeerClosed(frame.map(|f| f.code.0));
                 }
                 Ok(Some(_)) => {}
@@ -98,7 +98,7 @@ pub(crate) async fn serve_ws<H: Handler>(
                 Err(err) => {
                     ShardMetrics::add(&ctx.metrics.protocol_errors, 1);
                     tracing::info!(error = %err, "closing a connection for a protocol error");
-                    let _ = with_timeout(CLOSE_LINGER, driver.flush()).await;
+                    let _ = Box::pin(with_timeout(CLOSE_LINGER, driver.flush())).await;
                     return Ended::ProtocolError(err.close_code().0);
                 }
             }

@@ -3,36 +3,70 @@
 
 use super::accept::Accepted;
 use super::conn::{retire, serve_ws, ConnEntry, Ended, Handler};
+use super::handover::Held;
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
 use crate::auth::DeviceClaims;
 use crate::ids::{DeviceKey, SessionId};
 use crate::io::driver::ConnDriver;
-use crate::io::outbox::Outbox;
+use crate::io::outbox::{Outbox, OutboxRef};
 use crate::proto::{Connection, Message, Role};
 use crate::relay::{ConnId, Route};
 use std::rc::Rc;
 use std::time::Instant;
 
 pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, DeviceClaims)>>) {
+    // Boxed: the setup's state (the upgrade answer, claims, socket) is freed before the
+    // connection's long idle life, whose future holds only `OpenDevice`.
+    let Some(mut open) = Box::pin(open(&ctx, accepted)).await else {
+        return;
+    };
+    let ended = serve_ws(&ctx, &mut open.driver, &mut open.proto, &mut open.handler).await;
+    // Fields used in place (not moved out), so the future keeps no second copy of them.
+    let (sid, conn) = (&open.handler.sid, open.handler.conn);
+    let unsent = retire(&ctx, conn, &open.outbox);
+    ctx.report_unsent_to_device(&open.device, unsent);
+    ctx.devices
+        .borrow_mut()
+        .handle_device_disconnected(sid, conn, Instant::now());
+    ctx.process_actions();
+    open.driver.shutdown().await;
+    log_end("device", &open.device, ctx.index, conn, ended);
+}
+
+/// A device connection past its upgrade: what it keeps while it lives.
+struct OpenDevice {
+    driver: ConnDriver,
+    proto: Connection,
+    handler: DeviceHandler,
+    device: DeviceKey,
+    outbox: OutboxRef,
+    _held: Held,
+}
+
+/// Answers the upgrade and registers the connection; `None` when it was refused.
+async fn open(
+    ctx: &Rc<ShardCtx>,
+    accepted: Box<Accepted<(SessionId, DeviceClaims)>>,
+) -> Option<OpenDevice> {
     let Accepted {
         mut transport,
         rbuf,
         answer,
-        held: _held,
+        held,
         role: (sid, claims),
     } = *accepted;
     let device = DeviceKey {
-        domain: claims.domain.clone(),
-        serial: claims.serial.clone(),
+        domain: claims.domain,
+        serial: claims.serial,
     };
     if ctx.devices.borrow().session_device(&sid).is_none() {
         // The session is gone (relay restarted, device disabled): register again.
-        return super::accept::answer_and_close(transport, &super::accept::not_found_session())
-            .await;
+        super::accept::answer_and_close(transport, &super::accept::not_found_session()).await;
+        return None;
     }
     if transport.write_all_vectored(&[&answer]).await.is_err() {
-        return;
+        return None;
     }
     let id = ctx.new_conn_id();
     let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
@@ -40,8 +74,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
         .borrow_mut()
         .set_latency(ctx.metrics.relay_latency.clone());
     ctx.add_conn(id, ConnEntry::new(outbox.clone(), ConnRole::Device));
-    let mut driver = ConnDriver::new(transport, rbuf, outbox.clone());
-    let mut proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
+    let driver = ConnDriver::new(transport, rbuf, outbox.clone());
+    let proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
     let connected = ctx
         .devices
         .borrow_mut()
@@ -56,19 +90,14 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
             .borrow_mut()
             .request_close(e.close_code(), "unknown session"),
     }
-    let mut handler = DeviceHandler {
-        sid: sid.clone(),
-        conn: id,
-    };
-    let ended = serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await;
-    let unsent = retire(&ctx, id, &outbox);
-    ctx.report_unsent_to_device(&device, unsent);
-    ctx.devices
-        .borrow_mut()
-        .handle_device_disconnected(&sid, id, Instant::now());
-    ctx.process_actions();
-    driver.shutdown().await;
-    log_end("device", &device, ctx.index, id, ended);
+    Some(OpenDevice {
+        driver,
+        proto,
+        handler: DeviceHandler { sid, conn: id },
+        device,
+        outbox,
+        _held: held,
+    })
 }
 
 pub(crate) fn log_end(role: &str, device: &DeviceKey, shard: usize, id: ConnId, ended: Ended) {
@@ -88,43 +117,51 @@ impl Handler for DeviceHandler {
             message,
             Instant::now(),
         );
-        carry(ctx, driver, route, None).await;
+        if let Some(full) = carry(ctx, route, None) {
+            let _ = driver.wait_for_room(&full).await;
+        }
     }
 }
 
 /// Carries out the relay state's decision for one message: forward it (`to_device`
 /// names the device when it came from its POS), or count what the state did with it
 /// (queued; rejected and reported; or, for device messages nobody can receive, dropped).
-pub(crate) async fn carry(
+/// Returns the receiver's outbox when it is now full: the sender waits for room
+/// (backpressure) before reading on. Synchronous, so that a connection's future holds
+/// no message while it waits for bytes.
+pub(crate) fn carry(
     ctx: &Rc<ShardCtx>,
-    driver: &mut ConnDriver,
     route: Route<Message>,
     to_device: Option<&DeviceKey>,
-) {
-    match route {
-        Route::Forward { conn, message } => forward(ctx, driver, conn, message, to_device).await,
-        Route::Queued => ShardMetrics::add(&ctx.metrics.queued, 1),
-        Route::Rejected => {}
+) -> Option<OutboxRef> {
+    let full = match route {
+        Route::Forward { conn, message } => forward(ctx, conn, message, to_device),
+        Route::Queued => {
+            ShardMetrics::add(&ctx.metrics.queued, 1);
+            None
+        }
+        Route::Rejected => None,
         Route::Dropped(reason) => {
             if to_device.is_none() {
                 ShardMetrics::add(&ctx.metrics.dropped_device_frames, 1);
             }
             tracing::debug!(?reason, "message dropped");
+            None
         }
-    }
+    };
     ctx.process_actions();
+    full
 }
 
-/// Writes `message` on `target` (zero copy) and waits while the target is full
-/// (backpressure). `to_device` names the device when the message came from its POS, so
-/// that a message that can no longer be written is reported `undelivered`.
-pub(crate) async fn forward(
+/// Writes `message` on `target` (zero copy); returns the target's outbox when it has no
+/// room left. `to_device` names the device when the message came from its POS, so that
+/// a message that can no longer be written is reported `undelivered`.
+pub(crate) fn forward(
     ctx: &Rc<ShardCtx>,
-    driver: &mut ConnDriver,
     target: ConnId,
     message: Message,
     to_device: Option<&DeviceKey>,
-) {
+) -> Option<OutboxRef> {
     let len = message.payload.len() as u64;
     let outbox = ctx.outbox(target);
     let pushed = outbox
@@ -141,7 +178,7 @@ pub(crate) async fn forward(
             ),
             None => ShardMetrics::add(&ctx.metrics.dropped_device_frames, 1),
         }
-        return;
+        return None;
     }
     let m = &ctx.metrics;
     if to_device.is_some() {
@@ -151,9 +188,5 @@ pub(crate) async fn forward(
         ShardMetrics::add(&m.frames_to_pos, 1);
         ShardMetrics::add(&m.bytes_to_pos, len);
     }
-    if let Some(ob) = outbox {
-        if !ob.borrow().has_room() {
-            let _ = driver.wait_for_room(&ob).await;
-        }
-    }
+    outbox.filter(|ob| !ob.borrow().has_room())
 }

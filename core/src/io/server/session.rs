@@ -5,23 +5,59 @@
 use super::accept::{answer_and_close, auth_refusal, not_found_session, Accepted};
 use super::conn::{retire, serve_ws, ConnEntry, Handler};
 use super::device::{carry, log_end};
+use super::handover::Held;
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
 use crate::auth::{AccessClaims, AuthError};
 use crate::ids::{ClientKey, DeviceKey, SessionId};
 use crate::io::driver::ConnDriver;
-use crate::io::outbox::Outbox;
+use crate::io::outbox::{Outbox, OutboxRef};
 use crate::proto::{Connection, Message, Role};
 use crate::relay::{ConnId, SessionError};
 use std::rc::Rc;
 use std::time::Instant;
 
 pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, AccessClaims)>>) {
+    // Boxed: the setup's state is freed before the session's long life (see device.rs).
+    let Some(mut open) = Box::pin(open(&ctx, accepted)).await else {
+        return;
+    };
+    let ended = serve_ws(&ctx, &mut open.driver, &mut open.proto, &mut open.handler).await;
+    // Fields used in place (not moved out), so the future keeps no second copy of them.
+    let conn = open.handler.conn;
+    let unsent = retire(&ctx, conn, &open.outbox);
+    if unsent.frames > 0 {
+        // Device messages that never reached the POS: the device cannot be told.
+        ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
+    }
+    ctx.devices
+        .borrow_mut()
+        .handle_pos_session_closed(&open.handler.sid, conn, Instant::now());
+    ctx.process_actions();
+    open.driver.shutdown().await;
+    log_end("pos_session", &open.handler.device, ctx.index, conn, ended);
+}
+
+/// A POS session past its upgrade: what it keeps while it lives.
+struct OpenSession {
+    driver: ConnDriver,
+    proto: Connection,
+    handler: SessionHandler,
+    outbox: OutboxRef,
+    _held: Held,
+}
+
+/// Checks the claim, answers the upgrade and registers the session; `None` when it was
+/// refused.
+async fn open(
+    ctx: &Rc<ShardCtx>,
+    accepted: Box<Accepted<(SessionId, AccessClaims)>>,
+) -> Option<OpenSession> {
     let Accepted {
         mut transport,
         rbuf,
         answer,
-        held: _held,
+        held,
         role: (sid, claims),
     } = *accepted;
     let client: ClientKey = claims.client();
@@ -30,15 +66,17 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
     let device = match (device, check) {
         (Some(device), Ok(())) => device,
         (None, _) | (_, Err(SessionError::UnknownSession { .. })) => {
-            return answer_and_close(transport, &not_found_session()).await
+            answer_and_close(transport, &not_found_session()).await;
+            return None;
         }
         (_, Err(SessionError::NotClaimHolder { .. })) => {
-            let refusal = auth_refusal(&ctx, &AuthError::WrongSession);
-            return answer_and_close(transport, &refusal).await;
+            let refusal = auth_refusal(ctx, &AuthError::WrongSession);
+            answer_and_close(transport, &refusal).await;
+            return None;
         }
     };
     if transport.write_all_vectored(&[&answer]).await.is_err() {
-        return;
+        return None;
     }
     let id = ctx.new_conn_id();
     let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
@@ -48,8 +86,8 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
     let mut entry = ConnEntry::new(outbox.clone(), ConnRole::PosSession);
     entry.token_expires_at = Some(claims.expires_at);
     ctx.add_conn(id, entry);
-    let mut driver = ConnDriver::new(transport, rbuf, outbox.clone());
-    let mut proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
+    let driver = ConnDriver::new(transport, rbuf, outbox.clone());
+    let proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
     let opened =
         ctx.devices
             .borrow_mut()
@@ -61,23 +99,17 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
     }
     ctx.process_actions();
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
-    let mut handler = SessionHandler {
-        sid: sid.clone(),
-        conn: id,
-        device: device.clone(),
-    };
-    let ended = serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await;
-    let unsent = retire(&ctx, id, &outbox);
-    if unsent.frames > 0 {
-        // Device messages that never reached the POS: the device cannot be told.
-        ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
-    }
-    ctx.devices
-        .borrow_mut()
-        .handle_pos_session_closed(&sid, id, Instant::now());
-    ctx.process_actions();
-    driver.shutdown().await;
-    log_end("pos_session", &device, ctx.index, id, ended);
+    Some(OpenSession {
+        driver,
+        proto,
+        handler: SessionHandler {
+            sid,
+            conn: id,
+            device,
+        },
+        outbox,
+        _held: held,
+    })
 }
 
 struct SessionHandler {
@@ -94,6 +126,8 @@ impl Handler for SessionHandler {
             message,
             Instant::now(),
         );
-        carry(ctx, driver, route, Some(&self.device)).await;
+        if let Some(full) = carry(ctx, route, Some(&self.device)) {
+            let _ = driver.wait_for_room(&full).await;
+        }
     }
 }
