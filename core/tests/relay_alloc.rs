@@ -6,7 +6,7 @@
 //! 2. The same through a real relay node on glommio, 100,000 messages POS → device →
 //!    POS, counting every allocation on the shard thread. glommio 0.9's reactor allocates
 //!    when the executor parks and wakes (poll sources, preemption timers, its timer map):
-//!    the test prints the count and asserts that it is only that, i.e. well under one
+//!    the test prints the count and asserts that it is only that, i.e. under one
 //!    allocation per message when messages are pipelined.
 //! 3. Idle connections: the heap a relay node's shard holds per idle connection (a
 //!    device connection or a POS session with nothing to say), counted byte by byte on
@@ -433,9 +433,12 @@ fn a_relay_node_forwards_without_per_message_allocations() {
     let _ = control.close(None);
     node.stop();
     let _ = echo.join();
-    // A per-message allocation anywhere on the path would give at least one per message.
+    // A per-message allocation anywhere on the path would give at least one per message
+    // on top of glommio's (0.2-0.6 per message here, depending on how often the executor
+    // parks: its main ring posts completions at the next system call since the
+    // COOP_TASKRUN patch, see vendor/glommio/POSRELAY-PATCH.md).
     assert!(
-        allocations * 2 < forwarded,
+        allocations < forwarded,
         "{allocations} allocations for {forwarded} messages: something allocates per message"
     );
 }

@@ -51,13 +51,14 @@ mod read_pool {
         if !buf.is_empty() || buf.capacity() == 0 {
             return;
         }
-        let mut buf = std::mem::take(buf);
         // Frames were split off its front: get its whole allocation back in place when
-        // they are gone (no copy, no allocation); when a frame still waits in some
-        // outbox, the buffer is freed with it instead.
+        // they are gone (no copy, no allocation). While a frame still waits in some
+        // outbox the connection keeps the buffer (as it would without the pool), and
+        // reclaims it at its next read.
         if buf.capacity() < MIN_READ && !buf.try_reclaim(MIN_READ) {
             return;
         }
+        let buf = std::mem::take(buf);
         if (MIN_READ..=SHRINK_ABOVE).contains(&buf.capacity()) {
             PLAIN.with(|p| {
                 let mut p = p.borrow_mut();
