@@ -101,7 +101,7 @@ pub struct RunArgs {
     /// Pairs set up at the same time.
     #[arg(long, default_value_t = 64)]
     pub setup_concurrency: usize,
-    /// Idle: how long the pairs idle before the memory is read.
+    /// Idle: how long the target idles before each memory reading.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub idle_settle: Duration,
     /// Storm: how long devices may take to come back.

@@ -75,6 +75,9 @@ pub async fn run_idle(
     let warm = warm_pairs(pairs, concurrency);
     let started = Instant::now();
     let warmed = setup_pairs(&env, 0..warm, concurrency, None).await;
+    // Both readings after the same idle time, so that memory the allocator gives back
+    // late (freed setup state) counts the same way in each.
+    sleep(settle).await;
     let before = procfs::memory(target_pid).unwrap_or_default();
     let measured = setup_pairs(&env, warm..pairs, concurrency, label).await;
     let setup_secs = started.elapsed().as_secs_f64();

@@ -12,6 +12,11 @@ mod units;
 
 use clap::Parser;
 
+/// mimalloc: an idle relay holds many small allocations per connection, and glibc's
+/// malloc adds a header and rounding to each (BENCHMARKS.md, idle).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     match cli.run() {

@@ -105,6 +105,9 @@ fn max_connections_answers_503_and_recovers() {
     let resp = raw_http(relay.relay_addr, &control_request(&pair.token));
     assert_eq!(resp.status, 101, "recovered: {}", resp.head);
     drop((pair, fillers));
+    // The relay is still at its limit until it has seen those closes: wait for that
+    // before the health probe opens its own connections.
+    wait_open_connections(&relay, 0.0);
     health.check(&relay, "max connections", RSS_SLACK_KIB);
 }
 
@@ -179,7 +182,7 @@ fn max_connections_per_client_answers_429_and_recovers() {
         "devices",
         "another client gets in"
     );
-    let _device_still_registers = register(&relay, TSN, &creds);
+    let device_still_registers = register(&relay, TSN, &creds);
     // One leaves: the client gets in again.
     close_and_wait(&mut third.ws, 1000);
     let ok = wait_for(Duration::from_secs(10), || {
@@ -187,7 +190,9 @@ fn max_connections_per_client_answers_429_and_recovers() {
         (r.status == 101).then_some(())
     });
     assert!(ok.is_some(), "recovered after one connection closed");
-    drop((pair, other_pos));
+    drop((pair, other_pos, device_still_registers));
+    // The client is at its limit until the relay has seen those closes.
+    wait_open_connections(&relay, 0.0);
     health.check(&relay, "max connections per client", RSS_SLACK_KIB);
 }
 

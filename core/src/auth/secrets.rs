@@ -3,13 +3,17 @@
 //! A secret is shown once by the admin API (PROTOCOL.md §9) and only its PHC-encoded
 //! argon2id hash is stored. Verification recomputes the hash with the parameters written
 //! in the stored PHC string and compares in constant time (the `password-hash` crate's
-//! `Output` comparison).
+//! `Output` comparison), into argon2 working memory kept per thread: verifications run
+//! on the shards' blocking threads, and allocating and freeing 12 MiB for each made a
+//! relay's resident memory jump with every login (glibc keeps such blocks; others hand
+//! them back later), so a thread allocates it once and reuses it.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine as _;
 use rand::{CryptoRng, RngCore};
 
@@ -165,6 +169,18 @@ impl SecretHasher {
     /// comparison of the outputs). A hash that does not parse never verifies.
     pub fn verify_secret(&self, hash: &SecretHash, candidate: &[u8]) -> bool {
         match PasswordHash::new(hash.as_phc()) {
+            Ok(parsed) => verify_in_thread_memory(&parsed, candidate).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// [`SecretHasher::verify_secret`] through the `password-hash` crate's own verifier
+    /// (argon2 allocates its memory): the reference the thread-memory path is tested
+    /// against.
+    #[cfg(test)]
+    fn verify_secret_reference(&self, hash: &SecretHash, candidate: &[u8]) -> bool {
+        use argon2::password_hash::PasswordVerifier;
+        match PasswordHash::new(hash.as_phc()) {
             Ok(parsed) => self.argon2.verify_password(candidate, &parsed).is_ok(),
             Err(_) => false,
         }
@@ -185,6 +201,45 @@ impl SecretHasher {
     pub(crate) fn dummy_built(&self) -> bool {
         self.dummy.get().is_some()
     }
+}
+
+thread_local! {
+    /// argon2 working memory of this thread's verifications, grown to the largest cost
+    /// seen (12 MiB for [`HashCost::PRODUCTION`]) and kept.
+    static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What `PasswordVerifier::verify_password` does (the same algorithm, version,
+/// parameters and output length as the PHC string, then a constant-time comparison of
+/// the outputs), with the working memory from [`ARGON2_MEMORY`]. `None`: the stored
+/// hash names something argon2 refuses.
+fn verify_in_thread_memory(parsed: &PasswordHash<'_>, candidate: &[u8]) -> Option<bool> {
+    let (salt, expected) = (parsed.salt?, parsed.hash?);
+    let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .ok()?
+        .unwrap_or_default();
+    let params = Params::try_from(parsed).ok()?;
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).ok()?;
+    let computed = ARGON2_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        argon2::password_hash::Output::init_with(expected.len(), |out| {
+            argon2
+                .hash_password_into_with_memory(candidate, salt, out, &mut memory[..blocks])
+                .map_err(|_| argon2::password_hash::Error::Password)
+        })
+    });
+    // `Output`'s equality is constant-time.
+    Some(computed.ok()? == expected)
 }
 
 #[cfg(test)]
@@ -230,6 +285,60 @@ mod tests {
         let again = hasher.hash_secret(&secret, &mut rng);
         assert_ne!(hash, again);
         assert!(hasher.verify_secret(&again, secret.expose().as_bytes()));
+    }
+
+    #[test]
+    fn thread_memory_verification_agrees_with_the_reference_verifier() {
+        // Several costs (the memory is grown and reused), right and wrong secrets,
+        // hashes made elsewhere with other parameters, and malformed ones.
+        let mut rng = StdRng::seed_from_u64(11);
+        for cost in [
+            HashCost::TEST_ONLY,
+            HashCost {
+                memory_kib: 64,
+                iterations: 2,
+                parallelism: 1,
+            },
+            HashCost {
+                memory_kib: 32,
+                iterations: 1,
+                parallelism: 2,
+            },
+        ] {
+            let hasher = SecretHasher::new(cost);
+            for _ in 0..8 {
+                let secret = generate_client_secret(&mut rng);
+                let hash = hasher.hash_secret(&secret, &mut rng);
+                let right = secret.expose().as_bytes();
+                let mut wrong = right.to_vec();
+                let flip = (rng.next_u32() as usize) % wrong.len();
+                wrong[flip] ^= 1;
+                for candidate in [right, &wrong[..], b"", b"x"] {
+                    assert_eq!(
+                        hasher.verify_secret(&hash, candidate),
+                        hasher.verify_secret_reference(&hash, candidate),
+                        "{cost:?}"
+                    );
+                }
+                assert!(hasher.verify_secret(&hash, right));
+                assert!(!hasher.verify_secret(&hash, &wrong));
+            }
+        }
+        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        for phc in [
+            "$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAA",
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0",
+            "$argon2id$v=16$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAA",
+            "$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAA",
+            "$scrypt$ln=4,r=8,p=1$c2FsdA$AAAA",
+        ] {
+            let hash = SecretHash(phc.to_string());
+            assert_eq!(
+                hasher.verify_secret(&hash, b"secret"),
+                hasher.verify_secret_reference(&hash, b"secret"),
+                "{phc}"
+            );
+        }
     }
 
     #[test]

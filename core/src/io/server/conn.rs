@@ -9,6 +9,8 @@ use crate::io::outbox::{OutFrame, OutboxRef};
 use crate::proto::{CloseCode, Connection, Event, Message};
 use crate::relay::Count;
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -64,8 +66,33 @@ impl Ended {
 
 /// What a role does with the messages its peer sends.
 pub(crate) trait Handler {
-    /// One whole message arrived (may wait for room at the receiver: backpressure).
-    async fn on_message(&mut self, ctx: &Rc<ShardCtx>, driver: &mut ConnDriver, message: Message);
+    /// One whole message arrived: handle it now, and say what the connection must wait
+    /// for before it reads on. Synchronous, so that a connection's future (kept for
+    /// its whole life, most of it idle) holds no handler state.
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next;
+}
+
+/// What a connection waits for after a message, before it reads on.
+pub(crate) enum Next {
+    /// Nothing: read on.
+    Read,
+    /// Room at this receiver's outbox (backpressure).
+    RoomAt(OutboxRef),
+    /// Work that must finish first (a control request that asks other shards).
+    Finish(Pin<Box<dyn Future<Output = ()>>>),
+}
+
+impl Next {
+    /// Waits for it, writing the connection's own outbox meanwhile.
+    async fn wait(self, driver: &mut ConnDriver) {
+        match self {
+            Next::Read => {}
+            Next::RoomAt(receiver) => {
+                let _ = driver.wait_for_room(&receiver).await;
+            }
+            Next::Finish(work) => work.await,
+        }
+    }
 }
 
 /// Queues the control frames the protocol state produced (pongs, closes).
@@ -88,7 +115,13 @@ pub(crate) async fn serve_ws<H: Handler>(
             let event = proto.handle_read(&mut driver.rbuf);
             push_transmit(proto, &driver.outbox);
             match event {
-                Ok(Some(Event::Message(message))) => handler.on_message(ctx, driver, message).await,
+                Ok(Some(Event::Message(message))) => {
+                    let next = handler.on_message(ctx, message);
+                    if !matches!(next, Next::Read) {
+                        // Boxed: only a connection that waits pays for the wait's state.
+                        Box::pin(next.wait(driver)).await;
+                    }
+                }
                 Ok(Some(Event::Close(frame))) => {
                     let _ = Box::pin(with_timeout(CLOSE_LINGER, driver.flush())).await;
                     return Ended::PeerClosed(frame.map(|f| f.code.0));
@@ -139,7 +172,7 @@ async fn finish_close<H: Handler>(
                 let event = proto.handle_read(&mut driver.rbuf);
                 push_transmit(proto, &driver.outbox);
                 match event {
-                    Ok(Some(Event::Message(m))) => handler.on_message(ctx, driver, m).await,
+                    Ok(Some(Event::Message(m))) => handler.on_message(ctx, m).wait(driver).await,
                     Ok(Some(Event::Close(_))) | Err(_) => {
                         let _ = driver.flush().await;
                         return;

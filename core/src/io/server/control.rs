@@ -3,7 +3,7 @@
 //! owners which devices are online; events for the client arrive from every shard.
 
 use super::accept::Accepted;
-use super::conn::{retire, serve_ws, ConnEntry, Handler};
+use super::conn::{retire, serve_ws, ConnEntry, Handler, Next};
 use super::metrics::ConnRole;
 use super::shard::{ReplyTo, ShardCtx, ShardMsg};
 use crate::auth::{devices_in_scope, resolve_device, AccessClaims, TsnInput};
@@ -64,14 +64,15 @@ struct ControlHandler {
 }
 
 impl Handler for ControlHandler {
-    async fn on_message(&mut self, ctx: &Rc<ShardCtx>, _driver: &mut ConnDriver, message: Message) {
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next {
         if message.kind != MessageKind::Text {
             let json = event::error(
                 None,
                 ControlErrorCode::BadRequest,
                 "control messages are JSON text messages",
             );
-            return ctx.send_text(self.conn, json);
+            ctx.send_text(self.conn, json);
+            return Next::Read;
         }
         let mut bytes = message.payload.to_bytes().to_vec();
         match ControlRequest::parse(&mut bytes) {
@@ -82,8 +83,17 @@ impl Handler for ControlHandler {
             Ok(ControlRequest::Release { request_id, tsn }) => {
                 self.claim(ctx, false, request_id, &tsn)
             }
-            Ok(ControlRequest::Devices { request_id }) => self.devices(ctx, request_id).await,
+            Ok(ControlRequest::Devices { request_id }) => {
+                // Presence lives on every shard: the channel reads on once it is answered.
+                return Next::Finish(Box::pin(devices(
+                    ctx.clone(),
+                    self.claims.clone(),
+                    self.conn,
+                    request_id,
+                )));
+            }
         }
+        Next::Read
     }
 }
 
@@ -135,35 +145,41 @@ impl ControlHandler {
             );
         }
     }
+}
 
-    async fn devices(&self, ctx: &Rc<ShardCtx>, request_id: Option<RequestId>) {
-        let devices = match devices_in_scope(&*ctx.shared.store, &self.claims) {
-            Ok(d) => d,
-            Err(e) => {
-                let json = event::error(
-                    request_id.as_ref(),
-                    ControlErrorCode::BadRequest,
-                    &e.to_string(),
-                );
-                return ctx.send_text(self.conn, json);
-            }
-        };
-        let keys: Vec<DeviceKey> = devices
-            .iter()
-            .map(|d| DeviceKey {
-                domain: d.domain.clone(),
-                serial: d.serial.clone(),
-            })
-            .collect();
-        let presence = ctx.presence_of(keys).await;
-        let mut entries: Vec<DeviceEntry> = presence
-            .into_iter()
-            .map(|(k, online, _)| DeviceEntry {
-                tsn: k.serial,
-                online,
-            })
-            .collect();
-        entries.sort_by(|a, b| a.tsn.cmp(&b.tsn));
-        ctx.send_text(self.conn, event::devices(request_id.as_ref(), &entries));
-    }
+/// Answers a `devices` request (§4): the client's devices and whether each is online.
+async fn devices(
+    ctx: Rc<ShardCtx>,
+    claims: AccessClaims,
+    conn: ConnId,
+    request_id: Option<RequestId>,
+) {
+    let devices = match devices_in_scope(&*ctx.shared.store, &claims) {
+        Ok(d) => d,
+        Err(e) => {
+            let json = event::error(
+                request_id.as_ref(),
+                ControlErrorCode::BadRequest,
+                &e.to_string(),
+            );
+            return ctx.send_text(conn, json);
+        }
+    };
+    let keys: Vec<DeviceKey> = devices
+        .iter()
+        .map(|d| DeviceKey {
+            domain: d.domain.clone(),
+            serial: d.serial.clone(),
+        })
+        .collect();
+    let presence = ctx.presence_of(keys).await;
+    let mut entries: Vec<DeviceEntry> = presence
+        .into_iter()
+        .map(|(k, online, _)| DeviceEntry {
+            tsn: k.serial,
+            online,
+        })
+        .collect();
+    entries.sort_by(|a, b| a.tsn.cmp(&b.tsn));
+    ctx.send_text(conn, event::devices(request_id.as_ref(), &entries));
 }

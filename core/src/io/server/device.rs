@@ -2,7 +2,7 @@
 //! POS that holds the claim (or wait in the device → POS queue); the POS's come here.
 
 use super::accept::Accepted;
-use super::conn::{retire, serve_ws, ConnEntry, Ended, Handler};
+use super::conn::{retire, serve_ws, ConnEntry, Ended, Handler, Next};
 use super::handover::Held;
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
@@ -110,16 +110,14 @@ struct DeviceHandler {
 }
 
 impl Handler for DeviceHandler {
-    async fn on_message(&mut self, ctx: &Rc<ShardCtx>, driver: &mut ConnDriver, message: Message) {
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next {
         let route = ctx.devices.borrow_mut().handle_message_from_device(
             &self.sid,
             self.conn,
             message,
             Instant::now(),
         );
-        if let Some(full) = carry(ctx, route, None) {
-            let _ = driver.wait_for_room(&full).await;
-        }
+        carry(ctx, route, None).map_or(Next::Read, Next::RoomAt)
     }
 }
 

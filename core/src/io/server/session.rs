@@ -3,7 +3,7 @@
 //! `undelivered`); the device's come here.
 
 use super::accept::{answer_and_close, auth_refusal, not_found_session, Accepted};
-use super::conn::{retire, serve_ws, ConnEntry, Handler};
+use super::conn::{retire, serve_ws, ConnEntry, Handler, Next};
 use super::device::{carry, log_end};
 use super::handover::Held;
 use super::metrics::{ConnRole, ShardMetrics};
@@ -119,15 +119,13 @@ struct SessionHandler {
 }
 
 impl Handler for SessionHandler {
-    async fn on_message(&mut self, ctx: &Rc<ShardCtx>, driver: &mut ConnDriver, message: Message) {
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next {
         let route = ctx.devices.borrow_mut().handle_message_from_pos(
             &self.sid,
             self.conn,
             message,
             Instant::now(),
         );
-        if let Some(full) = carry(ctx, route, Some(&self.device)) {
-            let _ = driver.wait_for_room(&full).await;
-        }
+        carry(ctx, route, Some(&self.device)).map_or(Next::Read, Next::RoomAt)
     }
 }
