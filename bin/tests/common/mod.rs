@@ -1550,19 +1550,14 @@ pub fn binary_payload(n: usize, seed: u64) -> Vec<u8> {
 /// buffer that is never freed, shows above it.
 pub const RSS_SLACK_KIB: u64 = 8 << 10;
 
-/// Starts the relay for a fault case: [`Relay::start`] with glibc's mmap threshold fixed at
-/// 128 KiB (`MALLOC_MMAP_THRESHOLD_`, inherited by the child).
+/// Starts the relay for a fault case.
 ///
-/// Why: with glibc's default dynamic threshold, the 12 MiB working memory of every argon2
-/// verification (token requests, registrations) is served from, and kept in, per-thread
-/// arenas after the first one is freed; a burst of logins leaves 100+ MiB of free-but-kept
-/// pages that would both fail an RSS comparison and hide a leak of that size. With a fixed
-/// threshold, large buffers go back to the kernel on free and VmRSS tracks live memory.
+/// VmRSS tracks live memory closely enough for the after-case checks: the relay runs on
+/// mimalloc, which hands freed pages back, and the 12 MiB of argon2 working memory every
+/// login needs is taken once per shard before the relay says it is ready and reused
+/// (core/src/auth/secrets.rs), instead of being allocated and freed per login (with
+/// glibc's malloc, a burst of logins used to leave 100+ MiB of free-but-kept pages).
 pub fn fault_relay(args: &[&str]) -> Relay {
-    static ENV: std::sync::Once = std::sync::Once::new();
-    // Every spawn in a fault test binary goes through here, so no other thread reads the
-    // environment while it is written.
-    ENV.call_once(|| std::env::set_var("MALLOC_MMAP_THRESHOLD_", "131072"));
     Relay::start(args)
 }
 

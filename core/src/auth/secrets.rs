@@ -174,6 +174,19 @@ impl SecretHasher {
         }
     }
 
+    /// Takes this thread's argon2 working memory for this hasher's cost now (what the
+    /// thread's first verification would otherwise do), so that a server's resident
+    /// memory is at its working size from the start.
+    pub fn reserve_thread_memory(&self) {
+        let blocks = self.argon2.params().block_count();
+        ARGON2_MEMORY.with(|memory| {
+            let mut memory = memory.borrow_mut();
+            if memory.len() < blocks {
+                memory.resize(blocks, Block::default());
+            }
+        });
+    }
+
     /// [`SecretHasher::verify_secret`] through the `password-hash` crate's own verifier
     /// (argon2 allocates its memory): the reference the thread-memory path is tested
     /// against.

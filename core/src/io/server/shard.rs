@@ -715,6 +715,13 @@ pub(crate) async fn run_shard(
     } else {
         None
     };
+    // Logins verify secrets on this shard's blocking thread, in argon2 working memory
+    // that thread keeps (auth/secrets.rs): take it before saying ready, so that resident
+    // memory does not jump at the first login.
+    let hasher = ctx.shared.hasher.clone();
+    let _ = glommio::executor()
+        .spawn_blocking(move || hasher.reserve_thread_memory())
+        .await;
     let _ = ready.send(Ok(()));
     let relay_task = glommio::spawn_local(super::accept::accept_loop(
         ctx.clone(),
