@@ -75,12 +75,15 @@ pub async fn run_idle(
     let warm = warm_pairs(pairs, concurrency);
     let started = Instant::now();
     let warmed = setup_pairs(&env, 0..warm, concurrency, None).await;
+    let warm_setup = started.elapsed();
     // Both readings after the same idle time, so that memory the allocator gives back
     // late (freed setup state) counts the same way in each.
     sleep(settle).await;
     let before = procfs::memory(target_pid).unwrap_or_default();
+    let measured_started = Instant::now();
     let measured = setup_pairs(&env, warm..pairs, concurrency, label).await;
-    let setup_secs = started.elapsed().as_secs_f64();
+    // Setup time only: the idle time between the two phases is not setup.
+    let setup_secs = (warm_setup + measured_started.elapsed()).as_secs_f64();
     if label.is_some() {
         crate::load::progress_line(&format!(
             "idle: {} pairs up in {setup_secs:.1}s, idling {:.1}s",
