@@ -473,7 +473,7 @@ fn admit_pos(
             claims,
             Held {
                 _conn: conn,
-                _client: Some(slot),
+                _client: Some(Box::new(slot)),
             },
         )),
         Err(why) => {

@@ -41,7 +41,10 @@ pub(crate) struct Routing {
 #[derive(Debug)]
 pub(crate) struct Held {
     pub _conn: super::admission::ConnSlot,
-    pub _client: Option<super::admission::ClientSlot>,
+    /// Boxed: only POS connections hold one, and every long-lived connection's task
+    /// carries a `Held` (8 bytes instead of 56 keeps a device connection's task in a
+    /// smaller allocator size class).
+    pub _client: Option<Box<super::admission::ClientSlot>>,
 }
 
 /// A connection in flight between shards. `Send` by construction: a file descriptor,
