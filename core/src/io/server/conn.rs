@@ -1,13 +1,16 @@
 //! What every upgraded connection shares: its entry in the shard's table, and the loop
 //! that turns socket bytes into protocol events and relay requests into frames.
 
+use super::handover::Held;
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
 use crate::io::driver::{ConnDriver, ReadOutcome};
 use crate::io::http::with_timeout;
-use crate::io::outbox::{OutFrame, OutboxRef};
-use crate::proto::{CloseCode, Connection, Event, Message};
-use crate::relay::Count;
+use crate::io::outbox::{OutFrame, Outbox, OutboxRef};
+use crate::io::transport::Transport;
+use crate::proto::{CloseCode, Connection, Event, Message, Role};
+use crate::relay::{ConnId, Count};
+use bytes::BytesMut;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +41,59 @@ impl ConnEntry {
             url_base: None,
         }
     }
+}
+
+/// A connection past its upgrade, registered on the shard: what it keeps while it lives
+/// (`H`: its role's message handler).
+pub(crate) struct Open<H> {
+    pub driver: ConnDriver,
+    pub proto: Connection,
+    pub handler: H,
+    pub outbox: OutboxRef,
+    pub _held: Held,
+}
+
+/// What [`answer_upgrade`] sets up for a connection.
+pub(crate) struct Upgraded {
+    pub id: ConnId,
+    pub outbox: OutboxRef,
+    pub driver: ConnDriver,
+    pub proto: Connection,
+}
+
+/// Writes the upgrade's 101 `answer`, then registers the connection in the shard's table
+/// as `role` (`entry` completes its entry) with a fresh outbox, and sets up its driver and
+/// protocol state; `None` when the peer is already gone. Relayed roles (device, session)
+/// record their messages' time in the relay in `posrelay_relay_latency_seconds`.
+pub(crate) async fn answer_upgrade(
+    ctx: &Rc<ShardCtx>,
+    mut transport: Transport,
+    rbuf: BytesMut,
+    answer: &[u8],
+    role: ConnRole,
+    entry: impl FnOnce(&mut ConnEntry),
+) -> Option<Upgraded> {
+    if transport.write_all_vectored(&[answer]).await.is_err() {
+        return None;
+    }
+    let id = ctx.new_conn_id();
+    let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
+    if matches!(role, ConnRole::Device | ConnRole::PosSession) {
+        outbox
+            .borrow_mut()
+            .set_latency(ctx.metrics.relay_latency.clone());
+    }
+    let mut table_entry = ConnEntry::new(outbox.clone(), role);
+    entry(&mut table_entry);
+    ctx.add_conn(id, table_entry);
+    let driver = ConnDriver::new(transport, rbuf, outbox.clone());
+    let proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
+    Some(Upgraded {
+        id,
+        outbox,
+        driver,
+        proto,
+    })
 }
 
 /// How a connection ended.

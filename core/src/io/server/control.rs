@@ -3,45 +3,52 @@
 //! owners which devices are online; events for the client arrive from every shard.
 
 use super::accept::Accepted;
-use super::conn::{retire, serve_ws, ConnEntry, Handler, Next};
+use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Upgraded};
 use super::metrics::ConnRole;
 use super::shard::{ReplyTo, ShardCtx, ShardMsg};
 use crate::auth::{devices_in_scope, resolve_device, AccessClaims, TsnInput};
 use crate::control::event::{self, DeviceEntry};
 use crate::control::{ControlErrorCode, ControlRequest, RequestId};
 use crate::ids::{ClientKey, DeviceKey};
-use crate::io::driver::ConnDriver;
-use crate::io::outbox::Outbox;
-use crate::proto::{Connection, Message, MessageKind, Role};
+use crate::proto::{Message, MessageKind};
 use crate::relay::ConnId;
 use std::rc::Rc;
 use std::time::Instant;
 
 pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(String, AccessClaims)>>) {
     let Accepted {
-        mut transport,
+        transport,
         rbuf,
         answer,
         held: _held,
         role: (url_base, claims),
     } = *accepted;
-    if transport.write_all_vectored(&[&answer]).await.is_err() {
+    let Some(Upgraded {
+        id,
+        outbox,
+        mut driver,
+        mut proto,
+    }) = answer_upgrade(
+        &ctx,
+        transport,
+        rbuf,
+        &answer,
+        ConnRole::PosControl,
+        |entry| {
+            entry.token_expires_at = Some(claims.expires_at);
+            entry.url_base = Some(url_base);
+        },
+    )
+    .await
+    else {
         return;
-    }
+    };
     let client = claims.client();
-    let id = ctx.new_conn_id();
-    let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
-    let mut entry = ConnEntry::new(outbox.clone(), ConnRole::PosControl);
-    entry.token_expires_at = Some(claims.expires_at);
-    entry.url_base = Some(url_base);
-    ctx.add_conn(id, entry);
     ctx.hub
         .borrow_mut()
         .handle_control_opened(&client, id, Instant::now());
     ctx.process_actions();
     tracing::info!(role = "pos_control", client = %client.client_id, domain = %client.domain, shard = ctx.index, conn = id.0, "connection opened");
-    let mut driver = ConnDriver::new(transport, rbuf, outbox.clone());
-    let mut proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
     let mut handler = ControlHandler {
         claims,
         client: client.clone(),

@@ -2,55 +2,49 @@
 //! POS that holds the claim (or wait in the device → POS queue); the POS's come here.
 
 use super::accept::Accepted;
-use super::conn::{retire, serve_ws, ConnEntry, Ended, Handler, Next};
-use super::handover::Held;
+use super::conn::{answer_upgrade, retire, serve_ws, Ended, Handler, Next, Open, Upgraded};
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
 use crate::auth::DeviceClaims;
 use crate::ids::{DeviceKey, SessionId};
-use crate::io::driver::ConnDriver;
-use crate::io::outbox::{Outbox, OutboxRef};
-use crate::proto::{Connection, Message, Role};
+use crate::io::outbox::OutboxRef;
+use crate::proto::Message;
 use crate::relay::{ConnId, Route};
 use std::rc::Rc;
 use std::time::Instant;
 
 pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, DeviceClaims)>>) {
     // Boxed: the setup's state (the upgrade answer, claims, socket) is freed before the
-    // connection's long idle life, whose future holds only `OpenDevice`.
+    // connection's long idle life, whose future holds only the `Open` state.
     let Some(mut open) = Box::pin(open(&ctx, accepted)).await else {
         return;
     };
     let ended = serve_ws(&ctx, &mut open.driver, &mut open.proto, &mut open.handler).await;
     // Fields used in place (not moved out), so the future keeps no second copy of them.
-    let (sid, conn) = (&open.handler.sid, open.handler.conn);
-    let unsent = retire(&ctx, conn, &open.outbox);
-    ctx.report_unsent_to_device(&open.device, unsent);
+    let handler = &open.handler;
+    let unsent = retire(&ctx, handler.conn, &open.outbox);
+    ctx.report_unsent_to_device(&handler.device, unsent);
     ctx.devices
         .borrow_mut()
-        .handle_device_disconnected(sid, conn, Instant::now());
+        .handle_device_disconnected(&handler.sid, handler.conn, Instant::now());
     ctx.process_actions();
     open.driver.shutdown().await;
-    log_end("device", &open.device, ctx.index, conn, ended);
-}
-
-/// A device connection past its upgrade: what it keeps while it lives.
-struct OpenDevice {
-    driver: ConnDriver,
-    proto: Connection,
-    handler: DeviceHandler,
-    device: DeviceKey,
-    outbox: OutboxRef,
-    _held: Held,
+    log_end(
+        "device",
+        &open.handler.device,
+        ctx.index,
+        open.handler.conn,
+        ended,
+    );
 }
 
 /// Answers the upgrade and registers the connection; `None` when it was refused.
 async fn open(
     ctx: &Rc<ShardCtx>,
     accepted: Box<Accepted<(SessionId, DeviceClaims)>>,
-) -> Option<OpenDevice> {
+) -> Option<Open<DeviceHandler>> {
     let Accepted {
-        mut transport,
+        transport,
         rbuf,
         answer,
         held,
@@ -65,17 +59,12 @@ async fn open(
         super::accept::answer_and_close(transport, &super::accept::not_found_session()).await;
         return None;
     }
-    if transport.write_all_vectored(&[&answer]).await.is_err() {
-        return None;
-    }
-    let id = ctx.new_conn_id();
-    let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
-    outbox
-        .borrow_mut()
-        .set_latency(ctx.metrics.relay_latency.clone());
-    ctx.add_conn(id, ConnEntry::new(outbox.clone(), ConnRole::Device));
-    let driver = ConnDriver::new(transport, rbuf, outbox.clone());
-    let proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
+    let Upgraded {
+        id,
+        outbox,
+        driver,
+        proto,
+    } = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;
     let connected = ctx
         .devices
         .borrow_mut()
@@ -90,11 +79,14 @@ async fn open(
             .borrow_mut()
             .request_close(e.close_code(), "unknown session"),
     }
-    Some(OpenDevice {
+    Some(Open {
         driver,
         proto,
-        handler: DeviceHandler { sid, conn: id },
-        device,
+        handler: DeviceHandler {
+            sid,
+            conn: id,
+            device,
+        },
         outbox,
         _held: held,
     })
@@ -107,6 +99,8 @@ pub(crate) fn log_end(role: &str, device: &DeviceKey, shard: usize, id: ConnId, 
 struct DeviceHandler {
     sid: SessionId,
     conn: ConnId,
+    /// The device (its undelivered reports when the connection ends).
+    device: DeviceKey,
 }
 
 impl Handler for DeviceHandler {

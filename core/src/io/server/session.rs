@@ -3,16 +3,13 @@
 //! `undelivered`); the device's come here.
 
 use super::accept::{answer_and_close, auth_refusal, not_found_session, Accepted};
-use super::conn::{retire, serve_ws, ConnEntry, Handler, Next};
+use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Open, Upgraded};
 use super::device::{carry, log_end};
-use super::handover::Held;
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
 use crate::auth::{AccessClaims, AuthError};
 use crate::ids::{ClientKey, DeviceKey, SessionId};
-use crate::io::driver::ConnDriver;
-use crate::io::outbox::{Outbox, OutboxRef};
-use crate::proto::{Connection, Message, Role};
+use crate::proto::Message;
 use crate::relay::{ConnId, SessionError};
 use std::rc::Rc;
 use std::time::Instant;
@@ -38,23 +35,14 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
     log_end("pos_session", &open.handler.device, ctx.index, conn, ended);
 }
 
-/// A POS session past its upgrade: what it keeps while it lives.
-struct OpenSession {
-    driver: ConnDriver,
-    proto: Connection,
-    handler: SessionHandler,
-    outbox: OutboxRef,
-    _held: Held,
-}
-
 /// Checks the claim, answers the upgrade and registers the session; `None` when it was
 /// refused.
 async fn open(
     ctx: &Rc<ShardCtx>,
     accepted: Box<Accepted<(SessionId, AccessClaims)>>,
-) -> Option<OpenSession> {
+) -> Option<Open<SessionHandler>> {
     let Accepted {
-        mut transport,
+        transport,
         rbuf,
         answer,
         held,
@@ -75,19 +63,20 @@ async fn open(
             return None;
         }
     };
-    if transport.write_all_vectored(&[&answer]).await.is_err() {
-        return None;
-    }
-    let id = ctx.new_conn_id();
-    let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
-    outbox
-        .borrow_mut()
-        .set_latency(ctx.metrics.relay_latency.clone());
-    let mut entry = ConnEntry::new(outbox.clone(), ConnRole::PosSession);
-    entry.token_expires_at = Some(claims.expires_at);
-    ctx.add_conn(id, entry);
-    let driver = ConnDriver::new(transport, rbuf, outbox.clone());
-    let proto = Connection::new(Role::Server, ctx.shared.config.ws_limits);
+    let Upgraded {
+        id,
+        outbox,
+        driver,
+        proto,
+    } = answer_upgrade(
+        ctx,
+        transport,
+        rbuf,
+        &answer,
+        ConnRole::PosSession,
+        |entry| entry.token_expires_at = Some(claims.expires_at),
+    )
+    .await?;
     let opened =
         ctx.devices
             .borrow_mut()
@@ -99,7 +88,7 @@ async fn open(
     }
     ctx.process_actions();
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
-    Some(OpenSession {
+    Some(Open {
         driver,
         proto,
         handler: SessionHandler {
