@@ -15,7 +15,6 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use tungstenite::Message;
 
 const DOMAIN: &str = "acme";
 const BYSTANDER: &str = "22220001";
@@ -383,19 +382,6 @@ fn answer_then_end(relay: &Relay, bytes: &[u8], limit: Duration) -> (Option<u16>
     (status, text)
 }
 
-fn exchange(pair: &mut Pair, what: &str) {
-    send_text(&mut pair.session, what);
-    match pair.device.recv() {
-        Message::Text(t) => assert_eq!(t, what),
-        other => panic!("{what}: device got {}", show(&other)),
-    }
-    pair.device.send_text(what);
-    match recv(&mut pair.session) {
-        Message::Text(t) => assert_eq!(t, what),
-        other => panic!("{what}: POS got {}", show(&other)),
-    }
-}
-
 fn handshake_failures(relay: &Relay) -> f64 {
     metric_sum(&relay.metrics(), "posrelay_handshake_failures_total", &[])
 }
@@ -436,7 +422,7 @@ fn bad_requests_are_answered_or_closed_and_never_upgraded() {
                 r.name
             );
         }
-        exchange(&mut pair, &format!("after {}", r.name));
+        pair.exchange_text(&format!("after {}", r.name));
     }
     let failures = handshake_failures(&relay) - failures_before;
     eprintln!(
@@ -505,7 +491,7 @@ fn slow_loris_connections_are_cut_at_the_handshake_timeout_and_cost_nothing() {
             .map(|_| s.spawn(move || slow_loris(relay, Duration::from_millis(200))))
             .collect();
         for i in 0..10 {
-            exchange(&mut pair, &format!("during the slow loris {i}"));
+            pair.exchange_text(&format!("during the slow loris {i}"));
             std::thread::sleep(Duration::from_millis(100));
         }
         probe_exchange(relay, DOMAIN, &creds);
@@ -526,7 +512,7 @@ fn slow_loris_connections_are_cut_at_the_handshake_timeout_and_cost_nothing() {
         timeouts >= (LORIS + 1) as f64,
         "each head timeout is counted ({timeouts})"
     );
-    exchange(&mut pair, "after the slow loris");
+    pair.exchange_text("after the slow loris");
     drop(pair);
     health.check(&relay, "slow loris", RSS_SLACK_KIB);
 }

@@ -12,7 +12,6 @@ use common::*;
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
-use tungstenite::Message;
 
 const DOMAIN: &str = "acme";
 const TSN: &str = "66660001";
@@ -41,19 +40,6 @@ fn assert_refusal(resp: &RawResp, status: u16, max_retry: u64, what: &str) -> u6
     retry
 }
 
-fn exchange(pair: &mut Pair, what: &str) {
-    send_text(&mut pair.session, what);
-    match pair.device.recv() {
-        Message::Text(t) => assert_eq!(t, what),
-        other => panic!("{what}: device got {}", show(&other)),
-    }
-    pair.device.send_text(what);
-    match recv(&mut pair.session) {
-        Message::Text(t) => assert_eq!(t, what),
-        other => panic!("{what}: POS got {}", show(&other)),
-    }
-}
-
 /// Waits until `posrelay_open_connections` is `n` (connections close asynchronously).
 fn wait_open_connections(relay: &Relay, n: f64) {
     let mut last = -1.0;
@@ -64,6 +50,25 @@ fn wait_open_connections(relay: &Relay, n: f64) {
     assert!(
         ok.is_some(),
         "posrelay_open_connections is {last}, expected {n}"
+    );
+}
+
+/// Waits out `retry` seconds of Retry-After (and a margin), then the right secret must
+/// get a token from `from` again.
+fn login_after_retry_after(
+    relay: &Relay,
+    from: std::net::IpAddr,
+    creds: &Creds,
+    retry: u64,
+    what: &str,
+) {
+    eprintln!("{what}: waiting Retry-After {retry} s");
+    std::thread::sleep(Duration::from_secs(retry) + Duration::from_millis(500));
+    let (resp, body) =
+        token_request_from(relay, from, DOMAIN, &creds.client_id, &creds.client_secret);
+    assert_eq!(
+        resp.status, 200,
+        "{what}: recovered after Retry-After: {body}"
     );
 }
 
@@ -95,7 +100,7 @@ fn max_connections_answers_503_and_recovers() {
         "counted in /metrics"
     );
     // Those inside are unaffected.
-    exchange(&mut pair, "at the connection limit");
+    pair.exchange_text("at the connection limit");
     for f in &mut fillers {
         assert_eq!(f.devices()["type"], "devices");
     }
@@ -134,7 +139,7 @@ fn max_unauthenticated_answers_503_and_recovers() {
         "counted in /metrics"
     );
     // Authenticated connections are unaffected.
-    exchange(&mut pair, "at the unauthenticated limit");
+    pair.exchange_text("at the unauthenticated limit");
     // The anonymous ones leave: anyone gets in again.
     idle.clear();
     for ws in &mut unregistered {
@@ -173,7 +178,7 @@ fn max_connections_per_client_answers_429_and_recovers() {
     );
     eprintln!("max per client: Retry-After {retry}");
     // The client's own connections and other clients are unaffected; devices do not count.
-    exchange(&mut pair, "at the client limit");
+    pair.exchange_text("at the client limit");
     assert_eq!(third.devices()["type"], "devices");
     let other_token = relay.token(DOMAIN, &other);
     let mut other_pos = Pos::control(&relay, &other_token);
@@ -228,7 +233,7 @@ fn max_header_count_answers_431() {
         &[("reason", "headers_too_large")],
     );
     assert!(after >= before + 2.0, "counted in /metrics");
-    exchange(&mut pair, "after 431s");
+    pair.exchange_text("after 431s");
     let resp = raw_http(
         relay.relay_addr,
         &upgrade_request(DEVICE_LISTENER, &extra[..5]),
@@ -286,18 +291,9 @@ fn failed_logins_per_client_answer_429_then_recover() {
     );
     // Another client from the same address, and the locked client's live pair, go on.
     let _ = relay.token(DOMAIN, &other);
-    exchange(&mut pair, "while the client id is locked");
+    pair.exchange_text("while the client id is locked");
     // After Retry-After, the right secret works again.
-    eprintln!("failed logins per client: waiting Retry-After {retry} s");
-    std::thread::sleep(Duration::from_secs(retry) + Duration::from_millis(500));
-    let (resp, body) = token_request_from(
-        &relay,
-        LOCAL,
-        DOMAIN,
-        &creds.client_id,
-        &creds.client_secret,
-    );
-    assert_eq!(resp.status, 200, "recovered after Retry-After: {body}");
+    login_after_retry_after(&relay, LOCAL, &creds, retry, "failed logins per client");
     drop(pair);
     health.check(&relay, "failed logins per client", RSS_SLACK_KIB);
 }
@@ -346,17 +342,8 @@ fn failed_logins_per_address_answer_429_then_recover() {
         &creds.client_secret,
     );
     assert_eq!(resp.status, 200, "another address: {body}");
-    exchange(&mut pair, "while an address is locked");
-    eprintln!("failed logins per address: waiting Retry-After {retry} s");
-    std::thread::sleep(Duration::from_secs(retry) + Duration::from_millis(500));
-    let (resp, body) = token_request_from(
-        &relay,
-        attacker,
-        DOMAIN,
-        &creds.client_id,
-        &creds.client_secret,
-    );
-    assert_eq!(resp.status, 200, "recovered after Retry-After: {body}");
+    pair.exchange_text("while an address is locked");
+    login_after_retry_after(&relay, attacker, &creds, retry, "failed logins per address");
     drop(pair);
     health.check(&relay, "failed logins per address", RSS_SLACK_KIB);
 }

@@ -1507,6 +1507,21 @@ impl Pair {
             session_url,
         }
     }
+
+    /// `what` as a text message POS → device, then device → POS; each side must get it
+    /// exactly.
+    pub fn exchange_text(&mut self, what: &str) {
+        send_text(&mut self.session, what);
+        match self.device.recv() {
+            Message::Text(t) => assert_eq!(t, what),
+            other => panic!("{what}: device got {}", show(&other)),
+        }
+        self.device.send_text(what);
+        match recv(&mut self.session) {
+            Message::Text(t) => assert_eq!(t, what),
+            other => panic!("{what}: POS got {}", show(&other)),
+        }
+    }
 }
 
 /// A text payload of exactly `n` UTF-8 bytes (multi-byte characters included when it fits),
