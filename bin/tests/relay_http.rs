@@ -446,3 +446,48 @@ fn urls_use_public_url_when_configured() {
     let path = format!("/cloud-connector/v1/device-connection/{}", reg.session_id);
     let _d = relay.ws_bearer(&relay.ws_url(&path), &reg.token);
 }
+
+#[test]
+fn serve_refuses_an_admin_listener_on_the_relay_port() {
+    // Both listeners bind with SO_REUSEPORT, so the kernel would accept the second bind
+    // and split connections between the relay and the admin API: refused at start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    for (relay, admin) in [
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_posrelay"))
+            .args([
+                "serve",
+                "--shards",
+                "1",
+                "--listen",
+                &relay,
+                "--admin-listen",
+                &admin,
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run posrelay");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{relay} + {admin}: serve must refuse to start"
+        );
+        assert!(
+            stderr.contains("share a port") && stderr.contains("--admin-listen"),
+            "{relay} + {admin}: the error must say what to change; stderr: {stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+            "{relay} + {admin}: nothing may be announced as listening"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! runs (Autobahn) and as the smallest use of the io layer.
 
 use super::http::{read_request, ReadRequestError, RequestLimits};
-use super::runtime::{resolve_port, run_shards, RuntimeConfig};
+use super::runtime::{resolve_ports, run_shards, RuntimeConfig};
 use super::transport::Transport;
 use super::ws::{WsIoError, WsStream};
 use crate::handshake::{accept_key, error_response, switching_protocols, UpgradeRequest};
@@ -24,7 +24,7 @@ pub struct EchoConfig {
 
 /// Serves echo on every shard until the process is stopped. `on_ready` gets the bound address.
 pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
-    let addr = resolve_port(config.listen)?;
+    let [addr] = resolve_ports([config.listen])?;
     let limits = config.limits;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let shards = config.runtime.shards.max(1);

@@ -42,7 +42,7 @@ pub fn available_cores() -> usize {
         .unwrap_or(1)
 }
 
-/// Resolves `addr` to a concrete port before the shards bind it.
+/// Resolves each address's port 0 to a concrete port before the shards bind them.
 ///
 /// Every glommio listener binding port 0 would get its own port, so port 0 is
 /// resolved once here, WITHOUT SO_REUSEPORT: with it, the kernel may pick a port that
@@ -51,23 +51,45 @@ pub fn available_cores() -> usize {
 /// probed WITH SO_REUSEPORT, as the shards will bind it, so that sockets a previous
 /// instance left behind (accepted connections still closing) do not refuse a restart
 /// on the same port; a port really held by another listener is still refused by the
-/// shards' bind. The probe is released before the shards bind.
-pub fn resolve_port(addr: SocketAddr) -> io::Result<SocketAddr> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(addr.port() != 0)?;
-    socket.bind(&addr.into())?;
-    let local = socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("bound address is not an inet address"))?;
-    drop(socket);
-    Ok(local)
+/// shards' bind.
+///
+/// All probes are held until every address is resolved, then released together before
+/// the shards bind: released one by one, the kernel could hand the port it just got
+/// back to the next port-0 probe, and the relay and admin listeners (both bound with
+/// SO_REUSEPORT) would then silently share one port, each taking a share of the
+/// other's connections.
+pub fn resolve_ports<const N: usize>(addrs: [SocketAddr; N]) -> io::Result<[SocketAddr; N]> {
+    let mut probes = Vec::with_capacity(N);
+    let mut out = addrs;
+    for (slot, addr) in out.iter_mut().zip(addrs) {
+        let domain = if addr.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(addr.port() != 0)?;
+        socket.bind(&addr.into())?;
+        *slot = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("bound address is not an inet address"))?;
+        probes.push(socket);
+    }
+    drop(probes);
+    Ok(out)
+}
+
+/// Whether listeners on `a` and `b` would take each other's connections: the same port
+/// on the same address, or on a wildcard address that covers the other (shards bind
+/// with SO_REUSEPORT, so the kernel would not refuse the second bind). Port 0 (any free
+/// port) never overlaps: [`resolve_ports`] gives each its own.
+pub fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Binds a std listener with SO_REUSEPORT for tests and tools that need a plain one.
@@ -106,4 +128,57 @@ where
         out.push(result.map_err(|e| io::Error::other(e.to_string()))?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_addresses_resolve_to_distinct_ports() {
+        // Released one by one, two probes got the same port about once in 20,000 tries on
+        // the CI machine (it failed a black-box test once); held together, never. This
+        // only samples the kernel's choice, so it catches a regression with some chance
+        // per run, not with certainty.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for _ in 0..20_000 {
+            let [a, b] = resolve_ports([any, any]).unwrap();
+            assert_ne!(a.port(), 0);
+            assert_ne!(
+                a.port(),
+                b.port(),
+                "two port-0 listeners resolved to one port"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fixed_port_resolves_to_itself() {
+        let probe = StdListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let fixed = SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(resolve_ports([fixed]).unwrap(), [fixed]);
+    }
+
+    #[test]
+    fn overlapping_listeners_are_recognised() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(listeners_overlap(
+            at("127.0.0.1:9000"),
+            at("127.0.0.1:9000")
+        ));
+        assert!(listeners_overlap(at("0.0.0.0:9000"), at("127.0.0.1:9000")));
+        assert!(listeners_overlap(at("127.0.0.1:9000"), at("0.0.0.0:9000")));
+        assert!(!listeners_overlap(
+            at("127.0.0.1:9000"),
+            at("127.0.0.1:9080")
+        ));
+        assert!(!listeners_overlap(
+            at("127.0.0.1:9000"),
+            at("127.0.0.2:9000")
+        ));
+        assert!(!listeners_overlap(at("[::1]:9000"), at("127.0.0.1:9000")));
+        assert!(!listeners_overlap(at("127.0.0.1:0"), at("127.0.0.1:0")));
+    }
 }

@@ -23,7 +23,7 @@ use crate::admin::{AdminApi, AdminToken};
 use crate::auth::{HashCost, SecretHasher, SigningKey, TokenIssuer};
 use crate::handshake::{HeadLimits, SubprotocolPolicy};
 use crate::io::metrics::Metrics;
-use crate::io::runtime::{resolve_port, run_shards, RuntimeConfig};
+use crate::io::runtime::{listeners_overlap, resolve_ports, run_shards, RuntimeConfig};
 use crate::proto::Limits;
 use crate::relay::RelayLimits;
 use crate::store::{RedbStore, Store};
@@ -192,8 +192,16 @@ pub fn run_server(
     };
     let shards = config.runtime.shards.max(1);
     let config_admission = config.admission;
-    let relay_addr = resolve_port(config.listen)?;
-    let admin_addr = resolve_port(config.admin_listen)?;
+    if listeners_overlap(config.listen, config.admin_listen) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "--listen {} and --admin-listen {} share a port: give the admin API a port of its own (default 127.0.0.1:9080)",
+                config.listen, config.admin_listen
+            ),
+        ));
+    }
+    let [relay_addr, admin_addr] = resolve_ports([config.listen, config.admin_listen])?;
     let shared = Arc::new(Shared {
         shard_metrics: (0..shards)
             .map(|_| Arc::new(ShardMetrics::default()))
