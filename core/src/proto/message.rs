@@ -122,7 +122,9 @@ struct Partial {
 #[derive(Debug)]
 pub struct MessageAssembler {
     max_message: usize,
-    partial: Option<Partial>,
+    /// Boxed: most connections never receive a fragmented message, and every
+    /// connection keeps its assembler for life.
+    partial: Option<Box<Partial>>,
     utf8: Utf8Validator,
 }
 
@@ -186,12 +188,12 @@ impl MessageAssembler {
             self.utf8.reset();
             self.utf8.feed(&payload)?;
         }
-        let mut partial = Partial {
+        let mut partial = Box::new(Partial {
             kind,
             len,
             kept: Vec::new(),
             spill: BytesMut::new(),
-        };
+        });
         if !payload.is_empty() {
             partial.kept.push(payload);
         }

@@ -166,30 +166,32 @@ pub(crate) async fn serve_ws<H: Handler>(
     proto: &mut Connection,
     handler: &mut H,
 ) -> Ended {
-    loop {
+    // Only 4 bytes of state cross an await besides the borrowed arguments: the decoded
+    // event is consumed (or turned into `ended`) before any wait, so that the future
+    // every connection keeps for its whole life stays small.
+    let ended = 'serve: loop {
         loop {
-            let event = proto.handle_read(&mut driver.rbuf);
-            push_transmit(proto, &driver.outbox);
-            match event {
-                Ok(Some(Event::Message(message))) => {
-                    let next = handler.on_message(ctx, message);
-                    if !matches!(next, Next::Read) {
-                        // Boxed: only a connection that waits pays for the wait's state.
-                        Box::pin(next.wait(driver)).await;
+            // The event lives only in this block: gone before the wait below.
+            let next = {
+                let event = proto.handle_read(&mut driver.rbuf);
+                push_transmit(proto, &driver.outbox);
+                match event {
+                    Ok(Some(Event::Message(message))) => handler.on_message(ctx, message),
+                    Ok(Some(Event::Close(frame))) => {
+                        break 'serve Ended::PeerClosed(frame.map(|f| f.code.0));
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(err) => {
+                        ShardMetrics::add(&ctx.metrics.protocol_errors, 1);
+                        tracing::info!(error = %err, "closing a connection for a protocol error");
+                        break 'serve Ended::ProtocolError(err.close_code().0);
                     }
                 }
-                Ok(Some(Event::Close(frame))) => {
-                    let _ = Box::pin(with_timeout(CLOSE_LINGER, driver.flush())).await;
-                    return Ended::PeerClosed(frame.map(|f| f.code.0));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(err) => {
-                    ShardMetrics::add(&ctx.metrics.protocol_errors, 1);
-                    tracing::info!(error = %err, "closing a connection for a protocol error");
-                    let _ = Box::pin(with_timeout(CLOSE_LINGER, driver.flush())).await;
-                    return Ended::ProtocolError(err.close_code().0);
-                }
+            };
+            if !matches!(next, Next::Read) {
+                // Boxed: only a connection that waits pays for the wait's state.
+                Box::pin(next.wait(driver)).await;
             }
         }
         driver.prepare_read(proto.needed(&driver.rbuf));
@@ -211,7 +213,11 @@ pub(crate) async fn serve_ws<H: Handler>(
                 }
             }
         }
-    }
+    };
+    // The peer closed or broke the protocol: the relay's close frame (queued by the
+    // protocol state) goes out before the socket is closed. Boxed like the other ends.
+    let _ = Box::pin(with_timeout(CLOSE_LINGER, driver.flush())).await;
+    ended
 }
 
 /// After our Close: flush it, then keep reading until the peer's Close (messages that
