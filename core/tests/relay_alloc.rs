@@ -10,8 +10,9 @@
 //!    allocation per message when messages are pipelined.
 //! 3. Idle connections: the heap a relay node's shard holds per idle connection (a
 //!    device connection or a POS session with nothing to say), counted byte by byte on
-//!    the shard thread: at most 2 KiB (the goal the benchmark's `idle` scenario checks
-//!    on resident memory).
+//!    the shard thread: at most 1,792 bytes, so that the resident memory the benchmark's
+//!    `idle` scenario reads (requested bytes plus the allocator's rounding) stays under
+//!    its 2 KiB goal.
 //!
 //! Its own test binary, so that its global allocator counts nothing else.
 
@@ -444,7 +445,7 @@ fn a_relay_node_forwards_without_per_message_allocations() {
 }
 
 #[test]
-fn a_relay_node_holds_at_most_2_kib_per_idle_connection() {
+fn a_relay_node_holds_at_most_1792_heap_bytes_per_idle_connection() {
     // WARM pairs first (the shard's maps, pools and first-use state), then MEASURED
     // pairs, each a device connection and a POS session left idle.
     const WARM: usize = 16;
@@ -481,8 +482,13 @@ fn a_relay_node_holds_at_most_2_kib_per_idle_connection() {
     drop(pairs);
     let _ = control.close(None);
     node.stop();
+    // The goal (issue 7) is 2 KiB of resident memory per idle connection, as the bench's
+    // idle scenario reads it from /proc. This counts the bytes requested; the allocator's
+    // size classes and partly used pages add to that (1,574 requested here against
+    // 1,700-2,100 resident per connection in the bench before the last trims), so the bound
+    // keeps that margin: it fails before the resident figure would.
     assert!(
-        per_connection <= 2048,
-        "{per_connection} bytes of heap per idle connection (goal: at most 2 KiB)"
+        per_connection <= 1_792,
+        "{per_connection} bytes of heap per idle connection (bound 1,792, for a resident goal of 2 KiB)"
     );
 }
