@@ -219,6 +219,19 @@ fn every_size_and_opcode_is_relayed_verbatim_both_ways_interleaved() {
     // Nothing extra in either direction.
     assert!(try_recv(&mut session, Duration::from_millis(300)).is_none());
     assert!(try_recv(&mut device.ws, Duration::from_millis(300)).is_none());
+    // Every relayed message's time in the relay is in the histogram, once.
+    let metrics = relay.metrics();
+    let relayed = (2 * script(1).len()) as f64;
+    let name = "posrelay_relay_latency_seconds";
+    let count = metric_sum(&metrics, &format!("{name}_count"), &[]);
+    assert_eq!(count, relayed, "one latency sample per relayed message");
+    let all = metric_sum(&metrics, &format!("{name}_bucket"), &[("le", "+Inf")]);
+    assert_eq!(all, count, "the +Inf bucket holds every sample");
+    let sum = metric_sum(&metrics, &format!("{name}_sum"), &[]);
+    assert!(
+        sum > 0.0 && sum < count,
+        "{sum} s in the relay for {count} messages on loopback"
+    );
 }
 
 #[test]

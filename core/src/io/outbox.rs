@@ -138,10 +138,17 @@ impl Outbox {
 
     /// Queues a relayed message as its original frames: a fresh server header plus the
     /// same payload bytes for each fragment (RFC 6455 §5.4: boundaries kept; never copied).
-    pub fn push_message(&mut self, message: &Message) -> Result<(), PushError> {
+    ///
+    /// `since`: when the message entered the relay (the read that completed it, for a
+    /// forwarded one), the start of its time in `posrelay_relay_latency_seconds`.
+    pub fn push_message(
+        &mut self,
+        message: &Message,
+        since: std::time::Instant,
+    ) -> Result<(), PushError> {
         let first: OpCode = message.kind.into();
         let parts = message.payload.as_slice();
-        let queued_at = self.latency.as_ref().map(|_| std::time::Instant::now());
+        let queued_at = self.latency.as_ref().map(|_| since);
         let backlog = !self.frames.is_empty();
         if parts.is_empty() {
             let mut frame =

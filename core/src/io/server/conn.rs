@@ -122,10 +122,12 @@ impl Ended {
 
 /// What a role does with the messages its peer sends.
 pub(crate) trait Handler {
-    /// One whole message arrived: handle it now, and say what the connection must wait
-    /// for before it reads on. Synchronous, so that a connection's future (kept for
-    /// its whole life, most of it idle) holds no handler state.
-    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next;
+    /// One whole message arrived (`received`: when the read that completed it returned,
+    /// the relay's clock for it from then on, so that no message costs another clock
+    /// read): handle it now, and say what the connection must wait for before it reads
+    /// on. Synchronous, so that a connection's future (kept for its whole life, most of
+    /// it idle) holds no handler state.
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, received: Instant) -> Next;
 }
 
 /// What a connection waits for after a message, before it reads on.
@@ -176,7 +178,10 @@ pub(crate) async fn serve_ws<H: Handler>(
                 let event = proto.handle_read(&mut driver.rbuf);
                 push_transmit(proto, &driver.outbox);
                 match event {
-                    Ok(Some(Event::Message(message))) => handler.on_message(ctx, message),
+                    Ok(Some(Event::Message(message))) => {
+                        let received = driver.outbox.borrow().last_rx;
+                        handler.on_message(ctx, message, received)
+                    }
                     Ok(Some(Event::Close(frame))) => {
                         break 'serve Ended::PeerClosed(frame.map(|f| f.code.0));
                     }
@@ -234,7 +239,10 @@ async fn finish_close<H: Handler>(
                 let event = proto.handle_read(&mut driver.rbuf);
                 push_transmit(proto, &driver.outbox);
                 match event {
-                    Ok(Some(Event::Message(m))) => handler.on_message(ctx, m).wait(driver).await,
+                    Ok(Some(Event::Message(m))) => {
+                        let received = driver.outbox.borrow().last_rx;
+                        handler.on_message(ctx, m, received).wait(driver).await
+                    }
                     Ok(Some(Event::Close(_))) | Err(_) => {
                         let _ = driver.flush().await;
                         return;

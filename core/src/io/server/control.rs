@@ -71,7 +71,7 @@ struct ControlHandler {
 }
 
 impl Handler for ControlHandler {
-    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next {
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, _: Instant) -> Next {
         if message.kind != MessageKind::Text {
             let json = event::error(
                 None,

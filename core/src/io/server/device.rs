@@ -104,14 +104,12 @@ struct DeviceHandler {
 }
 
 impl Handler for DeviceHandler {
-    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next {
-        let route = ctx.devices.borrow_mut().handle_message_from_device(
-            &self.sid,
-            self.conn,
-            message,
-            Instant::now(),
-        );
-        carry(ctx, route, None).map_or(Next::Read, Next::RoomAt)
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, received: Instant) -> Next {
+        let route = ctx
+            .devices
+            .borrow_mut()
+            .handle_message_from_device(&self.sid, self.conn, message, received);
+        carry(ctx, route, None, received).map_or(Next::Read, Next::RoomAt)
     }
 }
 
@@ -125,9 +123,10 @@ pub(crate) fn carry(
     ctx: &Rc<ShardCtx>,
     route: Route<Message>,
     to_device: Option<&DeviceKey>,
+    received: Instant,
 ) -> Option<OutboxRef> {
     let full = match route {
-        Route::Forward { conn, message } => forward(ctx, conn, message, to_device),
+        Route::Forward { conn, message } => forward(ctx, conn, message, to_device, received),
         Route::Queued => {
             ShardMetrics::add(&ctx.metrics.queued, 1);
             None
@@ -153,12 +152,13 @@ pub(crate) fn forward(
     target: ConnId,
     message: Message,
     to_device: Option<&DeviceKey>,
+    received: Instant,
 ) -> Option<OutboxRef> {
     let len = message.payload.len() as u64;
     let outbox = ctx.outbox(target);
     let pushed = outbox
         .as_ref()
-        .is_some_and(|ob| ShardCtx::push_message(ob, &message).is_ok());
+        .is_some_and(|ob| ShardCtx::push_message(ob, &message, received).is_ok());
     if !pushed {
         match to_device {
             Some(device) => ctx.report_unsent_to_device(

@@ -100,7 +100,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
         shards.iter().map(|m| &*m.relay_latency).collect();
     crate::io::metrics::LatencyHistogram::render(
         "posrelay_relay_latency_seconds",
-        "Time a relayed message waits in the relay, from when it is whole and its receiver known to when the receiver's socket takes it.",
+        "Time a relayed message spends in the relay, from the read that completed it to when the receiver's socket takes it.",
         &histograms,
         out,
     );

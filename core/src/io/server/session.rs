@@ -108,13 +108,11 @@ struct SessionHandler {
 }
 
 impl Handler for SessionHandler {
-    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message) -> Next {
-        let route = ctx.devices.borrow_mut().handle_message_from_pos(
-            &self.sid,
-            self.conn,
-            message,
-            Instant::now(),
-        );
-        carry(ctx, route, Some(&self.device)).map_or(Next::Read, Next::RoomAt)
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, received: Instant) -> Next {
+        let route = ctx
+            .devices
+            .borrow_mut()
+            .handle_message_from_pos(&self.sid, self.conn, message, received);
+        carry(ctx, route, Some(&self.device), received).map_or(Next::Read, Next::RoomAt)
     }
 }

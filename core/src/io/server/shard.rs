@@ -148,9 +148,13 @@ impl ShardCtx {
         self.conns.borrow().get(&id).map(|e| e.outbox.clone())
     }
 
-    /// Queues a data message on `outbox` (see [`crate::io::outbox::Outbox::push_message`]).
-    pub fn push_message(outbox: &OutboxRef, message: &Message) -> Result<(), ()> {
-        outbox.borrow_mut().push_message(message).map_err(|_| ())
+    /// Queues a data message on `outbox`, in the relay since `since` (see
+    /// [`crate::io::outbox::Outbox::push_message`]).
+    pub fn push_message(outbox: &OutboxRef, message: &Message, since: Instant) -> Result<(), ()> {
+        outbox
+            .borrow_mut()
+            .push_message(message, since)
+            .map_err(|_| ())
     }
 
     /// Queues a text message (control-channel JSON) on a connection, if it is still open.
@@ -160,7 +164,7 @@ impl ShardCtx {
                 kind: crate::proto::MessageKind::Text,
                 payload: Payload::Single(Bytes::from(json)),
             };
-            let _ = Self::push_message(&ob, &message);
+            let _ = Self::push_message(&ob, &message, Instant::now());
         }
     }
 
@@ -199,7 +203,7 @@ impl ShardCtx {
             Action::SendToConn { conn, message } => {
                 let len = message.payload.len();
                 match self.outbox(conn) {
-                    Some(ob) if Self::push_message(&ob, &message).is_ok() => {
+                    Some(ob) if Self::push_message(&ob, &message, Instant::now()).is_ok() => {
                         self.count_delivery(conn, len);
                     }
                     _ => tracing::debug!(
