@@ -31,6 +31,8 @@ LOAD_ROWS = [
     ("errors/mismatches", lambda l: f'{l["errors"]}/{l["mismatches"]}'),
     ("other procs on target CPU %", lambda l: None if l["foreign_load_target_cpu"] is None else 100 * l["foreign_load_target_cpu"]),
     ("other procs on generator CPU %", lambda l: None if l["foreign_load_generator_cpu"] is None else 100 * l["foreign_load_generator_cpu"]),
+    ("hypervisor steal on target CPU %", lambda l: None if l.get("steal_target_cpu") is None else 100 * l["steal_target_cpu"]),
+    ("hypervisor steal on generator CPU %", lambda l: None if l.get("steal_generator_cpu") is None else 100 * l["steal_generator_cpu"]),
 ]
 
 

@@ -89,6 +89,9 @@ pub struct LoadOutcome {
     /// Share of the target's CPU and of the generator's CPU that *other*
     /// processes used during the window (0 on a quiet machine).
     pub foreign_load: Option<(f64, f64)>,
+    /// Share of the target's CPU and of the generator's CPU the hypervisor gave to
+    /// someone else during the window (steal time; 0 on bare metal or an idle host).
+    pub steal: Option<(f64, f64)>,
     /// Time the setup took.
     pub setup: Duration,
 }
@@ -347,6 +350,13 @@ pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOut
         procfs::cpu_ticks(me).unwrap_or_default(),
     );
     let c1 = cores(spec.cores);
+    let steal = c0.zip(c1).map(|((t0c, g0c), (t1c, g1c))| {
+        let share = |stolen: u64, total: u64| stolen as f64 / total.max(1) as f64;
+        (
+            share(t1c.steal - t0c.steal, t1c.total - t0c.total),
+            share(g1c.steal - g0c.steal, g1c.total - g0c.total),
+        )
+    });
     let foreign_load = c0.zip(c1).map(|((t0c, g0c), (t1c, g1c))| {
         let share =
             |busy: u64, total: u64, own: u64| busy.saturating_sub(own) as f64 / total.max(1) as f64;
@@ -394,6 +404,7 @@ pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOut
         generator_cpu: t1.2.since(t0.2),
         pairs_up,
         foreign_load,
+        steal,
         setup,
     }
 }

@@ -170,8 +170,11 @@ pub fn describe_placement(threads: &[ThreadPlacement]) -> String {
 /// Busy and total time of one CPU, in clock ticks (a `cpuN` line of /proc/stat).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CoreTicks {
-    /// Ticks not idle and not waiting for I/O.
+    /// Ticks not idle, not waiting for I/O and not stolen.
     pub busy: u64,
+    /// Ticks the hypervisor gave this virtual CPU's time to someone else (`steal`): the
+    /// machine's own contention, invisible to every process on it.
+    pub steal: u64,
     /// All ticks.
     pub total: u64,
 }
@@ -190,8 +193,10 @@ pub fn parse_core_ticks(stat: &str, cpu: usize) -> Option<CoreTicks> {
     // user nice system idle iowait irq softirq steal (guest time is inside user).
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    let steal = v.get(7).copied().unwrap_or(0);
     Some(CoreTicks {
-        busy: total.saturating_sub(idle),
+        busy: total.saturating_sub(idle + steal),
+        steal,
         total,
     })
 }
@@ -312,11 +317,12 @@ mod tests {
     #[test]
     fn core_ticks_line() {
         let stat =
-            "cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 5 1 4 50 2 1 1 0 0 0\ncpu1 5 0 6 50 0 0 0 0 0 0\n";
+            "cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 5 1 4 50 2 1 1 0 0 0\ncpu1 5 0 6 50 0 0 0 7 0 0\n";
         assert_eq!(
             parse_core_ticks(stat, 0),
             Some(CoreTicks {
                 busy: 12,
+                steal: 0,
                 total: 64
             })
         );
@@ -324,7 +330,8 @@ mod tests {
             parse_core_ticks(stat, 1),
             Some(CoreTicks {
                 busy: 11,
-                total: 61
+                steal: 7,
+                total: 68
             })
         );
         assert_eq!(parse_core_ticks(stat, 2), None);

@@ -107,6 +107,10 @@ pub struct LoadFigures {
     pub foreign_load_target_cpu: Option<f64>,
     /// Share of the generator's CPU other processes used in the window.
     pub foreign_load_generator_cpu: Option<f64>,
+    /// Share of the target's virtual CPU the hypervisor stole in the window.
+    pub steal_target_cpu: Option<f64>,
+    /// Share of the generator's virtual CPU the hypervisor stole in the window.
+    pub steal_generator_cpu: Option<f64>,
 }
 
 impl LoadFigures {
@@ -136,6 +140,8 @@ impl LoadFigures {
             setup_secs: o.setup.as_secs_f64(),
             foreign_load_target_cpu: o.foreign_load.map(|f| f.0),
             foreign_load_generator_cpu: o.foreign_load.map(|f| f.1),
+            steal_target_cpu: o.steal.map(|f| f.0),
+            steal_generator_cpu: o.steal.map(|f| f.1),
         }
     }
 }
@@ -304,14 +310,19 @@ pub fn render(s: &ScenarioReport) -> String {
             row("errors / mismatches", &|r| {
                 load(r).map_or("-".into(), |l| format!("{} / {}", l.errors, l.mismatches))
             });
+            let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
             row("other processes on target/gen CPU", &|r| {
-                let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0}%", v * 100.0));
                 load(r).map_or("-".into(), |l| {
                     format!(
                         "{}/{}",
                         pct(l.foreign_load_target_cpu),
                         pct(l.foreign_load_generator_cpu)
                     )
+                })
+            });
+            row("hypervisor steal on target/gen CPU", &|r| {
+                load(r).map_or("-".into(), |l| {
+                    format!("{}/{}", pct(l.steal_target_cpu), pct(l.steal_generator_cpu))
                 })
             });
         }
@@ -490,6 +501,7 @@ mod tests {
             generator_cpu: CpuTicks::default(),
             pairs_up: 1,
             foreign_load: None,
+            steal: None,
             setup: Duration::ZERO,
         };
         TargetReport {
