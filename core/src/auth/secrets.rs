@@ -178,13 +178,7 @@ impl SecretHasher {
     /// thread's first verification would otherwise do), so that a server's resident
     /// memory is at its working size from the start.
     pub fn reserve_thread_memory(&self) {
-        let blocks = self.argon2.params().block_count();
-        ARGON2_MEMORY.with(|memory| {
-            let mut memory = memory.borrow_mut();
-            if memory.len() < blocks {
-                memory.resize(blocks, Block::default());
-            }
-        });
+        with_thread_memory(self.argon2.params().block_count(), |_| ());
     }
 
     /// [`SecretHasher::verify_secret`] through the `password-hash` crate's own verifier
@@ -222,6 +216,18 @@ thread_local! {
     static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` on the first `blocks` blocks of this thread's argon2 working memory,
+/// growing it first if a larger cost needs more.
+fn with_thread_memory<R>(blocks: usize, f: impl FnOnce(&mut [Block]) -> R) -> R {
+    ARGON2_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        f(&mut memory[..blocks])
+    })
+}
+
 /// What `PasswordVerifier::verify_password` does (the same algorithm, version,
 /// parameters and output length as the PHC string, then a constant-time comparison of
 /// the outputs), with the working memory from [`ARGON2_MEMORY`]. `None`: the stored
@@ -240,14 +246,10 @@ fn verify_in_thread_memory(parsed: &PasswordHash<'_>, candidate: &[u8]) -> Optio
     let argon2 = Argon2::new(algorithm, version, params);
     let mut salt_buf = [0u8; 64];
     let salt = salt.decode_b64(&mut salt_buf).ok()?;
-    let computed = ARGON2_MEMORY.with(|memory| {
-        let mut memory = memory.borrow_mut();
-        if memory.len() < blocks {
-            memory.resize(blocks, Block::default());
-        }
+    let computed = with_thread_memory(blocks, |memory| {
         argon2::password_hash::Output::init_with(expected.len(), |out| {
             argon2
-                .hash_password_into_with_memory(candidate, salt, out, &mut memory[..blocks])
+                .hash_password_into_with_memory(candidate, salt, out, memory)
                 .map_err(|_| argon2::password_hash::Error::Password)
         })
     });
