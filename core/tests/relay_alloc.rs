@@ -143,7 +143,10 @@ fn the_data_path_allocates_nothing_per_frame() {
                 match shard.handle_message_from_pos(&sid, pos_conn, message, now) {
                     Route::Forward { conn, message } => {
                         assert_eq!(conn, device_conn);
-                        outbox.borrow_mut().push_message(&message, now).unwrap();
+                        outbox
+                            .borrow_mut()
+                            .push_message(&message, Some(now))
+                            .unwrap();
                     }
                     other => panic!("not forwarded: {other:?}"),
                 }

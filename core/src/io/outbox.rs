@@ -140,15 +140,19 @@ impl Outbox {
     /// same payload bytes for each fragment (RFC 6455 §5.4: boundaries kept; never copied).
     ///
     /// `since`: when the message entered the relay (the read that completed it, for a
-    /// forwarded one), the start of its time in `posrelay_relay_latency_seconds`.
+    /// forwarded one), the start of its time in `posrelay_relay_latency_seconds`; `None`
+    /// for now (the clock is read only when this outbox records latency).
     pub fn push_message(
         &mut self,
         message: &Message,
-        since: std::time::Instant,
+        since: Option<std::time::Instant>,
     ) -> Result<(), PushError> {
         let first: OpCode = message.kind.into();
         let parts = message.payload.as_slice();
-        let queued_at = self.latency.as_ref().map(|_| since);
+        let queued_at = self
+            .latency
+            .as_ref()
+            .map(|_| since.unwrap_or_else(std::time::Instant::now));
         let backlog = !self.frames.is_empty();
         if parts.is_empty() {
             let mut frame =

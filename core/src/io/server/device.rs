@@ -158,7 +158,7 @@ pub(crate) fn forward(
     let outbox = ctx.outbox(target);
     let pushed = outbox
         .as_ref()
-        .is_some_and(|ob| ShardCtx::push_message(ob, &message, received).is_ok());
+        .is_some_and(|ob| ShardCtx::push_message(ob, &message, Some(received)).is_ok());
     if !pushed {
         match to_device {
             Some(device) => ctx.report_unsent_to_device(

@@ -148,9 +148,13 @@ impl ShardCtx {
         self.conns.borrow().get(&id).map(|e| e.outbox.clone())
     }
 
-    /// Queues a data message on `outbox`, in the relay since `since` (see
+    /// Queues a data message on `outbox`, in the relay since `since` (`None`: now; see
     /// [`crate::io::outbox::Outbox::push_message`]).
-    pub fn push_message(outbox: &OutboxRef, message: &Message, since: Instant) -> Result<(), ()> {
+    pub fn push_message(
+        outbox: &OutboxRef,
+        message: &Message,
+        since: Option<Instant>,
+    ) -> Result<(), ()> {
         outbox
             .borrow_mut()
             .push_message(message, since)
@@ -164,7 +168,7 @@ impl ShardCtx {
                 kind: crate::proto::MessageKind::Text,
                 payload: Payload::Single(Bytes::from(json)),
             };
-            let _ = Self::push_message(&ob, &message, Instant::now());
+            let _ = Self::push_message(&ob, &message, None);
         }
     }
 
@@ -203,7 +207,7 @@ impl ShardCtx {
             Action::SendToConn { conn, message } => {
                 let len = message.payload.len();
                 match self.outbox(conn) {
-                    Some(ob) if Self::push_message(&ob, &message, Instant::now()).is_ok() => {
+                    Some(ob) if Self::push_message(&ob, &message, None).is_ok() => {
                         self.count_delivery(conn, len);
                     }
                     _ => tracing::debug!(
