@@ -61,6 +61,20 @@ pub(crate) struct Upgraded {
     pub proto: Connection,
 }
 
+impl Upgraded {
+    /// The connection's state for its life, served by `handler`, holding its admission
+    /// slots (`held`).
+    pub fn open<H>(self, handler: H, held: Held) -> Open<H> {
+        Open {
+            driver: self.driver,
+            proto: self.proto,
+            handler,
+            outbox: self.outbox,
+            _held: held,
+        }
+    }
+}
+
 /// Writes the upgrade's 101 `answer`, then registers the connection in the shard's table
 /// as `role` (`entry` completes its entry) with a fresh outbox, and sets up its driver and
 /// protocol state; `None` when the peer is already gone. Relayed roles (device, session)

@@ -2,7 +2,7 @@
 //! POS that holds the claim (or wait in the device → POS queue); the POS's come here.
 
 use super::accept::Accepted;
-use super::conn::{answer_upgrade, retire, serve_ws, Ended, Handler, Next, Open, Upgraded};
+use super::conn::{answer_upgrade, retire, serve_ws, Ended, Handler, Next, Open};
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
 use crate::auth::DeviceClaims;
@@ -59,12 +59,8 @@ async fn open(
         super::accept::answer_and_close(transport, &super::accept::not_found_session()).await;
         return None;
     }
-    let Upgraded {
-        id,
-        outbox,
-        driver,
-        proto,
-    } = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;
+    let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;
+    let id = upgraded.id;
     let connected = ctx
         .devices
         .borrow_mut()
@@ -75,21 +71,17 @@ async fn open(
             tracing::info!(role = "device", tsn = %device.serial, domain = %device.domain, shard = ctx.index, conn = id.0, "connection opened");
         }
         // The session went away between the check and now (a disable): 4404.
-        Err(e) => outbox
+        Err(e) => upgraded
+            .outbox
             .borrow_mut()
             .request_close(e.close_code(), "unknown session"),
     }
-    Some(Open {
-        driver,
-        proto,
-        handler: DeviceHandler {
-            sid,
-            conn: id,
-            device,
-        },
-        outbox,
-        _held: held,
-    })
+    let handler = DeviceHandler {
+        sid,
+        conn: id,
+        device,
+    };
+    Some(upgraded.open(handler, held))
 }
 
 pub(crate) fn log_end(role: &str, device: &DeviceKey, shard: usize, id: ConnId, ended: Ended) {

@@ -3,7 +3,7 @@
 //! `undelivered`); the device's come here.
 
 use super::accept::{answer_and_close, auth_refusal, not_found_session, Accepted};
-use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Open, Upgraded};
+use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Open};
 use super::device::{carry, log_end};
 use super::metrics::{ConnRole, ShardMetrics};
 use super::shard::ShardCtx;
@@ -63,12 +63,7 @@ async fn open(
             return None;
         }
     };
-    let Upgraded {
-        id,
-        outbox,
-        driver,
-        proto,
-    } = answer_upgrade(
+    let upgraded = answer_upgrade(
         ctx,
         transport,
         rbuf,
@@ -77,28 +72,25 @@ async fn open(
         |entry| entry.token_expires_at = Some(claims.expires_at),
     )
     .await?;
+    let id = upgraded.id;
     let opened =
         ctx.devices
             .borrow_mut()
             .handle_pos_session_opened(&sid, &client, id, Instant::now());
     if let Err(e) = opened {
-        outbox
+        upgraded
+            .outbox
             .borrow_mut()
             .request_close(e.close_code(), "session no longer available");
     }
     ctx.process_actions();
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
-    Some(Open {
-        driver,
-        proto,
-        handler: SessionHandler {
-            sid,
-            conn: id,
-            device,
-        },
-        outbox,
-        _held: held,
-    })
+    let handler = SessionHandler {
+        sid,
+        conn: id,
+        device,
+    };
+    Some(upgraded.open(handler, held))
 }
 
 struct SessionHandler {
