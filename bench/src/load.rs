@@ -350,29 +350,14 @@ pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOut
         procfs::cpu_ticks(me).unwrap_or_default(),
     );
     let c1 = cores(spec.cores);
-    let steal = c0.zip(c1).map(|((t0c, g0c), (t1c, g1c))| {
-        let share = |stolen: u64, total: u64| stolen as f64 / total.max(1) as f64;
+    let shares = c0.zip(c1).map(|((t0c, g0c), (t1c, g1c))| {
         (
-            share(t1c.steal - t0c.steal, t1c.total - t0c.total),
-            share(g1c.steal - g0c.steal, g1c.total - g0c.total),
+            t1c.shares_since(t0c, t1.1.since(t0.1).total()),
+            g1c.shares_since(g0c, t1.2.since(t0.2).total()),
         )
     });
-    let foreign_load = c0.zip(c1).map(|((t0c, g0c), (t1c, g1c))| {
-        let share =
-            |busy: u64, total: u64, own: u64| busy.saturating_sub(own) as f64 / total.max(1) as f64;
-        (
-            share(
-                t1c.busy - t0c.busy,
-                t1c.total - t0c.total,
-                t1.1.since(t0.1).total(),
-            ),
-            share(
-                g1c.busy - g0c.busy,
-                g1c.total - g0c.total,
-                t1.2.since(t0.2).total(),
-            ),
-        )
-    });
+    let foreign_load = shares.map(|(t, g)| (t.foreign, g.foreign));
+    let steal = shares.map(|(t, g)| (t.steal, g.steal));
     drop(ticker);
 
     // Stop sending; let what is in flight come back; then close everything.

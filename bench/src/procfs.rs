@@ -179,6 +179,27 @@ pub struct CoreTicks {
     pub total: u64,
 }
 
+/// How a CPU was shared over a window (fractions of the window's ticks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoreShares {
+    /// Taken by processes other than the measured one.
+    pub foreign: f64,
+    /// Stolen by the hypervisor.
+    pub steal: f64,
+}
+
+impl CoreTicks {
+    /// The shares of this CPU between `earlier` and `self`, given that the measured
+    /// process used `own` ticks of it.
+    pub fn shares_since(self, earlier: CoreTicks, own: u64) -> CoreShares {
+        let total = (self.total - earlier.total).max(1) as f64;
+        CoreShares {
+            foreign: (self.busy - earlier.busy).saturating_sub(own) as f64 / total,
+            steal: (self.steal - earlier.steal) as f64 / total,
+        }
+    }
+}
+
 /// Parses the `cpu{cpu}` line of a /proc/stat text.
 pub fn parse_core_ticks(stat: &str, cpu: usize) -> Option<CoreTicks> {
     let name = format!("cpu{cpu}");
@@ -335,6 +356,24 @@ mod tests {
             })
         );
         assert_eq!(parse_core_ticks(stat, 2), None);
+        let earlier = CoreTicks {
+            busy: 10,
+            steal: 1,
+            total: 100,
+        };
+        let later = CoreTicks {
+            busy: 70,
+            steal: 11,
+            total: 200,
+        };
+        assert_eq!(
+            later.shares_since(earlier, 50),
+            CoreShares {
+                foreign: 0.1,
+                steal: 0.1
+            }
+        );
+        assert_eq!(later.shares_since(earlier, 90).foreign, 0.0);
         assert!(load_average().is_some());
     }
 
