@@ -9,11 +9,11 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use posrelay_core::admin::{AdminApi, AdminToken, NoPresence};
 use posrelay_core::auth::{
-    generate_client_secret, HashCost, Scope, SecretHasher, SigningKey, TokenIssuer,
-    DEFAULT_ACCESS_TTL,
+    generate_client_secret, HashCost, SecretHasher, SigningKey, TokenIssuer, DEFAULT_ACCESS_TTL,
 };
 use posrelay_core::ids::{ClientId, DomainName, MerchantName, StoreName};
 use posrelay_core::store::{ClientRecord, MemStore, RedbStore, Store, StoreRecord};
+use posrelay_core::tenancy::Scope;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

@@ -16,3 +16,4 @@ pub mod io;
 pub mod proto;
 pub mod relay;
 pub mod store;
+pub mod tenancy;

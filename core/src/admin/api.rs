@@ -6,11 +6,12 @@ use super::body::{self, ClientOut, DeviceList, DeviceListEntry, DeviceOut, Domai
 use super::response::ErrorBody;
 use super::route::Route;
 use super::{AdminEffect, AdminError, AdminResponse, AdminToken, DevicePresence};
-use crate::auth::{new_client_credentials, Scope, SecretHasher, TsnInput};
+use crate::auth::{new_client_credentials, SecretHasher, TsnInput};
 use crate::ids::{
     ClientId, ClientKey, DeviceModelName, DomainName, MerchantName, Serial, StoreName,
 };
 use crate::store::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
+use crate::tenancy::Scope;
 
 /// The admin API over a store: checks the admin token, routes, validates, writes.
 #[derive(Debug)]

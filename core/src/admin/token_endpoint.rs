@@ -216,10 +216,11 @@ impl Form {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{new_client_credentials, HashCost, Scope, SigningKey, DEFAULT_ACCESS_TTL};
+    use crate::auth::{new_client_credentials, HashCost, SigningKey, DEFAULT_ACCESS_TTL};
     use crate::ids::{DomainName, StoreName};
     use crate::store::conformance::store_rec;
     use crate::store::{ClientRecord, MemStore};
+    use crate::tenancy::Scope;
     use base64::Engine as _;
     use rand::rngs::StdRng;
     use rand::SeedableRng;

@@ -13,7 +13,7 @@
 
 use super::secrets::ClientSecret;
 use crate::ids::ClientId;
-use crate::store::ClientRecord;
+use crate::tenancy::ClientRecord;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
@@ -102,8 +102,8 @@ impl CredentialCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Scope, SecretHash};
     use crate::ids::DomainName;
+    use crate::tenancy::{Scope, SecretHash};
 
     fn record() -> ClientRecord {
         ClientRecord {

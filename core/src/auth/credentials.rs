@@ -2,10 +2,12 @@
 
 use rand::{CryptoRng, RngCore};
 
-use super::secrets::{ClientSecret, SecretHash, SecretHasher};
+use super::secrets::{ClientSecret, SecretHasher};
 use super::AuthError;
 use crate::ids::{ClientId, DomainName};
-use crate::store::{ClientRecord, Store};
+use crate::store::Store;
+use crate::tenancy::ClientRecord;
+use crate::tenancy::SecretHash;
 
 /// The client whose id and secret these are, in this domain.
 ///
@@ -49,8 +51,9 @@ pub fn new_client_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{HashCost, Scope};
+    use crate::auth::HashCost;
     use crate::store::MemStore;
+    use crate::tenancy::Scope;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 

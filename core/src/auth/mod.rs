@@ -12,9 +12,9 @@ mod tsn;
 pub use cache::{CredentialCache, DEFAULT_CREDENTIAL_TTL};
 pub use credentials::{new_client_credentials, verify_client};
 pub use error::AuthError;
-pub use scope::{devices_in_scope, resolve_device, Principal, Scope, ScopeError};
+pub use scope::{devices_in_scope, resolve_device, Principal, ScopeError};
 pub use secrets::{
-    generate_client_id, generate_client_secret, ClientSecret, HashCost, SecretHash, SecretHasher,
+    generate_client_id, generate_client_secret, ClientSecret, HashCost, SecretHasher,
 };
 pub use tokens::{
     AccessClaims, DeviceClaims, IssuedToken, SigningKey, TokenIssuer, ACCESS_AUDIENCE,

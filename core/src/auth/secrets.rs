@@ -18,6 +18,7 @@ use base64::Engine as _;
 use rand::{CryptoRng, RngCore};
 
 use crate::ids::ClientId;
+use crate::tenancy::SecretHash;
 
 /// A client secret in clear: 32 random bytes (256 bits), base64url without padding.
 ///
@@ -40,32 +41,6 @@ impl ClientSecret {
 impl fmt::Debug for ClientSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ClientSecret(<redacted>)")
-    }
-}
-
-/// An argon2id hash of a client secret in PHC string format
-/// (`$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretHash(String);
-
-impl SecretHash {
-    /// Wraps a PHC string read back from the store, checking that it parses as one.
-    pub fn from_phc(phc: impl Into<String>) -> Result<Self, argon2::password_hash::Error> {
-        let phc = phc.into();
-        PasswordHash::new(&phc)?;
-        Ok(Self(phc))
-    }
-
-    /// The PHC string, as stored.
-    pub fn as_phc(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The hash is not the secret, but it is offline-attackable: keep it out of logs.
-        f.write_str("SecretHash(<redacted>)")
     }
 }
 
@@ -162,7 +137,7 @@ impl SecretHasher {
             .argon2
             .hash_password(secret, &salt)
             .unwrap_or_else(|e| unreachable!("argon2 with checked parameters cannot fail: {e}"));
-        SecretHash(hash.to_string())
+        SecretHash::from_trusted_phc(hash.to_string())
     }
 
     /// Whether `candidate` is the secret of `hash` (argon2 verification, constant-time
@@ -347,7 +322,7 @@ mod tests {
             "$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAA",
             "$scrypt$ln=4,r=8,p=1$c2FsdA$AAAA",
         ] {
-            let hash = SecretHash(phc.to_string());
+            let hash = SecretHash::from_trusted_phc(phc.to_string());
             assert_eq!(
                 hasher.verify_secret(&hash, b"secret"),
                 hasher.verify_secret_reference(&hash, b"secret"),

@@ -18,10 +18,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use super::scope::{Principal, Scope, ScopeJson};
+use super::scope::Principal;
 use super::AuthError;
 use crate::ids::{ClientId, ClientKey, DomainName, Serial, SessionId};
-use crate::store::{ClientRecord, Store};
+use crate::store::Store;
+use crate::tenancy::ClientRecord;
+use crate::tenancy::{Scope, ScopeJson};
 
 /// The `iss` of every token.
 pub const ISSUER: &str = "posrelay";

@@ -6,7 +6,7 @@
 //! Every reply and event names the device by its bare serial."
 
 use crate::ids::{DeviceModelName, Serial};
-use crate::store::DeviceRecord;
+use crate::tenancy::DeviceRecord;
 
 use super::scope::ScopeError;
 

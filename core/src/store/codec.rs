@@ -8,9 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ClientRecord, DeviceRecord, StoreError, StoreRecord};
-use crate::auth::scope::ScopeJson;
-use crate::auth::SecretHash;
 use crate::ids::{ClientId, DeviceModelName, DomainName, Serial, StoreName};
+use crate::tenancy::{ScopeJson, SecretHash};
 
 /// `stores` value: `{"merchant":"m1"}`.
 #[derive(Serialize, Deserialize)]
@@ -164,8 +163,8 @@ mod tests {
 
     #[test]
     fn client_scope_format() {
-        use crate::auth::Scope;
         use crate::store::conformance::client_rec;
+        use crate::tenancy::Scope;
         let store_scoped = client_rec("acme", "c1", Scope::Store(StoreName::new("s1").unwrap()));
         let bytes = encode_client(&store_scoped).unwrap();
         assert!(std::str::from_utf8(&bytes)

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
-use crate::auth::Scope;
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
+use crate::tenancy::Scope;
 
 #[derive(Debug, Default)]
 struct State {

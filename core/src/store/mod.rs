@@ -11,13 +11,12 @@
 mod codec;
 mod error;
 mod mem;
-mod record;
 mod redb_store;
 mod schema;
 
+pub use crate::tenancy::{ClientRecord, DeviceRecord, StoreRecord};
 pub use error::StoreError;
 pub use mem::MemStore;
-pub use record::{ClientRecord, DeviceRecord, StoreRecord};
 pub use redb_store::RedbStore;
 pub use schema::SCHEMA_VERSION;
 
@@ -135,8 +134,8 @@ forward_store!(&T, std::sync::Arc<T>, std::rc::Rc<T>, Box<T>);
 #[cfg(test)]
 pub(crate) mod conformance {
     use super::*;
-    use crate::auth::{HashCost, Scope, SecretHasher};
     use crate::ids::{DeviceModelName, MerchantName};
+    use crate::tenancy::Scope;
 
     pub(crate) fn d(name: &str) -> DomainName {
         DomainName::new(name).unwrap()
@@ -162,12 +161,15 @@ pub(crate) mod conformance {
     }
 
     pub(crate) fn client_rec(domain: &str, id: &str, scope: Scope) -> ClientRecord {
-        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
         ClientRecord {
             domain: d(domain),
             client_id: ClientId::new(id).unwrap(),
             scope,
-            secret_hash: hasher.dummy_hash().clone(),
+            // Any well-formed argon2id PHC string: the store keeps it, never checks it.
+            secret_hash: crate::tenancy::SecretHash::from_phc(
+                "$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+            )
+            .expect("a valid PHC string"),
         }
     }
 

@@ -12,8 +12,8 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use super::codec;
 use super::schema::{self, CLIENTS, CLIENT_DOMAINS, DEVICES, DOMAINS, META, SIGNING_KEY, STORES};
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
-use crate::auth::Scope;
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
+use crate::tenancy::Scope;
 
 /// The file name inside the data directory.
 pub const DB_FILE_NAME: &str = "posrelay.redb";

@@ -1,6 +1,6 @@
 //! What the store keeps: stores (under merchants), clients and devices of a domain.
 
-use crate::auth::{Scope, SecretHash};
+use super::{Scope, SecretHash};
 use crate::ids::{
     ClientId, ClientKey, DeviceKey, DeviceModelName, DomainName, MerchantName, Serial, StoreName,
 };
