@@ -15,5 +15,6 @@ pub mod ids;
 pub mod io;
 pub mod proto;
 pub mod relay;
+pub mod reliable;
 pub mod store;
 pub mod tenancy;
