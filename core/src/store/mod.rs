@@ -12,6 +12,7 @@ mod codec;
 mod error;
 mod mem;
 mod redb_store;
+mod reliable_log;
 mod schema;
 
 pub use crate::tenancy::{ClientRecord, DeviceRecord, StoreRecord};
