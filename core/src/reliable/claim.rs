@@ -185,6 +185,9 @@ pub struct ReliableClaim {
     record: ClaimRecord,
     limits: ReliableLimits,
     resumed_once: bool,
+    /// The first [`LogRecord::Resumed`], until durable: no device message goes to the POS
+    /// before it, or a restart could refuse a resume from a POS that processed one.
+    resumed_pending: Option<LogTicket>,
     ended: bool,
 
     // Device → POS.
@@ -328,6 +331,7 @@ impl ReliableClaim {
             record,
             limits,
             resumed_once: false,
+            resumed_pending: None,
             ended: false,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -455,7 +459,7 @@ impl ReliableClaim {
         }
         if !self.resumed_once {
             self.resumed_once = true;
-            self.log(LogRecord::Resumed);
+            self.resumed_pending = Some(self.log(LogRecord::Resumed));
         }
         self.ack_device(n);
         let resumed = self.resumed_seq();
@@ -737,6 +741,9 @@ impl ReliableClaim {
             return;
         }
         let durable = |pending: Option<LogTicket>| pending.is_some_and(|t| t <= ticket);
+        if durable(self.resumed_pending) {
+            self.resumed_pending = None;
+        }
         for h in self.held.iter_mut().filter(|h| durable(h.pending)) {
             h.pending = None;
         }
@@ -963,6 +970,9 @@ impl ReliableClaim {
 
     /// Sends the durable device messages the live session has not had yet, in order.
     fn send_held(&mut self) {
+        if self.resumed_pending.is_some() {
+            return;
+        }
         let Some(Session {
             conn,
             phase: Phase::Live { sent, .. },
