@@ -1170,3 +1170,29 @@ fn one(len: usize) -> Count {
         bytes: len64(len),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(a: u64, b: u64) -> SeqRange {
+        SeqRange::new(Seq::new(a), Seq::new(b)).unwrap()
+    }
+
+    #[test]
+    fn uncovered_is_the_range_minus_the_covered_parts() {
+        assert_eq!(uncovered(r(1, 10), &[]), vec![r(1, 10)]);
+        assert_eq!(
+            uncovered(r(1, 10), &[r(3, 4), r(6, 6)]),
+            vec![r(1, 2), r(5, 5), r(7, 10)]
+        );
+        assert_eq!(uncovered(r(3, 5), &[r(1, 3), r(5, 9)]), vec![r(4, 4)]);
+        assert_eq!(uncovered(r(3, 5), &[r(1, 9)]), vec![]);
+        assert_eq!(uncovered(r(3, 5), &[r(1, 2), r(6, 9)]), vec![r(3, 5)]);
+        let top = Seq::new(u64::MAX);
+        assert_eq!(
+            uncovered(SeqRange::new(Seq::new(5), top).unwrap(), &[r(6, u64::MAX)]),
+            vec![r(5, 5)]
+        );
+    }
+}
