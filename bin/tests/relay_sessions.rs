@@ -512,6 +512,8 @@ fn sigterm_reports_what_is_queued_then_closes_1001_and_exits_0() {
     assert_eq!(pair.pos.next_event(), online(TSN, false));
     send_text(&mut pair.session, "queued €");
     send_binary(&mut pair.session, &[1, 2, 3]);
+    // A terminal that connected to register and has not sent its message yet.
+    let mut registering = relay.ws(&relay.ws_url(DEVICE_LISTENER), &[]);
 
     relay.signal(libc::SIGTERM);
     // §6: the undelivered report reaches the control channel before its 1001.
@@ -545,6 +547,11 @@ fn sigterm_reports_what_is_queued_then_closes_1001_and_exits_0() {
     assert_eq!(code, 1001, "§8: relay shutting down");
     assert_eq!(expect_close(&mut pair.session), 1001);
     assert_eq!(expect_close(&mut other.ws), 1001);
+    assert_eq!(
+        expect_close(&mut registering),
+        1001,
+        "§6: a connection still registering is closed with 1001 too"
+    );
     let status = relay.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "§6: exit status 0 after draining");
 }

@@ -33,7 +33,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin:
                 continue;
             }
         };
-        if ctx.draining.get() {
+        if ctx.draining() {
             continue;
         }
         let ctx = ctx.clone();

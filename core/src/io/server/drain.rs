@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(10);
 
 pub(crate) async fn drain(ctx: &Rc<ShardCtx>, relay: Task<()>, admin: Option<Task<()>>) {
-    ctx.draining.set(true);
+    ctx.start_draining();
     drop(relay);
     drop(admin);
     let started = Instant::now();

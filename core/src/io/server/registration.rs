@@ -42,6 +42,9 @@ enum Outcome {
     TimedOut,
     /// The peer went away (or broke the protocol: its close was already sent).
     Gone,
+    /// §6: the relay is shutting down before the registration message arrived: close
+    /// with 1001, like every other WebSocket connection.
+    ShuttingDown,
 }
 
 pub(crate) async fn serve(
@@ -52,6 +55,9 @@ pub(crate) async fn serve(
     peer: IpAddr,
     _slots: (ConnSlot, UnauthSlot),
 ) {
+    // Counted from before its 101 until it ends, so that a drain closes it with 1001 and
+    // waits for it (§6).
+    let _registering = ctx.registering();
     if transport
         .write_all_vectored(&[&prelude.answer])
         .await
@@ -80,6 +86,12 @@ pub(crate) async fn serve(
             linger(&mut ws).await;
         }
         Ok(Outcome::Gone) => {}
+        Ok(Outcome::ShuttingDown) => {
+            let _ = ws
+                .send_close(CloseCode::GOING_AWAY, "relay shutting down: reconnect")
+                .await;
+            linger(&mut ws).await;
+        }
         Err(Refusal::Policy(code, message)) => {
             tracing::info!(code = code.as_str(), %message, "registration refused");
             ctx.shared.metrics.token_invalid_client.inc();
@@ -121,22 +133,32 @@ async fn registration(
     peer: IpAddr,
 ) -> Result<Outcome, Refusal> {
     let timeout = ctx.shared.config.handshake_timeout;
-    let first = with_timeout(timeout, async {
-        loop {
-            match ws.next_event().await {
-                Ok(Some(Event::Message(m))) => return Ok(Some(m)),
-                Ok(Some(Event::Close(_))) | Ok(None) => return Ok(None),
-                Ok(Some(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    })
+    let first = with_timeout(
+        timeout,
+        futures_lite::future::or(
+            async {
+                loop {
+                    match ws.next_event().await {
+                        Ok(Some(Event::Message(m))) => return Some(Ok(Some(m))),
+                        Ok(Some(Event::Close(_))) | Ok(None) => return Some(Ok(None)),
+                        Ok(Some(_)) => continue,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            },
+            async {
+                ctx.until_draining().await;
+                None
+            },
+        ),
+    )
     .await;
     let message = match first {
         None => return Ok(Outcome::TimedOut),
-        Some(Ok(Some(m))) => m,
-        Some(Ok(None)) => return Ok(Outcome::Gone),
-        Some(Err(WsIoError::Protocol(_))) | Some(Err(WsIoError::Io(_))) => {
+        Some(None) => return Ok(Outcome::ShuttingDown),
+        Some(Some(Ok(Some(m)))) => m,
+        Some(Some(Ok(None))) => return Ok(Outcome::Gone),
+        Some(Some(Err(WsIoError::Protocol(_)))) | Some(Some(Err(WsIoError::Io(_)))) => {
             return Ok(Outcome::Gone)
         }
     };

@@ -44,10 +44,47 @@ pub(crate) struct ShardCtx {
     next_conn: Cell<u64>,
     pub mesh: Rc<Mesh>,
     answers: Answers,
-    pub draining: Cell<bool>,
+    draining: Cell<bool>,
+    /// Tasks waiting for the drain to start (registrations waiting for their message).
+    drain_waiters: RefCell<Vec<std::task::Waker>>,
+    /// Registrations in progress: WebSocket connections that are not in `conns` (they
+    /// never relay) but that a drain must close with 1001 and wait for (§6).
+    registering: Cell<usize>,
 }
 
 impl ShardCtx {
+    /// Whether the drain has started.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Starts the drain: from now on, [`Self::until_draining`] is ready.
+    pub fn start_draining(&self) {
+        self.draining.set(true);
+        for w in self.drain_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Ready once the drain has started.
+    pub async fn until_draining(&self) {
+        std::future::poll_fn(|cx| {
+            if self.draining.get() {
+                std::task::Poll::Ready(())
+            } else {
+                self.drain_waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Counts a registration in progress for as long as the returned guard lives.
+    pub fn registering(self: &Rc<Self>) -> Registering {
+        self.registering.set(self.registering.get() + 1);
+        Registering(self.clone())
+    }
+
     /// A fresh connection id (unique across shards: the shard index is in the low bits).
     pub fn new_conn_id(&self) -> ConnId {
         let n = self.next_conn.get() + 1;
@@ -313,6 +350,16 @@ impl ShardCtx {
     }
 }
 
+/// A registration in progress (see [`ShardCtx::registering`]).
+pub(crate) struct Registering(Rc<ShardCtx>);
+
+impl Drop for Registering {
+    fn drop(&mut self) {
+        let n = &self.0.registering;
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
 /// Which roles a drain class covers.
 fn in_class(role: ConnRole, class: ConnClass) -> bool {
     match class {
@@ -356,6 +403,8 @@ pub(crate) async fn run_shard(
         mesh: mesh.clone(),
         answers: Answers::default(),
         draining: Cell::new(false),
+        drain_waiters: RefCell::new(Vec::new()),
+        registering: Cell::new(0),
         shared: shared.clone(),
     });
     super::mesh::spawn_receivers(&mut receivers, {
