@@ -9,6 +9,7 @@
 //! - [`register`]: what a device sends on `device-listener`, and the replies to it.
 //! - [`event`]: every relay → POS message of §4.
 //! - [`error`]: why a message was refused, and the wire codes of §2 and §4.
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod event;
