@@ -82,6 +82,7 @@ pub enum LogRecord {
 
 /// One claim's records, in order, and the ticket to report once they are durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "commit the batch, then report its ticket, or what waits on it never moves"]
 pub struct LogBatch {
     /// The claim's device (one reliable claim per device).
     pub claim: DeviceKey,
