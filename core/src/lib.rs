@@ -8,12 +8,16 @@
 
 pub mod admin;
 pub mod auth;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod control;
 pub mod handshake;
 pub mod ids;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod ownership;
 pub mod proto;
 pub mod relay;
 pub mod store;
+pub mod subject;
 pub mod tenancy;
