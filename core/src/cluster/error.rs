@@ -23,6 +23,10 @@ pub enum ClusterError {
     /// may still have been stored.
     #[error("no answer from NATS JetStream within {0:?} (no quorum, or the server is gone)")]
     Timeout(Duration),
+    /// Nothing in JetStream answered for the subject: the stream has no leader (no
+    /// quorum) or does not exist. Nothing was stored.
+    #[error("no JetStream stream answered (no quorum of servers, or the stream is gone); nothing was stored")]
+    NoResponders,
     /// A fenced write was refused: the subject's last sequence is not the one expected
     /// (`Nats-Expected-Last-Subject-Sequence`): someone else wrote first.
     #[error("refused: the subject's last sequence is not the one this write expected")]
@@ -50,9 +54,20 @@ impl ClusterError {
         timeout: Duration,
     ) -> Self {
         use async_nats::jetstream::context::PublishErrorKind as K;
+        use async_nats::jetstream::ErrorCode;
+        // nats-server answers a failed `Nats-Expected-Last-Subject-Sequence` with 10071, or
+        // with 10164 ("wrong last sequence", constant form) in some paths; async-nats names
+        // only the first.
+        let code = std::error::Error::source(&err)
+            .and_then(|e| e.downcast_ref::<async_nats::jetstream::Error>())
+            .map(|e| e.error_code());
+        if code == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) {
+            return ClusterError::WrongLastSequence;
+        }
         match err.kind() {
             K::WrongLastSequence => ClusterError::WrongLastSequence,
             K::TimedOut => ClusterError::Timeout(timeout),
+            K::StreamNotFound => ClusterError::NoResponders,
             K::BrokenPipe => ClusterError::Disconnected {
                 servers: "connection lost while waiting for the acknowledgement".into(),
             },

