@@ -70,6 +70,46 @@ pub struct LinkStatus {
     pub connections: u64,
 }
 
+impl LinkStatus {
+    /// Whether the node may do what needs the cluster (claims, registrations, admin
+    /// writes); `/healthz` answers 503 when not.
+    pub fn is_up(&self) -> bool {
+        self.state == LinkState::Connected
+    }
+
+    /// One line for `/healthz` and the log: `nats: connected for 12s` or
+    /// `nats: disconnected for 3s, reconnecting (…)`.
+    pub fn describe(&self, now: Instant, servers: &str) -> String {
+        let secs = now.saturating_duration_since(self.since).as_secs();
+        match self.state {
+            LinkState::Connected => format!("nats: connected for {secs}s"),
+            LinkState::Connecting => {
+                format!("nats: not connected yet after {secs}s, trying {servers}")
+            }
+            LinkState::Disconnected => {
+                format!("nats: disconnected for {secs}s, reconnecting to {servers}")
+            }
+        }
+    }
+
+    /// Prometheus series: `posrelay_cluster_connected` (gauge, 1 or 0) and
+    /// `posrelay_cluster_connections_total` (counter: connections made, reconnects included).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP posrelay_cluster_connected Whether the node is connected to a NATS server (1) or not (0).\n\
+             # TYPE posrelay_cluster_connected gauge\n\
+             posrelay_cluster_connected {}\n\
+             # HELP posrelay_cluster_connections_total NATS connections made, reconnects included.\n\
+             # TYPE posrelay_cluster_connections_total counter\n\
+             posrelay_cluster_connections_total {}",
+            u8::from(self.is_up()),
+            self.connections
+        );
+    }
+}
+
 /// What a job gets: the connection and its JetStream context.
 #[derive(Clone, Debug)]
 pub struct Nats {
@@ -106,6 +146,11 @@ impl std::fmt::Debug for BridgeHandle {
 }
 
 impl BridgeHandle {
+    /// The configured servers, comma-separated (for messages).
+    pub fn servers(&self) -> &str {
+        &self.servers
+    }
+
     /// The link's state now.
     pub fn link(&self) -> LinkStatus {
         *self.link.lock().unwrap_or_else(|p| p.into_inner())
@@ -360,6 +405,31 @@ mod tests {
                     .map_err(|e| ClusterError::other(e, timeout))
             })
             .wait()?
+    }
+
+    #[test]
+    fn the_link_is_described_for_operators() {
+        let t0 = Instant::now();
+        let mut link = LinkStatus {
+            state: LinkState::Disconnected,
+            since: t0,
+            connections: 3,
+        };
+        assert!(!link.is_up());
+        assert_eq!(
+            link.describe(t0 + Duration::from_secs(4), "nats://a:4222"),
+            "nats: disconnected for 4s, reconnecting to nats://a:4222"
+        );
+        let mut text = String::new();
+        link.render_metrics(&mut text);
+        assert!(text.contains("\nposrelay_cluster_connected 0\n"), "{text}");
+        assert!(
+            text.ends_with("posrelay_cluster_connections_total 3\n"),
+            "{text}"
+        );
+        link.state = LinkState::Connected;
+        assert!(link.is_up());
+        assert_eq!(link.describe(t0, "x"), "nats: connected for 0s");
     }
 
     #[test]

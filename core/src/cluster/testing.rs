@@ -554,6 +554,30 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_configurations_are_valid_for_this_nats_server() {
+        let binary = nats_server_binary().unwrap_or_else(|e| panic!("{e}"));
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats");
+        for i in 1..=3 {
+            let conf = deploy.join(format!("nats-{i}.conf"));
+            let out = Command::new(&binary)
+                .arg("-t")
+                .arg("-c")
+                .arg(&conf)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                conf.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = std::fs::read_to_string(&conf).unwrap();
+            assert!(text.contains(&format!("server_name: nats-{i}")));
+            assert!(text.contains("jetstream {") && text.contains("routes: ["));
+        }
+    }
+
+    #[test]
     fn three_servers_become_ready_and_die_with_the_cluster() {
         let mut cluster = NatsCluster::start(3);
         let pids: Vec<u32> = (0..3).map(|i| cluster.pid(i).unwrap()).collect();
