@@ -1,9 +1,10 @@
 //! posrelay-core: everything of posrelay that is not a process.
 //!
 //! The protocol layers (`proto`, `handshake`, `control`, `auth`, `store`, `relay`,
-//! `admin`) never touch a socket, a clock or an executor: time comes in as `now`,
-//! randomness is passed in, bytes come in as slices or `BytesMut`. Only `io`
-//! (feature `io`, on by default) knows glommio, sockets, TLS and timers.
+//! `admin`, `ownership`) never touch a socket, a clock or an executor: time comes in as
+//! `now`, randomness is passed in, bytes come in as slices or `BytesMut`. Only `io`
+//! (feature `io`, on by default) knows glommio, sockets, TLS and timers, and only
+//! `cluster` (feature `cluster`, on by default) knows tokio and NATS.
 #![deny(unsafe_code)]
 
 pub mod admin;
