@@ -805,6 +805,12 @@ mod tests {
         let sid_b = b.store.load_or_create_session_key([3; 32]).unwrap();
         let sid_a = a.store.load_or_create_session_key([4; 32]).unwrap();
         assert_eq!((sid_a, sid_b), ([3; 32], [3; 32]));
+        // So a device gets the same session_id whichever node it registers with.
+        let device = device_rec("acme", "1001", "s1").key();
+        assert_eq!(
+            crate::relay::SessionKeyring::new(sid_a).session_id(&device),
+            crate::relay::SessionKeyring::new(sid_b).session_id(&device)
+        );
 
         // Racing creates of the same names: exactly one wins each race, the other is
         // told it exists (a client id is unique across domains too).
