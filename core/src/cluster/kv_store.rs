@@ -786,9 +786,9 @@ mod tests {
                 .unwrap()
                 .enabled
         });
-        // A write decided on a stale replica is refused by the server's fence, and the
-        // writer reads again: B re-enables it although A disabled... then A's own update
-        // of the same record lands on top of B's.
+        // Back to back on two nodes: whether or not A's replica has B's update yet, A's
+        // write lands on top of it (a write expecting a stale revision is refused by the
+        // server, and A reads again).
         b.store
             .set_device_enabled(&d("acme"), &serial, true)
             .unwrap();
