@@ -766,7 +766,7 @@ mod tests {
             .create_device(&device_rec("acme", "1001", "s1"))
             .unwrap();
         let serial = Serial::new("1001").unwrap();
-        eventually("B sees A's device", Duration::from_secs(5), || {
+        eventually("B sees A's device", Duration::from_secs(10), || {
             b.store.get_device(&d("acme"), &serial).unwrap().is_some()
         });
         assert_eq!(
@@ -779,7 +779,7 @@ mod tests {
             .set_device_enabled(&d("acme"), &serial, false)
             .unwrap();
         assert!(!off.enabled);
-        eventually("A sees B's update", Duration::from_secs(5), || {
+        eventually("A sees B's update", Duration::from_secs(10), || {
             !a.store
                 .get_device(&d("acme"), &serial)
                 .unwrap()
@@ -881,13 +881,10 @@ mod tests {
         eventually("link down", Duration::from_secs(10), || {
             n.bridge.handle().link().state == LinkState::Disconnected
         });
-        let started = Instant::now();
         let err = n.store.create_store(&store_rec("acme", "s2")).unwrap_err();
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "refused without waiting"
-        );
+        // Refused because the link is known to be down, not after waiting out a timeout.
+        assert!(err.to_string().contains("not connected to NATS"), "{err}");
         assert!(n.store.get_device(&d("acme"), &serial).unwrap().is_some());
 
         // Back: writes work again, and the watch resumed.

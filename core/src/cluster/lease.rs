@@ -311,7 +311,7 @@ mod tests {
         // Renewed: the record is written again (its sequence moves) and stays live.
         let (seq, live) = on_server(&bridge, &streams, &node).unwrap();
         assert!(live);
-        eventually("a renewal", Duration::from_secs(5), || {
+        eventually("a renewal", Duration::from_secs(10), || {
             on_server(&bridge, &streams, &node).is_some_and(|(s, live)| s > seq && live)
         });
         assert!(matches!(
@@ -324,7 +324,7 @@ mod tests {
         let (seen, _) = on_server(&bridge, &streams, &node).unwrap();
         eventually(
             "two more renewals by the first",
-            Duration::from_secs(5),
+            Duration::from_secs(10),
             || on_server(&bridge, &streams, &node).is_some_and(|(s, _)| s >= seen + 2),
         );
         assert_eq!(second.status(Instant::now()), LeaseStatus::Acquiring);
@@ -334,7 +334,7 @@ mod tests {
         first.set_paused(true);
         eventually(
             "the node learns it lost its lease",
-            Duration::from_secs(3),
+            Duration::from_secs(10),
             || first.status(Instant::now()) == LeaseStatus::Lost(LostReason::Expired),
         );
         // Then the waiting run takes the lease over, expecting the marker.
@@ -370,7 +370,7 @@ mod tests {
             .unwrap();
         eventually(
             "the holder learns it was superseded",
-            Duration::from_secs(5),
+            Duration::from_secs(10),
             || second.status(Instant::now()) == LeaseStatus::Lost(LostReason::Superseded),
         );
     }
@@ -404,7 +404,7 @@ mod tests {
         // a second: the marker is there within TTL + a few seconds.
         eventually(
             "the server expires the lease",
-            Duration::from_secs(8),
+            Duration::from_secs(15),
             || on_server(&bridge, &streams, &node).is_some_and(|(_, live)| !live),
         );
     }

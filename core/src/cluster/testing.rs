@@ -317,7 +317,12 @@ impl NatsCluster {
         let pid = self
             .supervise(|reply| Supervise::Spawn { argv, log, reply })
             .ok_or("the supervisor thread is gone")?
-            .map_err(|e| format!("cannot start setpriv/nats-server: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot start {} through setpriv (util-linux: `apt-get install util-linux`): {e}",
+                    self.binary.display()
+                )
+            })?;
         self.servers[i].pid = Some(pid);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
