@@ -200,6 +200,13 @@ impl BridgeHandle {
     }
 }
 
+// Handles cross threads (shards, the blocking pool); the bridge is owned by the node.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<BridgeHandle>();
+    shared::<NatsBridge>();
+};
+
 /// The answer of a [`BridgeHandle::call`]: await it (any executor), or [`Reply::wait`]
 /// for it on a thread that may block.
 #[must_use = "a call's answer says whether it happened"]

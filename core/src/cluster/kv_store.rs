@@ -122,6 +122,12 @@ impl Shared {
     }
 }
 
+// Shards share the store (`Arc<dyn Store>`) and read it from their threads.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<JetStreamStore>();
+};
+
 /// What a conditional write does after looking at the replica.
 enum Plan<T> {
     /// Publish `value` (`None`: a delete marker) to `key`, expecting its last revision to
@@ -165,6 +171,7 @@ impl JetStreamStore {
     /// `config.load_timeout` with what went wrong.
     pub fn open(bridge: &BridgeHandle, config: &KvStoreConfig) -> Result<Self, StoreError> {
         let deadline = Instant::now() + config.load_timeout;
+        let mut warned = false;
         let (kv, last) = loop {
             let cfg = config.clone();
             let attempt = bridge
@@ -192,7 +199,11 @@ impl JetStreamStore {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, bucket = %config.bucket, "cluster store not reachable yet; retrying");
+                    if !warned {
+                        tracing::warn!(error = %e, bucket = %config.bucket, timeout = ?config.load_timeout,
+                            "cluster store not reachable yet; retrying");
+                        warned = true;
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }

@@ -149,6 +149,7 @@ impl Task {
         let terms = self.lock().lease.terms();
         // Acquire.
         let mut waiting_logged = false;
+        let mut failing = false;
         loop {
             let last = last_on_subject(
                 &self.streams.leases,
@@ -164,7 +165,10 @@ impl Task {
                     (sequence, record)
                 })),
                 Err(e) => {
-                    tracing::warn!(node = %self.node, error = %e, "cannot read the node's lease yet; retrying");
+                    if !failing {
+                        tracing::warn!(node = %self.node, error = %e, "cannot read the node's lease yet; retrying");
+                        failing = true;
+                    }
                     tokio::time::sleep(terms.retry_after()).await;
                     continue;
                 }
@@ -181,7 +185,10 @@ impl Task {
                         }
                         Err(ClusterError::WrongLastSequence) => continue,
                         Err(e) => {
-                            tracing::warn!(node = %self.node, error = %e, "cannot write the node's lease yet; retrying");
+                            if !failing {
+                                tracing::warn!(node = %self.node, error = %e, "cannot write the node's lease yet; retrying");
+                                failing = true;
+                            }
                             tokio::time::sleep(terms.retry_after()).await;
                         }
                     }
