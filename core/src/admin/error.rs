@@ -73,13 +73,16 @@ fn store_message(err: &StoreError) -> String {
         | StoreError::Storage { .. } => {
             "nothing was changed; check the data directory and the relay's log"
         }
+        StoreError::Unavailable { .. } => {
+            "retry later; a write that timed out may have been stored, so read it back first"
+        }
     };
     format!("{err}: {hint}")
 }
 
 impl AdminError {
     /// HTTP status: 401 token, 404 path or unknown resource, 405 method, 413 body size,
-    /// 400 malformed body or name, 409 duplicate, 500 storage.
+    /// 400 malformed body or name, 409 duplicate, 500 storage, 503 cluster store unavailable.
     pub fn status(&self) -> u16 {
         match self {
             AdminError::MissingToken | AdminError::WrongToken => 401,

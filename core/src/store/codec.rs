@@ -62,9 +62,8 @@ pub(super) fn encode_store(record: &StoreRecord) -> Result<Vec<u8>, StoreError> 
     })
 }
 
-/// Decodes a store record from its key and value (no query reads stores back yet; kept
-/// beside the encoder so that the format is tested both ways).
-#[cfg(test)]
+/// Decodes a store record from its key and value (the cluster's replica reads stores back;
+/// redb only checks that they exist).
 pub(super) fn decode_store(
     domain: &str,
     store: &str,

@@ -96,11 +96,20 @@ pub enum StoreError {
         /// The database's error message.
         reason: String,
     },
+    /// The cluster's store (NATS JetStream, PROTOCOL.md §12) cannot answer now: no NATS
+    /// server reachable, no quorum, or no acknowledgement in time. A write that timed out
+    /// may still have been stored: read before retrying.
+    #[error("cluster store unavailable: {reason}")]
+    Unavailable {
+        /// What failed, for the operator.
+        reason: String,
+    },
 }
 
 impl StoreError {
     /// HTTP status for the admin API: 404 unknown, 409 duplicate, 400 invalid name,
-    /// 500 everything the operator cannot fix by changing the request.
+    /// 503 cluster store unavailable (retry later), 500 everything else the operator cannot
+    /// fix by changing the request.
     pub fn status(&self) -> u16 {
         match self {
             StoreError::UnknownDomain { .. }
@@ -115,6 +124,7 @@ impl StoreError {
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Storage { .. } => 500,
+            StoreError::Unavailable { .. } => 503,
         }
     }
 

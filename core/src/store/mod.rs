@@ -3,7 +3,9 @@
 //!
 //! [`Store`] is the interface the admin API, the token endpoint and the relay use;
 //! [`RedbStore`] keeps it in `<data_dir>/posrelay.redb` (every write committed durably
-//! before it returns, PROTOCOL.md §9), [`MemStore`] in memory for tests.
+//! before it returns, PROTOCOL.md §9), [`MemStore`] in memory for tests. In a cluster
+//! (PROTOCOL.md §12) `cluster::JetStreamStore` keeps it in a JetStream KV bucket laid out
+//! as [`kv_layout`] says, and answers reads from a [`replica::Replica`].
 //!
 //! Integrity rules, the same in every implementation: a store, client or device needs its
 //! domain (and a device or store-scoped client its store); names are unique per domain.
@@ -11,9 +13,11 @@
 
 mod codec;
 mod error;
+pub mod kv_layout;
 mod mem;
 mod redb_store;
 mod reliable_log;
+pub mod replica;
 mod schema;
 
 pub use crate::tenancy::{ClientRecord, DeviceRecord, StoreRecord};
