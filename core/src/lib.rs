@@ -20,6 +20,7 @@ pub mod io;
 pub mod ownership;
 pub mod proto;
 pub mod relay;
+pub mod reliable;
 pub mod store;
 pub mod subject;
 pub mod tenancy;

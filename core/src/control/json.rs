@@ -197,6 +197,19 @@ impl JsonWriter {
     }
 }
 
+/// The length of `text` written by [`write_escaped`], quotes included, so a caller can
+/// allocate a message exactly once.
+pub(crate) fn escaped_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// Writes `text` as a JSON string.
 ///
 /// RFC 8259 §7: "All Unicode characters may be placed within the quotation marks, except
@@ -258,6 +271,14 @@ mod tests {
         assert_eq!(escaped("\u{0}\u{1f}"), r#""\u0000\u001f""#);
         // Non-ASCII and DEL pass through unescaped.
         assert_eq!(escaped("é€\u{7f}/"), "\"é€\u{7f}/\"");
+    }
+
+    #[test]
+    fn escaped_len_is_what_write_escaped_writes() {
+        let all: String = (0u8..0x80).map(char::from).chain("é😀".chars()).collect();
+        for text in ["", "plain", r#"a"b\c"#, "\n\u{1}é", all.as_str()] {
+            assert_eq!(escaped_len(text), escaped(text).len(), "{text:?}");
+        }
     }
 
     #[test]

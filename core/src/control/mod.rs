@@ -13,7 +13,7 @@
 
 pub mod error;
 pub mod event;
-mod json;
+pub(crate) mod json;
 pub mod register;
 pub mod request;
 pub mod request_id;

@@ -78,6 +78,24 @@ impl OfferedProtocols {
                 .cloned(),
         }
     }
+
+    /// The subprotocol to echo on a POS session (PROTOCOL.md §5, §5a): like
+    /// [`Self::select`], except that `posrelay.reliable.v1`, when offered, is selected
+    /// "before any other entry offered with it" (§11), whatever the policy. The io layer
+    /// then runs the session as a reliable one ([`crate::reliable`]).
+    pub fn select_for_session(&self, policy: &SubprotocolPolicy) -> Option<String> {
+        if self.offers_reliable() {
+            return Some(crate::reliable::SUBPROTOCOL.to_owned());
+        }
+        self.select(policy)
+    }
+
+    /// Whether `posrelay.reliable.v1` is among the offered entries (§11).
+    pub fn offers_reliable(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e == crate::reliable::SUBPROTOCOL)
+    }
 }
 
 fn is_bearer(entry: &str) -> bool {
@@ -154,6 +172,31 @@ mod tests {
             Some("posrelay")
         );
         assert_eq!(offered(&[]).select(&SubprotocolPolicy::FirstOffered), None);
+    }
+
+    #[test]
+    fn a_session_selects_the_reliable_subprotocol_before_any_other() {
+        let reliable = Some("posrelay.reliable.v1");
+        for policy in [
+            SubprotocolPolicy::FirstOffered,
+            SubprotocolPolicy::OneOf(vec!["sci".into()]),
+            SubprotocolPolicy::OneOf(vec![]),
+        ] {
+            let o = offered(&["bearer.x, posrelay, posrelay.reliable.v1"]);
+            assert!(o.offers_reliable());
+            assert_eq!(o.select_for_session(&policy).as_deref(), reliable);
+            // Without it, a session negotiates as before.
+            let plain = offered(&["bearer.x, posrelay"]);
+            assert!(!plain.offers_reliable());
+            assert_eq!(
+                plain.select_for_session(&policy),
+                plain.select(&policy),
+                "{policy:?}"
+            );
+        }
+        // Exact and case-sensitive, like every subprotocol value.
+        assert!(!offered(&["posrelay.Reliable.v1"]).offers_reliable());
+        assert!(!offered(&["posrelay.reliable.v2"]).offers_reliable());
     }
 
     #[test]

@@ -10,3 +10,9 @@ pub const REPLACED: u16 = 4000;
 pub const CLAIM_ENDED: u16 = 4001;
 /// §8 4404: unknown session.
 pub const UNKNOWN_SESSION: u16 = 4404;
+/// §8 1002: protocol error (also: a `posrelay.reliable.v1` envelope that breaks §11).
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// §8 1011: internal error (a reliable session whose durable log cannot be written).
+pub const INTERNAL_ERROR: u16 = 1011;
+/// §8 4409: a reliable session cannot be resumed (§11).
+pub const RESUME_FAILED: u16 = 4409;

@@ -16,6 +16,7 @@ mod error;
 pub mod kv_layout;
 mod mem;
 mod redb_store;
+mod reliable_log;
 pub mod replica;
 mod schema;
 

@@ -53,6 +53,11 @@ impl RedbStore {
         &self.path
     }
 
+    /// The database, for the other tables of the same file (`reliable_log`).
+    pub(super) fn db(&self) -> &Database {
+        &self.db
+    }
+
     /// Runs `f` in one write transaction and commits it durably, or aborts it on error.
     fn write<T>(
         &self,

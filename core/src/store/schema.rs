@@ -9,7 +9,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use super::StoreError;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// `meta`: `schema_version` (u64 LE) and `signing_key` (32 bytes).
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -25,6 +25,8 @@ pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition
 pub(super) const CLIENT_DOMAINS: TableDefinition<&str, &str> =
     TableDefinition::new("client_domains");
 /// `devices`: (domain, serial) → `{"make":…,"model":…,"store":…,"enabled":…}`.
+///
+/// v3 adds the reliable-session tables, defined beside their code in `reliable_log`.
 pub(super) const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
 
 /// The `meta` key of the schema version.
@@ -36,7 +38,11 @@ pub(super) const SIGNING_KEY: &str = "signing_key";
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` migrates from version `n`; version 0 is an empty file.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [create_v1, index_client_ids_v2];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
+    create_v1,
+    index_client_ids_v2,
+    super::reliable_log::create_reliable_v3,
+];
 
 /// v0 → v1: create the tables.
 fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
