@@ -4,7 +4,6 @@
 
 mod admin_token;
 mod api;
-mod basic;
 mod body;
 mod error;
 mod presence;

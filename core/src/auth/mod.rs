@@ -2,6 +2,7 @@
 //! and device tokens, scopes and tsn matching. Sans-IO: time and randomness come in.
 
 mod cache;
+mod client_login;
 mod credentials;
 mod error;
 pub(crate) mod scope;
@@ -10,6 +11,10 @@ mod tokens;
 mod tsn;
 
 pub use cache::{CredentialCache, DEFAULT_CREDENTIAL_TTL};
+pub use client_login::{
+    basic_allowed, BasicAuth, ClientLogin, LoginAttempts, LoginDomain, LoginError, LoginThrottled,
+    PresentedCredentials, UPGRADE_CHALLENGE,
+};
 pub use credentials::{new_client_credentials, verify_client};
 pub use error::AuthError;
 pub use scope::{devices_in_scope, resolve_device, Principal, ScopeError};
