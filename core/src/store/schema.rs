@@ -9,7 +9,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use super::StoreError;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// `meta`: `schema_version` (u64 LE) and `signing_key` (32 bytes).
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -24,8 +24,13 @@ pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition
 /// 128 random bits, unique across domains.
 pub(super) const CLIENT_DOMAINS: TableDefinition<&str, &str> =
     TableDefinition::new("client_domains");
-/// `devices`: (domain, serial) → `{"make":…,"model":…,"store":…,"enabled":…}`.
+/// `devices`: (domain, serial) → `{"make":…,"model":…,"store":…,"enabled":…}` (and, from
+/// v3, `"client_cert_sha256":[…]` when the device has pins).
 pub(super) const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
+/// `cert_pins` (v3): client certificate fingerprint (64 lowercase hex) → (domain, serial)
+/// of the one device it is pinned to, so that the mTLS listener, which names no domain,
+/// finds the device (PROTOCOL.md §2a) and a fingerprint stays pinned to one device.
+pub(super) const CERT_PINS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("cert_pins");
 
 /// The `meta` key of the schema version.
 pub(super) const VERSION_KEY: &str = "schema_version";
@@ -36,7 +41,8 @@ pub(super) const SIGNING_KEY: &str = "signing_key";
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` migrates from version `n`; version 0 is an empty file.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [create_v1, index_client_ids_v2];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
+    [create_v1, index_client_ids_v2, index_cert_pins_v3];
 
 /// v0 → v1: create the tables.
 fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -59,6 +65,24 @@ fn index_client_ids_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
         index
             .insert(client_id, domain)
             .map_err(StoreError::storage)?;
+    }
+    Ok(())
+}
+
+/// v2 → v3: index the pins of every device by fingerprint. A v2 file has no pins, so the
+/// index starts empty; the scan keeps the migration right for any file it meets.
+fn index_cert_pins_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let devices = txn.open_table(DEVICES).map_err(StoreError::storage)?;
+    let mut index = txn.open_table(CERT_PINS).map_err(StoreError::storage)?;
+    for entry in devices.iter().map_err(StoreError::storage)? {
+        let (key, value) = entry.map_err(StoreError::storage)?;
+        let (domain, serial) = key.value();
+        let device = super::codec::decode_device(domain, serial, value.value())?;
+        for fp in &device.client_cert_sha256 {
+            index
+                .insert(fp.to_hex().as_str(), (domain, serial))
+                .map_err(StoreError::storage)?;
+        }
     }
     Ok(())
 }
