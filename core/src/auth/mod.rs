@@ -2,6 +2,7 @@
 //! and device tokens, scopes and tsn matching. Sans-IO: time and randomness come in.
 
 mod cache;
+mod client_cert;
 mod client_login;
 mod credentials;
 mod error;
@@ -11,6 +12,7 @@ mod tokens;
 mod tsn;
 
 pub use cache::{CredentialCache, DEFAULT_CREDENTIAL_TTL};
+pub use client_cert::identify_device;
 pub use client_login::{
     basic_allowed, BasicAuth, ClientLogin, LoginAttempts, LoginDomain, LoginError, LoginThrottled,
     PresentedCredentials, UPGRADE_CHALLENGE,

@@ -12,6 +12,7 @@ mod device;
 mod endpoints;
 mod handover;
 mod metrics;
+pub mod mtls;
 mod registration;
 mod session;
 mod shard;
