@@ -16,6 +16,8 @@
 pub mod device_status;
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 pub mod login;
 pub mod register;
