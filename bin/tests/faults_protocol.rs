@@ -15,7 +15,7 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
+
 use tungstenite::Message;
 
 const DOMAIN: &str = "acme";
@@ -327,16 +327,8 @@ fn every_broken_framing_rule_closes_only_its_connection_with_its_code() {
         if input.protocol_error {
             expected_errors += 3;
         }
-        assert!(
-            try_recv(&mut pos_victim_device.ws, Duration::from_millis(100)).is_none(),
-            "{}: the device behind an abused session received something",
-            input.name
-        );
-        assert!(
-            try_recv(&mut dev_victim_session, Duration::from_millis(100)).is_none(),
-            "{}: the session behind an abused device received something",
-            input.name
-        );
+        // Whether anything of the abuse reached the victims' peers is checked once all
+        // rounds are done: the first message each then hears must be a well-behaved one.
         bystander_exchange(&mut bystander, round, &input.name);
     }
 
@@ -354,7 +346,8 @@ fn every_broken_framing_rule_closes_only_its_connection_with_its_code() {
         ws.assert_ends(endpoint);
     }
 
-    // The abused sessions still work with well-behaved clients.
+    // The abused sessions still work with well-behaved clients, and nothing of any round's
+    // abuse reached the victims' peers: the first message each hears is this one.
     let mut session = Pos::session(&relay, &pos_victim_url, &token);
     send_text(&mut session, "after the abuse");
     match pos_victim_device.recv() {

@@ -3,6 +3,7 @@
 //! Each is a validated newtype, so a bare `String` never stands for a domain or a
 //! serial number. Validation rules are the ones the admin API enforces (PROTOCOL.md §9)
 //! and the ones that keep names safe in URLs and log lines.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 

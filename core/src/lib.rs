@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod control;
+pub mod coord;
 pub mod handshake;
 pub mod ids;
 #[cfg(feature = "io")]

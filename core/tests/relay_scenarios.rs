@@ -326,8 +326,14 @@ fn release_closes_the_session_4001_and_reports_what_was_queued() {
     let (mut s, sid, dev, pos) = claimed_with_session(&c);
     s.handle_device_disconnected(&sid, ConnId(1), c.at(1));
     drain(&mut s);
-    s.handle_message_from_pos(&sid, ConnId(10), binary(100), c.at(1));
-    s.handle_message_from_pos(&sid, ConnId(10), binary(23), c.at(1));
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(100), c.at(1)),
+        Route::Queued
+    );
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(23), c.at(1)),
+        Route::Queued
+    );
     s.handle_release(&pos, &dev, c.at(2)).expect("holder");
     let actions = drain(&mut s);
     assert!(close(10, 4001)(&actions[0]));
@@ -400,9 +406,18 @@ fn offline_grace_is_per_frame_and_reports_expired_frames() {
     let (mut s, sid, _dev, pos) = claimed_with_session(&c);
     s.handle_device_disconnected(&sid, ConnId(1), c.at(0));
     drain(&mut s);
-    s.handle_message_from_pos(&sid, ConnId(10), binary(10), c.at(1));
-    s.handle_message_from_pos(&sid, ConnId(10), binary(20), c.at(1));
-    s.handle_message_from_pos(&sid, ConnId(10), binary(30), c.at(20));
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(10), c.at(1)),
+        Route::Queued
+    );
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(20), c.at(1)),
+        Route::Queued
+    );
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(30), c.at(20)),
+        Route::Queued
+    );
     assert_eq!(s.poll_timeout(), Some(c.at(31)));
     s.handle_timeout(c.at(30));
     assert!(drain(&mut s).is_empty(), "not due yet");
@@ -427,7 +442,10 @@ fn claim_grace_ends_an_unattended_claim() {
     s.handle_client_presence(&pos, false, c.at(1));
     assert_eq!(s.poll_timeout(), None);
     s.handle_device_disconnected(&sid, ConnId(1), c.at(2));
-    s.handle_message_from_pos(&sid, ConnId(10), binary(7), c.at(2));
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(7), c.at(2)),
+        Route::Queued
+    );
     s.handle_pos_session_closed(&sid, ConnId(10), c.at(5));
     drain(&mut s);
     // The queue expires at 32, the claim at 65.
@@ -646,7 +664,10 @@ fn deleting_a_client_ends_its_claims_with_1008_and_reports() {
     let c = clock();
     let (mut s, sid, dev, pos) = claimed_with_session(&c);
     s.handle_device_disconnected(&sid, ConnId(1), c.at(1));
-    s.handle_message_from_pos(&sid, ConnId(10), binary(9), c.at(1));
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(9), c.at(1)),
+        Route::Queued
+    );
     drain(&mut s);
     s.handle_client_deleted(&pos);
     let actions = drain(&mut s);
@@ -831,8 +852,14 @@ fn shard_events_reach_the_hub_in_order() {
     let (mut s, sid, _dev, pos) = claimed_with_session(&c);
     let mut hub = ClientHub::new();
     s.handle_device_disconnected(&sid, ConnId(1), c.at(1));
-    s.handle_message_from_pos(&sid, ConnId(10), binary(4), c.at(1));
-    s.handle_message_from_pos(&sid, ConnId(10), binary(6), c.at(1));
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(4), c.at(1)),
+        Route::Queued
+    );
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(6), c.at(1)),
+        Route::Queued
+    );
     s.handle_timeout(c.at(31));
     for a in drain(&mut s) {
         if let Action::ClientEvent { client, event } = a {

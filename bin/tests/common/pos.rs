@@ -110,6 +110,16 @@ impl Pos {
         recv_json(&mut self.ws)
     }
 
+    /// Every event the relay sent on this channel before a barrier: a `devices` request,
+    /// whose answer leaves the relay after anything already on its way to this channel
+    /// (one connection is one ordered stream, and the relay's shards keep each pair's
+    /// messages in order). "Nothing arrived" is then checked by an event, not by waiting
+    /// some time and hoping.
+    pub fn events_until_barrier(&mut self) -> Vec<Value> {
+        let _answer = self.devices();
+        self.pending.drain(..).collect()
+    }
+
     /// The next event if one arrives within `wait`.
     pub fn try_next_event(&mut self, wait: Duration) -> Option<Value> {
         if let Some(v) = self.pending.pop_front() {

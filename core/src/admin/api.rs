@@ -330,6 +330,9 @@ fn pins_out(device: &DeviceRecord) -> Vec<String> {
 }
 
 fn error_response(err: &AdminError) -> AdminResponse {
+    if err.status() >= 500 {
+        tracing::error!(error = %err, "admin call failed");
+    }
     let message = err.to_string();
     let mut response = AdminResponse::json(err.status(), &ErrorBody { error: &message });
     match err {

@@ -1,6 +1,7 @@
 //! The operator's admin API (PROTOCOL.md §9) and the OAuth2 token endpoint (§1), as
 //! sans-IO request handlers: method, path, headers and body in; status, headers, JSON
 //! body and the effect the relay must apply out.
+#![forbid(unsafe_code)]
 
 mod admin_token;
 mod api;

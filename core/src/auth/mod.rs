@@ -1,5 +1,6 @@
 //! Authentication and authorisation: client secrets, client-credential checks, JWT access
 //! and device tokens, scopes and tsn matching. Sans-IO: time and randomness come in.
+#![forbid(unsafe_code)]
 
 mod cache;
 mod client_cert;

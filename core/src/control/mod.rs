@@ -12,6 +12,7 @@
 //! - [`login`]: login by first message (§7b), its answers and its rules in time.
 //! - [`device_status`]: the §10 device-status answers (`online`, `last_seen`, `claim`).
 //! - [`error`]: why a message was refused, and the wire codes of §2, §4 and §7b.
+#![forbid(unsafe_code)]
 
 pub mod device_status;
 pub mod error;

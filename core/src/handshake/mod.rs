@@ -29,6 +29,7 @@
 //! let answer = switching_protocols(&upgrade.accept_key(), protocol.as_deref());
 //! assert!(answer.starts_with(b"HTTP/1.1 101 "));
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod accept;
 pub mod client;
@@ -52,7 +53,7 @@ pub use form::{parse_basic_auth, parse_form};
 pub use headers::Headers;
 pub use key::WebSocketKey;
 pub use request::{parse_request_head, HeadLimits, Method, RequestHead};
-pub use response::{error_response, http_response, switching_protocols};
+pub use response::{error_response, http_response, json_error, switching_protocols};
 pub use status::HttpStatus;
 pub use subprotocol::{OfferedProtocols, SubprotocolPolicy, BEARER_PREFIX, POSRELAY_PROTOCOL};
 pub use upgrade::{is_upgrade_attempt, UpgradeRequest};

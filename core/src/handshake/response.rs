@@ -71,6 +71,19 @@ pub fn http_response(
     out
 }
 
+/// A JSON answer `{"error":"<message>"}` with `status` and extra `headers`: how the relay
+/// answers every HTTP failure of its own endpoints (PROTOCOL.md §8, §9). `message` says
+/// what to do about it; it is escaped per RFC 8259 §7.
+pub fn json_error(status: HttpStatus, headers: &[(&str, &str)], message: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+    }
+    let body = simd_json::to_vec(&Body { error: message })
+        .unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec());
+    http_response(status, headers, Some("application/json"), &body)
+}
+
 /// The answer to a request that failed before the upgrade: `err.status()`, a
 /// short `text/plain` body saying what went wrong and what to do, and
 /// `Connection: close`.
@@ -234,5 +247,25 @@ mod tests {
         let mut resp = httparse::Response::new(&mut hs);
         assert!(resp.parse(t.as_bytes()).unwrap().is_complete());
         assert_eq!(resp.code, Some(431));
+    }
+}
+
+#[cfg(test)]
+mod json_error_tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_are_escaped_json_with_their_status() {
+        let out = json_error(HttpStatus::NOT_FOUND, &[], "no \"such\" path\n");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(
+            text.contains("Content-Type: application/json\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(r#"{"error":"no \"such\" path\n"}"#),
+            "{text}"
+        );
     }
 }

@@ -3,6 +3,9 @@
 //! Everything above it (proto, handshake, auth, relay) is sans-IO; this module reads
 //! bytes from sockets into buffers, hands them to those state machines, and writes
 //! what they produce.
+//!
+//! `README.md` beside this file walks one connection through its stages (accepted,
+//! routed, upgraded, open, closing) and names the file of each.
 
 pub mod driver;
 pub mod echo;

@@ -81,6 +81,10 @@ pub struct Outbox {
     latency: Option<std::sync::Arc<super::metrics::LatencyHistogram>>,
     /// When the peer last sent anything (idle timeout, pings).
     pub last_rx: std::time::Instant,
+    /// Whether the relay has stopped reading from this connection because the receiver
+    /// of its messages has no room (§6 backpressure): its peer is not idle then, the
+    /// relay is not listening, so the idle timeout does not run.
+    pub reading_paused: bool,
 }
 
 /// What the relay asks of a connection's task from outside (timers, other connections).
@@ -111,6 +115,7 @@ impl Outbox {
             fd: None,
             latency: None,
             last_rx: std::time::Instant::now(),
+            reading_paused: false,
         }))
     }
 

@@ -6,7 +6,11 @@ use super::opcode::OpCode;
 /// A peer broke an RFC 6455 framing rule. Each variant is one rule, with the
 /// offending data; [`ProtocolError::close_code`] maps it to the Close frame
 /// we answer with before dropping the connection (RFC 6455 §7.1.7, §7.4.1).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// [`ProtocolErrorKind`] names the variants without their data (derived, so that a new
+/// rule cannot be left out of the tests that go over every kind).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::EnumDiscriminants)]
+#[strum_discriminants(name(ProtocolErrorKind), derive(strum::EnumIter))]
 pub enum ProtocolError {
     /// RFC 6455 §5.2: RSV1-3 MUST be 0 unless an extension defines them; we negotiate none.
     #[error("reserved bits set without a negotiated extension: {bits:#05b}")]
@@ -44,7 +48,7 @@ pub enum ProtocolError {
     #[error("continuation frame without a message in progress")]
     UnexpectedContinuation,
     /// RFC 6455 §5.4: a new data frame arrived while a fragmented message was in progress.
-    #[error("{opcode:?} frame while a fragmented message is in progress")]
+    #[error("new data frame ({opcode:?}) while a fragmented message is in progress")]
     ExpectedContinuation {
         /// The opcode of the offending data frame.
         opcode: OpCode,
@@ -113,28 +117,45 @@ mod tests {
         assert_eq!(ProtocolError::DataAfterClose.close_code(), CloseCode(1002));
     }
 
+    /// One error of each kind (the match is exhaustive: a new kind must be added here).
+    fn example(kind: ProtocolErrorKind) -> ProtocolError {
+        match kind {
+            ProtocolErrorKind::ReservedBits => ProtocolError::ReservedBits { bits: 4 },
+            ProtocolErrorKind::ReservedOpcode => ProtocolError::ReservedOpcode(3),
+            ProtocolErrorKind::ControlFrameTooLong => ProtocolError::ControlFrameTooLong(126),
+            ProtocolErrorKind::FragmentedControlFrame => ProtocolError::FragmentedControlFrame,
+            ProtocolErrorKind::UnmaskedClientFrame => ProtocolError::UnmaskedClientFrame,
+            ProtocolErrorKind::MaskedServerFrame => ProtocolError::MaskedServerFrame,
+            ProtocolErrorKind::PayloadLengthTopBit => ProtocolError::PayloadLengthTopBit,
+            ProtocolErrorKind::MessageTooBig => ProtocolError::MessageTooBig { limit: 1, len: 2 },
+            ProtocolErrorKind::UnexpectedContinuation => ProtocolError::UnexpectedContinuation,
+            ProtocolErrorKind::ExpectedContinuation => ProtocolError::ExpectedContinuation {
+                opcode: OpCode::Text,
+            },
+            ProtocolErrorKind::InvalidUtf8 => ProtocolError::InvalidUtf8,
+            ProtocolErrorKind::InvalidCloseCode => ProtocolError::InvalidCloseCode(5),
+            ProtocolErrorKind::InvalidClosePayloadLength => {
+                ProtocolError::InvalidClosePayloadLength
+            }
+            ProtocolErrorKind::InvalidCloseReasonUtf8 => ProtocolError::InvalidCloseReasonUtf8,
+            ProtocolErrorKind::DataAfterClose => ProtocolError::DataAfterClose,
+        }
+    }
+
     #[test]
-    fn messages_are_lowercase() {
-        let all = [
-            ProtocolError::ReservedBits { bits: 4 },
-            ProtocolError::ReservedOpcode(3),
-            ProtocolError::ControlFrameTooLong(126),
-            ProtocolError::FragmentedControlFrame,
-            ProtocolError::UnmaskedClientFrame,
-            ProtocolError::MaskedServerFrame,
-            ProtocolError::PayloadLengthTopBit,
-            ProtocolError::MessageTooBig { limit: 1, len: 2 },
-            ProtocolError::UnexpectedContinuation,
-            ProtocolError::InvalidUtf8,
-            ProtocolError::InvalidCloseCode(5),
-            ProtocolError::InvalidClosePayloadLength,
-            ProtocolError::InvalidCloseReasonUtf8,
-            ProtocolError::DataAfterClose,
-        ];
-        for e in all {
+    fn every_kind_has_a_lowercase_message_and_a_close_code_of_its_class() {
+        use strum::IntoEnumIterator as _;
+        for kind in ProtocolErrorKind::iter() {
+            let e = example(kind);
+            assert_eq!(ProtocolErrorKind::from(&e), kind);
             let msg = e.to_string();
             let first = msg.chars().next().unwrap();
             assert!(!first.is_uppercase(), "{msg}");
+            assert!(
+                [1002, 1007, 1009].contains(&e.close_code().0),
+                "{kind:?}: {:?}",
+                e.close_code()
+            );
         }
     }
 }

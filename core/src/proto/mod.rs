@@ -11,6 +11,7 @@
 //! payload as a zero-copy `Bytes`. Forwarding writes a fresh
 //! [`FrameHeader::encode`] (a stack [`HeaderBuf`]) followed by those same
 //! payload bytes.
+#![forbid(unsafe_code)]
 
 pub mod close;
 pub mod connection;
@@ -25,7 +26,7 @@ pub mod utf8;
 pub use close::{encode_close_payload, CloseCode, CloseFrame, ClosePayload};
 pub use connection::{CloseState, Connection, Limits, MaskSource};
 pub use decoder::FrameDecoder;
-pub use error::ProtocolError;
+pub use error::{ProtocolError, ProtocolErrorKind};
 pub use frame::{
     encode_client_frame, encode_server_frame, Frame, FrameHeader, HeaderBuf, MAX_HEADER_LEN,
 };

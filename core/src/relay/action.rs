@@ -52,6 +52,7 @@ const _: fn() = || {
 };
 
 /// An output of [`super::DeviceShard`], drained with `poll_action`.
+#[must_use = "an action is work the caller must carry out"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<M> {
     /// Write this data message on that connection (queued messages being flushed).
@@ -80,6 +81,7 @@ pub enum Action<M> {
 }
 
 /// Where a data message goes, decided on the hot path without queueing an [`Action`].
+#[must_use = "a forwarded message must be written, or it is lost"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<M> {
     /// Write it on that connection now (the message is handed back).

@@ -19,6 +19,7 @@ use super::conn::ConnId;
 use super::queue::Count;
 
 /// An output of [`ClientHub`], drained with `poll_action`.
+#[must_use = "an action is work the caller must carry out"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HubAction {
     /// The client's control-channel count went 0 → >0 (`online`) or back to 0: broadcast

@@ -59,16 +59,61 @@ pub enum ClaimError {
         /// The device.
         serial: Serial,
     },
+    /// The participant that owns the device (another shard, or later another node) did not
+    /// answer in time. Produced by the coordination layer, never by the relay state itself.
+    #[error("the owner of device {serial} did not answer in time")]
+    Unavailable {
+        /// The device.
+        serial: Serial,
+    },
 }
 
 impl ClaimError {
     /// The §4 error code to answer with.
     pub fn code(&self) -> ControlErrorCode {
         match self {
-            Self::Offline { .. } => ControlErrorCode::Offline,
+            // §4 has no code for "not reachable right now"; `offline` is the one whose
+            // advice (retry later) fits.
+            Self::Offline { .. } | Self::Unavailable { .. } => ControlErrorCode::Offline,
             Self::DeviceBusy { .. } => ControlErrorCode::DeviceBusy,
         }
     }
+
+    /// The §4 error `message`: what the POS can do about it.
+    pub fn message(&self, op: ClaimOp) -> &'static str {
+        match (self, op) {
+            (Self::DeviceBusy { .. }, ClaimOp::Claim) => {
+                "the device is claimed by another POS client: it must release it first"
+            }
+            (Self::DeviceBusy { .. }, ClaimOp::Release) => {
+                "the device is claimed by another POS client: only that client can release it"
+            }
+            (Self::Offline { .. }, _) => {
+                "the device has not registered since the relay started (or is disabled): retry once it is online"
+            }
+            (Self::Unavailable { .. }, _) => {
+                "the relay could not reach the part of it that serves this device: retry"
+            }
+        }
+    }
+
+    /// The device the refusal is about.
+    pub fn serial(&self) -> &Serial {
+        match self {
+            Self::Offline { serial }
+            | Self::DeviceBusy { serial }
+            | Self::Unavailable { serial } => serial,
+        }
+    }
+}
+
+/// What a POS asks of a claim (§4 `claim`, `release`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClaimOp {
+    /// `{"type":"claim"}`: take the device (idempotent for its holder).
+    Claim,
+    /// `{"type":"release"}`: give it back (answered `released` when not claimed).
+    Release,
 }
 
 #[cfg(test)]
@@ -102,8 +147,15 @@ mod tests {
             "offline"
         );
         assert_eq!(
-            ClaimError::DeviceBusy { serial }.code().as_str(),
+            ClaimError::DeviceBusy {
+                serial: serial.clone()
+            }
+            .code()
+            .as_str(),
             "device_busy"
         );
+        let gone = ClaimError::Unavailable { serial };
+        assert_eq!(gone.code().as_str(), "offline");
+        assert!(gone.message(ClaimOp::Claim).ends_with("retry"));
     }
 }

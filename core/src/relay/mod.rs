@@ -10,6 +10,7 @@
 //!
 //! Session ids are derived, not stored ([`SessionKeyring`]), so every shard computes a
 //! device's session id and owning shard without shared state.
+#![forbid(unsafe_code)]
 
 mod action;
 mod clients;
@@ -28,7 +29,7 @@ mod timers;
 pub use action::{Action, ClientEventKind, DropReason, Route};
 pub use clients::{ClientHub, HubAction};
 pub use conn::ConnId;
-pub use error::{ClaimError, SessionError};
+pub use error::{ClaimError, ClaimOp, SessionError};
 pub use keyring::SessionKeyring;
 pub use limits::RelayLimits;
 pub use message::{MessageKind, QueuedMessage, RelayedMessage};

@@ -7,6 +7,7 @@
 //!
 //! Integrity rules, the same in every implementation: a store, client or device needs its
 //! domain (and a device or store-scoped client its store); names are unique per domain.
+#![forbid(unsafe_code)]
 
 mod codec;
 mod error;

@@ -160,7 +160,14 @@ impl Next {
         match self {
             Next::Read => {}
             Next::RoomAt(receiver) => {
+                // §6 backpressure: the relay stops reading from this peer until the
+                // receiver has room. The peer is not idle meanwhile (its pongs wait
+                // unread in the socket): the idle timeout counts again from the resume.
+                driver.outbox.borrow_mut().reading_paused = true;
                 let _ = driver.wait_for_room(&receiver).await;
+                let mut outbox = driver.outbox.borrow_mut();
+                outbox.reading_paused = false;
+                outbox.last_rx = Instant::now();
             }
             Next::Finish(work) => work.await,
         }

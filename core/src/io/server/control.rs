@@ -2,16 +2,17 @@
 //! to the device's owning shard and their answers come back here; `devices` asks the
 //! owners which devices are online; events for the client arrive from every shard.
 
-use super::accept::Accepted;
 use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Upgraded};
 use super::metrics::ConnRole;
-use super::shard::{ReplyTo, ShardCtx, ShardMsg};
-use crate::auth::{devices_in_scope, resolve_device, AccessClaims, TsnInput};
+use super::shard::ShardCtx;
+use super::upgrade::Accepted;
+use crate::auth::{devices_in_scope, resolve_device, AccessClaims, ScopeError, TsnInput};
 use crate::control::event::{self, DeviceEntry};
 use crate::control::{ControlErrorCode, ControlRequest, RequestId};
+use crate::coord::{Answer, Requester};
 use crate::ids::{ClientKey, DeviceKey};
 use crate::proto::{Message, MessageKind};
-use crate::relay::ConnId;
+use crate::relay::{ClaimError, ClaimOp, ConnId};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -44,10 +45,10 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(String, Acc
         return;
     };
     let client = claims.client();
-    ctx.hub
+    ctx.coord
         .borrow_mut()
         .handle_control_opened(&client, id, Instant::now());
-    ctx.process_actions();
+    ctx.drive();
     tracing::info!(role = "pos_control", client = %client.client_id, domain = %client.domain, shard = ctx.index, conn = id.0, "connection opened");
     let mut handler = ControlHandler {
         claims,
@@ -56,10 +57,10 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(String, Acc
     };
     let ended = serve_ws(&ctx, &mut driver, &mut proto, &mut handler).await;
     retire(&ctx, id, &outbox);
-    ctx.hub
+    ctx.coord
         .borrow_mut()
         .handle_control_closed(&client, id, Instant::now());
-    ctx.process_actions();
+    ctx.drive();
     driver.shutdown().await;
     tracing::info!(role = "pos_control", client = %client.client_id, domain = %client.domain, shard = ctx.index, conn = id.0, close_code = ?ended.code(), how = ?ended, "connection closed");
 }
@@ -85,10 +86,10 @@ impl Handler for ControlHandler {
         match ControlRequest::parse(&mut bytes) {
             Err(rejected) => ctx.send_text(self.conn, rejected.reply()),
             Ok(ControlRequest::Claim { request_id, tsn }) => {
-                self.claim(ctx, true, request_id, &tsn)
+                self.claim(ctx, ClaimOp::Claim, request_id, &tsn)
             }
             Ok(ControlRequest::Release { request_id, tsn }) => {
-                self.claim(ctx, false, request_id, &tsn)
+                self.claim(ctx, ClaimOp::Release, request_id, &tsn)
             }
             Ok(ControlRequest::Devices { request_id }) => {
                 // Presence lives on every shard: the channel reads on once it is answered.
@@ -105,7 +106,7 @@ impl Handler for ControlHandler {
 }
 
 impl ControlHandler {
-    fn claim(&self, ctx: &Rc<ShardCtx>, claim: bool, request_id: Option<RequestId>, tsn: &str) {
+    fn claim(&self, ctx: &Rc<ShardCtx>, op: ClaimOp, request_id: Option<RequestId>, tsn: &str) {
         let not_found = |rid: Option<&RequestId>| {
             event::error(
                 rid,
@@ -118,12 +119,25 @@ impl ControlHandler {
         };
         let device = match resolve_device(&*ctx.shared.store, &self.claims, &tsn) {
             Ok(d) => d,
+            Err(ScopeError::Storage(e)) => {
+                tracing::error!(error = %e, "claim: cannot look the device up");
+                let json = event::error(
+                    request_id.as_ref(),
+                    ControlErrorCode::BadRequest,
+                    "internal error: the relay could not look the device up, retry",
+                );
+                return ctx.send_text(self.conn, json);
+            }
             Err(_) => return ctx.send_text(self.conn, not_found(request_id.as_ref())),
         };
-        if claim && !device.enabled {
+        if op == ClaimOp::Claim && !device.enabled {
+            // §4 `offline`: a disabled device "has no session yet".
+            let refusal = ClaimError::Offline {
+                serial: device.serial,
+            };
             let json = event::error(
                 request_id.as_ref(),
-                ControlErrorCode::Offline,
+                refusal.code(),
                 "the device is disabled, so it has no session: ask the operator to enable it",
             );
             return ctx.send_text(self.conn, json);
@@ -132,25 +146,11 @@ impl ControlHandler {
             domain: device.domain,
             serial: device.serial,
         };
-        let reply = ReplyTo {
-            shard: ctx.index,
+        let requester = Requester {
             conn: self.conn,
             request_id,
         };
-        let owner = ctx.owner_of(&key);
-        if owner == ctx.index {
-            ctx.handle_claim_request(claim, self.client.clone(), key, reply);
-        } else {
-            ctx.send(
-                owner,
-                ShardMsg::ClaimRequest {
-                    claim,
-                    client: self.client.clone(),
-                    device: key,
-                    reply,
-                },
-            );
-        }
+        ctx.claim(op, self.client.clone(), key, requester);
     }
 }
 
@@ -164,10 +164,11 @@ async fn devices(
     let devices = match devices_in_scope(&*ctx.shared.store, &claims) {
         Ok(d) => d,
         Err(e) => {
+            tracing::error!(error = %e, "devices: cannot list the client's devices");
             let json = event::error(
                 request_id.as_ref(),
                 ControlErrorCode::BadRequest,
-                &e.to_string(),
+                "internal error: the relay could not list your devices, retry",
             );
             return ctx.send_text(conn, json);
         }
@@ -179,12 +180,22 @@ async fn devices(
             serial: d.serial.clone(),
         })
         .collect();
-    let presence = ctx.presence_of(keys).await;
+    let presence = match ctx.presence_of(keys).await {
+        Answer::Presence(p) => p,
+        _ => {
+            let json = event::error(
+                request_id.as_ref(),
+                ControlErrorCode::BadRequest,
+                "internal error: the relay could not gather the devices' state in time, retry",
+            );
+            return ctx.send_text(conn, json);
+        }
+    };
     let mut entries: Vec<DeviceEntry> = presence
         .into_iter()
-        .map(|(k, online, _)| DeviceEntry {
-            tsn: k.serial,
-            online,
+        .map(|p| DeviceEntry {
+            tsn: p.device.serial,
+            online: p.online,
         })
         .collect();
     entries.sort_by(|a, b| a.tsn.cmp(&b.tsn));

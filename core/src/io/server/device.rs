@@ -1,15 +1,16 @@
 //! §3 device connection: served on the device's owning shard. Its messages go to the
 //! POS that holds the claim (or wait in the device → POS queue); the POS's come here.
 
-use super::accept::Accepted;
 use super::conn::{answer_upgrade, retire, serve_ws, Ended, Handler, Next, Open};
 use super::metrics::{ConnRole, ShardMetrics};
+use super::reply::{self, answer_and_close};
 use super::shard::ShardCtx;
+use super::upgrade::Accepted;
 use crate::auth::DeviceClaims;
 use crate::ids::{DeviceKey, SessionId};
 use crate::io::outbox::OutboxRef;
 use crate::proto::Message;
-use crate::relay::{ConnId, Route};
+use crate::relay::{ConnId, Route, SessionError};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -24,10 +25,11 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
     let handler = &open.handler;
     let unsent = retire(&ctx, handler.conn, &open.outbox);
     ctx.report_unsent_to_device(&handler.device, unsent);
-    ctx.devices
+    ctx.coord
         .borrow_mut()
+        .devices_mut()
         .handle_device_disconnected(&handler.sid, handler.conn, Instant::now());
-    ctx.process_actions();
+    ctx.drive();
     open.driver.shutdown().await;
     log_end(
         "device",
@@ -54,20 +56,22 @@ async fn open(
         domain: claims.domain,
         serial: claims.serial,
     };
-    if ctx.devices.borrow().session_device(&sid).is_none() {
+    if ctx.coord.borrow().devices().session_device(&sid).is_none() {
         // The session is gone (relay restarted, device disabled): register again.
-        super::accept::answer_and_close(transport, &super::accept::not_found_session()).await;
+        let gone = SessionError::UnknownSession { session_id: sid };
+        answer_and_close(transport, &reply::unknown_session(&gone)).await;
         return None;
     }
     let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;
     let id = upgraded.id;
     let connected = ctx
-        .devices
+        .coord
         .borrow_mut()
+        .devices_mut()
         .handle_device_connected(&sid, id, Instant::now());
     match connected {
         Ok(()) => {
-            ctx.process_actions();
+            ctx.drive();
             tracing::info!(role = "device", tsn = %device.serial, domain = %device.domain, shard = ctx.index, conn = id.0, "connection opened");
         }
         // The session went away between the check and now (a disable): 4404.
@@ -98,8 +102,9 @@ struct DeviceHandler {
 impl Handler for DeviceHandler {
     fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, received: Instant) -> Next {
         let route = ctx
-            .devices
+            .coord
             .borrow_mut()
+            .devices_mut()
             .handle_message_from_device(&self.sid, self.conn, message, received);
         carry(ctx, route, None, received).map_or(Next::Read, Next::RoomAt)
     }
@@ -132,7 +137,7 @@ pub(crate) fn carry(
             None
         }
     };
-    ctx.process_actions();
+    ctx.drive();
     full
 }
 

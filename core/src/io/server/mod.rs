@@ -2,21 +2,29 @@
 //! the same port; every device and its POS session are served on the device's owning
 //! shard (connections accepted elsewhere are handed over once, right after their
 //! upgrade request names the session); a client's control channels live on the
-//! client's home shard. Cores talk only by message ([`shard::ShardMsg`]).
+//! client's home shard. Cores talk only by message (`mesh::ShardMsg`), and what they say is decided by the
+//! coordination layer (`crate::coord`).
 
 mod accept;
+mod admin;
 pub mod admission;
+mod answers;
 mod conn;
 mod control;
 mod device;
-mod endpoints;
+mod drain;
 mod handover;
+mod mesh;
 mod metrics;
 pub mod mtls;
+mod path;
 mod registration;
+mod reply;
 mod session;
 mod shard;
 mod tls;
+mod token;
+mod upgrade;
 
 pub use metrics::ShardMetrics;
 

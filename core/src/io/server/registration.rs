@@ -2,19 +2,19 @@
 //! with its session id, connection URL and a short-lived device token, then close 1000
 //! (errors: an error message, then close 1008).
 
-use super::accept::Prelude;
 use super::admission::{ConnSlot, UnauthSlot};
 use super::metrics::ConnRole;
 use super::shard::ShardCtx;
+use super::upgrade::Prelude;
 use crate::auth::{resolve_device, verify_client, ScopeError, TsnInput, DEVICE_TOKEN_TTL};
 use crate::control::register::{connection_url, error_reply, registered_reply};
 use crate::control::{ControlErrorCode, RegisterRequest};
+use crate::coord::Answer;
 use crate::ids::{ClientId, ClientKey, DeviceKey};
 use crate::io::http::with_timeout;
 use crate::io::transport::Transport;
 use crate::io::ws::{WsIoError, WsStream};
 use crate::proto::{CloseCode, Connection, Event, Limits, MessageKind, Role};
-use crate::relay::owner_shard;
 use crate::store::Store;
 use bytes::BytesMut;
 use std::net::IpAddr;
@@ -24,8 +24,14 @@ use std::time::{Duration, Instant};
 /// A registration message is small: refuse anything larger than this.
 const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 
-/// Why a registration was refused (§2 codes).
-struct Refusal(ControlErrorCode, String);
+/// Why a registration was refused.
+enum Refusal {
+    /// §2: an error message with its code, then close 1008.
+    Policy(ControlErrorCode, String),
+    /// The relay failed (store, token signing, an unreachable shard): close 1011, no
+    /// message (the cause is in the log, never in the peer's hands).
+    Internal(&'static str),
+}
 
 /// How a registration attempt ended.
 enum Outcome {
@@ -36,6 +42,9 @@ enum Outcome {
     TimedOut,
     /// The peer went away (or broke the protocol: its close was already sent).
     Gone,
+    /// §6: the relay is shutting down before the registration message arrived: close
+    /// with 1001, like every other WebSocket connection.
+    ShuttingDown,
 }
 
 pub(crate) async fn serve(
@@ -46,6 +55,9 @@ pub(crate) async fn serve(
     peer: IpAddr,
     _slots: (ConnSlot, UnauthSlot),
 ) {
+    // Counted from before its 101 until it ends, so that a drain closes it with 1001 and
+    // waits for it (§6).
+    let _registering = ctx.registering();
     if transport
         .write_all_vectored(&[&prelude.answer])
         .await
@@ -74,11 +86,25 @@ pub(crate) async fn serve(
             linger(&mut ws).await;
         }
         Ok(Outcome::Gone) => {}
-        Err(Refusal(code, message)) => {
+        Ok(Outcome::ShuttingDown) => {
+            let _ = ws
+                .send_close(CloseCode::GOING_AWAY, "relay shutting down: reconnect")
+                .await;
+            linger(&mut ws).await;
+        }
+        Err(Refusal::Policy(code, message)) => {
             tracing::info!(code = code.as_str(), %message, "registration refused");
             ctx.shared.metrics.token_invalid_client.inc();
             let _ = ws.send_text(error_reply(code, &message)).await;
             let _ = ws.send_close(CloseCode::POLICY, code.as_str()).await;
+            linger(&mut ws).await;
+        }
+        Err(Refusal::Internal(why)) => {
+            tracing::error!(
+                why,
+                "registration failed inside the relay: closing with 1011"
+            );
+            let _ = ws.send_close(CloseCode::INTERNAL, "internal error").await;
             linger(&mut ws).await;
         }
     }
@@ -107,43 +133,53 @@ async fn registration(
     peer: IpAddr,
 ) -> Result<Outcome, Refusal> {
     let timeout = ctx.shared.config.handshake_timeout;
-    let first = with_timeout(timeout, async {
-        loop {
-            match ws.next_event().await {
-                Ok(Some(Event::Message(m))) => return Ok(Some(m)),
-                Ok(Some(Event::Close(_))) | Ok(None) => return Ok(None),
-                Ok(Some(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    })
+    let first = with_timeout(
+        timeout,
+        futures_lite::future::or(
+            async {
+                loop {
+                    match ws.next_event().await {
+                        Ok(Some(Event::Message(m))) => return Some(Ok(Some(m))),
+                        Ok(Some(Event::Close(_))) | Ok(None) => return Some(Ok(None)),
+                        Ok(Some(_)) => continue,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            },
+            async {
+                ctx.until_draining().await;
+                None
+            },
+        ),
+    )
     .await;
     let message = match first {
         None => return Ok(Outcome::TimedOut),
-        Some(Ok(Some(m))) => m,
-        Some(Ok(None)) => return Ok(Outcome::Gone),
-        Some(Err(WsIoError::Protocol(_))) | Some(Err(WsIoError::Io(_))) => {
+        Some(None) => return Ok(Outcome::ShuttingDown),
+        Some(Some(Ok(Some(m)))) => m,
+        Some(Some(Ok(None))) => return Ok(Outcome::Gone),
+        Some(Some(Err(WsIoError::Protocol(_)))) | Some(Some(Err(WsIoError::Io(_)))) => {
             return Ok(Outcome::Gone)
         }
     };
     if message.kind != MessageKind::Text {
-        return Err(Refusal(
+        return Err(Refusal::Policy(
             ControlErrorCode::BadRequest,
             "the registration message must be a text (JSON) message".into(),
         ));
     }
     let mut text = message.payload.to_bytes().to_vec();
     let request = RegisterRequest::parse(&mut text)
-        .map_err(|e| Refusal(ControlErrorCode::BadRequest, e.to_string()))?;
+        .map_err(|e| Refusal::Policy(ControlErrorCode::BadRequest, e.to_string()))?;
     let tsn = TsnInput::parse(&request.tsn).map_err(|_| {
-        Refusal(
+        Refusal::Policy(
             ControlErrorCode::BadRequest,
             "tsn must be a serial number or <make>-<model>-<serial>".into(),
         )
     })?;
     let admission = &ctx.shared.admission;
     if let Err(why) = admission.check_login(Some(&request.client_id), peer, Instant::now()) {
-        return Err(Refusal(
+        return Err(Refusal::Policy(
             ControlErrorCode::InvalidClient,
             format!(
                 "too many failed attempts: retry in {} s",
@@ -185,9 +221,15 @@ async fn registration(
                     );
                     client
                 }
+                Err(e) if e.status() >= 500 => {
+                    tracing::error!(error = %e, "registration: cannot check credentials");
+                    return Err(Refusal::Internal(
+                        "the store failed while checking credentials",
+                    ));
+                }
                 Err(_) => {
                     admission.login_failed(Some(&request.client_id), peer, Instant::now());
-                    return Err(Refusal(
+                    return Err(Refusal::Policy(
                         ControlErrorCode::InvalidClient,
                         "unknown client or wrong secret: check custom_registration_data".into(),
                     ));
@@ -198,15 +240,21 @@ async fn registration(
     let device = match resolve_device(&*ctx.shared.store, &client, &tsn) {
         Ok(d) => d,
         Err(ScopeError::NotFound { .. }) => {
-            return Err(Refusal(
+            return Err(Refusal::Policy(
                 ControlErrorCode::UnknownDevice,
                 "no such device for these credentials: provision it (admin API) in the client's store or domain".into(),
             ))
         }
-        Err(e) => return Err(Refusal(ControlErrorCode::BadRequest, e.to_string())),
+        Err(e @ ScopeError::MalformedTsn { .. }) => {
+            return Err(Refusal::Policy(ControlErrorCode::BadRequest, e.to_string()))
+        }
+        Err(e @ ScopeError::Storage(_)) => {
+            tracing::error!(error = %e, "registration: cannot look the device up");
+            return Err(Refusal::Internal("the store failed while looking the device up"));
+        }
     };
     if !device.enabled {
-        return Err(Refusal(
+        return Err(Refusal::Policy(
             ControlErrorCode::DeviceDisabled,
             "this device is disabled: ask the operator to enable it".into(),
         ));
@@ -215,11 +263,20 @@ async fn registration(
         domain: device.domain.clone(),
         serial: device.serial.clone(),
     };
-    let sid = ctx.devices.borrow().session_id(&key);
-    let owner = owner_shard(&sid, ctx.shards).0;
+    let (sid, owner) = {
+        let coord = ctx.coord.borrow();
+        (
+            coord.devices().session_id(&key),
+            coord.placement().owner_of(&key),
+        )
+    };
     // The owner knows the session before the device is answered: a claim right after
     // the `registered` reply must not find the device `offline`.
-    ctx.register_device(key).await;
+    if ctx.register_device(key).await != Answer::Registered {
+        return Err(Refusal::Internal(
+            "the shard that owns the device did not answer",
+        ));
+    }
     let client_key = ClientKey {
         domain: client.domain.clone(),
         client_id: client.client_id.clone(),
@@ -235,8 +292,11 @@ async fn registration(
             DEVICE_TOKEN_TTL,
             &mut rand::rngs::OsRng,
         )
-        .map_err(|e| Refusal(ControlErrorCode::BadRequest, e.to_string()))?;
-    tracing::info!(tsn = %device.serial, domain = %device.domain, shard = owner, "device registered");
+        .map_err(|e| {
+            tracing::error!(error = %e, "registration: cannot sign the device token");
+            Refusal::Internal("cannot sign the device token")
+        })?;
+    tracing::info!(tsn = %device.serial, domain = %device.domain, shard = owner.0, "device registered");
     let url = connection_url(url_base, &sid);
     Ok(Outcome::Registered(registered_reply(
         &sid,

@@ -2,11 +2,12 @@
 //! claim. Its messages go to the device (or wait in the offline queue, or are reported
 //! `undelivered`); the device's come here.
 
-use super::accept::{answer_and_close, auth_refusal, not_found_session, Accepted};
 use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Open};
 use super::device::{carry, log_end};
 use super::metrics::{ConnRole, ShardMetrics};
+use super::reply::{self, answer_and_close, auth_refusal};
 use super::shard::ShardCtx;
+use super::upgrade::Accepted;
 use crate::auth::{AccessClaims, AuthError};
 use crate::ids::{ClientKey, DeviceKey, SessionId};
 use crate::proto::Message;
@@ -27,10 +28,11 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
         // Device messages that never reached the POS: the device cannot be told.
         ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
     }
-    ctx.devices
+    ctx.coord
         .borrow_mut()
+        .devices_mut()
         .handle_pos_session_closed(&open.handler.sid, conn, Instant::now());
-    ctx.process_actions();
+    ctx.drive();
     open.driver.shutdown().await;
     log_end("pos_session", &open.handler.device, ctx.index, conn, ended);
 }
@@ -49,12 +51,21 @@ async fn open(
         role: (sid, claims),
     } = *accepted;
     let client: ClientKey = claims.client();
-    let device = ctx.devices.borrow().session_device(&sid).cloned();
-    let check = ctx.devices.borrow().check_pos_session(&sid, &client);
+    let device = ctx.coord.borrow().devices().session_device(&sid).cloned();
+    let check = ctx
+        .coord
+        .borrow()
+        .devices()
+        .check_pos_session(&sid, &client);
     let device = match (device, check) {
         (Some(device), Ok(())) => device,
-        (None, _) | (_, Err(SessionError::UnknownSession { .. })) => {
-            answer_and_close(transport, &not_found_session()).await;
+        (None, _) => {
+            let gone = SessionError::UnknownSession { session_id: sid };
+            answer_and_close(transport, &reply::unknown_session(&gone)).await;
+            return None;
+        }
+        (_, Err(e @ SessionError::UnknownSession { .. })) => {
+            answer_and_close(transport, &reply::unknown_session(&e)).await;
             return None;
         }
         (_, Err(SessionError::NotClaimHolder { .. })) => {
@@ -73,17 +84,18 @@ async fn open(
     )
     .await?;
     let id = upgraded.id;
-    let opened =
-        ctx.devices
-            .borrow_mut()
-            .handle_pos_session_opened(&sid, &client, id, Instant::now());
+    let opened = ctx
+        .coord
+        .borrow_mut()
+        .devices_mut()
+        .handle_pos_session_opened(&sid, &client, id, Instant::now());
     if let Err(e) = opened {
         upgraded
             .outbox
             .borrow_mut()
             .request_close(e.close_code(), "session no longer available");
     }
-    ctx.process_actions();
+    ctx.drive();
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
     let handler = SessionHandler {
         sid,
@@ -102,8 +114,9 @@ struct SessionHandler {
 impl Handler for SessionHandler {
     fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, received: Instant) -> Next {
         let route = ctx
-            .devices
+            .coord
             .borrow_mut()
+            .devices_mut()
             .handle_message_from_pos(&self.sid, self.conn, message, received);
         carry(ctx, route, Some(&self.device), received).map_or(Next::Read, Next::RoomAt)
     }

@@ -1,105 +1,35 @@
-//! One shard: its share of the relay state (the devices it owns, the clients it is home
-//! to), its connections' outboxes, the messages it exchanges with the other shards, and
-//! the tick that drives timers (offline grace, claim grace, pings, idle and token expiry).
+//! One shard: its coordinator (its share of the relay state and its side of the
+//! conversation with the other shards, `crate::coord`), its connections' outboxes, the
+//! mesh that carries coordination messages, and the tick that drives timers (relay timers,
+//! pings, idle and token expiry).
+//!
+//! Everything the shard decides is decided by the coordinator; this file only carries out
+//! its outputs ([`ShardCtx::drive`]): messages onto the mesh, frames and closes onto
+//! outboxes, answers to the connections that wait for them.
 
+use super::answers::Answers;
 use super::conn::ConnEntry;
-use super::handover::Handover;
+use super::mesh::{Mesh, ShardMsg};
 use super::metrics::{ConnRole, ShardMetrics};
 use super::Shared;
-use crate::control::{event, RequestId};
-use crate::ids::{ClientKey, DeviceKey, Serial};
+use crate::auth::AuthError;
+use crate::control::event;
+use crate::coord::{
+    Answer, ClaimOutcome, ConnClass, CoordConfig, Coordinator, Output, Participant, Placement,
+    Requester, Ticket,
+};
+use crate::ids::{ClientKey, DeviceKey};
 use crate::io::outbox::OutboxRef;
 use crate::proto::{Message, Payload};
-use crate::relay::{
-    client_shard, owner_shard, Action, ClaimError, ClaimGranted, ClientEventKind, ClientHub,
-    ConnId, Count, DeviceShard, HubAction, SessionKeyring,
-};
+use crate::relay::{close, ClaimOp, ConnId, DeviceShard, SessionKeyring};
 use bytes::Bytes;
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use glommio::{GlommioError, ResourceType};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::{Duration, Instant};
-
-/// What one shard tells another (the only things that cross cores).
-pub(crate) enum ShardMsg {
-    /// A connection whose upgrade request named a session or client this shard owns.
-    Handover(Box<Handover>),
-    /// A device registered (§2): make sure its session exists on its owner, then
-    /// acknowledge, so that a claim right after the `registered` reply finds it.
-    Registered {
-        device: DeviceKey,
-        query: u64,
-        origin: usize,
-    },
-    /// The acknowledgement of a [`ShardMsg::Registered`].
-    Ack { query: u64 },
-    /// A control channel's claim or release, sent to the device's owner.
-    ClaimRequest {
-        /// Claim (true) or release (false).
-        claim: bool,
-        client: ClientKey,
-        device: DeviceKey,
-        reply: ReplyTo,
-    },
-    /// The owner's answer, sent back to the control channel's shard.
-    ClaimAnswer {
-        claim: bool,
-        serial: Serial,
-        result: Result<Option<ClaimGranted>, ClaimError>,
-        reply: ReplyTo,
-    },
-    /// Which of these devices (owned by the receiver) are online, and who claims them.
-    PresenceQuery {
-        query: u64,
-        origin: usize,
-        devices: Vec<DeviceKey>,
-    },
-    /// The answer to a [`ShardMsg::PresenceQuery`].
-    PresenceAnswer {
-        query: u64,
-        presence: Vec<(DeviceKey, bool, Option<ClientKey>)>,
-    },
-    /// An event for a client, to its home shard.
-    ClientEvent {
-        client: ClientKey,
-        event: ClientEventKind,
-    },
-    /// A client's control-channel count went 0 ↔ >0.
-    ClientPresence { client: ClientKey, online: bool },
-    /// The operator disabled a device (admin API).
-    DeviceDisabled(DeviceKey),
-    /// The operator deleted a client (admin API).
-    ClientDeleted(ClientKey),
-    /// Drain: the sender has closed its POS sessions and devices; every report it made
-    /// was sent before this (messages between two shards keep their order).
-    DataClosed,
-}
-
-/// Where a control-channel answer goes back to.
-#[derive(Debug, Clone)]
-pub(crate) struct ReplyTo {
-    pub shard: usize,
-    pub conn: ConnId,
-    pub request_id: Option<RequestId>,
-}
-
-/// A presence query waiting for its answers.
-struct PendingQuery {
-    remaining: usize,
-    presence: Vec<(DeviceKey, bool, Option<ClientKey>)>,
-    waker: Option<Waker>,
-}
-
-/// Messages to one shard that waited for room in its channel, in order.
-struct Spill {
-    tx: glommio::channels::local_channel::LocalSender<ShardMsg>,
-    pending: Cell<usize>,
-}
 
 /// One shard's state. `!Send`: it never leaves its executor.
 pub(crate) struct ShardCtx {
@@ -107,20 +37,54 @@ pub(crate) struct ShardCtx {
     pub shards: usize,
     pub shared: Arc<Shared>,
     pub metrics: Arc<ShardMetrics>,
-    pub devices: RefCell<DeviceShard<Message>>,
-    pub hub: RefCell<ClientHub>,
+    /// This shard's side of the coordination, over the devices it owns and the clients it
+    /// is home to.
+    pub coord: RefCell<Coordinator<Message>>,
     pub conns: RefCell<HashMap<ConnId, ConnEntry>>,
     next_conn: Cell<u64>,
-    senders: Senders<ShardMsg>,
-    spill: Vec<Spill>,
-    queries: RefCell<HashMap<u64, PendingQuery>>,
-    next_query: Cell<u64>,
-    pub draining: Cell<bool>,
-    /// Drain: how many other shards have closed their POS sessions and devices.
-    pub data_closed: Cell<usize>,
+    pub mesh: Rc<Mesh>,
+    answers: Answers,
+    draining: Cell<bool>,
+    /// Tasks waiting for the drain to start (registrations waiting for their message).
+    drain_waiters: RefCell<Vec<std::task::Waker>>,
+    /// Registrations in progress: WebSocket connections that are not in `conns` (they
+    /// never relay) but that a drain must close with 1001 and wait for (§6).
+    registering: Cell<usize>,
 }
 
 impl ShardCtx {
+    /// Whether the drain has started.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Starts the drain: from now on, [`Self::until_draining`] is ready.
+    pub fn start_draining(&self) {
+        self.draining.set(true);
+        for w in self.drain_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Ready once the drain has started.
+    pub async fn until_draining(&self) {
+        std::future::poll_fn(|cx| {
+            if self.draining.get() {
+                std::task::Poll::Ready(())
+            } else {
+                self.drain_waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Counts a registration in progress for as long as the returned guard lives.
+    pub fn registering(self: &Rc<Self>) -> Registering {
+        self.registering.set(self.registering.get() + 1);
+        Registering(self.clone())
+    }
+
     /// A fresh connection id (unique across shards: the shard index is in the low bits).
     pub fn new_conn_id(&self) -> ConnId {
         let n = self.next_conn.get() + 1;
@@ -179,32 +143,24 @@ impl ShardCtx {
         }
     }
 
-    /// Carries out everything the relay state and the client hub asked for, until
-    /// neither has anything left (one can produce work for the other).
-    pub fn process_actions(self: &Rc<Self>) {
+    /// Carries out everything the coordinator asks for, until it has nothing left.
+    pub fn drive(self: &Rc<Self>) {
+        let now = Instant::now();
         loop {
-            let mut progressed = false;
-            loop {
-                let action = self.devices.borrow_mut().poll_action();
-                let Some(action) = action else { break };
-                progressed = true;
-                self.carry_device_action(action);
-            }
-            loop {
-                let action = self.hub.borrow_mut().poll_action();
-                let Some(action) = action else { break };
-                progressed = true;
-                self.carry_hub_action(action);
-            }
-            if !progressed {
-                break;
-            }
+            let output = self.coord.borrow_mut().poll_output(now);
+            let Some(output) = output else { break };
+            self.carry(output);
+        }
+        let undelivered = self.coord.borrow_mut().take_undelivered_frames();
+        if undelivered > 0 {
+            ShardMetrics::add(&self.metrics.undelivered_frames, undelivered);
         }
     }
 
-    fn carry_device_action(self: &Rc<Self>, action: Action<Message>) {
-        match action {
-            Action::SendToConn { conn, message } => {
+    fn carry(self: &Rc<Self>, output: Output<Message>) {
+        match output {
+            Output::Transmit { to, msg } => self.mesh.send_coord(to, msg),
+            Output::SendToConn { conn, message } => {
                 let len = message.payload.len();
                 match self.outbox(conn) {
                     Some(ob) if Self::push_message(&ob, &message, None).is_ok() => {
@@ -216,34 +172,16 @@ impl ShardCtx {
                     ),
                 }
             }
-            Action::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
-            Action::ClientEvent { client, event } => {
-                if let ClientEventKind::Undelivered { frames, .. } = &event {
-                    ShardMetrics::add(&self.metrics.undelivered_frames, *frames);
-                }
-                self.route_client_event(client, event)
-            }
-        }
-    }
-
-    fn carry_hub_action(self: &Rc<Self>, action: HubAction) {
-        match action {
-            HubAction::Presence { client, online } => {
-                for shard in 0..self.shards {
-                    if shard == self.index {
-                        self.devices.borrow_mut().handle_client_presence(
-                            &client,
-                            online,
-                            Instant::now(),
-                        );
-                    } else {
-                        let client = client.clone();
-                        self.send(shard, ShardMsg::ClientPresence { client, online });
-                    }
-                }
-            }
-            HubAction::SendEvent { conn, event } => self.send_text(conn, event.to_json()),
-            HubAction::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
+            Output::SendEvent { conn, event } => self.send_text(conn, event.to_json()),
+            Output::ClaimAnswered {
+                requester,
+                serial,
+                op,
+                outcome,
+            } => self.answer_claim(requester, &serial, op, outcome),
+            Output::Answered { ticket, answer } => self.answers.deliver(ticket, answer),
+            Output::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
+            Output::CloseClass { class } => self.close_class(class),
         }
     }
 
@@ -262,383 +200,179 @@ impl ShardCtx {
         }
     }
 
-    /// Sends an event to the client's home shard (here, or by message).
-    pub fn route_client_event(self: &Rc<Self>, client: ClientKey, event: ClientEventKind) {
-        let home = client_shard(&client, self.shards).0;
-        if home == self.index {
-            self.hub
-                .borrow_mut()
-                .handle_client_event(&client, event, Instant::now());
-        } else {
-            self.send(home, ShardMsg::ClientEvent { client, event });
-        }
-    }
-
-    /// Sends a message to another shard without waiting. Messages to one shard keep
-    /// their order: when the channel is full, this and every later message wait in a
-    /// local spill queue that one task drains in order.
-    pub fn send(self: &Rc<Self>, shard: usize, msg: ShardMsg) {
-        debug_assert_ne!(shard, self.index);
-        let spill = &self.spill[shard];
-        let msg = if spill.pending.get() == 0 {
-            match self.senders.try_send_to(shard, msg) {
-                Ok(()) => return,
-                Err(GlommioError::WouldBlock(ResourceType::Channel(m))) => m,
-                Err(_) => {
-                    tracing::warn!(shard, "shard channel closed: message not delivered");
-                    return;
-                }
-            }
-        } else {
-            msg
-        };
-        spill.pending.set(spill.pending.get() + 1);
-        if spill.tx.try_send(msg).is_err() {
-            tracing::error!(shard, "spill queue refused a message");
-        }
-    }
-
-    /// Sends a handover (awaited: it carries a socket and must not be lost).
-    pub async fn send_handover(self: &Rc<Self>, shard: usize, handover: Handover) {
-        if self
-            .senders
-            .send_to(shard, ShardMsg::Handover(Box::new(handover)))
-            .await
-            .is_err()
-        {
-            tracing::warn!(shard, "handover failed: the target shard is gone");
-        }
-    }
-
-    /// The owning shard of a device.
-    pub fn owner_of(&self, device: &DeviceKey) -> usize {
-        owner_shard(&self.devices.borrow().session_id(device), self.shards).0
-    }
-
-    /// Asks every owner about `devices` and waits for the answers.
-    pub async fn presence_of(
-        self: &Rc<Self>,
-        devices: Vec<DeviceKey>,
-    ) -> Vec<(DeviceKey, bool, Option<ClientKey>)> {
-        let mut by_owner: HashMap<usize, Vec<DeviceKey>> = HashMap::new();
-        for d in devices {
-            by_owner.entry(self.owner_of(&d)).or_default().push(d);
-        }
-        let mut presence = Vec::new();
-        let mut remote = Vec::new();
-        for (owner, devices) in by_owner {
-            if owner == self.index {
-                presence.extend(self.local_presence(&devices));
-            } else {
-                remote.push((owner, devices));
-            }
-        }
-        if remote.is_empty() {
-            return presence;
-        }
-        let query = self.open_query(remote.len(), presence);
-        for (owner, devices) in remote {
-            self.send(
-                owner,
-                ShardMsg::PresenceQuery {
-                    query,
-                    origin: self.index,
-                    devices,
-                },
-            );
-        }
-        self.wait_query(query).await
-    }
-
-    /// Records one answer to a pending query; wakes its waiter on the last one.
-    fn answer_query(&self, query: u64, presence: Vec<(DeviceKey, bool, Option<ClientKey>)>) {
-        let mut queries = self.queries.borrow_mut();
-        if let Some(q) = queries.get_mut(&query) {
-            q.presence.extend(presence);
-            q.remaining = q.remaining.saturating_sub(1);
-            if q.remaining == 0 {
-                if let Some(w) = q.waker.take() {
-                    w.wake();
-                }
-            }
-        }
-    }
-
-    /// A new query id, registered as waiting for `remaining` answers.
-    fn open_query(
+    /// Writes the answer to a claim or release on the control channel that asked.
+    fn answer_claim(
         &self,
-        remaining: usize,
-        presence: Vec<(DeviceKey, bool, Option<ClientKey>)>,
-    ) -> u64 {
-        let query = self.next_query.get() + 1;
-        self.next_query.set(query);
-        self.queries.borrow_mut().insert(
-            query,
-            PendingQuery {
-                remaining,
-                presence,
-                waker: None,
-            },
-        );
-        query
-    }
-
-    /// Waits until every answer to `query` has arrived; returns what they carried.
-    async fn wait_query(&self, query: u64) -> Vec<(DeviceKey, bool, Option<ClientKey>)> {
-        std::future::poll_fn(|cx| {
-            let mut queries = self.queries.borrow_mut();
-            let done = queries
-                .get(&query)
-                .map(|q| q.remaining == 0)
-                .unwrap_or(true);
-            if done {
-                let q = queries.remove(&query);
-                std::task::Poll::Ready(q.map(|q| q.presence).unwrap_or_default())
-            } else {
-                if let Some(q) = queries.get_mut(&query) {
-                    q.waker = Some(cx.waker().clone());
-                }
-                std::task::Poll::Pending
-            }
-        })
-        .await
-    }
-
-    /// Makes sure a registered device's session exists on its owner before answering it.
-    pub async fn register_device(self: &Rc<Self>, device: DeviceKey) {
-        let owner = self.owner_of(&device);
-        if owner == self.index {
-            self.devices
-                .borrow_mut()
-                .handle_register(device, Instant::now());
-            return;
-        }
-        let query = self.open_query(1, Vec::new());
-        self.send(
-            owner,
-            ShardMsg::Registered {
-                device,
-                query,
-                origin: self.index,
-            },
-        );
-        self.wait_query(query).await;
-    }
-
-    fn local_presence(&self, devices: &[DeviceKey]) -> Vec<(DeviceKey, bool, Option<ClientKey>)> {
-        let state = self.devices.borrow();
-        devices
-            .iter()
-            .map(|d| {
-                (
-                    d.clone(),
-                    state.device_online(d),
-                    state.claimed_by(d).cloned(),
-                )
-            })
-            .collect()
-    }
-
-    /// Handles a claim or release for a device this shard owns; answers `reply`.
-    pub fn handle_claim_request(
-        self: &Rc<Self>,
-        claim: bool,
-        client: ClientKey,
-        device: DeviceKey,
-        reply: ReplyTo,
+        requester: Requester,
+        serial: &crate::ids::Serial,
+        op: ClaimOp,
+        outcome: ClaimOutcome,
     ) {
-        let now = Instant::now();
-        let result = if claim {
-            self.devices
-                .borrow_mut()
-                .handle_claim(&client, &device, now)
-                .map(Some)
-        } else {
-            self.devices
-                .borrow_mut()
-                .handle_release(&client, &device, now)
-                .map(|()| None)
-        };
-        self.process_actions();
-        let serial = device.serial.clone();
-        if reply.shard == self.index {
-            self.answer_claim(claim, serial, result, reply);
-        } else {
-            self.send(
-                reply.shard,
-                ShardMsg::ClaimAnswer {
-                    claim,
-                    serial,
-                    result,
-                    reply,
-                },
-            );
-        }
-    }
-
-    /// Writes the answer of a claim or release on the control channel that asked.
-    pub fn answer_claim(
-        &self,
-        claim: bool,
-        serial: Serial,
-        result: Result<Option<ClaimGranted>, ClaimError>,
-        reply: ReplyTo,
-    ) {
-        let rid = reply.request_id.as_ref();
-        let json = match result {
-            Ok(Some(granted)) => {
+        let rid = requester.request_id.as_ref();
+        let json = match outcome {
+            ClaimOutcome::Claimed(granted) => {
                 let base = self
                     .conns
                     .borrow()
-                    .get(&reply.conn)
+                    .get(&requester.conn)
                     .and_then(|e| e.url_base.clone())
                     .unwrap_or_default();
                 let url = event::session_url(&base, &granted.session_id);
                 event::claimed(
                     rid,
-                    &serial,
+                    serial,
                     &granted.session_id,
                     &url,
                     granted.online,
                     granted.pending_frames,
                 )
             }
-            Ok(None) => event::released(rid, &serial),
-            Err(err) => {
-                let message = match (&err, claim) {
-                    (ClaimError::DeviceBusy { .. }, true) => "the device is claimed by another POS client: it must release it first",
-                    (ClaimError::DeviceBusy { .. }, false) => "the device is claimed by another POS client: only that client can release it",
-                    (ClaimError::Offline { .. }, _) => "the device has not registered since the relay started (or is disabled): retry once it is online",
-                };
-                event::error(rid, err.code(), message)
-            }
+            ClaimOutcome::Released => event::released(rid, serial),
+            ClaimOutcome::Refused(err) => event::error(rid, err.code(), err.message(op)),
         };
-        self.send_text(reply.conn, json);
+        self.send_text(requester.conn, json);
+    }
+
+    /// §6 drain: asks every connection of `class` to close with 1001.
+    pub fn close_class(&self, class: ConnClass) {
+        let conns: Vec<_> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(_, e)| in_class(e.role, class))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in conns {
+            self.close_conn(conn, close::GOING_AWAY, "relay shutting down: reconnect");
+        }
+    }
+
+    /// Whether a connection of `class` is still open here.
+    pub fn has_class(&self, class: ConnClass) -> bool {
+        self.conns
+            .borrow()
+            .values()
+            .any(|e| in_class(e.role, class))
+    }
+
+    /// Asks the coordination question `ask` puts, and waits for its answer.
+    pub async fn ask(
+        self: &Rc<Self>,
+        ask: impl FnOnce(&mut Coordinator<Message>, Instant) -> Ticket,
+    ) -> Answer {
+        let ticket = ask(&mut self.coord.borrow_mut(), Instant::now());
+        self.drive();
+        self.answers.wait(ticket).await
+    }
+
+    /// §2: makes sure a registered device's session exists on its owner before the
+    /// device is answered (a claim right after `registered` must not see `offline`).
+    pub async fn register_device(self: &Rc<Self>, device: DeviceKey) -> Answer {
+        self.ask(|coord, now| coord.handle_register(device, now))
+            .await
+    }
+
+    /// §4 `devices`, §9 list: every device's presence, asked of its owner.
+    pub async fn presence_of(self: &Rc<Self>, devices: Vec<DeviceKey>) -> Answer {
+        self.ask(|coord, now| coord.handle_presence_query(devices, now))
+            .await
+    }
+
+    /// A control channel here claims or releases a device; the answer is written on it.
+    pub fn claim(
+        self: &Rc<Self>,
+        op: ClaimOp,
+        client: ClientKey,
+        device: DeviceKey,
+        requester: Requester,
+    ) {
+        self.coord
+            .borrow_mut()
+            .handle_claim(op, client, device, requester, Instant::now());
+        self.drive();
+    }
+
+    /// Reports POS messages that were queued on a device connection but never written.
+    pub fn report_unsent_to_device(
+        self: &Rc<Self>,
+        device: &DeviceKey,
+        count: crate::relay::Count,
+    ) {
+        self.coord
+            .borrow_mut()
+            .handle_unsent_to_device(device, count, Instant::now());
+        self.drive();
     }
 
     /// Handles one message from another shard.
-    pub fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
+    fn handle_msg(self: &Rc<Self>, from: usize, msg: ShardMsg) {
         match msg {
             ShardMsg::Handover(h) => {
                 ShardMetrics::add(&self.metrics.handovers_in, 1);
                 super::accept::serve_handover(self.clone(), *h);
             }
-            ShardMsg::Registered {
-                device,
-                query,
-                origin,
-            } => {
-                self.devices
+            ShardMsg::Coord(msg) => {
+                self.coord
                     .borrow_mut()
-                    .handle_register(device, Instant::now());
-                self.send(origin, ShardMsg::Ack { query });
-            }
-            ShardMsg::Ack { query } => self.answer_query(query, Vec::new()),
-            ShardMsg::ClaimRequest {
-                claim,
-                client,
-                device,
-                reply,
-            } => self.handle_claim_request(claim, client, device, reply),
-            ShardMsg::ClaimAnswer {
-                claim,
-                serial,
-                result,
-                reply,
-            } => self.answer_claim(claim, serial, result, reply),
-            ShardMsg::PresenceQuery {
-                query,
-                origin,
-                devices,
-            } => {
-                let presence = self.local_presence(&devices);
-                self.send(origin, ShardMsg::PresenceAnswer { query, presence });
-            }
-            ShardMsg::PresenceAnswer { query, presence } => self.answer_query(query, presence),
-            ShardMsg::ClientEvent { client, event } => {
-                self.hub
-                    .borrow_mut()
-                    .handle_client_event(&client, event, Instant::now());
-                self.process_actions();
-            }
-            ShardMsg::ClientPresence { client, online } => {
-                self.devices
-                    .borrow_mut()
-                    .handle_client_presence(&client, online, Instant::now());
-                self.process_actions();
-            }
-            ShardMsg::DeviceDisabled(device) => {
-                self.devices.borrow_mut().handle_device_disabled(&device);
-                self.process_actions();
-            }
-            ShardMsg::ClientDeleted(client) => {
-                self.devices.borrow_mut().handle_client_deleted(&client);
-                self.hub.borrow_mut().handle_client_deleted(&client);
-                self.process_actions();
-            }
-            ShardMsg::DataClosed => self.data_closed.set(self.data_closed.get() + 1),
-        }
-    }
-
-    /// Tells every shard (this one included) about an admin change.
-    pub fn broadcast_admin(self: &Rc<Self>, make: impl Fn() -> ShardMsg) {
-        for shard in 0..self.shards {
-            if shard == self.index {
-                self.handle_msg(make());
-            } else {
-                self.send(shard, make());
+                    .handle_msg(Participant(from), msg, Instant::now());
+                self.drive();
             }
         }
     }
 
-    /// Reports POS messages that were queued on a device connection but never written.
-    pub fn report_unsent_to_device(self: &Rc<Self>, device: &DeviceKey, count: Count) {
-        if count.frames == 0 {
-            return;
-        }
-        let holder = self.devices.borrow().claimed_by(device).cloned();
-        if let Some(client) = holder {
-            ShardMetrics::add(&self.metrics.undelivered_frames, count.frames);
-            self.route_client_event(
-                client,
-                ClientEventKind::Undelivered {
-                    serial: device.serial.clone(),
-                    frames: count.frames,
-                    bytes: count.bytes,
-                },
-            );
-        } else {
-            tracing::warn!(tsn = %device.serial, frames = count.frames, "unsent messages for a device nobody claims any more");
-        }
-    }
-
-    /// The periodic work: relay timers, pings, idle and token-expiry closes.
+    /// The periodic work: coordination timers, pings, idle and token-expiry closes.
     fn tick(self: &Rc<Self>) {
         let now = Instant::now();
         {
-            let mut devices = self.devices.borrow_mut();
-            if devices.poll_timeout().is_some_and(|t| t <= now) {
-                devices.handle_timeout(now);
+            let mut coord = self.coord.borrow_mut();
+            if coord.poll_timeout().is_some_and(|t| t <= now) {
+                coord.handle_timeout(now);
             }
         }
-        self.process_actions();
+        self.drive();
         let cfg = &self.shared.config;
         let unix = super::unix_now();
         for entry in self.conns.borrow().values() {
             let mut ob = entry.outbox.borrow_mut();
-            let idle = now.saturating_duration_since(ob.last_rx);
+            let idle = if ob.reading_paused {
+                // Paused by backpressure: the relay is not reading, the peer is not idle.
+                Duration::ZERO
+            } else {
+                now.saturating_duration_since(ob.last_rx)
+            };
             if idle >= cfg.idle_timeout {
-                ob.request_close(1001, "idle timeout: nothing received");
+                ob.request_close(close::GOING_AWAY, "idle timeout: nothing received");
             } else if idle >= cfg.ping_interval
                 && now.saturating_duration_since(entry.last_ping.get()) >= cfg.ping_interval
             {
                 entry.last_ping.set(now);
                 ob.request_ping();
             }
-            if entry.token_expires_at.is_some_and(|exp| unix >= exp) {
-                ob.request_close(4401, "access token expired");
+            if let Some(exp) = entry.token_expires_at.filter(|exp| unix >= *exp) {
+                // §5: "POS connections close with 4401 when their access token expires".
+                let expired = AuthError::Expired { exp, now: unix };
+                ob.request_close(expired.close_code(), "access token expired");
             }
         }
+    }
+}
+
+/// A registration in progress (see [`ShardCtx::registering`]).
+pub(crate) struct Registering(Rc<ShardCtx>);
+
+impl Drop for Registering {
+    fn drop(&mut self) {
+        let n = &self.0.registering;
+        n.set(n.get().saturating_sub(1));
+    }
+}
+
+/// Which roles a drain class covers.
+fn in_class(role: ConnRole, class: ConnClass) -> bool {
+    match class {
+        ConnClass::PosSessions => role == ConnRole::PosSession,
+        ConnClass::Devices => role == ConnRole::Device,
+        ConnClass::Everything => true,
     }
 }
 
@@ -654,60 +388,40 @@ pub(crate) async fn run_shard(
         .join()
         .await
         .map_err(|_| std::io::Error::other("cannot join the shard mesh"))?;
-    let index = senders.peer_id();
-    let shards = senders.nr_consumers().max(1);
+    let (mesh, spill_rx) = Mesh::new(senders);
+    let mesh = Rc::new(mesh);
+    let index = mesh.index();
+    let shards = mesh.shards();
     let cfg = &shared.config;
-    let mut spill = Vec::with_capacity(shards);
-    let mut spill_rx = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
-        spill.push(Spill {
-            tx,
-            pending: Cell::new(0),
-        });
-        spill_rx.push(rx);
-    }
+    let keyring = SessionKeyring::new(shared.keyring_key);
+    let coord = Coordinator::new(
+        Participant(index),
+        Placement::new(keyring.clone(), shards),
+        DeviceShard::new(keyring, cfg.relay_limits),
+        CoordConfig::default(),
+    );
     let ctx = Rc::new(ShardCtx {
-        spill,
         index,
         shards,
         metrics: shared.shard_metrics[index].clone(),
-        devices: RefCell::new(DeviceShard::new(
-            SessionKeyring::new(shared.keyring_key),
-            cfg.relay_limits,
-        )),
-        hub: RefCell::new(ClientHub::new()),
+        coord: RefCell::new(coord),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
-        senders,
-        queries: RefCell::new(HashMap::new()),
-        next_query: Cell::new(0),
+        mesh: mesh.clone(),
+        answers: Answers::default(),
         draining: Cell::new(false),
-        data_closed: Cell::new(0),
+        drain_waiters: RefCell::new(Vec::new()),
+        registering: Cell::new(0),
         shared: shared.clone(),
     });
-    for (_peer, rx) in receivers.streams() {
+    super::mesh::spawn_receivers(&mut receivers, {
         let ctx = ctx.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                ctx.handle_msg(msg);
-            }
-        })
-        .detach();
-    }
+        move |from, msg| ctx.handle_msg(from, msg)
+    });
     for (shard, rx) in spill_rx.into_iter().enumerate() {
-        if shard == index {
-            continue;
+        if shard != index {
+            glommio::spawn_local(mesh.clone().run_spill(shard, rx)).detach();
         }
-        let ctx = ctx.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                let _ = ctx.senders.send_to(shard, msg).await;
-                let spill = &ctx.spill[shard];
-                spill.pending.set(spill.pending.get().saturating_sub(1));
-            }
-        })
-        .detach();
     }
     let relay_listener = match glommio::net::TcpListener::bind(relay_addr) {
         Ok(l) => l,
@@ -760,6 +474,6 @@ pub(crate) async fn run_shard(
             break;
         }
     }
-    super::accept::drain(&ctx, relay_task, admin_task).await;
+    super::drain::drain(&ctx, relay_task, admin_task).await;
     Ok(())
 }

@@ -1,0 +1,566 @@
+//! [`Coordinator`]: one participant's side of the conversation, over its share of the relay
+//! state. Modelled on quinn-proto's `Endpoint`: it routes what concerns others into
+//! messages and applies what others send, while the per-device state machine
+//! ([`DeviceShard`]) and the per-client one ([`ClientHub`]) stay what they were.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::ids::{ClientKey, DeviceKey};
+use crate::relay::{
+    Action, ClaimError, ClaimOp, ClientEventKind, ClientHub, ConnId, Count, DeviceShard, HubAction,
+    QueuedMessage,
+};
+
+use super::claim::{ClaimOutcome, Requester};
+use super::drain::{ConnClass, Drain, DrainPhase, Step};
+use super::msg::CoordMsg;
+use super::output::{Answer, Output};
+use super::participant::{Participant, Placement};
+use super::pending::{Pending, Ticket, Waiting};
+use super::presence::DevicePresence;
+
+/// How the coordination behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoordConfig {
+    /// How long a question to another participant may stay unanswered before it is
+    /// answered [`Answer::Unavailable`] (or a claim refused as unavailable). Shards of one
+    /// process always answer within microseconds; this bounds what a stopped or wedged
+    /// participant can cost a client.
+    pub answer_timeout: Duration,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        Self {
+            answer_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One participant's coordination state. `M` is the io layer's message type.
+#[derive(Debug)]
+pub struct Coordinator<M> {
+    me: Participant,
+    placement: Placement,
+    config: CoordConfig,
+    devices: DeviceShard<M>,
+    hub: ClientHub,
+    pending: Pending,
+    drain: Drain,
+    outputs: VecDeque<Output<M>>,
+    /// POS messages reported `undelivered` since the io last asked (for its metrics).
+    undelivered_frames: u64,
+}
+
+impl<M: QueuedMessage> Coordinator<M> {
+    /// The coordinator of participant `me`, over `devices` (the state of the devices it will
+    /// own), placing devices and clients with `placement` (the same on every participant).
+    pub fn new(
+        me: Participant,
+        placement: Placement,
+        devices: DeviceShard<M>,
+        config: CoordConfig,
+    ) -> Self {
+        let others: BTreeSet<Participant> = placement.all().filter(|p| *p != me).collect();
+        Self {
+            me,
+            placement,
+            config,
+            devices,
+            hub: ClientHub::new(),
+            pending: Pending::default(),
+            drain: Drain::new(others),
+            outputs: VecDeque::new(),
+            undelivered_frames: 0,
+        }
+    }
+
+    /// This participant.
+    pub fn me(&self) -> Participant {
+        self.me
+    }
+
+    /// Who owns what.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The state of the devices this participant owns (read-only).
+    pub fn devices(&self) -> &DeviceShard<M> {
+        &self.devices
+    }
+
+    /// The state of the devices this participant owns, for the data path (device and POS
+    /// session lifecycle, relayed messages). Whatever it produces comes out of
+    /// [`Self::poll_output`].
+    pub fn devices_mut(&mut self) -> &mut DeviceShard<M> {
+        &mut self.devices
+    }
+
+    /// The control channels of the clients this participant is home to (read-only).
+    pub fn hub(&self) -> &ClientHub {
+        &self.hub
+    }
+
+    /// Questions still waiting for another participant.
+    pub fn open_questions(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// POS messages reported `undelivered` since the last call.
+    pub fn take_undelivered_frames(&mut self) -> u64 {
+        std::mem::take(&mut self.undelivered_frames)
+    }
+
+    // ----- questions from this participant's connections ------------------------------
+
+    /// §2: a device registered here (credentials and device already checked). Its session
+    /// is created on its owner; [`Answer::Registered`] for the returned ticket says it
+    /// exists (or [`Answer::Unavailable`] if the owner did not answer in time).
+    #[must_use = "wait for the ticket's answer before replying `registered`"]
+    pub fn handle_register(&mut self, device: DeviceKey, now: Instant) -> Ticket {
+        let owner = self.placement.owner_of(&device);
+        if owner == self.me {
+            let _sid = self.devices.handle_register(device, now);
+            let ticket = self.pending.next_local();
+            self.outputs.push_back(Output::Answered {
+                ticket,
+                answer: Answer::Registered,
+            });
+            return ticket;
+        }
+        let ticket = self.ask(owner, now, Waiting::Registered);
+        self.transmit(owner, CoordMsg::Register { ticket, device });
+        ticket
+    }
+
+    /// §4: a control channel here claims or releases `device` for `client` (scope already
+    /// checked). The decision comes back as [`Output::ClaimAnswered`] for `requester`.
+    pub fn handle_claim(
+        &mut self,
+        op: ClaimOp,
+        client: ClientKey,
+        device: DeviceKey,
+        requester: Requester,
+        now: Instant,
+    ) {
+        let owner = self.placement.owner_of(&device);
+        let serial = device.serial.clone();
+        if owner == self.me {
+            let outcome = self.decide_claim(op, &client, &device, now);
+            self.outputs.push_back(Output::ClaimAnswered {
+                requester,
+                serial,
+                op,
+                outcome,
+            });
+            return;
+        }
+        let waiting = Waiting::Claim {
+            requester,
+            serial,
+            op,
+        };
+        let ticket = self.ask(owner, now, waiting);
+        self.transmit(
+            owner,
+            CoordMsg::Claim {
+                ticket,
+                op,
+                client,
+                device,
+            },
+        );
+    }
+
+    /// §4 `devices`, §9 device list: whether each device is online and who claims it,
+    /// asked of each owner. [`Answer::Presence`] for the returned ticket lists every device
+    /// once (in no particular order).
+    #[must_use = "wait for the ticket's answer"]
+    pub fn handle_presence_query(&mut self, devices: Vec<DeviceKey>, now: Instant) -> Ticket {
+        let mut local = Vec::new();
+        let mut remote: std::collections::BTreeMap<Participant, Vec<DeviceKey>> =
+            Default::default();
+        for device in devices {
+            let owner = self.placement.owner_of(&device);
+            if owner == self.me {
+                local.push(device);
+            } else {
+                remote.entry(owner).or_default().push(device);
+            }
+        }
+        let gathered = self.presence_of(&local);
+        if remote.is_empty() {
+            let ticket = self.pending.next_local();
+            self.outputs.push_back(Output::Answered {
+                ticket,
+                answer: Answer::Presence(gathered),
+            });
+            return ticket;
+        }
+        let from: BTreeSet<Participant> = remote.keys().copied().collect();
+        let deadline = self.deadline(now);
+        let ticket =
+            self.pending
+                .open(from.clone(), deadline, Waiting::Presence { from, gathered });
+        for (owner, devices) in remote {
+            self.transmit(owner, CoordMsg::PresenceQuery { ticket, devices });
+        }
+        ticket
+    }
+
+    /// A control channel of `client` opened here (its home).
+    pub fn handle_control_opened(&mut self, client: &ClientKey, conn: ConnId, now: Instant) {
+        self.hub.handle_control_opened(client, conn, now);
+    }
+
+    /// A control channel of `client` closed here (its home).
+    pub fn handle_control_closed(&mut self, client: &ClientKey, conn: ConnId, now: Instant) {
+        self.hub.handle_control_closed(client, conn, now);
+    }
+
+    /// POS messages queued on a device connection here that its socket never took: they
+    /// are reported `undelivered` to the claim holder (§6), wherever its home is.
+    pub fn handle_unsent_to_device(&mut self, device: &DeviceKey, count: Count, now: Instant) {
+        if count.frames == 0 {
+            return;
+        }
+        match self.devices.claimed_by(device).cloned() {
+            Some(client) => {
+                self.undelivered_frames = self.undelivered_frames.saturating_add(count.frames);
+                self.route_event(
+                    client,
+                    ClientEventKind::Undelivered {
+                        serial: device.serial.clone(),
+                        frames: count.frames,
+                        bytes: count.bytes,
+                    },
+                    now,
+                );
+            }
+            None => {
+                tracing::warn!(tsn = %device.serial, frames = count.frames, "unsent messages for a device nobody claims any more");
+            }
+        }
+    }
+
+    /// §9: the operator disabled `device`: every participant hears of it.
+    pub fn handle_device_disabled(&mut self, device: DeviceKey, now: Instant) {
+        self.broadcast(|| CoordMsg::DeviceDisabled {
+            device: device.clone(),
+        });
+        self.apply(self.me, CoordMsg::DeviceDisabled { device }, now);
+    }
+
+    /// §9: the operator deleted `client`: every participant hears of it.
+    pub fn handle_client_deleted(&mut self, client: ClientKey, now: Instant) {
+        self.broadcast(|| CoordMsg::ClientDeleted {
+            client: client.clone(),
+        });
+        self.apply(self.me, CoordMsg::ClientDeleted { client }, now);
+    }
+
+    // ----- messages from other participants -------------------------------------------
+
+    /// A message `from` another participant.
+    pub fn handle_msg(&mut self, from: Participant, msg: CoordMsg, now: Instant) {
+        self.apply(from, msg, now);
+    }
+
+    fn apply(&mut self, from: Participant, msg: CoordMsg, now: Instant) {
+        match msg {
+            CoordMsg::Register { ticket, device } => {
+                let _sid = self.devices.handle_register(device, now);
+                self.transmit(from, CoordMsg::Registered { ticket });
+            }
+            CoordMsg::Registered { ticket } => {
+                if let Some(Waiting::Registered) = self.pending.answered(ticket, from, Vec::new()) {
+                    self.outputs.push_back(Output::Answered {
+                        ticket,
+                        answer: Answer::Registered,
+                    });
+                }
+            }
+            CoordMsg::Claim {
+                ticket,
+                op,
+                client,
+                device,
+            } => {
+                let outcome = self.decide_claim(op, &client, &device, now);
+                self.transmit(from, CoordMsg::ClaimAnswer { ticket, outcome });
+            }
+            CoordMsg::ClaimAnswer { ticket, outcome } => {
+                if let Some(Waiting::Claim {
+                    requester,
+                    serial,
+                    op,
+                }) = self.pending.answered(ticket, from, Vec::new())
+                {
+                    self.outputs.push_back(Output::ClaimAnswered {
+                        requester,
+                        serial,
+                        op,
+                        outcome,
+                    });
+                }
+            }
+            CoordMsg::PresenceQuery { ticket, devices } => {
+                let presence = self.presence_of(&devices);
+                self.transmit(from, CoordMsg::PresenceAnswer { ticket, presence });
+            }
+            CoordMsg::PresenceAnswer { ticket, presence } => {
+                if let Some(Waiting::Presence { gathered, .. }) =
+                    self.pending.answered(ticket, from, presence)
+                {
+                    self.outputs.push_back(Output::Answered {
+                        ticket,
+                        answer: Answer::Presence(gathered),
+                    });
+                }
+            }
+            CoordMsg::ClientEvent { client, event } => {
+                self.hub.handle_client_event(&client, event, now);
+            }
+            CoordMsg::ClientPresence { client, online } => {
+                self.devices.handle_client_presence(&client, online, now);
+            }
+            CoordMsg::DeviceDisabled { device } => {
+                self.devices.handle_device_disabled(&device);
+            }
+            CoordMsg::ClientDeleted { client } => {
+                self.devices.handle_client_deleted(&client);
+                self.hub.handle_client_deleted(&client);
+            }
+            CoordMsg::DataClosed => {
+                let steps = self.drain.heard_data_closed(from);
+                self.carry_steps(steps);
+            }
+        }
+    }
+
+    // ----- time ------------------------------------------------------------------------
+
+    /// Expires what is due at `now`: the relay state's timers (offline grace, claim grace)
+    /// and questions past their deadline (answered unavailable).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.devices.poll_timeout().is_some_and(|t| t <= now) {
+            self.devices.handle_timeout(now);
+        }
+        for (ticket, waiting) in self.pending.expire(now) {
+            match waiting {
+                Waiting::Registered | Waiting::Presence { .. } => {
+                    self.outputs.push_back(Output::Answered {
+                        ticket,
+                        answer: Answer::Unavailable,
+                    });
+                }
+                Waiting::Claim {
+                    requester,
+                    serial,
+                    op,
+                } => {
+                    let outcome = ClaimOutcome::Refused(ClaimError::Unavailable {
+                        serial: serial.clone(),
+                    });
+                    self.outputs.push_back(Output::ClaimAnswered {
+                        requester,
+                        serial,
+                        op,
+                        outcome,
+                    });
+                }
+            }
+        }
+    }
+
+    /// When to call [`Self::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.devices.poll_timeout(), self.pending.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- shutdown (§6) ---------------------------------------------------------------
+
+    /// Starts the drain: queued POS messages are reported, then POS sessions are closed
+    /// ([`Output::CloseClass`]).
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        if *self.drain.phase() != DrainPhase::Serving {
+            return;
+        }
+        self.devices.handle_shutdown(now);
+        let steps = self.drain.start();
+        self.carry_steps(steps);
+    }
+
+    /// No connection of `class` is left here (or the io stopped waiting for them).
+    pub fn handle_class_closed(&mut self, class: ConnClass, _now: Instant) {
+        let steps = self.drain.class_closed(class);
+        self.carry_steps(steps);
+    }
+
+    /// The drain timeout ran out: stop waiting for other participants.
+    pub fn handle_drain_deadline(&mut self, _now: Instant) {
+        let missing = self.drain.missing();
+        if missing > 0 {
+            tracing::warn!(
+                participant = %self.me,
+                missing,
+                "drain: some participants did not finish in time; closing control channels without their reports"
+            );
+        }
+        let steps = self.drain.give_up_waiting();
+        self.carry_steps(steps);
+    }
+
+    /// Where the drain stands.
+    pub fn drain_phase(&self) -> &DrainPhase {
+        self.drain.phase()
+    }
+
+    // ----- outputs ----------------------------------------------------------------------
+
+    /// The next thing to do, in the order produced. Drains the relay state's and the
+    /// client hub's actions into outputs (events for clients homed elsewhere become
+    /// messages).
+    pub fn poll_output(&mut self, now: Instant) -> Option<Output<M>> {
+        loop {
+            if let Some(out) = self.outputs.pop_front() {
+                return Some(out);
+            }
+            if let Some(action) = self.devices.poll_action() {
+                self.carry_device_action(action, now);
+                continue;
+            }
+            if let Some(action) = self.hub.poll_action() {
+                self.carry_hub_action(action, now);
+                continue;
+            }
+            return None;
+        }
+    }
+
+    // ----- internals --------------------------------------------------------------------
+
+    fn deadline(&self, now: Instant) -> Instant {
+        now.checked_add(self.config.answer_timeout).unwrap_or(now)
+    }
+
+    fn ask(&mut self, whom: Participant, now: Instant, waiting: Waiting) -> Ticket {
+        let deadline = self.deadline(now);
+        self.pending.open(BTreeSet::from([whom]), deadline, waiting)
+    }
+
+    /// Sends what `make` builds to every other participant.
+    fn broadcast(&mut self, make: impl Fn() -> CoordMsg) {
+        let me = self.me;
+        let others: Vec<Participant> = self.placement.all().filter(|p| *p != me).collect();
+        for p in others {
+            self.transmit(p, make());
+        }
+    }
+
+    fn transmit(&mut self, to: Participant, msg: CoordMsg) {
+        debug_assert_ne!(to, self.me, "a participant never messages itself");
+        self.outputs.push_back(Output::Transmit { to, msg });
+    }
+
+    fn decide_claim(
+        &mut self,
+        op: ClaimOp,
+        client: &ClientKey,
+        device: &DeviceKey,
+        now: Instant,
+    ) -> ClaimOutcome {
+        match op {
+            ClaimOp::Claim => {
+                ClaimOutcome::of_claim(self.devices.handle_claim(client, device, now))
+            }
+            ClaimOp::Release => {
+                ClaimOutcome::of_release(self.devices.handle_release(client, device, now))
+            }
+        }
+    }
+
+    fn presence_of(&self, devices: &[DeviceKey]) -> Vec<DevicePresence> {
+        devices
+            .iter()
+            .map(|d| DevicePresence {
+                device: d.clone(),
+                online: self.devices.device_online(d),
+                claimed_by: self.devices.claimed_by(d).cloned(),
+            })
+            .collect()
+    }
+
+    /// An event for `client`: to its hub here, or to its home.
+    fn route_event(&mut self, client: ClientKey, event: ClientEventKind, now: Instant) {
+        let home = self.placement.home_of(&client);
+        if home == self.me {
+            self.hub.handle_client_event(&client, event, now);
+        } else {
+            self.transmit(home, CoordMsg::ClientEvent { client, event });
+        }
+    }
+
+    fn carry_device_action(&mut self, action: Action<M>, now: Instant) {
+        match action {
+            Action::SendToConn { conn, message } => {
+                self.outputs.push_back(Output::SendToConn { conn, message })
+            }
+            Action::CloseConn { conn, code, reason } => {
+                self.outputs
+                    .push_back(Output::CloseConn { conn, code, reason })
+            }
+            Action::ClientEvent { client, event } => {
+                if let ClientEventKind::Undelivered { frames, .. } = &event {
+                    self.undelivered_frames = self.undelivered_frames.saturating_add(*frames);
+                }
+                self.route_event(client, event, now)
+            }
+        }
+    }
+
+    fn carry_hub_action(&mut self, action: HubAction, now: Instant) {
+        match action {
+            HubAction::Presence { client, online } => {
+                self.broadcast(|| CoordMsg::ClientPresence {
+                    client: client.clone(),
+                    online,
+                });
+                self.devices.handle_client_presence(&client, online, now);
+            }
+            HubAction::SendEvent { conn, event } => {
+                self.outputs.push_back(Output::SendEvent { conn, event })
+            }
+            HubAction::CloseConn { conn, code, reason } => self
+                .outputs
+                .push_back(Output::CloseConn { conn, code, reason }),
+        }
+    }
+
+    fn carry_steps(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Close(ConnClass::Everything) => {
+                    // §6: every control channel closes with 1001 once every report is in;
+                    // reports kept for clients with no channel open die with the process.
+                    let lost = self.hub.handle_shutdown();
+                    if lost > 0 {
+                        tracing::info!(participant = %self.me, lost, "drain: undelivered reports kept for clients without a control channel are dropped");
+                    }
+                    self.outputs.push_back(Output::CloseClass {
+                        class: ConnClass::Everything,
+                    });
+                }
+                Step::Close(class) => self.outputs.push_back(Output::CloseClass { class }),
+                Step::AnnounceDataClosed => {
+                    self.broadcast(|| CoordMsg::DataClosed);
+                }
+            }
+        }
+    }
+}
