@@ -3,7 +3,9 @@
 
 use crate::client::http::{agent, AdminClient, ClientCredentials, DeviceRow};
 use crate::client::tls::client_config;
+use anyhow::Context as _;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use posrelay_core::tenancy::CertFingerprint;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -112,6 +114,30 @@ pub enum AdminCommand {
         /// Terminal serial number
         tsn: String,
     },
+    /// Pin a terminal's TLS client certificate (mTLS listener): prints its SHA-256 fingerprint
+    ///
+    /// The certificate's fingerprint is added to the terminal's pins (those already there
+    /// stay, so that a rotation can pin the new certificate beside the old one; remove the
+    /// old one with unpin-cert once the terminal uses the new one).
+    PinCert {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// Terminal serial number
+        tsn: String,
+        /// PEM file of the terminal's client certificate (its first certificate is pinned)
+        file: PathBuf,
+    },
+    /// Remove a pinned client certificate from a terminal (a connection made with it is closed)
+    UnpinCert {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// Terminal serial number
+        tsn: String,
+        /// PEM file of the certificate, or its SHA-256 fingerprint (64 hex digits)
+        certificate: String,
+    },
 }
 
 /// Runs one admin call and prints its result.
@@ -210,7 +236,75 @@ fn execute(admin: &AdminClient, command: &AdminCommand, as_json: bool) -> anyhow
                 json!({ "domain": domain, "tsn": tsn, "enabled": true }),
             )
         }
+        AdminCommand::PinCert { domain, tsn, file } => {
+            let fingerprint = certificate_fingerprint(file)?;
+            let mut pins = current_pins(admin, domain, tsn)?;
+            if !pins.contains(&fingerprint) {
+                pins.push(fingerprint.clone());
+            }
+            admin.set_device_pins(domain, tsn, &pins)?;
+            done(
+                format!(
+                    "pinned the client certificate of {} to terminal {tsn} of domain {domain} ({} pinned)\nsha256 fingerprint: {fingerprint}",
+                    file.display(),
+                    pins.len()
+                ),
+                json!({ "domain": domain, "tsn": tsn, "client_cert_sha256": fingerprint, "pinned": pins }),
+            )
+        }
+        AdminCommand::UnpinCert {
+            domain,
+            tsn,
+            certificate,
+        } => {
+            let fingerprint = match CertFingerprint::parse_hex(certificate) {
+                Ok(fp) => fp.to_hex(),
+                Err(_) => certificate_fingerprint(std::path::Path::new(certificate))?,
+            };
+            let mut pins = current_pins(admin, domain, tsn)?;
+            let before = pins.len();
+            pins.retain(|p| *p != fingerprint);
+            if pins.len() == before {
+                anyhow::bail!(
+                    "certificate {fingerprint} is not pinned to terminal {tsn} of domain {domain}: nothing changed (list-devices --json shows its pins)"
+                );
+            }
+            admin.set_device_pins(domain, tsn, &pins)?;
+            done(
+                format!(
+                    "removed the client certificate {fingerprint} from terminal {tsn} of domain {domain} ({} pinned)",
+                    pins.len()
+                ),
+                json!({ "domain": domain, "tsn": tsn, "removed": fingerprint, "pinned": pins }),
+            )
+        }
     })
+}
+
+/// The SHA-256 fingerprint (lowercase hex) of the first certificate of a PEM file: what
+/// the relay pins and what identifies the terminal on the mTLS listener (PROTOCOL.md §2a).
+fn certificate_fingerprint(file: &std::path::Path) -> anyhow::Result<String> {
+    let pem = std::fs::read(file)
+        .with_context(|| format!("cannot read certificate file {}", file.display()))?;
+    let first = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .with_context(|| format!("{} holds no PEM certificate", file.display()))?
+        .with_context(|| format!("{} is not valid PEM", file.display()))?;
+    Ok(CertFingerprint::of_der(&first).to_hex())
+}
+
+/// The terminal's pins as the relay lists them.
+fn current_pins(admin: &AdminClient, domain: &str, tsn: &str) -> anyhow::Result<Vec<String>> {
+    // The list names terminals by bare serial; the command also takes the qualified form.
+    let serial = tsn.rsplit('-').next().unwrap_or(tsn);
+    let devices = admin.list_devices(domain)?;
+    let device = devices
+        .into_iter()
+        .find(|d| d.tsn == serial)
+        .with_context(|| {
+            format!("no terminal {tsn} in domain {domain}: provision it first with create-device")
+        })?;
+    Ok(device.client_cert_sha256)
 }
 
 fn client_table(domain: &str, store: Option<&str>, creds: &ClientCredentials) -> String {
@@ -232,7 +326,14 @@ fn devices_table(devices: &[DeviceRow]) -> String {
     }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["tsn", "store", "enabled", "online", "claimed by"]);
+    t.set_header(vec![
+        "tsn",
+        "store",
+        "enabled",
+        "online",
+        "claimed by",
+        "client certs",
+    ]);
     for d in devices {
         t.add_row(vec![
             d.tsn.clone(),
@@ -240,6 +341,7 @@ fn devices_table(devices: &[DeviceRow]) -> String {
             yes_no(d.enabled).to_owned(),
             yes_no(d.online).to_owned(),
             d.claimed_by.clone().unwrap_or_else(|| "-".to_owned()),
+            d.client_cert_sha256.len().to_string(),
         ]);
     }
     t.to_string()
@@ -266,6 +368,7 @@ mod tests {
                 enabled: true,
                 online: true,
                 claimed_by: Some("abc".into()),
+                client_cert_sha256: vec!["ab".repeat(32)],
             },
             DeviceRow {
                 tsn: "10000002".into(),
@@ -273,6 +376,7 @@ mod tests {
                 enabled: false,
                 online: false,
                 claimed_by: None,
+                client_cert_sha256: vec![],
             },
         ];
         let t = devices_table(&rows);

@@ -203,6 +203,112 @@ fn admin_cli_provisions_lists_and_disables_with_tables_and_json() {
     assert!(!ok_ && err.contains("401"), "{err}");
 }
 
+/// `posrelay admin pin-cert` (PROTOCOL.md §2a, §9): prints the certificate's SHA-256,
+/// adds it beside the pins already there; `unpin-cert` removes one by file or by
+/// fingerprint (either case); a certificate identifies one terminal only.
+#[test]
+fn admin_cli_pins_and_unpins_client_certificates() {
+    use sha2::{Digest, Sha256};
+    let relay = Relay::start(&[]);
+    relay.provision("acme", "s1", &["12345678", "87654321"]);
+    let token = relay.admin_token.clone();
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = admin_cli(&relay, &token, args);
+        assert!(ok, "posrelay admin {args:?} failed: {err}");
+        out
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut certs = Vec::new();
+    for name in ["old", "new"] {
+        let made = rcgen::generate_simple_self_signed(vec![format!("terminal-{name}")]).unwrap();
+        let path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&path, made.cert.pem()).unwrap();
+        // An independent SHA-256 of the DER.
+        let hex: String = Sha256::digest(made.cert.der())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        certs.push((path, hex));
+    }
+    let (old_pem, old_fp) = (certs[0].0.to_str().unwrap(), certs[0].1.as_str());
+    let (new_pem, new_fp) = (certs[1].0.to_str().unwrap(), certs[1].1.as_str());
+    let pins_of = |tsn: &str| -> Vec<String> {
+        relay
+            .admin_devices("acme")
+            .into_iter()
+            .find(|d| d["tsn"] == tsn)
+            .and_then(|d| serde_json::from_value(d["client_cert_sha256"].clone()).ok())
+            .unwrap_or_default()
+    };
+
+    let out = ok(&["pin-cert", "--domain", "acme", "12345678", old_pem]);
+    assert!(
+        out.contains(&format!("sha256 fingerprint: {old_fp}")),
+        "{out}"
+    );
+    assert_eq!(pins_of("12345678"), vec![old_fp.to_owned()]);
+    // Rotation: the new one beside the old; pinning again changes nothing.
+    let out = ok(&[
+        "--json", "pin-cert", "--domain", "acme", "12345678", new_pem,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["client_cert_sha256"], new_fp);
+    ok(&["pin-cert", "--domain", "acme", "12345678", new_pem]);
+    assert_eq!(
+        pins_of("12345678"),
+        vec![old_fp.to_owned(), new_fp.to_owned()]
+    );
+    // One terminal per certificate: 409 from the relay, nothing changed.
+    let (pinned, _, err) = admin_cli(
+        &relay,
+        &token,
+        &["pin-cert", "--domain", "acme", "87654321", old_pem],
+    );
+    assert!(!pinned && err.contains("409"), "{err}");
+    assert!(pins_of("87654321").is_empty());
+    // Unpin by file, then by fingerprint in upper case.
+    ok(&["unpin-cert", "--domain", "acme", "12345678", old_pem]);
+    assert_eq!(pins_of("12345678"), vec![new_fp.to_owned()]);
+    ok(&[
+        "unpin-cert",
+        "--domain",
+        "acme",
+        "12345678",
+        &new_fp.to_ascii_uppercase(),
+    ]);
+    assert!(pins_of("12345678").is_empty());
+    let (unpinned, _, err) = admin_cli(
+        &relay,
+        &token,
+        &["unpin-cert", "--domain", "acme", "12345678", new_fp],
+    );
+    assert!(!unpinned && err.contains("is not pinned"), "{err}");
+    // Now free, the old certificate can identify the other terminal.
+    ok(&["pin-cert", "--domain", "acme", "87654321", old_pem]);
+    assert_eq!(pins_of("87654321"), vec![old_fp.to_owned()]);
+    // What cannot be pinned says why.
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let (pinned, _, err) = admin_cli(
+        &relay,
+        &token,
+        &[
+            "pin-cert",
+            "--domain",
+            "acme",
+            "12345678",
+            not_pem.to_str().unwrap(),
+        ],
+    );
+    assert!(!pinned && err.contains("holds no PEM certificate"), "{err}");
+    let (pinned, _, err) = admin_cli(
+        &relay,
+        &token,
+        &["pin-cert", "--domain", "acme", "99999999", new_pem],
+    );
+    assert!(!pinned && err.contains("provision it first"), "{err}");
+}
+
 #[test]
 fn log_format_json_gives_json_lines_on_stderr() {
     let mut relay = Relay::start(&["--log-format", "json"]);

@@ -27,6 +27,8 @@ const COMMANDS: &[&[&str]] = &[
     &["admin", "list-devices"],
     &["admin", "disable-device"],
     &["admin", "enable-device"],
+    &["admin", "pin-cert"],
+    &["admin", "unpin-cert"],
     &["echo"],
 ];
 

@@ -177,6 +177,7 @@ fn device_status_is_pushed_to_each_control_channel_of_the_claim_holder() {
             "session_id": reg.session_id,
             "session_url": format!("ws://{}/cloud-connector/v1/session/{}", w.relay.relay_addr, reg.session_id),
             "online": false,
+            "pending_frames": 0,
         })
     );
     let online = json!({"type": "device_status", "tsn": "22222222", "online": true});

@@ -101,6 +101,7 @@ fn seed_001_flow_relays_an_sca_transaction() {
             "session_id": reg.session_id,
             "session_url": format!("{base}/cloud-connector/v1/session/{}", reg.session_id),
             "online": true,
+            "pending_frames": 0,
         }),
         "§4 claimed answer"
     );

@@ -46,7 +46,7 @@ fn every_admin_call(client_id: &str) -> Vec<(&'static str, String, Option<Value>
 }
 
 fn device_row(tsn: &str, store: &str, enabled: bool, online: bool, claimed_by: Value) -> Value {
-    json!({"tsn": tsn, "store": store, "enabled": enabled, "online": online, "claimed_by": claimed_by})
+    json!({"tsn": tsn, "store": store, "enabled": enabled, "online": online, "claimed_by": claimed_by, "client_cert_sha256": []})
 }
 
 #[test]

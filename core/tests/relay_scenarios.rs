@@ -119,7 +119,8 @@ fn claimed_with_session(c: &Clock) -> (Shard, SessionId, DeviceKey, ClientKey) {
         granted,
         ClaimGranted {
             session_id: sid.clone(),
-            online: true
+            online: true,
+            pending_frames: 0
         }
     );
     s.handle_pos_session_opened(&sid, &pos, ConnId(10), c.at(0))
@@ -236,7 +237,8 @@ fn claims_are_exclusive_idempotent_and_need_a_registration() {
         first,
         ClaimGranted {
             session_id: sid.clone(),
-            online: false
+            online: false,
+            pending_frames: 0
         },
         "registered but not connected: claimable, online false"
     );
@@ -250,6 +252,45 @@ fn claims_are_exclusive_idempotent_and_need_a_registration() {
     );
     assert_eq!(busy.err().map(|e| e.code().as_str()), Some("device_busy"));
     assert_eq!(s.claimed_by(&dev), Some(&a));
+}
+
+#[test]
+fn claimed_counts_the_device_messages_waiting_for_the_holders_session() {
+    // §4 `pending_frames`: device messages waiting for this client's session (§5).
+    let c = clock();
+    let (mut s, sid, dev, pos) = claimed_with_session(&c);
+    s.handle_pos_session_closed(&sid, ConnId(10), c.at(1));
+    for i in 0..3 {
+        assert_eq!(
+            s.handle_message_from_device(&sid, ConnId(1), text(&format!("d{i}")), c.at(2)),
+            Route::Queued
+        );
+    }
+    let again = s.handle_claim(&pos, &dev, c.at(3)).expect("idempotent");
+    assert_eq!(again.pending_frames, 3);
+    assert!(again.online);
+    // Once the session opens they are delivered: nothing is pending any more.
+    s.handle_pos_session_opened(&sid, &pos, ConnId(11), c.at(4))
+        .expect("holder");
+    let delivered = drain(&mut s)
+        .into_iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::SendToConn {
+                    conn: ConnId(11),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(delivered, 3);
+    assert_eq!(
+        s.handle_claim(&pos, &dev, c.at(5))
+            .expect("idempotent")
+            .pending_frames,
+        0
+    );
 }
 
 #[test]

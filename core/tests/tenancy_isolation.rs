@@ -6,8 +6,9 @@
 
 use posrelay_core::admin::{AdminApi, AdminToken, NoPresence, TokenEndpoint, TokenRequest};
 use posrelay_core::auth::{
-    devices_in_scope, resolve_device, verify_client, ClientSecret, HashCost, ScopeError,
-    SecretHasher, SigningKey, TokenIssuer, TsnInput, DEVICE_TOKEN_TTL,
+    devices_in_scope, resolve_device, verify_client, ClientSecret, CredentialCache, HashCost,
+    LoginAttempts, LoginThrottled, ScopeError, SecretHasher, SigningKey, TokenIssuer, TsnInput,
+    DEVICE_TOKEN_TTL,
 };
 use posrelay_core::ids::{DomainName, Serial, SessionId};
 use posrelay_core::store::{MemStore, Store};
@@ -16,6 +17,16 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 const NOW: u64 = 1_700_000_000;
+
+/// No failed-login limits: this property is about domains, not rates.
+struct Unlimited;
+
+impl LoginAttempts for Unlimited {
+    fn check(&self, _client_id: Option<&str>) -> Result<(), LoginThrottled> {
+        Ok(())
+    }
+    fn failed(&self, _client_id: Option<&str>) {}
+}
 const DOMAINS: [&str; 2] = ["alpha", "beta"];
 const AUTH: Option<&str> = Some("Bearer admin");
 
@@ -152,11 +163,15 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
         }
     }
 
+    // A cache of verified secrets, as the relay has: a secret verified in its own domain
+    // must not open the other one.
+    let cache = CredentialCache::new([5; 32], std::time::Duration::from_secs(60));
     let endpoint = TokenEndpoint {
         store: &store,
         hasher: &hasher,
         issuer: &issuer,
         access_ttl: 3600,
+        cache: Some(&cache),
     };
     for client in &clients {
         let own = DOMAINS[client.domain];
@@ -172,7 +187,9 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                 content_type: None,
                 body: form.as_bytes(),
             },
+            &Unlimited,
             NOW,
+            std::time::Instant::now(),
             &mut rng,
         );
         prop_assert_eq!(r.status, 401);
@@ -193,7 +210,9 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                 content_type: None,
                 body: form.as_bytes(),
             },
+            &Unlimited,
             NOW,
+            std::time::Instant::now(),
             &mut rng,
         );
         prop_assert_eq!(r.status, 200);
@@ -207,6 +226,20 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             .verify_access(&store, &tok.access_token, NOW)
             .unwrap();
         prop_assert_eq!(claims.domain.as_str(), own);
+        // Now that the secret is cached, the other domain still refuses it.
+        let r = endpoint.handle(
+            &TokenRequest {
+                domain: other,
+                authorization: None,
+                content_type: None,
+                body: form.as_bytes(),
+            },
+            &Unlimited,
+            NOW,
+            std::time::Instant::now(),
+            &mut rng,
+        );
+        prop_assert_eq!(r.status, 401);
 
         // Its scope never lists or resolves a device of the other domain, by bare or
         // qualified tsn — even when the other domain has the same serial.

@@ -141,6 +141,10 @@ pub struct DeviceRow {
     pub online: bool,
     /// The client id holding its claim, if any.
     pub claimed_by: Option<String>,
+    /// The SHA-256 fingerprints (lowercase hex) of the client certificates pinned to it
+    /// (PROTOCOL.md §2a).
+    #[serde(default)]
+    pub client_cert_sha256: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +267,22 @@ impl AdminClient {
             "PATCH",
             &format!("/admin/v1/domains/{domain}/devices/{tsn}"),
             Some(serde_json::json!({ "enabled": enabled })),
+        )
+        .map(drop)
+    }
+
+    /// `PATCH /admin/v1/domains/{domain}/devices/{tsn}` with `{"client_cert_sha256":[…]}`:
+    /// replaces the device's pinned certificate fingerprints.
+    pub fn set_device_pins(
+        &self,
+        domain: &str,
+        tsn: &str,
+        pins: &[String],
+    ) -> Result<(), HttpError> {
+        self.call(
+            "PATCH",
+            &format!("/admin/v1/domains/{domain}/devices/{tsn}"),
+            Some(serde_json::json!({ "client_cert_sha256": pins })),
         )
         .map(drop)
     }

@@ -11,7 +11,7 @@ use crate::ids::{
     ClientId, ClientKey, DeviceModelName, DomainName, MerchantName, Serial, StoreName,
 };
 use crate::store::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
-use crate::tenancy::Scope;
+use crate::tenancy::{CertFingerprint, Scope};
 
 /// The admin API over a store: checks the admin token, routes, validates, writes.
 #[derive(Debug)]
@@ -166,7 +166,7 @@ impl<S: Store> AdminApi<S> {
     fn create_device(&self, domain: &str, body: &[u8]) -> Result<AdminResponse, AdminError> {
         let req: body::NewDevice = body::parse(
             body,
-            r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1"}"#,
+            r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1"} (optionally "client_cert_sha256":["<64 hex>"])"#,
         )?;
         let record = DeviceRecord {
             domain: path_domain(domain)?,
@@ -175,6 +175,7 @@ impl<S: Store> AdminApi<S> {
             model: DeviceModelName::new(req.model)?,
             store: StoreName::new(req.store)?,
             enabled: true,
+            client_cert_sha256: parse_pins(&req.client_cert_sha256)?,
         };
         self.store.create_device(&record)?;
         Ok(AdminResponse::json(201, &device_out(&record)))
@@ -186,7 +187,18 @@ impl<S: Store> AdminApi<S> {
         tsn: &str,
         body: &[u8],
     ) -> Result<AdminResponse, AdminError> {
-        let req: body::DevicePatch = body::parse(body, r#"{"enabled":false}"#)?;
+        let req: body::DevicePatch = body::parse(
+            body,
+            r#"{"enabled":false} and/or {"client_cert_sha256":["<64 hex>"]}"#,
+        )?;
+        let pins = req
+            .client_cert_sha256
+            .as_deref()
+            .map(parse_pins)
+            .transpose()?;
+        if req.enabled.is_none() && pins.is_none() {
+            return Err(AdminError::EmptyPatch);
+        }
         let domain = path_domain(domain)?;
         let unknown = || StoreError::UnknownDevice {
             domain: domain.to_string(),
@@ -207,15 +219,36 @@ impl<S: Store> AdminApi<S> {
             }
             return Err(unknown().into());
         };
-        let updated = self
-            .store
-            .set_device_enabled(&domain, &current.serial, req.enabled)?;
+        // The pins first: the only write here that can be refused (409), so that a refused
+        // call changes nothing.
+        let mut updated = current.clone();
+        if let Some(pins) = &pins {
+            updated = self.store.set_device_pins(&domain, &current.serial, pins)?;
+        }
+        if let Some(enabled) = req.enabled {
+            updated = self
+                .store
+                .set_device_enabled(&domain, &current.serial, enabled)?;
+        }
         let response = AdminResponse::json(200, &device_out(&updated));
-        Ok(if updated.enabled {
-            response
-        } else {
-            // PROTOCOL.md §9: "a disabled device's connection is closed (1008)".
+        let removed: Vec<_> = current
+            .client_cert_sha256
+            .iter()
+            .filter(|fp| !updated.is_pinned(fp))
+            .copied()
+            .collect();
+        Ok(if !updated.enabled {
+            // PROTOCOL.md §9: "a disabled device's connection is closed (1008)" (whatever
+            // certificate it was made with).
             response.with_effect(AdminEffect::DeviceDisabled(updated.key()))
+        } else if !removed.is_empty() {
+            // §2a: "Removing a pin closes a live connection made with it (1008)".
+            response.with_effect(AdminEffect::CertPinsRemoved {
+                device: updated.key(),
+                removed,
+            })
+        } else {
+            response
         })
     }
 
@@ -236,6 +269,7 @@ impl<S: Store> AdminApi<S> {
                     enabled: device.enabled,
                     online: now.online,
                     claimed_by: now.claimed_by.map(|c| c.as_str().to_owned()),
+                    client_cert_sha256: pins_out(device),
                 }
             })
             .collect();
@@ -257,7 +291,42 @@ fn device_out(device: &DeviceRecord) -> DeviceOut<'_> {
         model: device.model.as_str(),
         store: device.store.as_str(),
         enabled: device.enabled,
+        client_cert_sha256: pins_out(device),
     }
+}
+
+/// The most client certificates one device may have pinned: a rotation needs two; a few
+/// more leave room for several terminals' worth of staged rotations, not for a list
+/// nobody maintains.
+pub const MAX_PINS_PER_DEVICE: usize = 16;
+
+/// §9 `client_cert_sha256` as sent: 64 hex digits each, either case (else `400`);
+/// repeats are dropped, the order kept; at most [`MAX_PINS_PER_DEVICE`].
+fn parse_pins(texts: &[String]) -> Result<Vec<CertFingerprint>, AdminError> {
+    let mut pins: Vec<CertFingerprint> = Vec::with_capacity(texts.len());
+    for (position, text) in texts.iter().enumerate() {
+        let fp = CertFingerprint::parse_hex(text)
+            .map_err(|error| AdminError::InvalidFingerprint { position, error })?;
+        if !pins.contains(&fp) {
+            pins.push(fp);
+        }
+    }
+    if pins.len() > MAX_PINS_PER_DEVICE {
+        return Err(AdminError::TooManyPins {
+            count: pins.len(),
+            max: MAX_PINS_PER_DEVICE,
+        });
+    }
+    Ok(pins)
+}
+
+/// §9: pins are "answered in lowercase".
+fn pins_out(device: &DeviceRecord) -> Vec<String> {
+    device
+        .client_cert_sha256
+        .iter()
+        .map(CertFingerprint::to_hex)
+        .collect()
 }
 
 fn error_response(err: &AdminError) -> AdminResponse {
@@ -364,7 +433,7 @@ mod tests {
         assert_eq!(r.status, 200);
         assert_eq!(
             text(&r),
-            r#"{"devices":[{"tsn":"12345678","store":"s1","enabled":true,"online":false,"claimed_by":null}]}"#
+            r#"{"devices":[{"tsn":"12345678","store":"s1","enabled":true,"online":false,"claimed_by":null,"client_cert_sha256":[]}]}"#
         );
 
         let r = a.call(
@@ -375,7 +444,7 @@ mod tests {
         assert_eq!(r.status, 200);
         assert_eq!(
             text(&r),
-            r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1","enabled":false}"#
+            r#"{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1","enabled":false,"client_cert_sha256":[]}"#
         );
         let key = crate::ids::DeviceKey {
             domain: DomainName::new("acme").unwrap(),
@@ -671,8 +740,162 @@ mod tests {
         );
         assert_eq!(
             text(&r),
-            r#"{"devices":[{"tsn":"12345678","store":"s1","enabled":true,"online":true,"claimed_by":"pos1"}]}"#
+            r#"{"devices":[{"tsn":"12345678","store":"s1","enabled":true,"online":true,"claimed_by":"pos1","client_cert_sha256":[]}]}"#
         );
+    }
+
+    const FP_A: &str = "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD";
+    const FP_B: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    fn device(a: &Admin, tsn: &str) -> DeviceRecord {
+        a.api
+            .store()
+            .get_device(
+                &DomainName::new("acme").unwrap(),
+                &Serial::new(tsn).unwrap(),
+            )
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn pins_are_posted_patched_and_listed_in_lowercase() {
+        let mut a = Admin::provisioned();
+        let body = format!(
+            r#"{{"tsn":"555","make":"verifone","model":"p400","store":"s1","client_cert_sha256":["{FP_A}","{}"]}}"#,
+            FP_A.to_ascii_lowercase()
+        );
+        let r = a.call("POST", "/admin/v1/domains/acme/devices", &body);
+        assert_eq!(r.status, 201, "{}", text(&r));
+        let lower_a = FP_A.to_ascii_lowercase();
+        assert!(
+            text(&r).ends_with(&format!(r#""client_cert_sha256":["{lower_a}"]}}"#)),
+            "repeats dropped, lowercase: {}",
+            text(&r)
+        );
+        let found = a
+            .api
+            .store()
+            .find_device_by_fingerprint(&CertFingerprint::parse_hex(FP_A).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.serial.as_str(), "555");
+
+        // PATCH replaces the list: a rotation pins the new one beside the old...
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/555",
+            &format!(r#"{{"client_cert_sha256":["{FP_A}","{FP_B}"]}}"#),
+        );
+        assert_eq!((r.status, &r.effect), (200, &None), "{}", text(&r));
+        let r = a.call("GET", "/admin/v1/domains/acme/devices", "");
+        assert!(
+            text(&r).contains(&format!(
+                r#"{{"tsn":"555","store":"s1","enabled":true,"online":false,"claimed_by":null,"client_cert_sha256":["{lower_a}","{FP_B}"]}}"#
+            )),
+            "{}",
+            text(&r)
+        );
+        // ...then drops the old: the relay must close a connection made with it.
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/555",
+            &format!(r#"{{"client_cert_sha256":["{FP_B}"]}}"#),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.effect,
+            Some(AdminEffect::CertPinsRemoved {
+                device: device(&a, "555").key(),
+                removed: vec![CertFingerprint::parse_hex(FP_A).unwrap()],
+            })
+        );
+        assert!(device(&a, "555").enabled, "pins leave enabled alone");
+        // Both at once; disabling closes the connection whatever its certificate.
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/555",
+            r#"{"enabled":false,"client_cert_sha256":[]}"#,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.effect,
+            Some(AdminEffect::DeviceDisabled(device(&a, "555").key()))
+        );
+        assert!(device(&a, "555").client_cert_sha256.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_pin_is_400_and_one_pinned_elsewhere_409_changing_nothing() {
+        let mut a = Admin::provisioned();
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/12345678",
+            &format!(r#"{{"client_cert_sha256":["{FP_A}"]}}"#),
+        );
+        assert_eq!(r.status, 200);
+        for bad in [
+            "abc",
+            "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD",
+            "zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ] {
+            let body = format!(
+                r#"{{"tsn":"9","make":"a","model":"b","store":"s1","client_cert_sha256":["{FP_B}","{bad}"]}}"#
+            );
+            let r = a.call("POST", "/admin/v1/domains/acme/devices", &body);
+            assert_eq!(r.status, 400, "{bad}");
+            assert!(error_of(&r).starts_with("client_cert_sha256[1]:"), "{}", text(&r));
+        }
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/12345678",
+            r#"{"enabled":false,"client_cert_sha256":[7]}"#,
+        );
+        assert_eq!(r.status, 400);
+        assert!(device(&a, "12345678").enabled, "nothing changed");
+
+        // Pinned to another device, even in another domain: 409, nothing created.
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            &format!(r#"{{"tsn":"9","make":"a","model":"b","store":"s1","client_cert_sha256":["{FP_A}"]}}"#),
+        );
+        assert_eq!(r.status, 409, "{}", text(&r));
+        assert!(error_of(&r).contains("remove it from that device first"));
+        assert!(
+            !error_of(&r).contains(&FP_A.to_ascii_lowercase()),
+            "no fingerprint in answers"
+        );
+        let r = a.call("GET", "/admin/v1/domains/acme/devices", "");
+        assert!(!text(&r).contains(r#""tsn":"9""#));
+        // A PATCH of another device that would steal it: 409, its enabled flag untouched.
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            r#"{"tsn":"9","make":"a","model":"b","store":"s1"}"#,
+        );
+        assert_eq!(r.status, 201);
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/9",
+            &format!(r#"{{"enabled":false,"client_cert_sha256":["{FP_A}"]}}"#),
+        );
+        assert_eq!((r.status, &r.effect), (409, &None));
+        assert!(device(&a, "9").enabled);
+        // Too many, and a patch that changes nothing.
+        let many: Vec<String> = (0..=MAX_PINS_PER_DEVICE)
+            .map(|i| format!("\"{i:064x}\""))
+            .collect();
+        let r = a.call(
+            "PATCH",
+            "/admin/v1/domains/acme/devices/9",
+            &format!(r#"{{"client_cert_sha256":[{}]}}"#, many.join(",")),
+        );
+        assert_eq!(r.status, 400);
+        assert!(error_of(&r).contains("at most 16"));
+        let r = a.call("PATCH", "/admin/v1/domains/acme/devices/9", "{}");
+        assert_eq!(r.status, 400);
+        assert!(error_of(&r).starts_with("nothing to change"));
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub(super) struct NewClient {
     pub(super) store: Option<String>,
 }
 
-/// `POST …/devices`: `{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1"}`.
+/// `POST …/devices`: `{"tsn":"12345678","make":"ingenico","model":"axium","store":"s1"}`,
+/// optionally with `"client_cert_sha256":["<64 hex>",…]` (PROTOCOL.md §2a, §9).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewDevice {
@@ -40,13 +41,19 @@ pub(super) struct NewDevice {
     pub(super) make: String,
     pub(super) model: String,
     pub(super) store: String,
+    #[serde(default)]
+    pub(super) client_cert_sha256: Vec<String>,
 }
 
-/// `PATCH …/devices/{tsn}`: `{"enabled":false}`.
+/// `PATCH …/devices/{tsn}`: `{"enabled":false}` and/or `{"client_cert_sha256":[…]}` (the
+/// pins are replaced); at least one of them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DevicePatch {
-    pub(super) enabled: bool,
+    #[serde(default)]
+    pub(super) enabled: Option<bool>,
+    #[serde(default)]
+    pub(super) client_cert_sha256: Option<Vec<String>>,
 }
 
 /// A created domain.
@@ -77,6 +84,8 @@ pub(super) struct DeviceOut<'a> {
     pub(super) model: &'a str,
     pub(super) store: &'a str,
     pub(super) enabled: bool,
+    /// Lowercase hex (§9: "either case; answered in lowercase").
+    pub(super) client_cert_sha256: Vec<String>,
 }
 
 /// One entry of the device list.
@@ -87,6 +96,8 @@ pub(super) struct DeviceListEntry<'a> {
     pub(super) enabled: bool,
     pub(super) online: bool,
     pub(super) claimed_by: Option<String>,
+    /// Lowercase hex.
+    pub(super) client_cert_sha256: Vec<String>,
 }
 
 /// `{"devices":[…]}`.

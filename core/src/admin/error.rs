@@ -2,6 +2,7 @@
 
 use crate::ids::IdError;
 use crate::store::StoreError;
+use crate::tenancy::FingerprintError;
 
 /// Why an admin call was refused. Its `Display` is the `error` of the JSON answer;
 /// [`AdminError::status`] its HTTP status. A refused call changes nothing.
@@ -43,6 +44,25 @@ pub enum AdminError {
         /// An example of a good body.
         expected: &'static str,
     },
+    /// §9: "A fingerprint that is not 64 hex digits answers `400`".
+    #[error("client_cert_sha256[{position}]: {error}")]
+    InvalidFingerprint {
+        /// Its position in the list.
+        position: usize,
+        /// What is wrong with it.
+        error: FingerprintError,
+    },
+    /// More pins than a device may have.
+    #[error("client_cert_sha256 has {count} fingerprints, a device may have at most {max}: remove the ones no longer in use")]
+    TooManyPins {
+        /// How many were sent (after removing repeats).
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A `PATCH` of a device that changes nothing.
+    #[error("nothing to change: send {{\"enabled\":true|false}} and/or {{\"client_cert_sha256\":[\"<64 hex>\"]}}")]
+    EmptyPatch,
     /// A name in the body breaks the identifier rules.
     #[error("{0}")]
     InvalidName(#[from] IdError),
@@ -67,6 +87,9 @@ fn store_message(err: &StoreError) -> String {
         | StoreError::DuplicateStore { .. }
         | StoreError::DuplicateDevice { .. } => "it exists already; nothing was changed",
         StoreError::DuplicateClient { .. } => "client id collision; nothing was changed, retry",
+        StoreError::FingerprintPinned { .. } => {
+            "a certificate identifies one device: remove it from that device first (PATCH its client_cert_sha256); nothing was changed"
+        }
         StoreError::InvalidName(_) => "fix the name",
         StoreError::SchemaTooNew { .. }
         | StoreError::Corrupt { .. }
@@ -89,7 +112,11 @@ impl AdminError {
             AdminError::UnknownPath { .. } => 404,
             AdminError::MethodNotAllowed { .. } => 405,
             AdminError::BodyTooLarge { .. } => 413,
-            AdminError::MalformedBody { .. } | AdminError::InvalidName(_) => 400,
+            AdminError::MalformedBody { .. }
+            | AdminError::InvalidName(_)
+            | AdminError::InvalidFingerprint { .. }
+            | AdminError::TooManyPins { .. }
+            | AdminError::EmptyPatch => 400,
             AdminError::Store(err) => err.status(),
         }
     }

@@ -5,7 +5,6 @@
 
 mod admin_token;
 mod api;
-mod basic;
 mod body;
 mod error;
 mod presence;

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::ids::{ClientKey, DeviceKey};
+use crate::tenancy::CertFingerprint;
 
 /// A change the relay must act on at once, beyond what the store recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +12,15 @@ pub enum AdminEffect {
     DeviceDisabled(DeviceKey),
     /// PROTOCOL.md §9 DELETE client: its tokens stop working; close its connections.
     ClientDeleted(ClientKey),
+    /// PROTOCOL.md §2a: "Removing a pin closes a live connection made with it (1008)":
+    /// close the device's connection if its client certificate has one of these
+    /// fingerprints.
+    CertPinsRemoved {
+        /// The device.
+        device: DeviceKey,
+        /// The fingerprints no longer pinned to it.
+        removed: Vec<CertFingerprint>,
+    },
 }
 
 /// An HTTP answer of the admin API: status, extra headers, JSON body (empty for 204).

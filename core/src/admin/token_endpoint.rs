@@ -1,12 +1,16 @@
 //! `POST /oauth2/v1/{domain}/token`: the OAuth 2.0 client credentials grant
 //! (RFC 6749 §4.4) exactly as PROTOCOL.md §1 states it.
 
+use std::time::Instant;
+
 use rand::{CryptoRng, RngCore};
 use serde::Serialize;
 
-use super::basic::{self, BasicAuth};
 use super::response::to_json;
-use crate::auth::{verify_client, AuthError, ClientSecret, SecretHasher, TokenIssuer};
+use crate::auth::{
+    AuthError, BasicAuth, ClientLogin, CredentialCache, LoginAttempts, LoginDomain, LoginError,
+    PresentedCredentials, SecretHasher, TokenIssuer,
+};
 use crate::store::Store;
 
 /// The largest token request body accepted (a real one is under 200 bytes).
@@ -29,18 +33,20 @@ pub struct TokenRequest<'a> {
 /// `Content-Length`, and the JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenResponse {
-    /// 200, 400, 401 or 500.
+    /// 200, 400, 401, 429 or 500.
     pub status: u16,
     /// RFC 6749 §5.1 `Cache-Control: no-store` and `Pragma: no-cache` always;
     /// `WWW-Authenticate` on 401 (RFC 6749 §5.2, RFC 9110 §15.5.2).
     pub headers: Vec<(&'static str, &'static str)>,
+    /// `Retry-After` seconds of a `429` (§1: past a failed-login limit).
+    pub retry_after: Option<u64>,
     /// `{"access_token":…,"token_type":"Bearer","expires_in":…}` or `{"error":…}`.
     pub body: Vec<u8>,
 }
 
-/// What the token endpoint needs: the store, the secret hasher, the issuer and the
-/// access-token lifetime (`crate::auth::DEFAULT_ACCESS_TTL` unless configured).
-#[derive(Debug)]
+/// What the token endpoint needs: the store, the secret hasher, the issuer, the
+/// access-token lifetime (`crate::auth::DEFAULT_ACCESS_TTL` unless configured) and,
+/// optionally, the cache of recently verified secrets.
 pub struct TokenEndpoint<'a, S: Store + ?Sized> {
     /// Where clients are.
     pub store: &'a S,
@@ -50,6 +56,22 @@ pub struct TokenEndpoint<'a, S: Store + ?Sized> {
     pub issuer: &'a TokenIssuer,
     /// Access token lifetime, seconds.
     pub access_ttl: u64,
+    /// Recently verified secrets (the relay's, shared with §2 and §7c logins).
+    pub cache: Option<&'a CredentialCache>,
+}
+
+// The cache keeps no Debug of its own (it holds verified secrets' MACs): say only whether
+// there is one.
+impl<S: Store + ?Sized + std::fmt::Debug> std::fmt::Debug for TokenEndpoint<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEndpoint")
+            .field("store", &self.store)
+            .field("hasher", &self.hasher)
+            .field("issuer", &self.issuer)
+            .field("access_ttl", &self.access_ttl)
+            .field("cache", &self.cache.is_some())
+            .finish()
+    }
 }
 
 #[derive(Serialize)]
@@ -64,51 +86,82 @@ struct OAuthError {
     error: &'static str,
 }
 
-/// The credentials a request carried, from exactly one place.
-struct Credentials {
-    client_id: String,
-    secret: ClientSecret,
+/// Why no token was issued: the request itself (400, or 500 signing), or the login.
+enum Failure {
+    Request(AuthError),
+    Login(LoginError),
 }
 
 impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
-    /// Answers one token request at `now` (unix seconds); `rng` makes the token's `jti`.
+    /// Answers one token request at `now` (unix seconds, for the token) and `clock` (for
+    /// the cache of verified secrets); `attempts` are the failed-login limits of the
+    /// requesting address (§1), `rng` makes the token's `jti`. The credential check is
+    /// [`ClientLogin::log_in`], the one §7c's Basic upgrades use.
     pub fn handle(
         &self,
         request: &TokenRequest<'_>,
+        attempts: &dyn LoginAttempts,
         now: u64,
+        clock: Instant,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> TokenResponse {
-        let result = parse_request(request).and_then(|creds| {
-            let client = verify_client(
-                self.store,
-                self.hasher,
-                request.domain,
-                &creds.client_id,
-                &creds.secret,
-            )?;
-            self.issuer.issue_access(&client, now, self.access_ttl, rng)
-        });
+        let login = ClientLogin {
+            store: self.store,
+            hasher: self.hasher,
+            cache: self.cache,
+        };
+        let result = parse_request(request)
+            .map_err(Failure::Request)
+            .and_then(|presented| {
+                login
+                    .log_in(
+                        LoginDomain::Named(request.domain),
+                        presented.as_ref(),
+                        attempts,
+                        clock,
+                    )
+                    .map_err(Failure::Login)
+            })
+            .and_then(|client| {
+                self.issuer
+                    .issue_access(&client, now, self.access_ttl, rng)
+                    .map_err(Failure::Request)
+            });
         let mut headers = vec![("Cache-Control", "no-store"), ("Pragma", "no-cache")];
         match result {
             Ok(issued) => TokenResponse {
                 status: 200,
                 headers,
+                retry_after: None,
                 body: to_json(&TokenBody {
                     access_token: &issued.token,
                     token_type: "Bearer",
                     expires_in: issued.expires_in,
                 }),
             },
-            Err(err) => {
+            Err(Failure::Login(err)) => {
                 if err.status() == 401 {
+                    // RFC 6749 §5.2: a client that tried Basic is challenged with Basic.
                     headers.push(("WWW-Authenticate", r#"Basic realm="posrelay""#));
                 }
+                if let LoginError::Storage(e) = &err {
+                    tracing::error!(error = %e, "token endpoint failed");
+                }
+                TokenResponse {
+                    status: err.status(),
+                    headers,
+                    retry_after: err.retry_after_secs(),
+                    body: err.body(),
+                }
+            }
+            Err(Failure::Request(err)) => {
                 if err.status() >= 500 {
                     tracing::error!(error = %err, "token endpoint failed");
                 }
                 TokenResponse {
                     status: err.status(),
                     headers,
+                    retry_after: None,
                     body: to_json(&OAuthError {
                         error: err.oauth_error_code(),
                     }),
@@ -119,8 +172,9 @@ impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
 }
 
 /// Checks the request in PROTOCOL.md §1's order — grant type first, then where the
-/// credentials are — and returns them.
-fn parse_request(request: &TokenRequest<'_>) -> Result<Credentials, AuthError> {
+/// credentials are — and returns them: `None` when they are missing or the Basic header
+/// does not decode (both a failed login: `401 invalid_client`).
+fn parse_request(request: &TokenRequest<'_>) -> Result<Option<PresentedCredentials>, AuthError> {
     if request.body.len() > MAX_TOKEN_BODY {
         return Err(AuthError::InvalidRequest {
             reason: "body too large",
@@ -152,31 +206,25 @@ fn parse_request(request: &TokenRequest<'_>) -> Result<Credentials, AuthError> {
     }
     let body_id = form.single("client_id")?;
     let body_secret = form.single("client_secret")?;
-    match basic::parse(request.authorization) {
+    match BasicAuth::parse(request.authorization) {
         // RFC 6749 §2.3: "The client MUST NOT use more than one authentication method
         // in each request."
-        BasicAuth::Credentials { .. } | BasicAuth::Invalid
+        BasicAuth::Credentials(_) | BasicAuth::Invalid
             if body_id.is_some() || body_secret.is_some() =>
         {
             Err(AuthError::InvalidRequest {
                 reason: "credentials both in Authorization and in the body",
             })
         }
-        BasicAuth::Credentials {
-            client_id,
-            client_secret,
-        } => Ok(Credentials {
-            client_id,
-            secret: ClientSecret::new(client_secret),
-        }),
-        BasicAuth::Invalid => Err(AuthError::InvalidClient),
+        BasicAuth::Credentials(presented) => Ok(Some(presented)),
+        BasicAuth::Invalid => Ok(None),
         BasicAuth::Absent => match (body_id, body_secret) {
-            (Some(id), Some(secret)) => Ok(Credentials {
+            (Some(id), Some(secret)) => Ok(Some(PresentedCredentials {
                 client_id: id.to_owned(),
-                secret: ClientSecret::new(secret),
-            }),
+                secret: crate::auth::ClientSecret::new(secret),
+            })),
             // PROTOCOL.md §1: missing credentials answer 401 invalid_client.
-            _ => Err(AuthError::InvalidClient),
+            _ => Ok(None),
         },
     }
 }
@@ -224,8 +272,32 @@ mod tests {
     use base64::Engine as _;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::cell::RefCell;
 
     const NOW: u64 = 1_700_000_000;
+
+    /// The failed-login limits of one address: blocks after `limit` failures, and keeps
+    /// the client id of each failure.
+    struct Attempts {
+        limit: usize,
+        failures: RefCell<Vec<Option<String>>>,
+    }
+
+    impl LoginAttempts for Attempts {
+        fn check(&self, _client_id: Option<&str>) -> Result<(), crate::auth::LoginThrottled> {
+            if self.failures.borrow().len() >= self.limit {
+                return Err(crate::auth::LoginThrottled {
+                    retry_after_secs: 17,
+                });
+            }
+            Ok(())
+        }
+        fn failed(&self, client_id: Option<&str>) {
+            self.failures
+                .borrow_mut()
+                .push(client_id.map(str::to_owned));
+        }
+    }
     const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
 
     struct World {
@@ -235,6 +307,7 @@ mod tests {
         id: String,
         secret: String,
         rng: StdRng,
+        attempts: Attempts,
     }
 
     fn world() -> World {
@@ -263,6 +336,10 @@ mod tests {
             id: client_id.to_string(),
             secret: secret.expose().to_owned(),
             rng,
+            attempts: Attempts {
+                limit: usize::MAX,
+                failures: RefCell::new(Vec::new()),
+            },
         }
     }
 
@@ -279,6 +356,7 @@ mod tests {
                 hasher: &self.hasher,
                 issuer: &self.issuer,
                 access_ttl: DEFAULT_ACCESS_TTL,
+                cache: None,
             };
             endpoint.handle(
                 &TokenRequest {
@@ -287,7 +365,9 @@ mod tests {
                     content_type,
                     body: body.as_bytes(),
                 },
+                &self.attempts,
                 NOW,
+                std::time::Instant::now(),
                 &mut self.rng,
             )
         }
@@ -443,6 +523,58 @@ mod tests {
         }
         // Indistinguishable answers: same status, headers and body bytes.
         assert!(bodies.windows(2).all(|p| p[0] == p[1]));
+        // Each one counted as a failed login; the client id when one was presented.
+        let failures = w.attempts.failures.borrow();
+        assert_eq!(failures.len(), 11);
+        assert_eq!(failures[0], None, "no credentials: the address only");
+        assert_eq!(failures[4].as_deref(), Some(good_id.as_str()));
+        assert_eq!(failures[5].as_deref(), Some("unknown"));
+        assert_eq!(
+            failures[10], None,
+            "a malformed Basic header: the address only"
+        );
+    }
+
+    #[test]
+    fn past_the_failed_login_limit_the_answer_is_429_with_retry_after() {
+        let mut w = world();
+        w.attempts.limit = 1;
+        let wrong = format!(
+            "grant_type=client_credentials&client_id={}&client_secret=wrong",
+            w.id
+        );
+        assert_eq!(w.post("acme", None, FORM, &wrong).status, 401);
+        let body = w.body_creds();
+        let r = w.post("acme", None, FORM, &body);
+        assert_eq!(r.status, 429, "{}", text(&r));
+        assert_eq!(r.retry_after, Some(17));
+        assert_eq!(
+            text(&r),
+            r#"{"error":"invalid_request","error_description":"too many failed attempts: retry in 17 s"}"#
+        );
+        assert!(!r.headers.iter().any(|(h, _)| *h == "WWW-Authenticate"));
+        // The grant type is still checked first (PROTOCOL.md §1).
+        let r = w.post("acme", None, FORM, "grant_type=password");
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            w.attempts.failures.borrow().len(),
+            1,
+            "a refusal is no failure"
+        );
+    }
+
+    #[test]
+    fn the_answer_to_bad_credentials_is_the_one_basic_upgrades_give() {
+        // §7c: "The checks, the answers and the limits are those of the token endpoint".
+        let mut w = world();
+        let r = w.post(
+            "acme",
+            Some("Basic ###"),
+            FORM,
+            "grant_type=client_credentials",
+        );
+        assert_eq!(r.status, LoginError::InvalidClient.status());
+        assert_eq!(r.body, LoginError::InvalidClient.body());
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub enum AuthError {
         /// The bare serial.
         serial: String,
     },
+    /// PROTOCOL.md §2a: the client certificate is pinned to no device.
+    #[error("the client certificate is pinned to no device: pin it with posrelay admin pin-cert")]
+    CertificateNotPinned,
     /// Signing a token failed (a key or library fault, never the peer's doing).
     #[error("cannot sign token: {reason}")]
     Signing {
@@ -86,7 +89,9 @@ impl AuthError {
             | AuthError::Expired { .. }
             | AuthError::WrongAudience { .. }
             | AuthError::Revoked { .. } => 401,
-            AuthError::WrongSession | AuthError::DeviceDisabled { .. } => 403,
+            AuthError::WrongSession
+            | AuthError::DeviceDisabled { .. }
+            | AuthError::CertificateNotPinned => 403,
             AuthError::Signing { .. } | AuthError::Storage(_) => 500,
         }
     }
@@ -102,7 +107,9 @@ impl AuthError {
             | AuthError::Expired { .. }
             | AuthError::WrongAudience { .. }
             | AuthError::Revoked { .. } => "invalid_token",
-            AuthError::WrongSession | AuthError::DeviceDisabled { .. } => "insufficient_scope",
+            AuthError::WrongSession
+            | AuthError::DeviceDisabled { .. }
+            | AuthError::CertificateNotPinned => "insufficient_scope",
             AuthError::Signing { .. } | AuthError::Storage(_) => "server_error",
         }
     }

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+mod client_cert;
+mod client_login;
 mod credentials;
 mod error;
 pub(crate) mod scope;
@@ -11,6 +13,11 @@ mod tokens;
 mod tsn;
 
 pub use cache::{CredentialCache, DEFAULT_CREDENTIAL_TTL};
+pub use client_cert::identify_device;
+pub use client_login::{
+    basic_allowed, BasicAuth, ClientLogin, LoginAttempts, LoginDomain, LoginError, LoginThrottled,
+    PresentedCredentials, UPGRADE_CHALLENGE,
+};
 pub use credentials::{new_client_credentials, verify_client};
 pub use error::AuthError;
 pub use scope::{devices_in_scope, resolve_device, Principal, ScopeError};

@@ -81,6 +81,7 @@ mod tests {
             model: DeviceModelName::new("axium").unwrap(),
             store: StoreName::new("s1").unwrap(),
             enabled: true,
+            client_cert_sha256: Vec::new(),
         }
     }
 

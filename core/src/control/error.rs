@@ -4,6 +4,7 @@
 ///
 /// §4 (control channel): `bad_request`, `not_found`, `device_busy`, `offline`.
 /// §2 (registration): `invalid_client`, `unknown_device`, `device_disabled`, `bad_request`.
+/// §7b (login by first message): `not_found`, `device_busy`, `offline`, `forbidden`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ControlErrorCode {
     /// The message is not a well-formed request (§2, §4).
@@ -20,6 +21,9 @@ pub enum ControlErrorCode {
     UnknownDevice,
     /// Registration names a disabled device (§2).
     DeviceDisabled,
+    /// §7b: a token that is valid but not for this session (where the upgrade would
+    /// have answered `403`).
+    Forbidden,
 }
 
 impl ControlErrorCode {
@@ -33,6 +37,7 @@ impl ControlErrorCode {
             Self::InvalidClient => "invalid_client",
             Self::UnknownDevice => "unknown_device",
             Self::DeviceDisabled => "device_disabled",
+            Self::Forbidden => "forbidden",
         }
     }
 }
@@ -96,6 +101,17 @@ pub enum ControlError {
         /// The type given (cut to [`QUOTE_LIMIT`] bytes).
         found: String,
     },
+    /// §2: credentials both at the top level and inside `custom_registration_data`.
+    #[error(
+        "credentials both at the top level and in custom_registration_data: send them in one place"
+    )]
+    CredentialsTwice,
+    /// §2: `custom_registration_data` is a string that does not hold a JSON object.
+    #[error("custom_registration_data must be a json object or a string holding one: {reason}")]
+    CustomRegistrationData {
+        /// What was wrong with the string's content.
+        reason: String,
+    },
     /// `request_id` is longer than [`crate::control::request_id::MAX_REQUEST_ID`].
     #[error("request_id is {len} bytes, the limit is {max}")]
     RequestIdTooLong {
@@ -120,6 +136,8 @@ impl ControlError {
             | Self::MissingField { .. }
             | Self::WrongType { .. }
             | Self::UnknownType { .. }
+            | Self::CredentialsTwice
+            | Self::CustomRegistrationData { .. }
             | Self::RequestIdTooLong { .. } => ControlErrorCode::BadRequest,
         }
     }
@@ -158,6 +176,7 @@ mod tests {
             (ControlErrorCode::InvalidClient, "invalid_client"),
             (ControlErrorCode::UnknownDevice, "unknown_device"),
             (ControlErrorCode::DeviceDisabled, "device_disabled"),
+            (ControlErrorCode::Forbidden, "forbidden"),
         ];
         for (code, text) in all {
             assert_eq!(code.as_str(), text);
@@ -179,6 +198,8 @@ mod tests {
             },
             ControlError::unknown_type("nope"),
             ControlError::RequestIdTooLong { len: 300, max: 256 },
+            ControlError::CredentialsTwice,
+            ControlError::CustomRegistrationData { reason: "x".into() },
         ];
         for e in errors {
             assert_eq!(e.code(), ControlErrorCode::BadRequest, "{e}");

@@ -28,13 +28,16 @@ pub fn session_url(base: &str, session_id: &SessionId) -> String {
     )
 }
 
-/// `{"type":"claimed","request_id":…,"tsn":…,"session_id":…,"session_url":…,"online":…}`.
+/// `{"type":"claimed","request_id":…,"tsn":…,"session_id":…,"session_url":…,"online":…,"pending_frames":N}`.
+///
+/// §4: "`pending_frames`: device messages waiting for this client's session (§5)".
 pub fn claimed(
     request_id: Option<&RequestId>,
     tsn: &Serial,
     session_id: &SessionId,
     session_url: &str,
     online: bool,
+    pending_frames: u64,
 ) -> Vec<u8> {
     JsonWriter::message("claimed")
         .opt_str("request_id", request_id.map(RequestId::as_str))
@@ -42,6 +45,7 @@ pub fn claimed(
         .str("session_id", session_id.as_str())
         .str("session_url", session_url)
         .bool("online", online)
+        .u64("pending_frames", pending_frames)
         .finish()
 }
 
@@ -114,7 +118,7 @@ mod tests {
         let url = session_url("ws://h:8080", &sid);
         assert_eq!(url, format!("ws://h:8080/cloud-connector/v1/session/{sid}"));
         let rid = RequestId::new("q\"1\u{1}").expect("short");
-        let mut out = claimed(Some(&rid), &serial("123"), &sid, &url, true);
+        let mut out = claimed(Some(&rid), &serial("123"), &sid, &url, true, 3);
         let v = simd_json::to_borrowed_value(&mut out).expect("valid json");
         assert_eq!(field(&v, "type"), Some("claimed"));
         assert_eq!(field(&v, "request_id"), Some("q\"1\u{1}"));
@@ -122,6 +126,14 @@ mod tests {
         assert_eq!(field(&v, "session_id"), Some(sid.as_str()));
         assert_eq!(field(&v, "session_url"), Some(url.as_str()));
         assert_eq!(v.get("online").and_then(|x| x.as_bool()), Some(true));
+        assert_eq!(v.get("pending_frames").and_then(|x| x.as_u64()), Some(3));
+        let none_waiting = claimed(None, &serial("1"), &sid, &url, false, 0);
+        assert_eq!(
+            text(none_waiting),
+            format!(
+                r#"{{"type":"claimed","tsn":"1","session_id":"{sid}","session_url":"{url}","online":false,"pending_frames":0}}"#
+            )
+        );
     }
 
     #[test]

@@ -124,6 +124,16 @@ impl JsonWriter {
         w
     }
 
+    /// Starts an object with no `type` field (the HTTP answers of §10).
+    pub(crate) fn object() -> Self {
+        let mut w = Self {
+            buf: Vec::with_capacity(128),
+            empty: true,
+        };
+        w.buf.push(b'{');
+        w
+    }
+
     fn key(&mut self, key: &str) {
         if !self.empty {
             self.buf.push(b',');
@@ -146,6 +156,18 @@ impl JsonWriter {
             self.str(key, value);
         }
         self
+    }
+
+    /// Adds a string field, or `null` when `value` is absent.
+    pub(crate) fn str_or_null(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.str(key, value),
+            None => {
+                self.key(key);
+                self.buf.extend_from_slice(b"null");
+                self
+            }
+        }
     }
 
     /// Adds a boolean field.
@@ -300,10 +322,17 @@ mod tests {
                 w.u64("n", n);
             })
             .array("f", Vec::<u64>::new(), |_, _| {})
+            .str_or_null("g", None)
+            .str_or_null("h", Some("x"))
             .finish();
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
-            r#"{"type":"x","b":"1","c":false,"d":18446744073709551615,"e":[{"n":1},{"n":2}],"f":[]}"#
+            r#"{"type":"x","b":"1","c":false,"d":18446744073709551615,"e":[{"n":1},{"n":2}],"f":[],"g":null,"h":"x"}"#
+        );
+        assert_eq!(JsonWriter::object().finish(), b"{}");
+        assert_eq!(
+            JsonWriter::object().bool("a", true).finish(),
+            br#"{"a":true}"#
         );
     }
 

@@ -1,4 +1,5 @@
-//! Control-channel messages (PROTOCOL.md §4) and the device registration message (§2).
+//! Control-channel messages (PROTOCOL.md §4), the device registration message (§2), the
+//! login message (§7b) and the device-status answers (§10).
 //!
 //! Everything here is sans-IO: requests are parsed from a byte buffer the caller owns
 //! (simd-json parses in place), answers and events are built into `Vec<u8>` ready to be
@@ -8,19 +9,27 @@
 //! - [`request`]: what a POS sends on its control channel (`claim`, `release`, `devices`).
 //! - [`register`]: what a device sends on `device-listener`, and the replies to it.
 //! - [`event`]: every relay → POS message of §4.
-//! - [`error`]: why a message was refused, and the wire codes of §2 and §4.
+//! - [`login`]: login by first message (§7b), its answers and its rules in time.
+//! - [`device_status`]: the §10 device-status answers (`online`, `last_seen`, `claim`).
+//! - [`error`]: why a message was refused, and the wire codes of §2, §4 and §7b.
 #![forbid(unsafe_code)]
 
+pub mod device_status;
 pub mod error;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod json;
+pub mod login;
 pub mod register;
 pub mod request;
 pub mod request_id;
 
+pub use device_status::{ClaimView, DeviceStatus};
 pub use error::{ControlError, ControlErrorCode};
 pub use event::DeviceEntry;
-pub use register::RegisterRequest;
+pub use login::{LoginDenied, LoginGate, LoginRefused, LoginRequest, LoginState, LoginToken};
+pub use register::{CredentialSource, RegisterRequest};
 pub use request::{ControlRequest, RequestRejected};
 pub use request_id::RequestId;
 

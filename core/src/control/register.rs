@@ -4,8 +4,11 @@
 //! (`registered` or `error`) and the relay closes: with [`CLOSE_AFTER_REGISTERED`] after
 //! success, [`CLOSE_AFTER_ERROR`] after an error.
 
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
 use super::error::{ControlError, ControlErrorCode};
-use super::json::{parse_object, required_str, JsonWriter};
+use super::json::{optional_str, parse_object, required_str, JsonWriter};
 use crate::auth::ClientSecret;
 use crate::ids::SessionId;
 
@@ -14,12 +17,14 @@ pub const CLOSE_AFTER_REGISTERED: u16 = 1000;
 /// §2 / §8: the close code after an `error` reply (policy).
 pub const CLOSE_AFTER_ERROR: u16 = 1008;
 
-/// `{"type":"register","tsn":"…","client_id":"…","client_secret":"…"}` (§2).
+/// `{"type":"register","tsn":"…","client_id":"…","client_secret":"…"}` (§2), or with the
+/// credentials inside `custom_registration_data` (an object, or a string holding that JSON
+/// object), the property a terminal configured from seed 001 carries them in.
 ///
 /// Fields are taken as sent: resolving the tsn (bare or `<make>-<model>-<serial>`) and
 /// checking the credentials is the caller's job; a `client_id` that is not a valid
 /// [`crate::ids::ClientId`] should answer `invalid_client`, like an unknown one.
-/// Unknown extra fields are ignored.
+/// Unknown extra fields are ignored, at the top level and in `custom_registration_data`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterRequest {
     /// The device, bare serial or fully qualified.
@@ -28,26 +33,136 @@ pub struct RegisterRequest {
     pub client_id: String,
     /// Its secret.
     pub client_secret: ClientSecret,
+    /// Where the credentials were (for the operator's log line when they are refused).
+    pub source: CredentialSource,
 }
+
+/// Where a registration carried its credentials (§2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `client_id` and `client_secret` at the top level of the message.
+    TopLevel,
+    /// Inside `custom_registration_data`, as an object.
+    CustomObject,
+    /// Inside `custom_registration_data`, as a string holding the JSON object.
+    CustomString,
+}
+
+impl CredentialSource {
+    /// The name an operator recognises in the terminal's configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TopLevel => "top-level client_id/client_secret",
+            Self::CustomObject => "custom_registration_data (object)",
+            Self::CustomString => "custom_registration_data (string)",
+        }
+    }
+}
+
+/// The property a terminal carries its credentials in (PROTOCOL.md §2, seed 001).
+const CUSTOM: &str = "custom_registration_data";
 
 impl RegisterRequest {
     /// Parses the registration message (in place: pass a copy you own).
     ///
     /// Every refusal answers `bad_request` (§2): oversize, invalid or non-object JSON,
     /// `type` other than `register`, a missing or non-string `tsn`, `client_id` or
-    /// `client_secret`.
+    /// `client_secret`; a `custom_registration_data` that is neither an object nor a string
+    /// holding one; and, §2: "Credentials both at the top level and in
+    /// `custom_registration_data` answer `bad_request`" (either credential field at the top
+    /// level counts). `custom_registration_data: null` is absent.
     pub fn parse(bytes: &mut [u8]) -> Result<Self, ControlError> {
         let object = parse_object(bytes)?;
         let kind = required_str(&object, "type")?;
         if kind != "register" {
             return Err(ControlError::unknown_type(kind));
         }
+        let tsn = required_str(&object, "tsn")?.to_owned();
+        let top_id = optional_str(&object, "client_id")?;
+        let top_secret = optional_str(&object, "client_secret")?;
+        let (client_id, client_secret, source) = match object.get(CUSTOM).filter(|v| !v.is_null()) {
+            None => {
+                let id = top_id.ok_or(ControlError::MissingField { field: "client_id" })?;
+                let secret = top_secret.ok_or(ControlError::MissingField {
+                    field: "client_secret",
+                })?;
+                (
+                    id.to_owned(),
+                    ClientSecret::new(secret),
+                    CredentialSource::TopLevel,
+                )
+            }
+            Some(_) if top_id.is_some() || top_secret.is_some() => {
+                return Err(ControlError::CredentialsTwice)
+            }
+            Some(value) => custom_credentials(value)?,
+        };
         Ok(Self {
-            tsn: required_str(&object, "tsn")?.to_owned(),
-            client_id: required_str(&object, "client_id")?.to_owned(),
-            client_secret: ClientSecret::new(required_str(&object, "client_secret")?),
+            tsn,
+            client_id,
+            client_secret,
+            source,
         })
     }
+}
+
+/// The credentials inside `custom_registration_data`: an object, or a string holding one
+/// (seed 001: `"{\"client_id\":\"…\",\"client_secret\":\"…\"}"`).
+fn custom_credentials(
+    value: &BorrowedValue<'_>,
+) -> Result<(String, ClientSecret, CredentialSource), ControlError> {
+    if value.as_object().is_some() {
+        let (id, secret) = credentials_in(value)?;
+        return Ok((id, secret, CredentialSource::CustomObject));
+    }
+    let Some(text) = value.as_str() else {
+        return Err(ControlError::WrongType {
+            field: CUSTOM,
+            expected: "object or string holding a json object",
+        });
+    };
+    // The string came out of a message within MAX_CONTROL_MESSAGE, so it is within it too.
+    let mut inner = text.as_bytes().to_vec();
+    let object = parse_object(&mut inner).map_err(|e| ControlError::CustomRegistrationData {
+        reason: e.to_string(),
+    })?;
+    let (id, secret) = credentials_in(&object)?;
+    Ok((id, secret, CredentialSource::CustomString))
+}
+
+/// `client_id` and `client_secret` of `custom_registration_data`'s object; the errors name
+/// the nested field.
+fn credentials_in(object: &BorrowedValue<'_>) -> Result<(String, ClientSecret), ControlError> {
+    let nested = |e: ControlError| match e {
+        ControlError::MissingField { field: "client_id" } => ControlError::MissingField {
+            field: "custom_registration_data.client_id",
+        },
+        ControlError::MissingField {
+            field: "client_secret",
+        } => ControlError::MissingField {
+            field: "custom_registration_data.client_secret",
+        },
+        ControlError::WrongType {
+            field: "client_id",
+            expected,
+        } => ControlError::WrongType {
+            field: "custom_registration_data.client_id",
+            expected,
+        },
+        ControlError::WrongType {
+            field: "client_secret",
+            expected,
+        } => ControlError::WrongType {
+            field: "custom_registration_data.client_secret",
+            expected,
+        },
+        other => other,
+    };
+    let id = required_str(object, "client_id")
+        .map_err(nested)?
+        .to_owned();
+    let secret = required_str(object, "client_secret").map_err(nested)?;
+    Ok((id, ClientSecret::new(secret)))
 }
 
 /// `base` + `/cloud-connector/v1/device-connection/<session_id>` (§2, §7a).
@@ -84,7 +199,6 @@ pub fn error_reply(code: ControlErrorCode, message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simd_json::prelude::*;
 
     fn parse(text: &str) -> Result<RegisterRequest, ControlError> {
         RegisterRequest::parse(&mut text.as_bytes().to_vec())
@@ -99,7 +213,112 @@ mod tests {
         assert_eq!(req.tsn, "ingenico-axium-12345678");
         assert_eq!(req.client_id, "c1");
         assert_eq!(req.client_secret.expose(), "s3cr\"t");
+        assert_eq!(req.source, CredentialSource::TopLevel);
         assert!(!format!("{req:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn credentials_in_custom_registration_data_as_an_object() {
+        let req = parse(
+            r#"{"type":"register","tsn":"1","custom_registration_data":{"client_id":"c1","client_secret":"k","lane":3}}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            (req.client_id.as_str(), req.client_secret.expose()),
+            ("c1", "k")
+        );
+        assert_eq!(req.source, CredentialSource::CustomObject);
+    }
+
+    #[test]
+    fn credentials_in_custom_registration_data_as_a_string_like_seed_001() {
+        // Seed 001's example, escapes and all.
+        let req = parse(
+            r#"{"type":"register","tsn":"1","custom_registration_data":"{\"client_id\":\"c1d130d2-9dc0-4b0a-89f4-cd8f25d52afd\",\"client_secret\":\"JFc9QpS61D5lKIwv0fWPmigdy2sEinl3\"}"}"#,
+        )
+        .expect("valid");
+        assert_eq!(req.client_id, "c1d130d2-9dc0-4b0a-89f4-cd8f25d52afd");
+        assert_eq!(
+            req.client_secret.expose(),
+            "JFc9QpS61D5lKIwv0fWPmigdy2sEinl3"
+        );
+        assert_eq!(req.source, CredentialSource::CustomString);
+        // A secret with a quote and a backslash survives both levels of escaping.
+        let req = parse(
+            r#"{"type":"register","tsn":"1","custom_registration_data":"{\"client_id\":\"c\",\"client_secret\":\"a\\\"b\\\\c\"}"}"#,
+        )
+        .expect("valid");
+        assert_eq!(req.client_secret.expose(), "a\"b\\c");
+        // null is absent: the top-level credentials are used.
+        let req = parse(
+            r#"{"type":"register","tsn":"1","client_id":"c","client_secret":"s","custom_registration_data":null}"#,
+        )
+        .expect("valid");
+        assert_eq!(req.source, CredentialSource::TopLevel);
+    }
+
+    #[test]
+    fn credentials_in_both_places_are_bad_request() {
+        for text in [
+            r#"{"type":"register","tsn":"1","client_id":"c","client_secret":"s","custom_registration_data":{"client_id":"c","client_secret":"s"}}"#,
+            r#"{"type":"register","tsn":"1","client_id":"c","custom_registration_data":{"client_id":"c","client_secret":"s"}}"#,
+            r#"{"type":"register","tsn":"1","client_secret":"s","custom_registration_data":"{\"client_id\":\"c\",\"client_secret\":\"s\"}"}"#,
+            // Split between the two places is "both" too.
+            r#"{"type":"register","tsn":"1","client_id":"c","custom_registration_data":{"client_secret":"s"}}"#,
+        ] {
+            assert_eq!(parse(text), Err(ControlError::CredentialsTwice), "{text}");
+        }
+        assert_eq!(
+            ControlError::CredentialsTwice.code(),
+            ControlErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn malformed_custom_registration_data_is_bad_request_naming_the_field() {
+        let cases: &[(&str, ControlError)] = &[
+            (
+                r#"{"type":"register","tsn":"1","custom_registration_data":{"client_secret":"s"}}"#,
+                ControlError::MissingField {
+                    field: "custom_registration_data.client_id",
+                },
+            ),
+            (
+                r#"{"type":"register","tsn":"1","custom_registration_data":"{\"client_id\":\"c\"}"}"#,
+                ControlError::MissingField {
+                    field: "custom_registration_data.client_secret",
+                },
+            ),
+            (
+                r#"{"type":"register","tsn":"1","custom_registration_data":{"client_id":1,"client_secret":"s"}}"#,
+                ControlError::WrongType {
+                    field: "custom_registration_data.client_id",
+                    expected: "string",
+                },
+            ),
+            (
+                r#"{"type":"register","tsn":"1","custom_registration_data":7}"#,
+                ControlError::WrongType {
+                    field: "custom_registration_data",
+                    expected: "object or string holding a json object",
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse(text).as_ref().err(), Some(want), "{text}");
+        }
+        // A string that is not a JSON object.
+        for inner in [r#""not json""#, r#""[1,2]""#, r#""""#] {
+            let text =
+                format!(r#"{{"type":"register","tsn":"1","custom_registration_data":{inner}}}"#);
+            assert!(
+                matches!(
+                    parse(&text),
+                    Err(ControlError::CustomRegistrationData { .. })
+                ),
+                "{text}"
+            );
+        }
     }
 
     #[test]

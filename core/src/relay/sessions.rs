@@ -47,6 +47,8 @@ pub struct ClaimGranted {
     pub session_id: SessionId,
     /// Whether the device is connected right now.
     pub online: bool,
+    /// §4 `pending_frames`: device messages queued for the claim holder's session.
+    pub pending_frames: u64,
 }
 
 /// Counters for metrics: what left the shard without being delivered.
@@ -288,6 +290,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
         Ok(ClaimGranted {
             session_id: sid,
             online,
+            pending_frames: s.to_pos.count().frames,
         })
     }
 

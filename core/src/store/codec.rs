@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClientRecord, DeviceRecord, StoreError, StoreRecord};
 use crate::ids::{ClientId, DeviceModelName, DomainName, Serial, StoreName};
-use crate::tenancy::{ScopeJson, SecretHash};
+use crate::tenancy::{CertFingerprint, ScopeJson, SecretHash};
 
 /// `stores` value: `{"merchant":"m1"}`.
 #[derive(Serialize, Deserialize)]
@@ -24,13 +24,17 @@ struct ClientValue {
     secret_hash: String,
 }
 
-/// `devices` value: `{"make":"ingenico","model":"axium","store":"s1","enabled":true}`.
+/// `devices` value: `{"make":"ingenico","model":"axium","store":"s1","enabled":true}`, plus
+/// `"client_cert_sha256":["<64 lowercase hex>",…]` when the device has pins (schema v4;
+/// absent in older values and for devices without pins).
 #[derive(Serialize, Deserialize)]
 struct DeviceValue {
     make: String,
     model: String,
     store: String,
     enabled: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    client_cert_sha256: Vec<String>,
 }
 
 fn to_json(value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
@@ -112,6 +116,11 @@ pub(super) fn encode_device(record: &DeviceRecord) -> Result<Vec<u8>, StoreError
         model: record.model.as_str().to_owned(),
         store: record.store.as_str().to_owned(),
         enabled: record.enabled,
+        client_cert_sha256: record
+            .client_cert_sha256
+            .iter()
+            .map(CertFingerprint::to_hex)
+            .collect(),
     })
 }
 
@@ -131,6 +140,11 @@ pub(super) fn decode_device(
         model: DeviceModelName::new(value.model).map_err(bad)?,
         store: StoreName::new(value.store).map_err(bad)?,
         enabled: value.enabled,
+        client_cert_sha256: value
+            .client_cert_sha256
+            .iter()
+            .map(|hex| CertFingerprint::parse_hex(hex).map_err(|e| corrupt("devices", &key, e)))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -150,6 +164,33 @@ mod tests {
             decode_device("acme", "123", &bytes).unwrap(),
             device_rec("acme", "123", "s1")
         );
+    }
+
+    #[test]
+    fn pins_are_stored_as_lowercase_hex_and_older_values_have_none() {
+        let mut pinned = device_rec("acme", "123", "s1");
+        pinned.client_cert_sha256 = vec![CertFingerprint::of_der(b"abc")];
+        let bytes = encode_device(&pinned).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"make":"ingenico","model":"axium","store":"s1","enabled":true,"client_cert_sha256":["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]}"#
+        );
+        assert_eq!(decode_device("acme", "123", &bytes).unwrap(), pinned);
+        // A v2 value (no field) decodes with no pins.
+        let old = br#"{"make":"ingenico","model":"axium","store":"s1","enabled":false}"#;
+        assert!(decode_device("acme", "123", old)
+            .unwrap()
+            .client_cert_sha256
+            .is_empty());
+        let bad =
+            br#"{"make":"a","model":"m","store":"s","enabled":true,"client_cert_sha256":["xyz"]}"#;
+        assert!(matches!(
+            decode_device("acme", "123", bad),
+            Err(StoreError::Corrupt {
+                table: "devices",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -104,6 +104,17 @@ pub enum StoreError {
         /// What failed, for the operator.
         reason: String,
     },
+    /// §9: a client certificate fingerprint in the request is already pinned to another
+    /// device ("A fingerprint is pinned to at most one device", §2a).
+    #[error("client_cert_sha256[{position}] is already pinned to device {serial:?} in domain {domain:?}")]
+    FingerprintPinned {
+        /// Its position in the request's `client_cert_sha256` list.
+        position: usize,
+        /// The domain of the device it is pinned to.
+        domain: String,
+        /// That device's bare serial.
+        serial: String,
+    },
 }
 
 impl StoreError {
@@ -119,7 +130,8 @@ impl StoreError {
             StoreError::DuplicateDomain { .. }
             | StoreError::DuplicateStore { .. }
             | StoreError::DuplicateDevice { .. }
-            | StoreError::DuplicateClient { .. } => 409,
+            | StoreError::DuplicateClient { .. }
+            | StoreError::FingerprintPinned { .. } => 409,
             StoreError::InvalidName(_) => 400,
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt { .. }

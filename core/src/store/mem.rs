@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
-use crate::tenancy::Scope;
+use crate::tenancy::{CertFingerprint, Scope};
 
 #[derive(Debug, Default)]
 struct State {
@@ -37,6 +37,26 @@ impl State {
                 store: store.to_string(),
             })
         }
+    }
+
+    /// §2a: refuses `pins` when one is pinned to a device other than (domain, serial).
+    fn need_free_pins(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        pins: &[CertFingerprint],
+    ) -> Result<(), StoreError> {
+        for (position, fp) in pins.iter().enumerate() {
+            let owner = self.devices.values().find(|d| d.is_pinned(fp));
+            if let Some(owner) = owner.filter(|o| o.domain != *domain || o.serial != *serial) {
+                return Err(StoreError::FingerprintPinned {
+                    position,
+                    domain: owner.domain.to_string(),
+                    serial: owner.serial.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +175,7 @@ impl Store for MemStore {
                 serial: record.serial.to_string(),
             });
         }
+        state.need_free_pins(&record.domain, &record.serial, &record.client_cert_sha256)?;
         state.devices.insert(key, record.clone());
         Ok(())
     }
@@ -200,6 +221,40 @@ impl Store for MemStore {
             .filter(|d| d.domain == *domain)
             .cloned()
             .collect())
+    }
+
+    fn set_device_pins(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        pins: &[CertFingerprint],
+    ) -> Result<DeviceRecord, StoreError> {
+        let mut state = self.lock();
+        state.need_domain(domain)?;
+        let key = (domain.clone(), serial.clone());
+        let unknown = || StoreError::UnknownDevice {
+            domain: domain.to_string(),
+            serial: serial.to_string(),
+        };
+        if !state.devices.contains_key(&key) {
+            return Err(unknown());
+        }
+        state.need_free_pins(domain, serial, pins)?;
+        let device = state.devices.get_mut(&key).ok_or_else(unknown)?;
+        device.client_cert_sha256 = pins.to_vec();
+        Ok(device.clone())
+    }
+
+    fn find_device_by_fingerprint(
+        &self,
+        fingerprint: &CertFingerprint,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .devices
+            .values()
+            .find(|d| d.is_pinned(fingerprint))
+            .cloned())
     }
 
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {

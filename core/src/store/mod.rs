@@ -27,6 +27,7 @@ pub use redb_store::RedbStore;
 pub use schema::SCHEMA_VERSION;
 
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
+use crate::tenancy::CertFingerprint;
 
 /// The durable tenancy operations. Object safe: `&dyn Store` works.
 ///
@@ -61,7 +62,8 @@ pub trait Store {
     /// across domains), or `None`. Used by device registration, which names no domain.
     fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError>;
 
-    /// Provisions a device. `UnknownDomain`, `UnknownStore`, `DuplicateDevice`.
+    /// Provisions a device, with its pinned certificate fingerprints (§2a). `UnknownDomain`,
+    /// `UnknownStore`, `DuplicateDevice`, `FingerprintPinned` (to another device).
     fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError>;
 
     /// Enables or disables a device; returns it as now stored. `UnknownDomain`, `UnknownDevice`.
@@ -81,6 +83,24 @@ pub trait Store {
 
     /// The domain's devices ordered by serial. `UnknownDomain`.
     fn list_devices(&self, domain: &DomainName) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Replaces the device's pinned client certificate fingerprints (§9 PATCH
+    /// `client_cert_sha256`); returns the device as now stored. `UnknownDomain`,
+    /// `UnknownDevice`, `FingerprintPinned` (pinned to another device: nothing changes).
+    fn set_device_pins(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        pins: &[CertFingerprint],
+    ) -> Result<DeviceRecord, StoreError>;
+
+    /// The device a client certificate fingerprint is pinned to, in whichever domain
+    /// (a fingerprint is pinned to at most one device across domains: the mTLS listener
+    /// names no domain, §2a), or `None`.
+    fn find_device_by_fingerprint(
+        &self,
+        fingerprint: &CertFingerprint,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
 
     /// The token signing key: the stored one, or `fresh` (32 bytes from a CSPRNG, passed in
     /// by the caller) stored now and returned. It survives restarts so that access tokens
@@ -127,6 +147,12 @@ macro_rules! forward_store {
             fn list_devices(&self, domain: &DomainName) -> Result<Vec<DeviceRecord>, StoreError> {
                 (**self).list_devices(domain)
             }
+            fn set_device_pins(&self, domain: &DomainName, serial: &Serial, pins: &[CertFingerprint]) -> Result<DeviceRecord, StoreError> {
+                (**self).set_device_pins(domain, serial, pins)
+            }
+            fn find_device_by_fingerprint(&self, fingerprint: &CertFingerprint) -> Result<Option<DeviceRecord>, StoreError> {
+                (**self).find_device_by_fingerprint(fingerprint)
+            }
             fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
                 (**self).load_or_create_signing_key(fresh)
             }
@@ -163,7 +189,101 @@ pub(crate) mod conformance {
             model: DeviceModelName::new("axium").unwrap(),
             store: StoreName::new(store).unwrap(),
             enabled: true,
+            client_cert_sha256: Vec::new(),
         }
+    }
+
+    /// A made-up certificate fingerprint, different for each `n`.
+    pub(crate) fn fp(n: u8) -> CertFingerprint {
+        CertFingerprint::of_der(&[n])
+    }
+
+    /// Pins (§2a): several per device, one device per fingerprint across domains, found
+    /// by fingerprint, replaced as a whole, kept by every other write.
+    fn check_pins(s: &dyn Store) {
+        let (a, b) = (d("pin-a"), d("pin-b"));
+        for domain in [&a, &b] {
+            s.create_domain(domain).unwrap();
+        }
+        s.create_store(&store_rec("pin-a", "s1")).unwrap();
+        s.create_store(&store_rec("pin-b", "s1")).unwrap();
+        let mut one = device_rec("pin-a", "1", "s1");
+        one.client_cert_sha256 = vec![fp(1), fp(2)];
+        s.create_device(&one).unwrap();
+        assert_eq!(s.get_device(&a, &one.serial).unwrap(), Some(one.clone()));
+        assert_eq!(
+            s.find_device_by_fingerprint(&fp(1)).unwrap(),
+            Some(one.clone())
+        );
+        assert_eq!(
+            s.find_device_by_fingerprint(&fp(2)).unwrap(),
+            Some(one.clone())
+        );
+        assert_eq!(s.find_device_by_fingerprint(&fp(9)).unwrap(), None);
+
+        // A fingerprint pinned elsewhere refuses the create, in any domain, changing nothing.
+        let mut twin = device_rec("pin-b", "1", "s1");
+        twin.client_cert_sha256 = vec![fp(3), fp(2)];
+        let err = s.create_device(&twin).unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::FingerprintPinned {
+                position: 1,
+                domain: "pin-a".into(),
+                serial: "1".into()
+            }
+        );
+        assert_eq!(err.status(), 409);
+        assert_eq!(s.get_device(&b, &twin.serial).unwrap(), None);
+        assert_eq!(s.find_device_by_fingerprint(&fp(3)).unwrap(), None);
+        twin.client_cert_sha256 = vec![fp(3)];
+        s.create_device(&twin).unwrap();
+
+        // Replacing: rotation keeps one and adds one; the dropped one identifies nobody.
+        let rotated = s.set_device_pins(&a, &one.serial, &[fp(2), fp(4)]).unwrap();
+        assert_eq!(rotated.client_cert_sha256, vec![fp(2), fp(4)]);
+        assert_eq!(s.find_device_by_fingerprint(&fp(1)).unwrap(), None);
+        assert_eq!(
+            s.find_device_by_fingerprint(&fp(4)).unwrap(),
+            Some(rotated.clone())
+        );
+        // Pinned to another device: refused, nothing changes.
+        let err = s
+            .set_device_pins(&a, &one.serial, &[fp(5), fp(3)])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::FingerprintPinned { position: 1, .. }
+        ));
+        assert_eq!(
+            s.get_device(&a, &one.serial).unwrap(),
+            Some(rotated.clone())
+        );
+        assert_eq!(s.find_device_by_fingerprint(&fp(5)).unwrap(), None);
+        // The freed fingerprint can be pinned to another device.
+        let moved = s
+            .set_device_pins(&b, &twin.serial, &[fp(3), fp(1)])
+            .unwrap();
+        assert_eq!(s.find_device_by_fingerprint(&fp(1)).unwrap(), Some(moved));
+
+        // Disabling keeps the pins (and the lookup says the device is disabled).
+        let off = s.set_device_enabled(&a, &one.serial, false).unwrap();
+        assert_eq!(off.client_cert_sha256, vec![fp(2), fp(4)]);
+        let found = s.find_device_by_fingerprint(&fp(4)).unwrap().unwrap();
+        assert!(!found.enabled);
+
+        // Clearing the list.
+        let cleared = s.set_device_pins(&a, &one.serial, &[]).unwrap();
+        assert!(cleared.client_cert_sha256.is_empty());
+        assert_eq!(s.find_device_by_fingerprint(&fp(2)).unwrap(), None);
+        assert!(matches!(
+            s.set_device_pins(&a, &Serial::new("404").unwrap(), &[fp(7)]),
+            Err(StoreError::UnknownDevice { .. })
+        ));
+        assert!(matches!(
+            s.set_device_pins(&d("ghost"), &one.serial, &[fp(7)]),
+            Err(StoreError::UnknownDomain { .. })
+        ));
     }
 
     pub(crate) fn client_rec(domain: &str, id: &str, scope: Scope) -> ClientRecord {
@@ -204,6 +324,7 @@ pub(crate) mod conformance {
 
     pub(crate) fn check(s: &dyn Store) {
         check_client_index(s);
+        check_pins(s);
         let acme = d("acme");
         assert!(!s.domain_exists(&acme).unwrap());
         assert!(matches!(

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::codec;
-use super::schema::{self, CLIENTS, CLIENT_DOMAINS, DEVICES, DOMAINS, META, SIGNING_KEY, STORES};
+use super::schema::{
+    self, CERT_PINS, CLIENTS, CLIENT_DOMAINS, DEVICES, DOMAINS, META, SIGNING_KEY, STORES,
+};
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
-use crate::tenancy::Scope;
+use crate::tenancy::{CertFingerprint, Scope};
 
 /// The file name inside the data directory.
 pub const DB_FILE_NAME: &str = "posrelay.redb";
@@ -126,6 +128,32 @@ fn need_store(
             store: store.to_string(),
         })
     }
+}
+
+/// §2a: refuses `pins` when one is pinned to a device other than (domain, serial).
+fn need_free_pins(
+    index: &redb::Table<'_, &str, (&str, &str)>,
+    domain: &DomainName,
+    serial: &Serial,
+    pins: &[CertFingerprint],
+) -> Result<(), StoreError> {
+    for (position, fp) in pins.iter().enumerate() {
+        let Some(owner) = index
+            .get(fp.to_hex().as_str())
+            .map_err(StoreError::storage)?
+        else {
+            continue;
+        };
+        let (owner_domain, owner_serial) = owner.value();
+        if owner_domain != domain.as_str() || owner_serial != serial.as_str() {
+            return Err(StoreError::FingerprintPinned {
+                position,
+                domain: owner_domain.to_owned(),
+                serial: owner_serial.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Store for RedbStore {
@@ -295,6 +323,18 @@ impl Store for RedbStore {
                     serial: record.serial.to_string(),
                 });
             }
+            let mut index = txn.open_table(CERT_PINS).map_err(StoreError::storage)?;
+            need_free_pins(
+                &index,
+                &record.domain,
+                &record.serial,
+                &record.client_cert_sha256,
+            )?;
+            for fp in &record.client_cert_sha256 {
+                index
+                    .insert(fp.to_hex().as_str(), key)
+                    .map_err(StoreError::storage)?;
+            }
             devices
                 .insert(key, value.as_slice())
                 .map_err(StoreError::storage)?;
@@ -374,6 +414,78 @@ impl Store for RedbStore {
                 out.push(codec::decode_device(key_domain, serial, value.value())?);
             }
             Ok(out)
+        })
+    }
+
+    fn set_device_pins(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        pins: &[CertFingerprint],
+    ) -> Result<DeviceRecord, StoreError> {
+        self.write(|txn| {
+            need_domain(txn, domain)?;
+            let mut devices = txn.open_table(DEVICES).map_err(StoreError::storage)?;
+            let key = (domain.as_str(), serial.as_str());
+            let current = match devices.get(key).map_err(StoreError::storage)? {
+                Some(value) => {
+                    codec::decode_device(domain.as_str(), serial.as_str(), value.value())?
+                }
+                None => {
+                    return Err(StoreError::UnknownDevice {
+                        domain: domain.to_string(),
+                        serial: serial.to_string(),
+                    })
+                }
+            };
+            let mut index = txn.open_table(CERT_PINS).map_err(StoreError::storage)?;
+            need_free_pins(&index, domain, serial, pins)?;
+            for old in current
+                .client_cert_sha256
+                .iter()
+                .filter(|fp| !pins.contains(fp))
+            {
+                index
+                    .remove(old.to_hex().as_str())
+                    .map_err(StoreError::storage)?;
+            }
+            for fp in pins {
+                index
+                    .insert(fp.to_hex().as_str(), key)
+                    .map_err(StoreError::storage)?;
+            }
+            let updated = DeviceRecord {
+                client_cert_sha256: pins.to_vec(),
+                ..current
+            };
+            let value = codec::encode_device(&updated)?;
+            devices
+                .insert(key, value.as_slice())
+                .map_err(StoreError::storage)?;
+            Ok(updated)
+        })
+    }
+
+    fn find_device_by_fingerprint(
+        &self,
+        fingerprint: &CertFingerprint,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.read(|txn| {
+            let index = txn.open_table(CERT_PINS).map_err(StoreError::storage)?;
+            let Some(owner) = index
+                .get(fingerprint.to_hex().as_str())
+                .map_err(StoreError::storage)?
+            else {
+                return Ok(None);
+            };
+            let (domain, serial) = owner.value();
+            let devices = txn.open_table(DEVICES).map_err(StoreError::storage)?;
+            let Some(value) = devices.get((domain, serial)).map_err(StoreError::storage)? else {
+                return Ok(None);
+            };
+            let device = codec::decode_device(domain, serial, value.value())?;
+            // The device record is the truth; the index only finds it.
+            Ok(device.is_pinned(fingerprint).then_some(device))
         })
     }
 
@@ -525,6 +637,68 @@ mod tests {
         assert_eq!(s.find_client(&record.client_id).unwrap(), Some(record));
         let txn = s.db.begin_write().unwrap();
         assert_eq!(schema::read_version(&txn).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_2_file_gets_its_pin_index_and_keeps_its_devices() {
+        let dir = TempDir::new("v2");
+        let device = device_rec("acme", "42", "s1");
+        {
+            // A file exactly as a version-2 build leaves it, with one device (v2 values
+            // have no client_cert_sha256 field).
+            let db = Database::create(dir_file(&dir)).unwrap();
+            let txn = db.begin_write().unwrap();
+            schema::migrate_to(&txn, 2).unwrap();
+            txn.open_table(DOMAINS)
+                .unwrap()
+                .insert("acme", b"{}".as_slice())
+                .unwrap();
+            txn.open_table(STORES)
+                .unwrap()
+                .insert(("acme", "s1"), br#"{"merchant":"m1"}"#.as_slice())
+                .unwrap();
+            txn.open_table(DEVICES)
+                .unwrap()
+                .insert(
+                    ("acme", "42"),
+                    br#"{"make":"ingenico","model":"axium","store":"s1","enabled":true}"#
+                        .as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = RedbStore::open(&dir.0).unwrap();
+        {
+            let txn = s.db.begin_write().unwrap();
+            assert_eq!(schema::read_version(&txn).unwrap(), SCHEMA_VERSION);
+        }
+        assert_eq!(
+            s.get_device(&d("acme"), &device.serial).unwrap(),
+            Some(device.clone())
+        );
+        let pin = conformance::fp(1);
+        let pinned = s
+            .set_device_pins(&d("acme"), &device.serial, &[pin])
+            .unwrap();
+        assert_eq!(s.find_device_by_fingerprint(&pin).unwrap(), Some(pinned));
+    }
+
+    #[test]
+    fn pins_survive_reopen() {
+        let dir = TempDir::new("pins");
+        let mut device = device_rec("acme", "7", "s1");
+        device.client_cert_sha256 = vec![conformance::fp(1), conformance::fp(2)];
+        {
+            let s = RedbStore::open(&dir.0).unwrap();
+            s.create_domain(&d("acme")).unwrap();
+            s.create_store(&store_rec("acme", "s1")).unwrap();
+            s.create_device(&device).unwrap();
+        }
+        let s = RedbStore::open(&dir.0).unwrap();
+        assert_eq!(
+            s.find_device_by_fingerprint(&conformance::fp(2)).unwrap(),
+            Some(device)
+        );
     }
 
     fn dir_file(dir: &TempDir) -> PathBuf {

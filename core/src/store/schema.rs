@@ -9,7 +9,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use super::StoreError;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// `meta`: `schema_version` (u64 LE) and `signing_key` (32 bytes).
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -24,10 +24,15 @@ pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition
 /// 128 random bits, unique across domains.
 pub(super) const CLIENT_DOMAINS: TableDefinition<&str, &str> =
     TableDefinition::new("client_domains");
-/// `devices`: (domain, serial) → `{"make":…,"model":…,"store":…,"enabled":…}`.
+/// `devices`: (domain, serial) → `{"make":…,"model":…,"store":…,"enabled":…}` (and, from
+/// v4, `"client_cert_sha256":[…]` when the device has pins).
 ///
 /// v3 adds the reliable-session tables, defined beside their code in `reliable_log`.
 pub(super) const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
+/// `cert_pins` (v4): client certificate fingerprint (64 lowercase hex) → (domain, serial)
+/// of the one device it is pinned to, so that the mTLS listener, which names no domain,
+/// finds the device (PROTOCOL.md §2a) and a fingerprint stays pinned to one device.
+pub(super) const CERT_PINS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("cert_pins");
 
 /// The `meta` key of the schema version.
 pub(super) const VERSION_KEY: &str = "schema_version";
@@ -42,6 +47,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_v1,
     index_client_ids_v2,
     super::reliable_log::create_reliable_v3,
+    index_cert_pins_v4,
 ];
 
 /// v0 → v1: create the tables.
@@ -65,6 +71,24 @@ fn index_client_ids_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
         index
             .insert(client_id, domain)
             .map_err(StoreError::storage)?;
+    }
+    Ok(())
+}
+
+/// v3 → v4: index the pins of every device by fingerprint. An older file has no pins, so
+/// the index starts empty; the scan keeps the migration right for any file it meets.
+fn index_cert_pins_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let devices = txn.open_table(DEVICES).map_err(StoreError::storage)?;
+    let mut index = txn.open_table(CERT_PINS).map_err(StoreError::storage)?;
+    for entry in devices.iter().map_err(StoreError::storage)? {
+        let (key, value) = entry.map_err(StoreError::storage)?;
+        let (domain, serial) = key.value();
+        let device = super::codec::decode_device(domain, serial, value.value())?;
+        for fp in &device.client_cert_sha256 {
+            index
+                .insert(fp.to_hex().as_str(), (domain, serial))
+                .map_err(StoreError::storage)?;
+        }
     }
     Ok(())
 }

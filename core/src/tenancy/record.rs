@@ -1,6 +1,6 @@
 //! What the store keeps: stores (under merchants), clients and devices of a domain.
 
-use super::{Scope, SecretHash};
+use super::{CertFingerprint, Scope, SecretHash};
 use crate::ids::{
     ClientId, ClientKey, DeviceKey, DeviceModelName, DomainName, MerchantName, Serial, StoreName,
 };
@@ -54,9 +54,18 @@ pub struct DeviceRecord {
     pub store: StoreName,
     /// `false` once the operator disabled it: it may not register or be claimed.
     pub enabled: bool,
+    /// §2a / §9 `client_cert_sha256`: the fingerprints of the client certificates that
+    /// identify this device on the mTLS listener (several, so that a rotation can pin the
+    /// new one beside the old). A fingerprint is pinned to at most one device.
+    pub client_cert_sha256: Vec<CertFingerprint>,
 }
 
 impl DeviceRecord {
+    /// Whether a certificate with this fingerprint identifies this device.
+    pub fn is_pinned(&self, fingerprint: &CertFingerprint) -> bool {
+        self.client_cert_sha256.contains(fingerprint)
+    }
+
     /// The device's key (domain + serial).
     pub fn key(&self) -> DeviceKey {
         DeviceKey {

@@ -164,6 +164,9 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
                 .handle_client_deleted(client.clone(), Instant::now());
             ctx.drive();
         }
+        // No connection is made with a client certificate until the mTLS listener is
+        // served (issue 11, phase 2), so there is nothing to close yet.
+        Some(AdminEffect::CertPinsRemoved { .. }) => {}
         None => {}
     }
     let mut headers: Vec<(&str, &str)> = response.headers.clone();

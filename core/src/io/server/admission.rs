@@ -271,6 +271,42 @@ impl Admission {
     }
 }
 
+/// The failed-login limits as one login attempt sees them (the hook of
+/// [`crate::auth::ClientLogin`], shared by the token endpoint and §7c's Basic upgrades):
+/// from `peer`, at the time it was made. `Send`, so that the attempt can run on the
+/// blocking pool with its argon2 check.
+#[derive(Debug, Clone)]
+pub struct LoginAttemptFrom {
+    admission: Arc<Admission>,
+    peer: IpAddr,
+    at: Instant,
+}
+
+impl Admission {
+    /// The limits of a login attempted by `peer` at `at`.
+    pub fn attempt_from(self: &Arc<Self>, peer: IpAddr, at: Instant) -> LoginAttemptFrom {
+        LoginAttemptFrom {
+            admission: self.clone(),
+            peer,
+            at,
+        }
+    }
+}
+
+impl crate::auth::LoginAttempts for LoginAttemptFrom {
+    fn check(&self, client_id: Option<&str>) -> Result<(), crate::auth::LoginThrottled> {
+        self.admission
+            .check_login(client_id, self.peer, self.at)
+            .map_err(|why| crate::auth::LoginThrottled {
+                retry_after_secs: why.retry_after_secs(),
+            })
+    }
+
+    fn failed(&self, client_id: Option<&str>) {
+        self.admission.login_failed(client_id, self.peer, self.at);
+    }
+}
+
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
@@ -350,6 +386,28 @@ mod tests {
         assert_eq!(a.admit_client(&k).unwrap_err(), Refusal::MaxPerClient);
         drop(slot);
         assert!(a.admit_client(&k).is_ok());
+    }
+
+    #[test]
+    fn a_login_attempt_counts_against_the_same_limits() {
+        use crate::auth::LoginAttempts;
+        let a = Admission::new(limits());
+        let t0 = Instant::now();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let attempt = a.attempt_from(ip, t0);
+        attempt.failed(Some("c"));
+        assert!(attempt.check(Some("c")).is_ok());
+        attempt.failed(Some("c"));
+        let throttled = attempt.check(Some("c")).unwrap_err();
+        assert_eq!(throttled.retry_after_secs, 60);
+        // The same window as a failure recorded directly.
+        assert!(matches!(
+            a.check_login(Some("c"), ip, t0),
+            Err(Refusal::LoginRateClient(_))
+        ));
+        let mut text = String::new();
+        a.render(&mut text);
+        assert!(text.contains("posrelay_refused_total{reason=\"login_rate_client\"} 2"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod drain;
 mod handover;
 mod mesh;
 mod metrics;
+pub mod mtls;
 mod path;
 mod registration;
 mod reply;

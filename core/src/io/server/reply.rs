@@ -6,7 +6,7 @@
 use super::admission::Refusal;
 use super::shard::ShardCtx;
 use crate::auth::AuthError;
-use crate::handshake::{error_response, http_response, json_error, HttpStatus, RequestHead};
+use crate::handshake::{error_response, json_error, HttpStatus, RequestHead};
 use crate::io::http::{ReadRequestError, RequestLimits};
 use crate::io::transport::Transport;
 use crate::relay::SessionError;
@@ -23,22 +23,6 @@ pub(crate) fn refusal(why: Refusal, message: &str) -> Vec<u8> {
         status,
         &[("Retry-After", &retry), ("Connection", "close")],
         message,
-    )
-}
-
-/// The answer to a refusal with a body of the caller's own (the token endpoint's OAuth2
-/// error JSON).
-pub(crate) fn refusal_with_body(why: Refusal, body: &[u8]) -> Vec<u8> {
-    let status = match why {
-        Refusal::MaxConnections | Refusal::MaxUnauthenticated => HttpStatus::SERVICE_UNAVAILABLE,
-        _ => HttpStatus::TOO_MANY_REQUESTS,
-    };
-    let retry = why.retry_after_secs().to_string();
-    http_response(
-        status,
-        &[("Retry-After", &retry), ("Connection", "close")],
-        Some("application/json"),
-        body,
     )
 }
 

@@ -218,7 +218,14 @@ impl ShardCtx {
                     .and_then(|e| e.url_base.clone())
                     .unwrap_or_default();
                 let url = event::session_url(&base, &granted.session_id);
-                event::claimed(rid, serial, &granted.session_id, &url, granted.online)
+                event::claimed(
+                    rid,
+                    serial,
+                    &granted.session_id,
+                    &url,
+                    granted.online,
+                    granted.pending_frames,
+                )
             }
             ClaimOutcome::Released => event::released(rid, serial),
             ClaimOutcome::Refused(err) => event::error(rid, err.code(), err.message(op)),

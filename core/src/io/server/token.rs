@@ -1,7 +1,7 @@
 //! §1 `POST /oauth2/v1/{domain}/token`: the OAuth2 client-credentials token endpoint on
 //! the relay listener. The request's rules live in `crate::admin::TokenEndpoint` (pure);
-//! this file runs it on the blocking pool (argon2 takes milliseconds) and counts and
-//! limits failed logins.
+//! this file runs it on the blocking pool (argon2 takes milliseconds), with the
+//! failed-login limits of the requesting address for it to check and count.
 
 use super::reply;
 use super::shard::ShardCtx;
@@ -31,28 +31,12 @@ pub(crate) async fn serve(
         );
         return (answer, keep_alive);
     }
-    // Who is trying: the client id from Basic or the form (only to rate-limit failures).
-    let client_id = head
-        .headers
-        .get("authorization")
-        .and_then(crate::handshake::parse_basic_auth)
-        .map(|(id, _)| id)
-        .or_else(|| {
-            crate::handshake::parse_form(body)
-                .ok()?
-                .into_iter()
-                .find(|(k, _)| k == "client_id")
-                .map(|(_, v)| v)
-        });
-    let admission = ctx.shared.admission.clone();
-    if let Err(why) = admission.check_login(client_id.as_deref(), peer, std::time::Instant::now()) {
-        let body = format!(
-            "{{\"error\":\"invalid_request\",\"error_description\":\"too many failed attempts: retry in {} s\"}}",
-            why.retry_after_secs()
-        );
-        // A refusal closes the connection (and says so with Connection: close).
-        return (reply::refusal_with_body(why, body.as_bytes()), false);
-    }
+    // The failed-login limits (§1) are checked and counted by the shared credential check
+    // (auth::ClientLogin, the one §7c's Basic upgrades use).
+    let attempt = ctx
+        .shared
+        .admission
+        .attempt_from(peer, std::time::Instant::now());
     let shared = ctx.shared.clone();
     let request_domain = domain.to_owned();
     let domain = domain.to_owned();
@@ -66,6 +50,7 @@ pub(crate) async fn serve(
                 hasher: &shared.hasher,
                 issuer: &shared.issuer,
                 access_ttl: shared.config.access_token_ttl.as_secs(),
+                cache: Some(&shared.credentials),
             };
             let request = TokenRequest {
                 domain: &domain,
@@ -73,23 +58,34 @@ pub(crate) async fn serve(
                 content_type: content_type.as_deref(),
                 body: &body,
             };
-            endpoint.handle(&request, super::unix_now(), &mut rand::rngs::OsRng)
+            endpoint.handle(
+                &request,
+                &attempt,
+                super::unix_now(),
+                std::time::Instant::now(),
+                &mut rand::rngs::OsRng,
+            )
         })
         .await;
     let m = &ctx.shared.metrics;
     match response.status {
         200 => m.tokens_issued.inc(),
-        401 => {
-            m.token_invalid_client.inc();
-            admission.login_failed(client_id.as_deref(), peer, std::time::Instant::now());
-        }
+        401 => m.token_invalid_client.inc(),
+        429 => {}
         500 => tracing::error!(
             domain = %request_domain,
             "token request failed: the store failed (see the error above)"
         ),
         _ => m.token_bad_request.inc(),
     }
-    let mut headers = response.headers.clone();
+    let retry_after = response.retry_after.map(|s| s.to_string());
+    // A refusal by the limits closes the connection (and says so with Connection: close).
+    let keep_alive = keep_alive && retry_after.is_none();
+    let connection = ("Connection", reply::connection_header(keep_alive));
+    let mut headers: Vec<(&str, &str)> = response.headers.clone();
+    if let Some(seconds) = &retry_after {
+        headers.push(("Retry-After", seconds));
+    }
     headers.push(connection);
     // A browser POS (PROTOCOL.md §7) served from the admin listener is another origin:
     // it can read the answer only with CORS. `*` is safe: the answer depends only on the
