@@ -52,20 +52,20 @@ impl Cli {
         match self.command {
             Command::Serve(args) => {
                 let settings = args.resolve()?;
-                logging::init(settings.log_format);
+                let _log = logging::init(settings.log_format);
                 crate::serve::run(settings)
             }
             Command::Echo(args) => {
-                logging::init(LogFormat::Text);
+                let _log = logging::init(LogFormat::Text);
                 run_echo(args)
             }
             Command::Demo(args) => crate::demo::run(*args),
             Command::DeviceSim(args) => {
-                logging::init(LogFormat::Text);
+                let _log = logging::init(LogFormat::Text);
                 crate::sim::device::run(args)
             }
             Command::PosSim(args) => {
-                logging::init(LogFormat::Text);
+                let _log = logging::init(LogFormat::Text);
                 crate::sim::pos::run(args)
             }
             Command::Admin(args) => crate::admin_cli::run(args),

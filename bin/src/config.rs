@@ -47,10 +47,14 @@ pub mod defaults {
     pub const MAX_CONNECTIONS_PER_CLIENT: usize = 8_192;
     /// `--max-header-count`
     pub const MAX_HEADER_COUNT: usize = 64;
-    /// `--failed-logins-per-client` (per minute)
+    /// `--failed-logins-per-client` (per client id from one address, per minute)
     pub const FAILED_LOGINS_PER_CLIENT: u32 = 10;
     /// `--failed-logins-per-address` (per minute)
     pub const FAILED_LOGINS_PER_ADDRESS: u32 = 30;
+    /// `--failed-logins-per-client-total` (per client id from all addresses, per minute:
+    /// a ceiling against guessing from many addresses; client secrets are 256 random
+    /// bits, so it is high)
+    pub const FAILED_LOGINS_PER_CLIENT_TOTAL: u32 = 1_000;
 }
 
 /// Flags of `posrelay serve` (each also a key of the configuration file).
@@ -125,12 +129,15 @@ pub struct ServeArgs {
     /// Header lines in a request head (431 beyond) [default: 64]
     #[arg(long, value_name = "N")]
     pub max_header_count: Option<usize>,
-    /// Failed logins (token requests, registrations) per client id per minute before 429 [default: 10]
+    /// Failed logins (token requests, registrations) per client id from one address per minute before 429 [default: 10]
     #[arg(long, value_name = "N")]
     pub failed_logins_per_client: Option<u32>,
-    /// Failed logins per source address per minute before 429 [default: 30]
+    /// Failed logins per source address (any client id) per minute before 429 [default: 30]
     #[arg(long, value_name = "N")]
     pub failed_logins_per_address: Option<u32>,
+    /// Failed logins per client id from all addresses per minute; beyond, only addresses it logged in from in the last day may try [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub failed_logins_per_client_total: Option<u32>,
     /// Admin API token (better: the POSRELAY_ADMIN_TOKEN environment variable) [default: none, admin API refuses every call]
     #[arg(
         long,
@@ -174,6 +181,7 @@ struct FileConfig {
     max_header_count: Option<usize>,
     failed_logins_per_client: Option<u32>,
     failed_logins_per_address: Option<u32>,
+    failed_logins_per_client_total: Option<u32>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -204,6 +212,7 @@ pub struct Settings {
     pub max_header_count: usize,
     pub failed_logins_per_client: u32,
     pub failed_logins_per_address: u32,
+    pub failed_logins_per_client_total: u32,
 }
 
 impl ServeArgs {
@@ -357,6 +366,10 @@ impl ServeArgs {
                 .failed_logins_per_address
                 .or(file.failed_logins_per_address)
                 .unwrap_or(defaults::FAILED_LOGINS_PER_ADDRESS),
+            failed_logins_per_client_total: self
+                .failed_logins_per_client_total
+                .or(file.failed_logins_per_client_total)
+                .unwrap_or(defaults::FAILED_LOGINS_PER_CLIENT_TOTAL),
         };
         for (name, value) in [
             ("max_connections", settings.max_connections),

@@ -258,7 +258,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         // The steps are the output; the relay's own logs only when something is wrong.
         std::env::set_var("RUST_LOG", "warn");
     }
-    logging::init(args.log_format.unwrap_or(LogFormat::Text));
+    let _log = logging::init(args.log_format.unwrap_or(LogFormat::Text));
     let serve = ServeArgs {
         listen: args.listen,
         admin_listen: args.admin_listen,

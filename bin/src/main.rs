@@ -22,7 +22,9 @@ fn main() -> std::process::ExitCode {
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("posrelay: {err:#}");
+            // Not eprintln!: it panics when stderr cannot be written.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "posrelay: {err:#}");
             std::process::ExitCode::from(2)
         }
     }

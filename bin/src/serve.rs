@@ -77,6 +77,7 @@ pub(crate) fn server_config(s: &Settings) -> ServerConfig {
             max_per_client: s.max_connections_per_client,
             failed_logins_per_client: s.failed_logins_per_client,
             failed_logins_per_address: s.failed_logins_per_address,
+            failed_logins_per_client_total: s.failed_logins_per_client_total,
         },
     }
 }

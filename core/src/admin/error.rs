@@ -69,6 +69,7 @@ fn store_message(err: &StoreError) -> String {
         StoreError::DuplicateClient { .. } => "client id collision; nothing was changed, retry",
         StoreError::InvalidName(_) => "fix the name",
         StoreError::SchemaTooNew { .. }
+        | StoreError::Insecure { .. }
         | StoreError::Corrupt { .. }
         | StoreError::Storage { .. } => {
             "nothing was changed; check the data directory and the relay's log"

@@ -22,6 +22,21 @@ impl Counter {
     }
 }
 
+/// Log lines dropped because they could not be written (process-wide: the log writer
+/// is the binary's, the relay only reports the count).
+static LOG_WRITE_FAILURES: Counter = Counter(AtomicU64::new(0));
+
+/// Counts `lines` log lines that could not be written (stderr closed, full, or too
+/// slow to keep up): the log writer drops them rather than wait or fail.
+pub fn log_write_failed(lines: u64) {
+    LOG_WRITE_FAILURES.0.fetch_add(lines, Ordering::Relaxed);
+}
+
+/// Log lines dropped so far ([`log_write_failed`]).
+pub fn log_write_failures() -> u64 {
+    LOG_WRITE_FAILURES.get()
+}
+
 /// Every counter the relay exposes.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -94,6 +109,11 @@ impl Metrics {
             "posrelay_admin_calls_total",
             "Admin API calls answered.",
             &[("", self.admin_calls.get())],
+        );
+        counter(
+            "posrelay_log_write_failures_total",
+            "Log lines dropped because they could not be written (stderr closed, full or not read fast enough).",
+            &[("", log_write_failures())],
         );
         out
     }
@@ -186,5 +206,14 @@ mod tests {
             "# TYPE posrelay_tokens_issued_total counter\nposrelay_tokens_issued_total 2\n"
         ));
         assert!(text.contains("posrelay_auth_failures_total{reason=\"invalid_client\"} 1\n"));
+    }
+
+    #[test]
+    fn failed_log_writes_are_counted_process_wide() {
+        let before = log_write_failures();
+        log_write_failed(3);
+        assert!(log_write_failures() >= before + 3);
+        let text = Metrics::default().render();
+        assert!(text.contains("# TYPE posrelay_log_write_failures_total counter\n"));
     }
 }

@@ -80,6 +80,15 @@ pub enum StoreError {
         /// Newest version this build reads.
         supported: u64,
     },
+    /// The database file may be read (or written) by other users: it holds the token
+    /// signing key, so whoever reads it can mint tokens. Refused before it is opened.
+    #[error("{path} may be read or written by other users (mode {mode:04o}), and it holds the token signing key: fix it with `chmod 600 {path}` (and `chmod 700` on its directory)")]
+    Insecure {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A stored value could not be decoded.
     #[error("corrupt {table} record {key:?}: {reason}")]
     Corrupt {
@@ -113,6 +122,7 @@ impl StoreError {
             | StoreError::DuplicateClient { .. } => 409,
             StoreError::InvalidName(_) => 400,
             StoreError::SchemaTooNew { .. }
+            | StoreError::Insecure { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Storage { .. } => 500,
         }

@@ -35,11 +35,15 @@ impl std::fmt::Debug for RedbStore {
 impl RedbStore {
     /// Opens (or creates) `<dir>/posrelay.redb`, creating `dir` if needed, and migrates
     /// it to [`schema::SCHEMA_VERSION`]. Refuses a file written by a newer schema.
+    ///
+    /// The file holds the token signing key (HS256: whoever reads it can mint tokens),
+    /// so a new directory is created 0700 and a new file 0600, and an existing file that
+    /// other users may read or write is refused ([`StoreError::Insecure`]) before it is
+    /// opened.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage {
-            reason: format!("cannot create data directory {}: {e}", dir.display()),
-        })?;
+        create_private_dir(dir)?;
         let path = dir.join(DB_FILE_NAME);
+        create_private_file(&path)?;
         let db = Database::create(&path).map_err(|e| StoreError::Storage {
             reason: format!("cannot open {}: {e}", path.display()),
         })?;
@@ -81,6 +85,62 @@ impl RedbStore {
         let txn = self.db.begin_read().map_err(StoreError::storage)?;
         f(&txn)
     }
+}
+
+/// Permission bits of group and others: none of them may be set on the store file.
+const SHARED_BITS: u32 = 0o077;
+
+/// Creates `dir` (and its parents) readable by the owner only, if it does not exist.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::Storage {
+            reason: format!(
+                "cannot create data directory {}: {e}{}",
+                dir.display(),
+                match e.kind() {
+                    std::io::ErrorKind::AlreadyExists =>
+                        ": a file of that name is in the way; remove it or choose another --data-dir",
+                    std::io::ErrorKind::PermissionDenied =>
+                        ": give the user posrelay runs as write access to its parent, or choose another --data-dir",
+                    _ => "",
+                }
+            ),
+        })
+}
+
+/// Creates the store file 0600 if it does not exist; refuses one other users may read
+/// or write, with the command that fixes it.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(StoreError::Storage {
+                reason: format!("cannot create {}: {e}", path.display()),
+            })
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|e| StoreError::Storage {
+        reason: format!("cannot read the permissions of {}: {e}", path.display()),
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & SHARED_BITS != 0 {
+        return Err(StoreError::Insecure {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 fn unknown_domain(domain: &DomainName) -> StoreError {
@@ -420,6 +480,40 @@ mod tests {
     }
 
     #[test]
+    fn a_new_data_directory_and_store_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new("private");
+        let data = dir.0.join("nested").join("data");
+        let store = RedbStore::open(&data).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        drop(store);
+        // Reopening keeps it private and works.
+        let store = RedbStore::open(&data).unwrap();
+        assert_eq!(mode(store.path()), 0o600);
+    }
+
+    #[test]
+    fn a_store_other_users_can_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new("insecure");
+        let path = RedbStore::open(&dir.0).unwrap().path().to_owned();
+        for bad in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
+            let err = RedbStore::open(&dir.0).unwrap_err();
+            assert!(matches!(err, StoreError::Insecure { mode, .. } if mode == bad));
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(RedbStore::open(&dir.0).is_ok());
+    }
+
+    #[test]
     fn follows_the_store_rules() {
         let dir = TempDir::new("rules");
         conformance::check(&RedbStore::open(&dir.0).unwrap());
@@ -522,9 +616,20 @@ mod tests {
         assert_eq!(schema::read_version(&txn).unwrap(), SCHEMA_VERSION);
     }
 
+    /// The store file's path, created empty and private (as a build of any version
+    /// would leave it now) for a test to fill with an older layout.
     fn dir_file(dir: &TempDir) -> PathBuf {
+        use std::os::unix::fs::OpenOptionsExt as _;
         std::fs::create_dir_all(&dir.0).unwrap();
-        dir.0.join(DB_FILE_NAME)
+        let path = dir.0.join(DB_FILE_NAME);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        path
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub(crate) async fn token(
         });
     let admission = ctx.shared.admission.clone();
     if let Err(why) = admission.check_login(client_id.as_deref(), peer, std::time::Instant::now()) {
+        tracing::info!(
+            domain,
+            client_id = client_id.as_deref().unwrap_or("-"),
+            peer = %peer,
+            limit = why.reason(),
+            retry_after_secs = why.retry_after_secs(),
+            "token request refused: too many failed logins"
+        );
         let body = format!(
             "{{\"error\":\"invalid_request\",\"error_description\":\"too many failed attempts: retry in {} s\"}}",
             why.retry_after_secs()
@@ -61,6 +69,7 @@ pub(crate) async fn token(
     }
     let shared = ctx.shared.clone();
     let domain = domain.to_owned();
+    let domain_path = domain.clone();
     let authorization = head.headers.get("authorization").map(str::to_owned);
     let content_type = head.headers.get("content-type").map(str::to_owned);
     let body = body.clone();
@@ -83,12 +92,27 @@ pub(crate) async fn token(
         .await;
     let m = &ctx.shared.metrics;
     match response.status {
-        200 => m.tokens_issued.inc(),
+        200 => {
+            m.tokens_issued.inc();
+            if let Some(id) = client_id.as_deref() {
+                admission.login_succeeded(id, peer, std::time::Instant::now());
+            }
+        }
         401 => {
             m.token_invalid_client.inc();
             admission.login_failed(client_id.as_deref(), peer, std::time::Instant::now());
         }
         _ => m.token_bad_request.inc(),
+    }
+    if response.status != 200 {
+        // Who and from where, never the secret (nor the body, which may carry it).
+        tracing::info!(
+            domain = %domain_path,
+            client_id = client_id.as_deref().unwrap_or("-"),
+            peer = %peer,
+            status = response.status,
+            "token request refused"
+        );
     }
     let mut headers = response.headers.clone();
     headers.push(connection);

@@ -27,6 +27,13 @@ const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 /// Why a registration was refused (§2 codes).
 struct Refusal(ControlErrorCode, String);
 
+/// Who tried, for the log line of a refusal (never the secret).
+#[derive(Default)]
+struct Attempt {
+    tsn: Option<String>,
+    client_id: Option<String>,
+}
+
 /// How a registration attempt ended.
 enum Outcome {
     /// The `registered` reply to send before closing with 1000.
@@ -59,7 +66,8 @@ pub(crate) async fn serve(
         max_message: MAX_REGISTRATION_BYTES,
     };
     let mut ws = WsStream::new(transport, rbuf, Connection::new(Role::Server, limits));
-    let outcome = registration(&ctx, &mut ws, &prelude.url_base, peer).await;
+    let mut attempt = Attempt::default();
+    let outcome = registration(&ctx, &mut ws, &prelude.url_base, peer, &mut attempt).await;
     match outcome {
         Ok(Outcome::Registered(reply)) => {
             let _ = ws.send_text(reply).await;
@@ -75,7 +83,14 @@ pub(crate) async fn serve(
         }
         Ok(Outcome::Gone) => {}
         Err(Refusal(code, message)) => {
-            tracing::info!(code = code.as_str(), %message, "registration refused");
+            tracing::info!(
+                code = code.as_str(),
+                reason = %message,
+                tsn = attempt.tsn.as_deref().unwrap_or("-"),
+                client_id = attempt.client_id.as_deref().unwrap_or("-"),
+                peer = %peer,
+                "registration refused"
+            );
             ctx.shared.metrics.token_invalid_client.inc();
             let _ = ws.send_text(error_reply(code, &message)).await;
             let _ = ws.send_close(CloseCode::POLICY, code.as_str()).await;
@@ -105,6 +120,7 @@ async fn registration(
     ws: &mut WsStream,
     url_base: &str,
     peer: IpAddr,
+    attempt: &mut Attempt,
 ) -> Result<Outcome, Refusal> {
     let timeout = ctx.shared.config.handshake_timeout;
     let first = with_timeout(timeout, async {
@@ -135,6 +151,8 @@ async fn registration(
     let mut text = message.payload.to_bytes().to_vec();
     let request = RegisterRequest::parse(&mut text)
         .map_err(|e| Refusal(ControlErrorCode::BadRequest, e.to_string()))?;
+    attempt.tsn = Some(request.tsn.chars().take(64).collect());
+    attempt.client_id = Some(request.client_id.chars().take(64).collect());
     let tsn = TsnInput::parse(&request.tsn).map_err(|_| {
         Refusal(
             ControlErrorCode::BadRequest,
@@ -161,7 +179,10 @@ async fn registration(
                 .check(&id, &request.client_secret, Instant::now())
         });
     let client = match cached {
-        Some(client) => client,
+        Some(client) => {
+            admission.login_succeeded(&request.client_id, peer, Instant::now());
+            client
+        }
         None => {
             let shared = ctx.shared.clone();
             let client_id = request.client_id.clone();
@@ -178,6 +199,7 @@ async fn registration(
                 .await;
             match verified {
                 Ok(client) => {
+                    admission.login_succeeded(&request.client_id, peer, Instant::now());
                     ctx.shared.credentials.remember(
                         &client,
                         &request.client_secret,
