@@ -1,6 +1,7 @@
 //! The `posrelay` binary: serve the relay, run the echo server, and operator helpers.
 
 mod admin_cli;
+mod check;
 mod cli;
 mod client;
 mod config;

@@ -17,6 +17,11 @@ const SEND_QUEUE_BYTES: usize = 256 * 1024;
 
 /// Runs the relay until it is stopped.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
+    posrelay_core::io::metrics::set_build_info(
+        env!("CARGO_PKG_VERSION"),
+        env!("POSRELAY_COMMIT"),
+        env!("POSRELAY_BUILD_DATE"),
+    );
     let config = server_config(&settings);
     let stop = StopHandle::default();
     watch_signals(stop.clone())?;

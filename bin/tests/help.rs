@@ -15,6 +15,7 @@ use std::process::Command;
 const COMMANDS: &[&[&str]] = &[
     &[],
     &["serve"],
+    &["check-config"],
     &["demo"],
     &["device-sim"],
     &["pos-sim"],

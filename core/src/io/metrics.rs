@@ -37,6 +37,22 @@ pub fn log_write_failures() -> u64 {
     LOG_WRITE_FAILURES.get()
 }
 
+/// What `posrelay_build_info` reports: version, commit, build date (set once by the
+/// binary, which knows them).
+static BUILD_INFO: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+
+/// Records the build the relay runs (`--version`): exposed as `posrelay_build_info`.
+pub fn set_build_info(version: &str, commit: &str, build_date: &str) {
+    let _ = BUILD_INFO.set([version.to_owned(), commit.to_owned(), build_date.to_owned()]);
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Every counter the relay exposes.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -115,6 +131,17 @@ impl Metrics {
             "Log lines dropped because they could not be written (stderr closed, full or not read fast enough).",
             &[("", log_write_failures())],
         );
+        if let Some([version, commit, date]) = BUILD_INFO.get() {
+            let _ = writeln!(out, "# HELP posrelay_build_info The running build: version, commit and build date (always 1).");
+            let _ = writeln!(out, "# TYPE posrelay_build_info gauge");
+            let _ = writeln!(
+                out,
+                "posrelay_build_info{{version=\"{}\",commit=\"{}\",build_date=\"{}\"}} 1",
+                label_value(version),
+                label_value(commit),
+                label_value(date)
+            );
+        }
         out
     }
 }
@@ -206,6 +233,16 @@ mod tests {
             "# TYPE posrelay_tokens_issued_total counter\nposrelay_tokens_issued_total 2\n"
         ));
         assert!(text.contains("posrelay_auth_failures_total{reason=\"invalid_client\"} 1\n"));
+    }
+
+    #[test]
+    fn build_info_is_a_gauge_with_escaped_labels() {
+        set_build_info("0.1.0", "abc\"def", "2026-12-02");
+        let text = Metrics::default().render();
+        assert!(
+            text.contains("posrelay_build_info{version=\"0.1.0\",commit=\"abc\\\"def\",build_date=\"2026-12-02\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

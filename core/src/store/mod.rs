@@ -17,7 +17,7 @@ mod schema;
 pub use crate::tenancy::{ClientRecord, DeviceRecord, StoreRecord};
 pub use error::StoreError;
 pub use mem::MemStore;
-pub use redb_store::{create_private_dir, RedbStore};
+pub use redb_store::{create_private_dir, RedbStore, StoreState};
 pub use schema::SCHEMA_VERSION;
 
 use crate::ids::{ClientId, DomainName, Serial, StoreName};

@@ -87,6 +87,83 @@ impl RedbStore {
     }
 }
 
+/// What a data directory holds, learned without changing it (`posrelay check-config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreState {
+    /// No store yet: `serve` creates it.
+    Absent,
+    /// A running relay holds the file open (its permissions were checked).
+    InUse,
+    /// A store this build reads, at this schema version (older ones are migrated when
+    /// `serve` opens them).
+    Ready {
+        /// The version in the file.
+        schema_version: u64,
+    },
+}
+
+impl RedbStore {
+    /// Looks at `<dir>/posrelay.redb` without creating, migrating or writing anything:
+    /// whether it exists, whether other users may read it ([`StoreError::Insecure`]),
+    /// whether a relay holds it, and its schema version (a newer one is
+    /// [`StoreError::SchemaTooNew`]).
+    pub fn inspect(dir: &Path) -> Result<StoreState, StoreError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(DB_FILE_NAME);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoreState::Absent),
+            Err(e) => {
+                return Err(StoreError::Storage {
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })
+            }
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & SHARED_BITS != 0 {
+            return Err(StoreError::Insecure {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+        let db = match Database::open(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(StoreState::InUse),
+            Err(e) => {
+                return Err(StoreError::Storage {
+                    reason: format!("cannot open {}: {e}", path.display()),
+                })
+            }
+        };
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let version = match txn.open_table(META) {
+            Ok(meta) => match meta.get(schema::VERSION_KEY).map_err(StoreError::storage)? {
+                Some(raw) => {
+                    let bytes: [u8; 8] =
+                        raw.value().try_into().map_err(|_| StoreError::Corrupt {
+                            table: "meta",
+                            key: schema::VERSION_KEY.to_owned(),
+                            reason: "not 8 bytes".to_owned(),
+                        })?;
+                    u64::from_le_bytes(bytes)
+                }
+                None => 0,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(StoreError::storage(e)),
+        };
+        if version > schema::SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        Ok(StoreState::Ready {
+            schema_version: version,
+        })
+    }
+}
+
 /// Permission bits of group and others: none of them may be set on the store file.
 const SHARED_BITS: u32 = 0o077;
 
@@ -492,6 +569,22 @@ mod tests {
         // Reopening keeps it private and works.
         let store = RedbStore::open(&data).unwrap();
         assert_eq!(mode(store.path()), 0o600);
+    }
+
+    #[test]
+    fn inspecting_a_data_directory_changes_nothing() {
+        let dir = TempDir::new("inspect");
+        assert_eq!(RedbStore::inspect(&dir.0).unwrap(), StoreState::Absent);
+        assert!(!dir.0.exists(), "inspect creates nothing");
+        let store = RedbStore::open(&dir.0).unwrap();
+        assert_eq!(RedbStore::inspect(&dir.0).unwrap(), StoreState::InUse);
+        drop(store);
+        assert_eq!(
+            RedbStore::inspect(&dir.0).unwrap(),
+            StoreState::Ready {
+                schema_version: SCHEMA_VERSION
+            }
+        );
     }
 
     #[test]

@@ -184,6 +184,14 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
         ("GET", "/healthz") => {
             return http_response(HttpStatus::OK, &keep, Some("text/plain"), b"ok\n");
         }
+        // Browsers ask for it beside /demo/: nothing to show, and no admin token needed.
+        ("GET", "/favicon.ico") => {
+            let headers = [
+                ("Connection", "keep-alive"),
+                ("Cache-Control", "max-age=86400"),
+            ];
+            return http_response(HttpStatus::NO_CONTENT, &headers, None, b"");
+        }
         ("GET", "/demo") | ("GET", "/demo/") | ("GET", "/demo/index.html") => {
             // The browser POS (PROTOCOL.md §7: bearer token as a subprotocol).
             let page = include_bytes!("demo/index.html");

@@ -303,6 +303,12 @@ fn shard_start_error(
     }
 }
 
+/// Loads a PEM certificate chain and key as `serve` would (`posrelay check-config`);
+/// the error names the file and what is wrong with it.
+pub fn check_tls(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<()> {
+    tls::TlsReloader::load(cert, key).map(drop)
+}
+
 /// Seconds since the Unix epoch (token times).
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()

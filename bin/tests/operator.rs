@@ -1,0 +1,178 @@
+//! Issue 16's "should be better": what operators of nginx, Centrifugo and websocat reach
+//! for, checked on the real binary: `--version`, help without repeated defaults, shell
+//! completions, a man page, `/favicon.ico`, `posrelay_build_info`, audit lines.
+
+mod common;
+use common::*;
+
+use std::process::Command;
+
+fn posrelay(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_posrelay"))
+        .args(args)
+        .env_remove("POSRELAY_ADMIN_TOKEN")
+        .output()
+        .expect("run posrelay");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The commit this test was built from, if this is a git checkout.
+fn head_commit() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[test]
+fn version_names_the_commit_and_build_date_on_every_command() {
+    for args in [
+        &["--version"][..],
+        &["serve", "--version"],
+        &["admin", "--version"],
+        &["pos-sim", "--version"],
+    ] {
+        let (ok, out, err) = posrelay(args);
+        assert!(ok, "{args:?}: {err}");
+        let line = out.trim();
+        assert!(
+            line.starts_with("posrelay") && line.contains(" 0."),
+            "{args:?}: {line}"
+        );
+        assert!(line.contains("(commit "), "{line}");
+        let date = line
+            .rsplit_once("built ")
+            .map(|(_, d)| d.trim_end_matches(')'))
+            .unwrap_or("");
+        let shaped = date.len() == 10
+            && date.chars().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    c == '-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+        assert!(shaped, "a YYYY-MM-DD build date: {line}");
+        if let Some(commit) = head_commit() {
+            // The binary may be one commit behind the work tree only if rebuilt since.
+            assert!(
+                line.contains(&commit) || line.contains("-dirty"),
+                "{line} vs HEAD {commit}"
+            );
+        }
+    }
+}
+
+#[test]
+fn echo_help_shows_each_default_once() {
+    let (ok, out, _) = posrelay(&["echo", "--help"]);
+    assert!(ok);
+    for line in out.lines() {
+        assert!(line.matches("[default:").count() <= 1, "{line}");
+    }
+    assert!(out.contains("[default: 127.0.0.1:9001]"), "{out}");
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli() {
+    let (ok, bash, err) = posrelay(&["completions", "bash"]);
+    assert!(ok, "{err}");
+    for word in [
+        "_posrelay",
+        "serve",
+        "check-config",
+        "--admin-token-file",
+        "pos-sim",
+    ] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    let (ok, zsh, _) = posrelay(&["completions", "zsh"]);
+    assert!(ok && zsh.starts_with("#compdef posrelay"), "{zsh:.80}");
+    let (ok, man, err) = posrelay(&["man"]);
+    assert!(ok, "{err}");
+    assert!(
+        man.starts_with(".ie \\n(.g .ds Aq") || man.contains(".TH posrelay"),
+        "{man:.200}"
+    );
+    assert!(man.contains(".TH posrelay 1"), "{man:.300}");
+    assert!(man.contains("serve"), "the man page lists the commands");
+}
+
+#[test]
+fn admin_listener_serves_a_favicon_and_build_info_without_a_token() {
+    let relay = Relay::start(&[]);
+    let r = relay.http("GET", &relay.admin_url("/favicon.ico"), &[], None);
+    assert_eq!(r.status, 204, "not 401: {}", r.body);
+    let text = relay.metrics();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("posrelay_build_info{"))
+        .unwrap_or_else(|| panic!("no posrelay_build_info in\n{text}"));
+    assert!(line.ends_with("} 1"), "{line}");
+    assert!(line.contains("version=\"0."), "{line}");
+    if let Some(commit) = head_commit() {
+        assert!(line.contains(&commit) || line.contains("-dirty"), "{line}");
+    }
+}
+
+#[test]
+fn check_config_reports_every_problem_and_its_exit_status_says_so() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let config = work.path().join("posrelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:7001\"\nadmin_listen = \"127.0.0.1:7002\"\ndata_dir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let (ok, out, err) = posrelay(&["check-config", "--config", config_arg]);
+    assert!(ok, "a good configuration passes: {out}{err}");
+    assert!(out.contains("ok:") && !out.contains("problem:"), "{out}");
+    assert!(!data.exists(), "check-config creates nothing");
+    // A store other users may read, a TLS key that is not there, overlapping listeners.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("posrelay.redb"), b"").unwrap();
+    std::fs::set_permissions(
+        data.join("posrelay.redb"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (ok, out, err) = posrelay(&[
+        "check-config",
+        "--config",
+        config_arg,
+        "--admin-listen",
+        "127.0.0.1:7001",
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
+    assert!(!ok, "problems fail the check: {out}");
+    assert_eq!(out.matches("problem:").count(), 3, "{out}");
+    assert!(out.contains("share a port"), "{out}");
+    assert!(out.contains("chmod 600"), "{out}");
+    assert!(out.contains("/nonexistent/cert.pem"), "{out}");
+    assert!(err.contains("3 problems"), "{err}");
+    // A configuration file that does not parse is one problem, named.
+    std::fs::write(&config, "lisen = 1\n").unwrap();
+    let (ok, out, _) = posrelay(&["check-config", "--config", config_arg]);
+    assert!(!ok);
+    assert!(
+        out.contains("problem:") && out.contains("posrelay.toml"),
+        "{out}"
+    );
+}
