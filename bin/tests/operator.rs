@@ -6,6 +6,7 @@ mod common;
 use common::*;
 
 use std::process::Command;
+use std::time::Duration;
 
 fn posrelay(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_posrelay"))
@@ -175,4 +176,131 @@ fn check_config_reports_every_problem_and_its_exit_status_says_so() {
         out.contains("problem:") && out.contains("posrelay.toml"),
         "{out}"
     );
+}
+
+/// Lines of the relay's stderr so far.
+fn log_lines(relay: &Relay) -> Vec<String> {
+    relay
+        .stderr_tail(100_000)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The provisioning calls, a refused registration, a refused token request and a
+/// device that connects and closes: every kind of line the cases below look at.
+fn log_worthy_traffic(relay: &Relay) -> Creds {
+    let creds = relay.provision("acme", "s1", &["10000001"]);
+    let r = relay.http(
+        "POST",
+        &relay.admin_url("/admin/v1/domains"),
+        &[("Authorization", "Bearer wrong")],
+        Some(r#"{"domain":"x"}"#),
+    );
+    assert_eq!(r.status, 401);
+    let (reply, _) = register_raw(
+        relay,
+        &serde_json::json!({"type":"register","tsn":"10000001","client_id":creds.client_id,"client_secret":"not-the-secret-42"})
+            .to_string(),
+    );
+    assert_eq!(reply["type"], "error");
+    let basic = basic_auth(&creds.client_id, "not-the-secret-42");
+    let r = relay.token_request(
+        "acme",
+        &[("Authorization", &basic)],
+        "grant_type=client_credentials",
+    );
+    assert_eq!(r.status, 401);
+    let mut device = Device::register_and_connect(relay, "10000001", &creds);
+    device
+        .ws
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .unwrap();
+    let _ = device.ws.read();
+    creds
+}
+
+#[test]
+fn json_logs_have_one_message_each_and_name_who_failed_but_never_a_secret() {
+    let relay = Relay::start(&["--log-format", "json"]);
+    let creds = log_worthy_traffic(&relay);
+    let lines = wait_for(Duration::from_secs(10), || {
+        let lines = log_lines(&relay);
+        lines
+            .iter()
+            .any(|l| l.contains("connection closed"))
+            .then_some(lines)
+    })
+    .expect("a connection closed line");
+    for line in &lines {
+        assert_eq!(line.matches("\"message\":").count(), 1, "{line}");
+        assert!(!line.contains(&creds.client_secret), "a secret in {line}");
+        assert!(!line.contains("not-the-secret-42"), "a secret in {line}");
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    let find = |message: &str| -> serde_json::Value {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("\"message\":\"{message}\"")))
+            .unwrap_or_else(|| panic!("no {message:?} line in {lines:#?}"));
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["fields"].clone()
+    };
+    let refused = find("registration refused");
+    assert_eq!(refused["tsn"], "10000001");
+    assert_eq!(refused["client_id"], creds.client_id.as_str());
+    assert_eq!(refused["peer"], "127.0.0.1");
+    assert_eq!(refused["code"], "invalid_client");
+    assert!(refused["reason"].is_string());
+    let token = find("token request refused");
+    assert_eq!(token["client_id"], creds.client_id.as_str());
+    assert_eq!(token["status"], 401);
+    let audits: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.contains("\"message\":\"admin call\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["fields"].clone())
+        .collect();
+    assert!(
+        audits
+            .iter()
+            .any(|a| a["action"] == "create_client" && a["status"] == 201 && a["target"] == "acme"),
+        "{audits:#?}"
+    );
+    assert!(
+        audits.iter().any(|a| a["action"] == "create_domain"
+            && a["status"] == 401
+            && a["authenticated"] == false),
+        "{audits:#?}"
+    );
+    let closed = find("connection closed");
+    assert!(
+        closed["close_code"].is_number(),
+        "a number, not Some(..): {closed}"
+    );
+}
+
+#[test]
+fn text_logs_show_values_not_options() {
+    let relay = Relay::start(&[]);
+    log_worthy_traffic(&relay);
+    let lines = wait_for(Duration::from_secs(10), || {
+        let lines = log_lines(&relay);
+        lines
+            .iter()
+            .any(|l| l.contains("connection closed"))
+            .then_some(lines)
+    })
+    .expect("a connection closed line");
+    for line in &lines {
+        assert!(!line.contains("Some("), "{line}");
+        assert!(!line.contains("None"), "{line}");
+    }
+    let closed = lines
+        .iter()
+        .find(|l| l.contains("connection closed"))
+        .unwrap();
+    assert!(closed.contains("close_code=1000"), "{closed}");
 }

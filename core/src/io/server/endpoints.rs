@@ -4,7 +4,7 @@
 use super::accept::refuse_unreadable;
 use super::shard::{ShardCtx, ShardMsg};
 use crate::admin::{
-    AdminEffect, DevicePresence, NoPresence, Presence, TokenEndpoint, TokenRequest,
+    AdminAudit, AdminEffect, DevicePresence, NoPresence, Presence, TokenEndpoint, TokenRequest,
 };
 use crate::handshake::{http_response, HttpStatus, RequestHead};
 use crate::ids::{ClientId, DeviceKey, DomainName, Serial};
@@ -143,6 +143,7 @@ impl DevicePresence for Snapshot {
 
 /// Serves requests on an admin connection (keep-alive) until the client closes.
 pub(crate) async fn serve_admin_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
     let mut transport = Transport::Plain(stream);
     let mut rbuf = BytesMut::with_capacity(1024);
     let limits = RequestLimits {
@@ -166,7 +167,7 @@ pub(crate) async fn serve_admin_connection(ctx: Rc<ShardCtx>, stream: TcpStream)
             .get("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))
             || request.head.version_minor == 0;
-        let answer = admin_request(&ctx, &request.head, &request.body).await;
+        let answer = admin_request(&ctx, &request.head, &request.body, peer).await;
         if transport.write_all_vectored(&[&answer]).await.is_err() {
             return;
         }
@@ -177,7 +178,25 @@ pub(crate) async fn serve_admin_connection(ctx: Rc<ShardCtx>, stream: TcpStream)
     }
 }
 
-async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> Vec<u8> {
+/// The audit line of an admin call (who, what, result; never a body or a secret).
+fn audit(peer: Option<std::net::SocketAddr>, method: &str, path: &str, status: u16) {
+    let a = AdminAudit::of(method, path, status);
+    tracing::info!(
+        peer = %peer.map_or("-".to_owned(), |p| p.ip().to_string()),
+        authenticated = a.authenticated,
+        action = a.action,
+        target = %a.target,
+        status = a.status,
+        "admin call"
+    );
+}
+
+async fn admin_request(
+    ctx: &Rc<ShardCtx>,
+    head: &RequestHead,
+    body: &Bytes,
+    peer: Option<std::net::SocketAddr>,
+) -> Vec<u8> {
     let method = head.method.as_str();
     let keep = [("Connection", "keep-alive")];
     match (method, head.path.as_str()) {
@@ -218,6 +237,7 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
     ctx.shared.metrics.admin_calls.inc();
     let Some(api) = ctx.shared.admin.as_ref() else {
         ctx.shared.metrics.admin_unauthorized.inc();
+        audit(peer, method, &head.path, 401);
         let body = br#"{"error":"the admin API is disabled: start posrelay with POSRELAY_ADMIN_TOKEN (or admin_token in the configuration file) set"}"#;
         return http_response(
             HttpStatus::UNAUTHORIZED,
@@ -276,6 +296,7 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
     if response.status == 401 {
         ctx.shared.metrics.admin_unauthorized.inc();
     }
+    audit(peer, method, &head.path, response.status);
     match &response.effect {
         Some(AdminEffect::DeviceDisabled(device)) => {
             let device = device.clone();
