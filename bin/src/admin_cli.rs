@@ -125,7 +125,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         None
     };
     let admin = AdminClient::new(agent(tls), &args.admin_url, token);
-    let out = execute(&admin, &args.command, args.json)?;
+    let out = execute(&admin, &args.command, args.json)
+        .map_err(|e| anyhow::anyhow!("{}", cli_hints(&format!("{e:#}"))))?;
     println!("{out}");
     Ok(())
 }
@@ -213,6 +214,30 @@ fn execute(admin: &AdminClient, command: &AdminCommand, as_json: bool) -> anyhow
     })
 }
 
+/// The relay's hints name HTTP routes (for curl users); here they name the command.
+fn cli_hints(message: &str) -> String {
+    const HINTS: [(&str, &str); 3] = [
+        (
+            "POST /admin/v1/domains/{domain}/stores",
+            "posrelay admin create-store --domain <domain> --merchant <merchant> <store>",
+        ),
+        (
+            "POST /admin/v1/domains/{domain}/devices",
+            "posrelay admin create-device --domain <domain> --store <store> --make <make> --model <model> <tsn>",
+        ),
+        (
+            "POST /admin/v1/domains",
+            "posrelay admin create-domain <domain>",
+        ),
+    ];
+    let mut out = message.to_owned();
+    for (route, command) in HINTS {
+        // Only the hint after "with ": the call's own route, at the start, stays.
+        out = out.replace(&format!("with {route}"), &format!("with `{command}`"));
+    }
+    out
+}
+
 fn client_table(domain: &str, store: Option<&str>, creds: &ClientCredentials) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -256,6 +281,19 @@ fn yes_no(b: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_name_the_cli_command_not_the_route() {
+        let e = "POST /admin/v1/domains/ghost/stores: HTTP 404 unknown domain \"ghost\": create it first with POST /admin/v1/domains";
+        assert_eq!(
+            cli_hints(e),
+            "POST /admin/v1/domains/ghost/stores: HTTP 404 unknown domain \"ghost\": create it first with `posrelay admin create-domain <domain>`"
+        );
+        let e = "x: unknown store \"s9\" in domain \"acme\": create it first with POST /admin/v1/domains/{domain}/stores";
+        assert!(cli_hints(e).ends_with(
+            "with `posrelay admin create-store --domain <domain> --merchant <merchant> <store>`"
+        ));
+    }
 
     #[test]
     fn device_table_is_readable() {

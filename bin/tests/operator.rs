@@ -304,3 +304,112 @@ fn text_logs_show_values_not_options() {
         .unwrap();
     assert!(closed.contains("close_code=1000"), "{closed}");
 }
+
+/// Runs `posrelay device-sim` with `args` until a stdout line contains `until` (or it
+/// exits); returns the lines and whether it exited (with what status).
+fn device_sim_until(args: &[&str], until: &str) -> (Vec<String>, Option<std::process::ExitStatus>) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posrelay"))
+        .arg("device-sim")
+        .args(args)
+        .env_remove("POSRELAY_CLIENT_ID")
+        .env_remove("POSRELAY_CLIENT_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn device-sim");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let done = line.contains(until);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let status = wait_for(Duration::from_secs(5), || child.try_wait().unwrap());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (lines, status)
+}
+
+#[test]
+fn device_sim_gives_up_on_wrong_credentials_and_says_what_to_fix() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &["10000001"]);
+    let url = format!("ws://{}", relay.relay_addr);
+    let (lines, status) = device_sim_until(
+        &[
+            "--relay",
+            &url,
+            "--tsn",
+            "10000001",
+            "--client-id",
+            &creds.client_id,
+            "--client-secret",
+            "wrong",
+        ],
+        "giving up",
+    );
+    let status = status.unwrap_or_else(|| panic!("device-sim kept retrying: {lines:#?}"));
+    assert!(!status.success());
+    let last = lines.last().unwrap();
+    assert!(last.contains("invalid_client"), "{last}");
+    assert!(last.contains("POSRELAY_CLIENT_SECRET"), "{last}");
+    assert!(
+        !lines.iter().any(|l| l.contains("reconnecting")),
+        "no retry: {lines:#?}"
+    );
+}
+
+#[test]
+fn simulators_explain_tls_mistakes() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let relay = Relay::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let creds = ["--tsn", "1", "--client-id", "c", "--client-secret", "s"];
+    // wss:// without --ca-file: a private CA the public roots do not know.
+    let wss = format!("wss://localhost:{}", relay.relay_addr.port());
+    let mut args = vec!["--relay", wss.as_str()];
+    args.extend(creds);
+    let (lines, _) = device_sim_until(&args, "offline");
+    let line = lines.last().unwrap();
+    assert!(line.contains("--ca-file"), "{line}");
+    assert_eq!(
+        line.matches("UnknownIssuer").count(),
+        1,
+        "said once: {line}"
+    );
+    // ws:// against the TLS port.
+    let ws = format!("ws://{}", relay.relay_addr);
+    let mut args = vec!["--relay", ws.as_str()];
+    args.extend(creds);
+    let (lines, _) = device_sim_until(&args, "offline");
+    let line = lines.last().unwrap();
+    assert!(line.contains("use wss://"), "{line}");
+}

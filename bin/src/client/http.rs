@@ -50,11 +50,24 @@ fn call_error(what: String, err: ureq::Error) -> HttpError {
                 message,
             }
         }
-        ureq::Error::Transport(t) => HttpError {
-            what,
-            status: 0,
-            message: t.to_string(),
-        },
+        ureq::Error::Transport(t) => {
+            let text = t.to_string();
+            let message = if text.contains("UnknownIssuer") {
+                format!("{text}: the certificate is not signed by a CA this client trusts; pass --ca-file with your CA's PEM")
+            } else if text.contains("Connection reset")
+                || text.contains("connection closed before message completed")
+                || text.contains("Bad Status")
+            {
+                format!("{text}: if that port speaks TLS, use wss:// (https://) instead of ws:// (http://)")
+            } else {
+                text
+            };
+            HttpError {
+                what,
+                status: 0,
+                message,
+            }
+        }
     }
 }
 

@@ -100,6 +100,20 @@ pub enum WsError {
     /// The TCP (or TLS) connection ended without a Close frame.
     #[error("connection lost without a close frame")]
     Eof,
+    /// TLS: the relay's certificate does not chain to a CA this client trusts.
+    #[error("the relay's certificate for {host} is not signed by a CA this client trusts ({detail}): pass --ca-file with your CA's PEM (for a self-signed certificate, the certificate itself)")]
+    UntrustedCertificate {
+        /// The host connected to.
+        host: String,
+        /// rustls's words.
+        detail: String,
+    },
+    /// A `ws://` URL answered by a TLS port (or by something that is not HTTP).
+    #[error("{addr} closed the connection without an HTTP answer: if that port speaks TLS, use wss:// instead of ws://")]
+    NotHttp {
+        /// `host:port`.
+        addr: String,
+    },
     /// A read or write failed.
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
@@ -255,8 +269,11 @@ impl WsClient {
             &protocols,
             &headers,
         );
-        stream.write_all(&handshake.request_bytes())?;
-        stream.flush()?;
+        let tls_failed = |e: io::Error| untrusted(e, &url.host);
+        stream
+            .write_all(&handshake.request_bytes())
+            .map_err(tls_failed)?;
+        stream.flush().map_err(tls_failed)?;
         let deadline = Instant::now() + opts.timeout;
         let mut buf = BytesMut::with_capacity(4096);
         let done = loop {
@@ -280,10 +297,20 @@ impl WsClient {
                 return Err(WsError::HandshakeTimeout(opts.timeout));
             }
             match read_some(&mut stream, &mut buf, left) {
+                Ok(0) if buf.is_empty() && !url.secure => {
+                    return Err(WsError::NotHttp { addr: addr.clone() })
+                }
                 Ok(0) => return Err(WsError::Eof),
+                // A TLS alert record (content type 21) where an HTTP answer belongs.
+                Ok(_) if !url.secure && buf.first() == Some(&0x15) => {
+                    return Err(WsError::NotHttp { addr: addr.clone() })
+                }
                 Ok(_) => {}
                 Err(e) if is_timeout(&e) => {}
-                Err(e) => return Err(WsError::Io(e)),
+                Err(e) if !url.secure && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(WsError::NotHttp { addr: addr.clone() })
+                }
+                Err(e) => return Err(untrusted(e, &url.host)),
             }
         };
         let rest = buf.split_off(done.head_len);
@@ -428,6 +455,29 @@ impl WsClient {
             self.stream.flush()?;
         }
         Ok(())
+    }
+}
+
+/// A TLS failure because the relay's certificate is not trusted, told as such; any
+/// other I/O error as it is.
+fn untrusted(e: io::Error, host: &str) -> WsError {
+    let certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::InvalidCertificate(
+                why @ (rustls::CertificateError::UnknownIssuer
+                | rustls::CertificateError::BadSignature
+                | rustls::CertificateError::NotValidForName),
+            ) => Some(format!("{why:?}")),
+            _ => None,
+        });
+    match certificate {
+        Some(detail) => WsError::UntrustedCertificate {
+            host: host.to_owned(),
+            detail,
+        },
+        None => WsError::Io(e),
     }
 }
 

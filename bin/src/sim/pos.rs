@@ -459,7 +459,7 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
         count - failed
     ));
     if failed > 0 {
-        anyhow::bail!("{failed} messages got no reply");
+        anyhow::bail!("{} got no reply", plural(failed as u64, "message"));
     }
     Ok(())
 }
@@ -519,9 +519,22 @@ pub fn describe_event(e: &ControlEvent) -> String {
             )
         }
         ControlEvent::Undelivered { tsn, frames, bytes } => {
-            format!("{frames} messages ({bytes} bytes) to {tsn} could not be delivered")
+            format!(
+                "{} ({}) to {tsn} could not be delivered",
+                plural(*frames, "message"),
+                plural(*bytes, "byte")
+            )
         }
         ControlEvent::Other(json) => json.clone(),
+    }
+}
+
+/// `1 message`, `2 messages`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -567,6 +580,13 @@ mod tests {
         assert_eq!(
             describe_event(&parse_event(&v)),
             "2 messages (9 bytes) to 1 could not be delivered"
+        );
+        let v: Value =
+            serde_json::from_str(r#"{"type":"undelivered","tsn":"1","frames":1,"bytes":1}"#)
+                .unwrap();
+        assert_eq!(
+            describe_event(&parse_event(&v)),
+            "1 message (1 byte) to 1 could not be delivered"
         );
     }
 }

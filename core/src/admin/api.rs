@@ -585,7 +585,10 @@ mod tests {
         let mut a = Admin::provisioned();
         let r = a.call("POST", "/admin/v1/domains", r#"{"domain":"acme"}"#);
         assert_eq!(r.status, 409);
-        assert!(error_of(&r).contains("exists already"));
+        assert_eq!(
+            error_of(&r),
+            "domain \"acme\" already exists: nothing was changed"
+        );
         let r = a.call(
             "POST",
             "/admin/v1/domains/acme/stores",

@@ -65,7 +65,7 @@ fn store_message(err: &StoreError) -> String {
         }
         StoreError::DuplicateDomain { .. }
         | StoreError::DuplicateStore { .. }
-        | StoreError::DuplicateDevice { .. } => "it exists already; nothing was changed",
+        | StoreError::DuplicateDevice { .. } => "nothing was changed",
         StoreError::DuplicateClient { .. } => "client id collision; nothing was changed, retry",
         StoreError::InvalidName(_) => "fix the name",
         StoreError::SchemaTooNew { .. }
