@@ -330,6 +330,22 @@ impl WsClient {
         self.protocol.as_deref()
     }
 
+    /// Whether a message may be ready without reading the socket: bytes already read
+    /// and not yet decoded, or decrypted TLS data waiting. Check this before
+    /// [`wait_readable`], which sees only the socket.
+    pub fn has_buffered(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        match &mut self.stream {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s
+                .conn
+                .process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() > 0),
+        }
+    }
+
     /// Sends one unfragmented text message.
     pub fn send_text(&mut self, text: &str) -> Result<(), WsError> {
         self.send(MessageKind::Text, text.as_bytes())
@@ -481,6 +497,29 @@ fn untrusted(e: io::Error, host: &str) -> WsError {
     }
 }
 
+/// Waits up to `timeout` until one of `clients`' sockets has something to read; returns,
+/// per client, whether it has. Data a client holds already ([`WsClient::has_buffered`])
+/// is not seen here.
+pub fn wait_readable(clients: &[&WsClient], timeout: Duration) -> io::Result<Vec<bool>> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds: Vec<PollFd<'_>> = clients
+        .iter()
+        .map(|c| PollFd::new(c.stream.tcp(), PollFlags::IN))
+        .collect();
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Readable, closed or failed: a read will tell which.
+    let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+    Ok(fds.iter().map(|f| f.revents().intersects(ready)).collect())
+}
+
 fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
     for addr in (host, port).to_socket_addrs()? {
@@ -628,6 +667,46 @@ mod tests {
             }
             other => panic!("expected 401, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn waiting_on_two_connections_wakes_for_the_one_that_has_data() {
+        // Two independent servers; only the second sends, once the client waits.
+        let quiet = TcpListener::bind("127.0.0.1:0").unwrap();
+        let talker = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (quiet_addr, talker_addr) = (quiet.local_addr().unwrap(), talker.local_addr().unwrap());
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let q = std::thread::spawn(move || {
+            let (tcp, _) = quiet.accept().unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            let _ = ws.read();
+        });
+        let t = std::thread::spawn(move || {
+            let (tcp, _) = talker.accept().unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            go_rx.recv().unwrap();
+            ws.send(tungstenite::Message::Text("reply".into())).unwrap();
+            let _ = ws.read();
+        });
+        let url = |a| WsUrl::parse(&format!("ws://{a}")).unwrap();
+        let mut a = WsClient::connect(&url(quiet_addr), &ConnectOptions::default()).unwrap();
+        let mut b = WsClient::connect(&url(talker_addr), &ConnectOptions::default()).unwrap();
+        assert!(!a.has_buffered() && !b.has_buffered());
+        assert_eq!(
+            wait_readable(&[&a, &b], Duration::from_millis(20)).unwrap(),
+            vec![false, false],
+            "nothing to read: the wait times out"
+        );
+        go_tx.send(()).unwrap();
+        // No timeout that could expire first: the wait ends because b has data.
+        let ready = wait_readable(&[&a, &b], Duration::from_secs(30)).unwrap();
+        assert_eq!(ready, vec![false, true]);
+        let m = b.recv(Duration::from_millis(1)).unwrap().unwrap();
+        assert_eq!(m.text(), Some("reply"));
+        a.close(1000, "");
+        b.close(1000, "");
+        q.join().unwrap();
+        t.join().unwrap();
     }
 
     #[test]
