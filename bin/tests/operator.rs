@@ -413,3 +413,115 @@ fn simulators_explain_tls_mistakes() {
     let line = lines.last().unwrap();
     assert!(line.contains("use wss://"), "{line}");
 }
+
+#[test]
+fn the_admin_cli_lists_and_deletes_domains_stores_and_clients() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[]);
+    let admin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_posrelay"))
+            .args(["admin", "--admin-url", &relay.admin_url("")])
+            .args(args)
+            .env("POSRELAY_ADMIN_TOKEN", &relay.admin_token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, _) = admin(&["list-domains"]);
+    assert!(ok && out.trim() == "acme", "{out}");
+    let (ok, out, _) = admin(&["list-stores", "--domain", "acme"]);
+    assert!(ok && out.contains("s1") && out.contains("m1"), "{out}");
+    let (ok, out, _) = admin(&["--json", "list-clients", "--domain", "acme"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["clients"][0]["client_id"], creds.client_id.as_str());
+    assert_eq!(v["clients"][0]["store"], "s1");
+    assert!(!out.contains(&creds.client_secret));
+    // Not empty: refused with what to do, in CLI words.
+    let (ok, _, err) = admin(&["delete-store", "--domain", "acme", "s1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("still has 1 client") && err.contains("delete those first"),
+        "{err}"
+    );
+    let (ok, _, _) = admin(&["delete-client", "--domain", "acme", &creds.client_id]);
+    assert!(ok);
+    let (ok, out, err) = admin(&["delete-store", "--domain", "acme", "s1"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "deleted store s1 of domain acme");
+    let (ok, out, err) = admin(&["delete-domain", "acme"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "deleted domain acme");
+    let (ok, out, _) = admin(&["list-domains"]);
+    assert!(ok && out.trim() == "no domains", "{out}");
+    let (ok, _, err) = admin(&["list-stores", "--domain", "acme"]);
+    assert!(!ok && err.contains("posrelay admin create-domain"), "{err}");
+}
+
+#[test]
+fn a_rotated_secret_keeps_the_old_one_working_for_its_grace_only() {
+    let relay = Relay::start(&[]);
+    let old = relay.provision("acme", "s1", &["10000001"]);
+    let rotate = |grace: &str, seconds: u64| -> Creds {
+        let before = unix_now();
+        let out = Command::new(env!("CARGO_BIN_EXE_posrelay"))
+            .args(["admin", "--admin-url", &relay.admin_url(""), "--json"])
+            .args([
+                "rotate-secret",
+                "--domain",
+                "acme",
+                "--grace",
+                grace,
+                &old.client_id,
+            ])
+            .env("POSRELAY_ADMIN_TOKEN", &relay.admin_token)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let until = v["previous_secret_valid_until"].as_u64().unwrap();
+        assert!(
+            (before + seconds..=unix_now() + seconds).contains(&until),
+            "{v}"
+        );
+        Creds {
+            client_id: v["client_id"].as_str().unwrap().to_owned(),
+            client_secret: v["client_secret"].as_str().unwrap().to_owned(),
+        }
+    };
+    // Warm the credential cache with the old secret: rotation must not leave it there.
+    let _ = register(&relay, "10000001", &old);
+    let new = rotate("1h", 3600);
+    assert_eq!(new.client_id, old.client_id);
+    let _ = relay.token("acme", &new);
+    let _ = relay.token("acme", &old);
+    let reg = register(&relay, "10000001", &old);
+    assert!(
+        !reg.session_id.is_empty(),
+        "a terminal not moved yet still registers"
+    );
+    // Rotated again without grace: the secret before is refused at once, everywhere.
+    let newest = rotate("0s", 0);
+    let _ = relay.token("acme", &newest);
+    let basic = basic_auth(&new.client_id, &new.client_secret);
+    let r = relay.token_request(
+        "acme",
+        &[("Authorization", &basic)],
+        "grant_type=client_credentials",
+    );
+    assert_eq!(r.status, 401, "the rotated-out secret after its grace");
+    let (reply, _) = register_raw(
+        &relay,
+        &serde_json::json!({"type":"register","tsn":"10000001","client_id":new.client_id,"client_secret":new.client_secret}).to_string(),
+    );
+    assert_eq!(reply["code"], "invalid_client", "{reply}");
+}

@@ -99,6 +99,7 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             body.as_bytes(),
             &NoPresence,
             &mut rng,
+            NOW,
         );
         prop_assert_eq!(r.status, 201);
     }
@@ -108,7 +109,15 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             Op::Store { domain, store } => {
                 let path = format!("/admin/v1/domains/{}/stores", DOMAINS[domain]);
                 let body = format!(r#"{{"store":"s{store}","merchant":"m"}}"#);
-                admin.handle("POST", &path, AUTH, body.as_bytes(), &NoPresence, &mut rng);
+                admin.handle(
+                    "POST",
+                    &path,
+                    AUTH,
+                    body.as_bytes(),
+                    &NoPresence,
+                    &mut rng,
+                    NOW,
+                );
             }
             Op::Client { domain, store } => {
                 let path = format!("/admin/v1/domains/{}/clients", DOMAINS[domain]);
@@ -116,7 +125,15 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                     Some(s) => format!(r#"{{"store":"s{s}"}}"#),
                     None => "{}".to_owned(),
                 };
-                let r = admin.handle("POST", &path, AUTH, body.as_bytes(), &NoPresence, &mut rng);
+                let r = admin.handle(
+                    "POST",
+                    &path,
+                    AUTH,
+                    body.as_bytes(),
+                    &NoPresence,
+                    &mut rng,
+                    NOW,
+                );
                 if r.status == 201 {
                     let (id, secret) = created_client(&r.body);
                     clients.push(Client { domain, id, secret });
@@ -132,7 +149,15 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                     r#"{{"tsn":"{}","make":"ingenico","model":"axium","store":"s{store}"}}"#,
                     100 + u32::from(serial)
                 );
-                admin.handle("POST", &path, AUTH, body.as_bytes(), &NoPresence, &mut rng);
+                admin.handle(
+                    "POST",
+                    &path,
+                    AUTH,
+                    body.as_bytes(),
+                    &NoPresence,
+                    &mut rng,
+                    NOW,
+                );
             }
             Op::Disable { domain, serial } => {
                 let path = format!(
@@ -147,6 +172,7 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                     br#"{"enabled":false}"#,
                     &NoPresence,
                     &mut rng,
+                    NOW,
                 );
             }
         }
@@ -181,7 +207,8 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             &hasher,
             other,
             &client.id,
-            &ClientSecret::new(client.secret.clone())
+            &ClientSecret::new(client.secret.clone()),
+            NOW
         )
         .is_err());
 

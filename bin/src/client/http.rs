@@ -199,6 +199,31 @@ impl AdminClient {
         })
     }
 
+    /// `GET` on an admin path: the JSON answer.
+    pub fn get(&self, path: &str) -> Result<Value, HttpError> {
+        let text = self.call("GET", path, None)?;
+        serde_json::from_str(&text).map_err(|e| HttpError {
+            what: format!("GET {path}"),
+            status: 200,
+            message: format!("unexpected answer ({e}): {text}"),
+        })
+    }
+
+    /// `POST` of a JSON body on an admin path: the JSON answer.
+    pub fn post(&self, path: &str, body: Value) -> Result<Value, HttpError> {
+        let text = self.call("POST", path, Some(body))?;
+        serde_json::from_str(&text).map_err(|e| HttpError {
+            what: format!("POST {path}"),
+            status: 200,
+            message: format!("unexpected answer ({e}): {text}"),
+        })
+    }
+
+    /// `DELETE` on an admin path.
+    pub fn delete(&self, path: &str) -> Result<(), HttpError> {
+        self.call("DELETE", path, None).map(drop)
+    }
+
     /// `POST /admin/v1/domains`.
     pub fn create_domain(&self, domain: &str) -> Result<(), HttpError> {
         self.call(

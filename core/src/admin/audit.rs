@@ -10,7 +10,8 @@ use super::route::Route;
 /// One admin call, for the audit log line the io layer writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminAudit {
-    /// The action: `create_domain`, `create_store`, `create_client`, `delete_client`,
+    /// The action: `create_domain`, `list_domains`, `delete_domain`, `create_store`,
+    /// `list_stores`, `delete_store`, `create_client`, `list_clients`, `delete_client`, `rotate_client_secret`,
     /// `create_device`, `list_devices`, `update_device`, or `unknown` (no such endpoint
     /// or method).
     pub action: &'static str,
@@ -29,9 +30,15 @@ impl AdminAudit {
         let route = Route::parse(path);
         let action = match (&route, method) {
             (Some(Route::Domains), "POST") => "create_domain",
+            (Some(Route::Domains), "GET") => "list_domains",
+            (Some(Route::Domain { .. }), "DELETE") => "delete_domain",
+            (Some(Route::Stores { .. }), "GET") => "list_stores",
+            (Some(Route::Store { .. }), "DELETE") => "delete_store",
+            (Some(Route::Clients { .. }), "GET") => "list_clients",
             (Some(Route::Stores { .. }), "POST") => "create_store",
             (Some(Route::Clients { .. }), "POST") => "create_client",
             (Some(Route::Client { .. }), "DELETE") => "delete_client",
+            (Some(Route::ClientSecret { .. }), "POST") => "rotate_client_secret",
             (Some(Route::Devices { .. }), "POST") => "create_device",
             (Some(Route::Devices { .. }), "GET") => "list_devices",
             (Some(Route::Device { .. }), "PATCH") => "update_device",
@@ -40,9 +47,15 @@ impl AdminAudit {
         let target = match &route {
             Some(Route::Domains) | None => "-".to_owned(),
             Some(
-                Route::Stores { domain } | Route::Clients { domain } | Route::Devices { domain },
+                Route::Domain { domain }
+                | Route::Stores { domain }
+                | Route::Clients { domain }
+                | Route::Devices { domain },
             ) => domain.clone(),
-            Some(Route::Client { domain, client_id }) => format!("{domain}/{client_id}"),
+            Some(Route::Store { domain, store }) => format!("{domain}/{store}"),
+            Some(
+                Route::Client { domain, client_id } | Route::ClientSecret { domain, client_id },
+            ) => format!("{domain}/{client_id}"),
             Some(Route::Device { domain, tsn }) => format!("{domain}/{tsn}"),
         };
         AdminAudit {

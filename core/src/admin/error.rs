@@ -67,6 +67,7 @@ fn store_message(err: &StoreError) -> String {
         | StoreError::DuplicateStore { .. }
         | StoreError::DuplicateDevice { .. } => "nothing was changed",
         StoreError::DuplicateClient { .. } => "client id collision; nothing was changed, retry",
+        StoreError::NotEmpty { .. } => "delete those first; nothing was deleted",
         StoreError::InvalidName(_) => "fix the name",
         StoreError::SchemaTooNew { .. }
         | StoreError::Insecure { .. }

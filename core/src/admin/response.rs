@@ -11,6 +11,9 @@ pub enum AdminEffect {
     DeviceDisabled(DeviceKey),
     /// PROTOCOL.md §9 DELETE client: its tokens stop working; close its connections.
     ClientDeleted(ClientKey),
+    /// The client's secret was rotated: forget any remembered verification of it
+    /// (open connections and issued tokens stay).
+    ClientSecretRotated(ClientKey),
 }
 
 /// An HTTP answer of the admin API: status, extra headers, JSON body (empty for 204).

@@ -85,6 +85,7 @@ impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
                 request.domain,
                 &creds.client_id,
                 &creds.secret,
+                now,
             )?;
             self.issuer.issue_access(&client, now, self.access_ttl, rng)
         });
@@ -254,6 +255,7 @@ mod tests {
                 client_id: client_id.clone(),
                 scope: Scope::Store(StoreName::new("s1").unwrap()),
                 secret_hash,
+                previous_secret: None,
             })
             .unwrap();
         World {

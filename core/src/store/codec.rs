@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClientRecord, DeviceRecord, StoreError, StoreRecord};
 use crate::ids::{ClientId, DeviceModelName, DomainName, Serial, StoreName};
-use crate::tenancy::{ScopeJson, SecretHash};
+use crate::tenancy::{PreviousSecret, ScopeJson, SecretHash};
 
 /// `stores` value: `{"merchant":"m1"}`.
 #[derive(Serialize, Deserialize)]
@@ -17,11 +17,22 @@ struct StoreValue {
     merchant: String,
 }
 
-/// `clients` value: `{"scope":{"store":"s1"},"secret_hash":"$argon2id$…"}`.
+/// `clients` value: `{"scope":{"store":"s1"},"secret_hash":"$argon2id$…"}`, and after a
+/// rotation `"previous_secret":{"hash":"$argon2id$…","valid_until":1767225600}` (an
+/// optional field: files without it read as before, no migration).
 #[derive(Serialize, Deserialize)]
 struct ClientValue {
     scope: ScopeJson,
     secret_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_secret: Option<PreviousValue>,
+}
+
+/// A rotated-out secret in a `clients` value.
+#[derive(Serialize, Deserialize)]
+struct PreviousValue {
+    hash: String,
+    valid_until: u64,
 }
 
 /// `devices` value: `{"make":"ingenico","model":"axium","store":"s1","enabled":true}`.
@@ -62,9 +73,7 @@ pub(super) fn encode_store(record: &StoreRecord) -> Result<Vec<u8>, StoreError> 
     })
 }
 
-/// Decodes a store record from its key and value (no query reads stores back yet; kept
-/// beside the encoder so that the format is tested both ways).
-#[cfg(test)]
+/// Decodes a store record from its key and value.
 pub(super) fn decode_store(
     domain: &str,
     store: &str,
@@ -85,6 +94,10 @@ pub(super) fn encode_client(record: &ClientRecord) -> Result<Vec<u8>, StoreError
     to_json(&ClientValue {
         scope: record.scope.to_json(),
         secret_hash: record.secret_hash.as_phc().to_owned(),
+        previous_secret: record.previous_secret.as_ref().map(|p| PreviousValue {
+            hash: p.hash.as_phc().to_owned(),
+            valid_until: p.valid_until,
+        }),
     })
 }
 
@@ -103,6 +116,13 @@ pub(super) fn decode_client(
         scope: value.scope.into_scope().map_err(bad)?,
         secret_hash: SecretHash::from_phc(value.secret_hash)
             .map_err(|e| corrupt("clients", &key, e))?,
+        previous_secret: match value.previous_secret {
+            Some(p) => Some(PreviousSecret {
+                hash: SecretHash::from_phc(p.hash).map_err(|e| corrupt("clients", &key, e))?,
+                valid_until: p.valid_until,
+            }),
+            None => None,
+        },
     })
 }
 

@@ -68,6 +68,14 @@ pub enum StoreError {
         /// The client id.
         client_id: String,
     },
+    /// A delete refused because something still belongs to what it would delete.
+    #[error("{what} still has {holds}")]
+    NotEmpty {
+        /// What the delete named: `domain "acme"`, `store "s1" in domain "acme"`.
+        what: String,
+        /// What belongs to it: `2 stores, 1 client`.
+        holds: String,
+    },
     /// A name does not follow the identifier rules.
     #[error(transparent)]
     InvalidName(#[from] IdError),
@@ -119,7 +127,8 @@ impl StoreError {
             StoreError::DuplicateDomain { .. }
             | StoreError::DuplicateStore { .. }
             | StoreError::DuplicateDevice { .. }
-            | StoreError::DuplicateClient { .. } => 409,
+            | StoreError::DuplicateClient { .. }
+            | StoreError::NotEmpty { .. } => 409,
             StoreError::InvalidName(_) => 400,
             StoreError::SchemaTooNew { .. }
             | StoreError::Insecure { .. }

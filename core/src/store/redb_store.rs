@@ -220,6 +220,29 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How many rows of `table` (keyed by (domain, name)) in `domain` satisfy `keep`
+/// (given the name and the encoded value).
+fn count_in(
+    txn: &WriteTransaction,
+    table: redb::TableDefinition<(&str, &str), &[u8]>,
+    domain: &str,
+    keep: impl Fn((&str, &[u8])) -> bool,
+) -> Result<usize, StoreError> {
+    let t = txn.open_table(table).map_err(StoreError::storage)?;
+    let mut n = 0;
+    for entry in t.range((domain, "")..).map_err(StoreError::storage)? {
+        let (key, value) = entry.map_err(StoreError::storage)?;
+        let (key_domain, name) = key.value();
+        if key_domain != domain {
+            break;
+        }
+        if keep((name, value.value())) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 fn unknown_domain(domain: &DomainName) -> StoreError {
     StoreError::UnknownDomain {
         domain: domain.to_string(),
@@ -478,6 +501,171 @@ impl Store for RedbStore {
                 return Ok(None);
             };
             codec::decode_device(domain.as_str(), serial.as_str(), value.value()).map(Some)
+        })
+    }
+
+    fn list_domains(&self) -> Result<Vec<DomainName>, StoreError> {
+        self.read(|txn| {
+            let domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            let mut out = Vec::new();
+            for entry in domains.iter().map_err(StoreError::storage)? {
+                let (key, _) = entry.map_err(StoreError::storage)?;
+                let name = key.value();
+                out.push(DomainName::new(name).map_err(|e| StoreError::Corrupt {
+                    table: "domains",
+                    key: name.to_owned(),
+                    reason: e.to_string(),
+                })?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+        self.write(|txn| {
+            need_domain(txn, domain)?;
+            let d = domain.as_str();
+            let count = |n: usize, noun: &str| (n > 0).then(|| super::plural(n, noun));
+            let stores = count_in(txn, STORES, d, |_| true)?;
+            let clients = count_in(txn, CLIENTS, d, |_| true)?;
+            let devices = count_in(txn, DEVICES, d, |_| true)?;
+            let holds: Vec<String> = [
+                count(stores, "store"),
+                count(clients, "client"),
+                count(devices, "device"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !holds.is_empty() {
+                return Err(StoreError::NotEmpty {
+                    what: format!("domain {d:?}"),
+                    holds: holds.join(", "),
+                });
+            }
+            let mut domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            domains.remove(d).map_err(StoreError::storage)?;
+            Ok(())
+        })
+    }
+
+    fn list_stores(&self, domain: &DomainName) -> Result<Vec<StoreRecord>, StoreError> {
+        self.read(|txn| {
+            let domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            if domains
+                .get(domain.as_str())
+                .map_err(StoreError::storage)?
+                .is_none()
+            {
+                return Err(unknown_domain(domain));
+            }
+            let stores = txn.open_table(STORES).map_err(StoreError::storage)?;
+            let mut out = Vec::new();
+            for entry in stores
+                .range((domain.as_str(), "")..)
+                .map_err(StoreError::storage)?
+            {
+                let (key, value) = entry.map_err(StoreError::storage)?;
+                let (key_domain, store) = key.value();
+                if key_domain != domain.as_str() {
+                    break;
+                }
+                out.push(codec::decode_store(key_domain, store, value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_store(&self, domain: &DomainName, store: &StoreName) -> Result<(), StoreError> {
+        self.write(|txn| {
+            need_store(txn, domain, store)?;
+            let d = domain.as_str();
+            let devices = count_in(txn, DEVICES, d, |(serial, value)| {
+                codec::decode_device(d, serial, value).is_ok_and(|r| &r.store == store)
+            })?;
+            let clients = count_in(txn, CLIENTS, d, |(id, value)| {
+                codec::decode_client(d, id, value)
+                    .is_ok_and(|r| r.scope == Scope::Store(store.clone()))
+            })?;
+            let count = |n: usize, noun: &str| (n > 0).then(|| super::plural(n, noun));
+            let holds: Vec<String> = [count(clients, "client"), count(devices, "device")]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !holds.is_empty() {
+                return Err(StoreError::NotEmpty {
+                    what: format!("store {:?} in domain {d:?}", store.as_str()),
+                    holds: holds.join(", "),
+                });
+            }
+            let mut stores = txn.open_table(STORES).map_err(StoreError::storage)?;
+            stores
+                .remove((d, store.as_str()))
+                .map_err(StoreError::storage)?;
+            Ok(())
+        })
+    }
+
+    fn list_clients(&self, domain: &DomainName) -> Result<Vec<ClientRecord>, StoreError> {
+        self.read(|txn| {
+            let domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            if domains
+                .get(domain.as_str())
+                .map_err(StoreError::storage)?
+                .is_none()
+            {
+                return Err(unknown_domain(domain));
+            }
+            let clients = txn.open_table(CLIENTS).map_err(StoreError::storage)?;
+            let mut out = Vec::new();
+            for entry in clients
+                .range((domain.as_str(), "")..)
+                .map_err(StoreError::storage)?
+            {
+                let (key, value) = entry.map_err(StoreError::storage)?;
+                let (key_domain, id) = key.value();
+                if key_domain != domain.as_str() {
+                    break;
+                }
+                out.push(codec::decode_client(key_domain, id, value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn rotate_client_secret(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        new: &crate::tenancy::SecretHash,
+        old_valid_until: u64,
+    ) -> Result<ClientRecord, StoreError> {
+        self.write(|txn| {
+            need_domain(txn, domain)?;
+            let mut clients = txn.open_table(CLIENTS).map_err(StoreError::storage)?;
+            let key = (domain.as_str(), client_id.as_str());
+            let current = match clients.get(key).map_err(StoreError::storage)? {
+                Some(v) => codec::decode_client(domain.as_str(), client_id.as_str(), v.value())?,
+                None => {
+                    return Err(StoreError::UnknownClient {
+                        domain: domain.to_string(),
+                        client_id: client_id.to_string(),
+                    })
+                }
+            };
+            let rotated = ClientRecord {
+                secret_hash: new.clone(),
+                previous_secret: Some(crate::tenancy::PreviousSecret {
+                    hash: current.secret_hash.clone(),
+                    valid_until: old_valid_until,
+                }),
+                ..current
+            };
+            let value = codec::encode_client(&rotated)?;
+            clients
+                .insert(key, value.as_slice())
+                .map_err(StoreError::storage)?;
+            Ok(rotated)
         })
     }
 

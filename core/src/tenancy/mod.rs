@@ -9,7 +9,7 @@ mod record;
 mod scope;
 mod secret_hash;
 
-pub use record::{ClientRecord, DeviceRecord, StoreRecord};
+pub use record::{ClientRecord, DeviceRecord, PreviousSecret, StoreRecord};
 pub use scope::Scope;
 pub(crate) use scope::ScopeJson;
 pub use secret_hash::SecretHash;

@@ -292,6 +292,7 @@ async fn admin_request(
         body,
         presence,
         &mut rand::rngs::OsRng,
+        super::unix_now(),
     );
     if response.status == 401 {
         ctx.shared.metrics.admin_unauthorized.inc();
@@ -301,6 +302,9 @@ async fn admin_request(
         Some(AdminEffect::DeviceDisabled(device)) => {
             let device = device.clone();
             ctx.broadcast_admin(|| ShardMsg::DeviceDisabled(device.clone()));
+        }
+        Some(AdminEffect::ClientSecretRotated(client)) => {
+            ctx.shared.credentials.forget(&client.client_id);
         }
         Some(AdminEffect::ClientDeleted(client)) => {
             ctx.shared.credentials.forget(&client.client_id);

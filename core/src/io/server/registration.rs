@@ -194,17 +194,33 @@ async fn registration(
                         .and_then(|id| shared.store.find_client(&id).ok().flatten())
                         .map(|c| c.domain.to_string())
                         .unwrap_or_else(|| "-".to_owned());
-                    verify_client(&*shared.store, &shared.hasher, &domain, &client_id, &secret)
+                    verify_client(
+                        &*shared.store,
+                        &shared.hasher,
+                        &domain,
+                        &client_id,
+                        &secret,
+                        super::unix_now(),
+                    )
                 })
                 .await;
             match verified {
                 Ok(client) => {
                     admission.login_succeeded(&request.client_id, peer, Instant::now());
-                    ctx.shared.credentials.remember(
-                        &client,
-                        &request.client_secret,
-                        Instant::now(),
-                    );
+                    // During a rotation's grace the cache could keep the old secret past
+                    // its deadline: verify with argon2 until the grace ends.
+                    let now = super::unix_now();
+                    if client
+                        .previous_secret
+                        .as_ref()
+                        .is_none_or(|p| !p.valid_at(now))
+                    {
+                        ctx.shared.credentials.remember(
+                            &client,
+                            &request.client_secret,
+                            Instant::now(),
+                        );
+                    }
                     client
                 }
                 Err(_) => {
