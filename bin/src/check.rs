@@ -90,10 +90,35 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     }
     match &settings.tls {
         Some((cert, key)) => match posrelay_core::io::server::check_tls(cert, key) {
-            Ok(()) => report(
-                true,
-                format!("TLS certificate {} and key load", cert.display()),
-            ),
+            Ok(()) => {
+                report(
+                    true,
+                    format!("TLS certificate {} and key load", cert.display()),
+                );
+                match posrelay_core::io::cert_expiry::leaf_not_after(cert) {
+                    Ok(not_after) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        let expires = humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after),
+                        );
+                        if not_after <= now {
+                            report(
+                                false,
+                                format!("TLS certificate expired at {expires}: renew it"),
+                            );
+                        } else {
+                            let days = (not_after - now) / 86_400;
+                            report(
+                                days >= 14,
+                                format!("TLS certificate expires at {expires}, in {days} days"),
+                            );
+                        }
+                    }
+                    Err(e) => report(false, format!("TLS: {e}")),
+                }
+            }
             Err(e) => report(false, format!("TLS: {e}")),
         },
         None => report(true, "TLS: none (plain ws://)".to_owned()),

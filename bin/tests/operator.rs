@@ -525,3 +525,62 @@ fn a_rotated_secret_keeps_the_old_one_working_for_its_grace_only() {
     );
     assert_eq!(reply["code"], "invalid_client", "{reply}");
 }
+
+#[test]
+fn the_served_certificates_expiry_is_a_gauge_updated_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    let write = |not_after: Option<(i32, u8, u8)>| {
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        if let Some((y, m, d)) = not_after {
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    };
+    write(None);
+    let relay = Relay::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let gauge = || {
+        metric_sum(
+            &relay.metrics(),
+            "posrelay_tls_certificate_expiry_timestamp_seconds",
+            &[],
+        )
+    };
+    // rcgen's default notAfter: 4096-01-01T00:00:00Z.
+    assert_eq!(gauge(), 67_090_118_400.0);
+    write(Some((2030, 1, 2)));
+    relay.signal(libc::SIGHUP);
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        (gauge() == 1_893_542_400.0).then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "the gauge follows the reloaded certificate: {}",
+        gauge()
+    );
+    // check-config says when it expires.
+    let (ok, out, _) = posrelay(&[
+        "check-config",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("expires at 2030-01-02T00:00:00Z"), "{out}");
+}

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub admin_calls: Counter,
     /// Admin API calls refused for a missing or wrong admin token.
     pub admin_unauthorized: Counter,
+    /// The served TLS certificate's `notAfter` (unix seconds); 0 without TLS.
+    pub tls_not_after: AtomicU64,
 }
 
 impl Metrics {
@@ -131,6 +133,18 @@ impl Metrics {
             "Log lines dropped because they could not be written (stderr closed, full or not read fast enough).",
             &[("", log_write_failures())],
         );
+        let not_after = self.tls_not_after.load(Ordering::Relaxed);
+        if not_after > 0 {
+            let _ = writeln!(out, "# HELP posrelay_tls_certificate_expiry_timestamp_seconds When the TLS certificate served now expires (its notAfter, unix seconds).");
+            let _ = writeln!(
+                out,
+                "# TYPE posrelay_tls_certificate_expiry_timestamp_seconds gauge"
+            );
+            let _ = writeln!(
+                out,
+                "posrelay_tls_certificate_expiry_timestamp_seconds {not_after}"
+            );
+        }
         if let Some([version, commit, date]) = BUILD_INFO.get() {
             let _ = writeln!(out, "# HELP posrelay_build_info The running build: version, commit and build date (always 1).");
             let _ = writeln!(out, "# TYPE posrelay_build_info gauge");

@@ -4,6 +4,7 @@
 //! bytes from sockets into buffers, hands them to those state machines, and writes
 //! what they produce.
 
+pub mod cert_expiry;
 pub mod driver;
 pub mod echo;
 pub mod http;

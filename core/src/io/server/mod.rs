@@ -126,12 +126,40 @@ impl Shared {
         }
         match &self.tls {
             Some(tls) => match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Ok(()) => {
+                    self.record_cert_expiry();
+                    tracing::info!("TLS certificate reloaded")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "TLS reload failed: keeping the old certificate")
                 }
             },
             None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+        }
+    }
+}
+
+impl Shared {
+    /// Puts the served certificate's expiry in `/metrics` (and warns when it is near).
+    fn record_cert_expiry(&self) {
+        let Some((cert, _)) = &self.config.tls else {
+            return;
+        };
+        match crate::io::cert_expiry::leaf_not_after(cert) {
+            Ok(not_after) => {
+                self.metrics
+                    .tls_not_after
+                    .store(not_after, Ordering::Relaxed);
+                let days_left = not_after.saturating_sub(unix_now()) / 86_400;
+                if days_left < 14 {
+                    tracing::warn!(
+                        days_left,
+                        cert = %cert.display(),
+                        "the TLS certificate expires soon: renew it and reload (SIGHUP)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the TLS certificate's expiry"),
         }
     }
 }
@@ -223,6 +251,7 @@ pub fn run_server(
             crate::auth::DEFAULT_CREDENTIAL_TTL,
         ),
     });
+    shared.record_cert_expiry();
     let addrs = ServerAddrs {
         relay: relay_addr,
         admin: admin_addr,
