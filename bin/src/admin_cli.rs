@@ -47,6 +47,13 @@ pub enum AdminCommand {
         /// Domain name, e.g. acme
         domain: String,
     },
+    /// List the domains
+    ListDomains,
+    /// Delete a domain (refused while it has stores, clients or terminals)
+    DeleteDomain {
+        /// Domain name
+        domain: String,
+    },
     /// Create a store of a merchant in a domain
     CreateStore {
         /// The domain
@@ -58,6 +65,20 @@ pub enum AdminCommand {
         /// Store name
         store: String,
     },
+    /// List a domain's stores
+    ListStores {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+    },
+    /// Delete a store (refused while terminals or clients belong to it)
+    DeleteStore {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// Store name
+        store: String,
+    },
     /// Create a POS client (prints its id and secret; the secret is shown once)
     CreateClient {
         /// The domain
@@ -66,6 +87,23 @@ pub enum AdminCommand {
         /// The store it may claim terminals of [default: the whole domain]
         #[arg(long, value_name = "STORE")]
         store: Option<String>,
+    },
+    /// List a domain's POS clients (ids and scopes, never secrets)
+    ListClients {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+    },
+    /// Give a POS client a new secret; the old one keeps working for --grace (the new secret is shown once)
+    RotateSecret {
+        /// The domain
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// How long the old secret keeps working, so terminals and POS can move over
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace)]
+        grace: std::time::Duration,
+        /// The client id
+        client_id: String,
     },
     /// Delete a POS client (its tokens stop working)
     DeleteClient {
@@ -140,6 +178,10 @@ pub enum AdminCommand {
     },
 }
 
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    crate::units::parse_duration(s)
+}
+
 /// Runs one admin call and prints its result.
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     let Some(token) = args.admin_token.as_deref() else {
@@ -151,7 +193,8 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         None
     };
     let admin = AdminClient::new(agent(tls), &args.admin_url, token);
-    let out = execute(&admin, &args.command, args.json)?;
+    let out = execute(&admin, &args.command, args.json)
+        .map_err(|e| anyhow::anyhow!("{}", cli_hints(&format!("{e:#}"))))?;
     println!("{out}");
     Ok(())
 }
@@ -173,6 +216,62 @@ fn execute(admin: &AdminClient, command: &AdminCommand, as_json: bool) -> anyhow
                 json!({ "domain": domain, "created": true }),
             )
         }
+        AdminCommand::ListDomains => {
+            let v = admin.get("/admin/v1/domains")?;
+            let names: Vec<String> = v["domains"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if as_json {
+                v.to_string()
+            } else if names.is_empty() {
+                "no domains".to_owned()
+            } else {
+                names.join("\n")
+            }
+        }
+        AdminCommand::DeleteDomain { domain } => {
+            admin.delete(&format!("/admin/v1/domains/{domain}"))?;
+            done(
+                format!("deleted domain {domain}"),
+                json!({ "domain": domain, "deleted": true }),
+            )
+        }
+        AdminCommand::ListStores { domain } => {
+            let v = admin.get(&format!("/admin/v1/domains/{domain}/stores"))?;
+            if as_json {
+                v.to_string()
+            } else {
+                rows_table(
+                    &v["stores"],
+                    &["store", "merchant"],
+                    &format!("no stores in domain {domain}"),
+                )
+            }
+        }
+        AdminCommand::DeleteStore { domain, store } => {
+            admin.delete(&format!("/admin/v1/domains/{domain}/stores/{store}"))?;
+            done(
+                format!("deleted store {store} of domain {domain}"),
+                json!({ "domain": domain, "store": store, "deleted": true }),
+            )
+        }
+        AdminCommand::ListClients { domain } => {
+            let v = admin.get(&format!("/admin/v1/domains/{domain}/clients"))?;
+            if as_json {
+                v.to_string()
+            } else {
+                rows_table(
+                    &v["clients"],
+                    &["client_id", "store"],
+                    &format!("no clients in domain {domain}"),
+                )
+            }
+        }
         AdminCommand::CreateStore {
             domain,
             merchant,
@@ -190,6 +289,35 @@ fn execute(admin: &AdminClient, command: &AdminCommand, as_json: bool) -> anyhow
                 serde_json::to_string(&creds)?
             } else {
                 client_table(domain, store.as_deref(), &creds)
+            }
+        }
+        AdminCommand::RotateSecret {
+            domain,
+            grace,
+            client_id,
+        } => {
+            let v = admin.post(
+                &format!("/admin/v1/domains/{domain}/clients/{client_id}/secret"),
+                json!({ "grace_seconds": grace.as_secs() }),
+            )?;
+            if as_json {
+                v.to_string()
+            } else {
+                let until = v["previous_secret_valid_until"].as_u64().unwrap_or(0);
+                let mut t = Table::new();
+                t.load_preset(UTF8_FULL_CONDENSED);
+                t.set_header(vec!["domain", "client_id", "new client_secret"]);
+                t.add_row(vec![
+                    domain.clone(),
+                    client_id.clone(),
+                    v["client_secret"].as_str().unwrap_or("").to_owned(),
+                ]);
+                format!(
+                    "{t}\nthe new secret is shown only this once: keep it now\n\
+                     the old secret keeps working for {} (until unix time {until}); \
+                     move every terminal and POS of this client to the new one before then",
+                    humantime::format_duration(*grace)
+                )
             }
         }
         AdminCommand::DeleteClient { domain, client_id } => {
@@ -307,6 +435,54 @@ fn current_pins(admin: &AdminClient, domain: &str, tsn: &str) -> anyhow::Result<
     Ok(device.client_cert_sha256)
 }
 
+/// The relay's hints name HTTP routes (for curl users); here they name the command.
+fn cli_hints(message: &str) -> String {
+    const HINTS: [(&str, &str); 3] = [
+        (
+            "POST /admin/v1/domains/{domain}/stores",
+            "posrelay admin create-store --domain <domain> --merchant <merchant> <store>",
+        ),
+        (
+            "POST /admin/v1/domains/{domain}/devices",
+            "posrelay admin create-device --domain <domain> --store <store> --make <make> --model <model> <tsn>",
+        ),
+        (
+            "POST /admin/v1/domains",
+            "posrelay admin create-domain <domain>",
+        ),
+    ];
+    let mut out = message.to_owned();
+    for (route, command) in HINTS {
+        // Only the hint after "with ": the call's own route, at the start, stays.
+        out = out.replace(&format!("with {route}"), &format!("with `{command}`"));
+    }
+    out
+}
+
+/// A table of JSON objects' `columns` (`null` shown as "whole domain" for a scope).
+fn rows_table(rows: &serde_json::Value, columns: &[&str], empty: &str) -> String {
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return empty.to_owned();
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(columns.to_vec());
+    for row in rows {
+        t.add_row(
+            columns
+                .iter()
+                .map(|c| match &row[*c] {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "whole domain".to_owned(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    t.to_string()
+}
+
 fn client_table(domain: &str, store: Option<&str>, creds: &ClientCredentials) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
@@ -358,6 +534,19 @@ fn yes_no(b: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_name_the_cli_command_not_the_route() {
+        let e = "POST /admin/v1/domains/ghost/stores: HTTP 404 unknown domain \"ghost\": create it first with POST /admin/v1/domains";
+        assert_eq!(
+            cli_hints(e),
+            "POST /admin/v1/domains/ghost/stores: HTTP 404 unknown domain \"ghost\": create it first with `posrelay admin create-domain <domain>`"
+        );
+        let e = "x: unknown store \"s9\" in domain \"acme\": create it first with POST /admin/v1/domains/{domain}/stores";
+        assert!(cli_hints(e).ends_with(
+            "with `posrelay admin create-store --domain <domain> --merchant <merchant> <store>`"
+        ));
+    }
 
     #[test]
     fn device_table_is_readable() {

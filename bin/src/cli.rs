@@ -2,15 +2,26 @@
 
 use crate::config::ServeArgs;
 use crate::logging::{self, LogFormat};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use std::net::SocketAddr;
+
+/// `--version`: the release, the commit it was built from and the build date
+/// (bin/build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("POSRELAY_COMMIT"),
+    ", built ",
+    env!("POSRELAY_BUILD_DATE"),
+    ")"
+);
 
 /// posrelay: a self-hosted cloud connector for payment terminals.
 ///
 /// Terminals keep a WebSocket to the relay; POS software claims a terminal by its
 /// serial number and the two exchange frames through the relay, untouched.
 #[derive(Debug, Parser)]
-#[command(name = "posrelay", version, about, long_about = None)]
+#[command(name = "posrelay", version = VERSION, propagate_version = true, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +31,8 @@ pub struct Cli {
 enum Command {
     /// Run the relay (embedded store in --data-dir; nothing else to install).
     Serve(Box<ServeArgs>),
+    /// Check the configuration as serve would read it, without starting (like nginx -t).
+    CheckConfig(Box<ServeArgs>),
     /// Run an RFC 6455 echo server on the protocol core (for conformance tests).
     Echo(EchoArgs),
     /// Try it: a relay, two simulated terminals and a POS through the whole flow, then keep serving.
@@ -30,18 +43,26 @@ enum Command {
     PosSim(crate::sim::pos::PosSimArgs),
     /// Provision from the command line: domains, stores, POS clients, terminals.
     Admin(crate::admin_cli::AdminArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): posrelay man > posrelay.1
+    Man,
 }
 
 /// Flags of `posrelay echo`.
 #[derive(Debug, clap::Args)]
 struct EchoArgs {
-    /// Address to listen on [default: 127.0.0.1:9001]
+    /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:9001", value_name = "ADDR")]
     listen: SocketAddr,
     /// Number of shards [default: all cores]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
-    /// Largest message accepted, in bytes [default: 16777216]
+    /// Largest message accepted, in bytes
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     max_message_bytes: usize,
 }
@@ -52,25 +73,45 @@ impl Cli {
         match self.command {
             Command::Serve(args) => {
                 let settings = args.resolve()?;
-                logging::init(settings.log_format);
+                let _log = logging::init(settings.log_format);
                 crate::serve::run(settings)
             }
+            Command::CheckConfig(args) => crate::check::run(&args),
             Command::Echo(args) => {
-                logging::init(LogFormat::Text);
+                let _log = logging::init(LogFormat::Text);
                 run_echo(args)
             }
             Command::Demo(args) => crate::demo::run(*args),
             Command::DeviceSim(args) => {
-                logging::init(LogFormat::Text);
+                let _log = logging::init(LogFormat::Text);
                 crate::sim::device::run(args)
             }
             Command::PosSim(args) => {
-                logging::init(LogFormat::Text);
+                let _log = logging::init(LogFormat::Text);
                 crate::sim::pos::run(args)
             }
             Command::Admin(args) => crate::admin_cli::run(args),
+            Command::Completions { shell } => {
+                let mut out = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "posrelay", &mut out);
+                write_stdout(&out)
+            }
+            Command::Man => {
+                let mut out = Vec::new();
+                clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+                write_stdout(&out)
+            }
         }
     }
+}
+
+/// Writes generated text to stdout (a closed pipe is an error, not a panic).
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn run_echo(args: EchoArgs) -> anyhow::Result<()> {

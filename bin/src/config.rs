@@ -47,10 +47,14 @@ pub mod defaults {
     pub const MAX_CONNECTIONS_PER_CLIENT: usize = 8_192;
     /// `--max-header-count`
     pub const MAX_HEADER_COUNT: usize = 64;
-    /// `--failed-logins-per-client` (per minute)
+    /// `--failed-logins-per-client` (per client id from one address, per minute)
     pub const FAILED_LOGINS_PER_CLIENT: u32 = 10;
     /// `--failed-logins-per-address` (per minute)
     pub const FAILED_LOGINS_PER_ADDRESS: u32 = 30;
+    /// `--failed-logins-per-client-total` (per client id from all addresses, per minute:
+    /// a ceiling against guessing from many addresses; client secrets are 256 random
+    /// bits, so it is high)
+    pub const FAILED_LOGINS_PER_CLIENT_TOTAL: u32 = 1_000;
 }
 
 /// Flags of `posrelay serve` (each also a key of the configuration file).
@@ -125,12 +129,18 @@ pub struct ServeArgs {
     /// Header lines in a request head (431 beyond) [default: 64]
     #[arg(long, value_name = "N")]
     pub max_header_count: Option<usize>,
-    /// Failed logins (token requests, registrations) per client id per minute before 429 [default: 10]
+    /// Failed logins (token requests, registrations) per client id from one address per minute before 429 [default: 10]
     #[arg(long, value_name = "N")]
     pub failed_logins_per_client: Option<u32>,
-    /// Failed logins per source address per minute before 429 [default: 30]
+    /// Failed logins per source address (any client id) per minute before 429 [default: 30]
     #[arg(long, value_name = "N")]
     pub failed_logins_per_address: Option<u32>,
+    /// Failed logins per client id from all addresses per minute; beyond, only addresses it logged in from in the last day may try [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub failed_logins_per_client_total: Option<u32>,
+    /// File holding the admin API token (e.g. ${CREDENTIALS_DIRECTORY}/admin-token under systemd's LoadCredential=)
+    #[arg(long, value_name = "FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// Admin API token (better: the POSRELAY_ADMIN_TOKEN environment variable) [default: none, admin API refuses every call]
     #[arg(
         long,
@@ -167,6 +177,7 @@ struct FileConfig {
     drain_timeout: Option<String>,
     access_token_ttl: Option<String>,
     admin_token: Option<String>,
+    admin_token_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     max_connections: Option<usize>,
     max_unauthenticated: Option<usize>,
@@ -174,6 +185,7 @@ struct FileConfig {
     max_header_count: Option<usize>,
     failed_logins_per_client: Option<u32>,
     failed_logins_per_address: Option<u32>,
+    failed_logins_per_client_total: Option<u32>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -204,6 +216,7 @@ pub struct Settings {
     pub max_header_count: usize,
     pub failed_logins_per_client: u32,
     pub failed_logins_per_address: u32,
+    pub failed_logins_per_client_total: u32,
 }
 
 impl ServeArgs {
@@ -211,8 +224,12 @@ impl ServeArgs {
     pub fn resolve(&self) -> anyhow::Result<Settings> {
         let file: FileConfig = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read configuration file {}", path.display())
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot read configuration file {}: {e}{}",
+                        path.display(),
+                        unreadable_hint(&e)
+                    )
                 })?;
                 toml::from_str(&text).with_context(|| {
                     format!("configuration file {} is not valid", path.display())
@@ -236,8 +253,18 @@ impl ServeArgs {
             let text = flag.as_deref().or(key.as_deref()).unwrap_or(default);
             parse_duration(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))
         };
-        let tls_cert = self.tls_cert.clone().or(file.tls_cert);
-        let tls_key = self.tls_key.clone().or(file.tls_key);
+        let tls_cert = self
+            .tls_cert
+            .clone()
+            .or(file.tls_cert)
+            .map(|p| expand_credentials(&p, "tls_cert"))
+            .transpose()?;
+        let tls_key = self
+            .tls_key
+            .clone()
+            .or(file.tls_key)
+            .map(|p| expand_credentials(&p, "tls_key"))
+            .transpose()?;
         let tls = match (tls_cert, tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -328,7 +355,12 @@ impl ServeArgs {
                 defaults::ACCESS_TOKEN_TTL,
                 "access_token_ttl",
             )?,
-            admin_token: self.admin_token.clone().or(file.admin_token),
+            admin_token: admin_token(
+                self.admin_token.as_ref(),
+                self.admin_token_file.as_ref(),
+                file.admin_token.as_ref(),
+                file.admin_token_file.as_ref(),
+            )?,
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -357,6 +389,10 @@ impl ServeArgs {
                 .failed_logins_per_address
                 .or(file.failed_logins_per_address)
                 .unwrap_or(defaults::FAILED_LOGINS_PER_ADDRESS),
+            failed_logins_per_client_total: self
+                .failed_logins_per_client_total
+                .or(file.failed_logins_per_client_total)
+                .unwrap_or(defaults::FAILED_LOGINS_PER_CLIENT_TOTAL),
         };
         for (name, value) in [
             ("max_connections", settings.max_connections),
@@ -380,9 +416,128 @@ impl ServeArgs {
     }
 }
 
+/// The admin token: a flag (or `POSRELAY_ADMIN_TOKEN`) or a flag's file first, then the
+/// configuration file's key or file; a token and a token file from the same place are
+/// refused as ambiguous.
+fn admin_token(
+    flag: Option<&String>,
+    flag_file: Option<&PathBuf>,
+    key: Option<&String>,
+    key_file: Option<&PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    if key.is_some() && key_file.is_some() {
+        bail!("the configuration file sets both admin_token and admin_token_file: keep one");
+    }
+    if let Some(token) = flag {
+        return Ok(Some(token.clone()));
+    }
+    match flag_file.or(if key.is_some() { None } else { key_file }) {
+        Some(path) => read_admin_token(&expand_credentials(path, "admin_token_file")?).map(Some),
+        None => Ok(key.cloned()),
+    }
+}
+
+/// Reads an admin token file: its first line, without the line end.
+fn read_admin_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the admin token file {}: {e}{}",
+            path.display(),
+            unreadable_hint(&e)
+        )
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!(
+            "the admin token file {} is empty: put the token on its first line",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// What to do about a file posrelay may not read.
+fn unreadable_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            ": make it readable by the user posrelay runs as (under systemd with \
+             DynamicUser=, hand secrets over with LoadCredential=, as deploy/posrelay.service does)"
+        }
+        std::io::ErrorKind::NotFound => ": check the path",
+        _ => "",
+    }
+}
+
+/// `${CREDENTIALS_DIRECTORY}` (or `$CREDENTIALS_DIRECTORY`) at the start of a path, as
+/// systemd's `LoadCredential=` hands files to a service, replaced by its value.
+fn expand_credentials(path: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
+    let text = path.to_string_lossy();
+    let rest = text
+        .strip_prefix("${CREDENTIALS_DIRECTORY}")
+        .or_else(|| text.strip_prefix("$CREDENTIALS_DIRECTORY"));
+    let Some(rest) = rest else {
+        return Ok(path.to_owned());
+    };
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        anyhow::anyhow!(
+            "{name} is {text:?} but CREDENTIALS_DIRECTORY is not set: systemd sets it for a \
+             unit with LoadCredential=; elsewhere give the file's own path"
+        )
+    })?;
+    Ok(PathBuf::from(format!(
+        "{}{rest}",
+        std::path::Path::new(&dir).display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_token_comes_from_a_file_and_credentials_are_expanded() {
+        let dir = std::env::temp_dir().join(format!("posrelay-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin-token"), "s3cret\n").unwrap();
+        let args = ServeArgs {
+            admin_token_file: Some(dir.join("admin-token")),
+            ..Default::default()
+        };
+        assert_eq!(
+            args.resolve().unwrap().admin_token.as_deref(),
+            Some("s3cret")
+        );
+        // ${CREDENTIALS_DIRECTORY} as systemd sets it.
+        let expanded = with_credentials_directory(&dir, || {
+            expand_credentials(
+                std::path::Path::new("${CREDENTIALS_DIRECTORY}/admin-token"),
+                "x",
+            )
+            .unwrap()
+        });
+        assert_eq!(expanded, dir.join("admin-token"));
+        let unset = expand_credentials(std::path::Path::new("$CREDENTIALS_DIRECTORY/k"), "tls_key");
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+            let text = unset.unwrap_err().to_string();
+            assert!(text.contains("LoadCredential="), "{text}");
+        }
+        std::fs::write(dir.join("empty"), "\n").unwrap();
+        let err = read_admin_token(&dir.join("empty")).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let err = read_admin_token(&dir.join("missing")).unwrap_err();
+        assert!(err.to_string().contains("check the path"), "{err}");
+    }
+
+    /// Runs `f` with CREDENTIALS_DIRECTORY set to `dir` (tests in this module that read
+    /// it run here only).
+    fn with_credentials_directory<T>(dir: &std::path::Path, f: impl FnOnce() -> T) -> T {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir);
+        let out = f();
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        out
+    }
 
     #[test]
     fn defaults_apply_without_flags_or_file() {

@@ -258,7 +258,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         // The steps are the output; the relay's own logs only when something is wrong.
         std::env::set_var("RUST_LOG", "warn");
     }
-    logging::init(args.log_format.unwrap_or(LogFormat::Text));
+    let _log = logging::init(args.log_format.unwrap_or(LogFormat::Text));
     let serve = ServeArgs {
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -779,11 +779,60 @@ fn print_histogram(h: &hdrhistogram::Histogram<u64>) {
     ));
 }
 
-/// How to connect to the relay the demo leaves running.
+/// How to run this very binary from where the user stands: `posrelay` when that is what
+/// PATH finds, else its path (relative to the working directory when below it, as after
+/// `cargo run`), quoted for a POSIX shell.
+fn program() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "posrelay".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            dir.join("posrelay")
+                .canonicalize()
+                .is_ok_and(|found| found == exe)
+        })
+    });
+    if on_path {
+        return "posrelay".to_owned();
+    }
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| cwd.canonicalize().ok())
+        .and_then(|cwd| {
+            exe.strip_prefix(cwd)
+                .ok()
+                .map(|rel| format!("./{}", rel.display()))
+        })
+        .unwrap_or_else(|| exe.display().to_string());
+    shell_quote(&shown)
+}
+
+/// `text` as one POSIX shell word.
+fn shell_quote(text: &str) -> String {
+    let plain = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    if plain && !text.is_empty() {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// How to connect to the relay the demo leaves running: each command runs as printed,
+/// on its own, from the directory the demo was started in.
 fn print_hints(demo: &Demo) {
     let relay = demo.relay.base();
     let admin = format!("http://{}", demo.addrs.admin);
     let (t1, t2) = (TERMINALS[0].0, TERMINALS[1].0);
+    let me = program();
+    let client_env = format!(
+        "POSRELAY_CLIENT_ID={} POSRELAY_CLIENT_SECRET={}",
+        shell_quote(&demo.client_id),
+        shell_quote(&demo.client_secret)
+    );
+    let admin_env = format!("POSRELAY_ADMIN_TOKEN={}", shell_quote(&demo.admin_token));
     say("");
     say("The relay keeps running with both simulated terminals online (Ctrl-C stops it).");
     say("");
@@ -806,28 +855,20 @@ fn print_hints(demo: &Demo) {
         demo.client_id
     ));
     say("");
-    say("POS from the command line:");
+    say("POS from the command line (in another shell; each command runs as it is):");
     say(&format!(
-        "  export POSRELAY_CLIENT_ID={} POSRELAY_CLIENT_SECRET={}",
-        demo.client_id, demo.client_secret
-    ));
-    say(&format!(
-        "  echo '{SCA_SESSION_START}' | posrelay pos-sim --relay {relay} --domain {DOMAIN} --tsn {t1}"
+        "  echo '{SCA_SESSION_START}' | {client_env} {me} pos-sim --relay {relay} --domain {DOMAIN} --tsn {t1}"
     ));
     say("");
-    say("Another terminal (provision it first, then run it):");
+    say("Another terminal (provision it, run it, see it online):");
     say(&format!(
-        "  export POSRELAY_ADMIN_TOKEN={}",
-        demo.admin_token
+        "  {admin_env} {me} admin --admin-url {admin} create-device --domain {DOMAIN} --store {STORE} --make verifone --model v400m 10000003"
     ));
     say(&format!(
-        "  posrelay admin --admin-url {admin} create-device --domain {DOMAIN} --store {STORE} --make verifone --model v400m 10000003"
+        "  {client_env} {me} device-sim --relay {relay} --tsn 10000003"
     ));
     say(&format!(
-        "  posrelay device-sim --relay {relay} --tsn 10000003"
-    ));
-    say(&format!(
-        "  posrelay admin --admin-url {admin} list-devices --domain {DOMAIN}"
+        "  {admin_env} {me} admin --admin-url {admin} list-devices --domain {DOMAIN}"
     ));
 }
 
@@ -850,6 +891,20 @@ fn wait_for_signal(stop: &StopHandle) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(
+            shell_quote("./target/release/posrelay"),
+            "./target/release/posrelay"
+        );
+        assert_eq!(
+            shell_quote("/opt/my dir/posrelay"),
+            "'/opt/my dir/posrelay'"
+        );
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("abc+/="), "abc+/=");
+    }
 
     #[test]
     fn steps_print_pass_and_fail_with_timings() {

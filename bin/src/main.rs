@@ -1,6 +1,7 @@
 //! The `posrelay` binary: serve the relay, run the echo server, and operator helpers.
 
 mod admin_cli;
+mod check;
 mod cli;
 mod client;
 mod config;
@@ -22,7 +23,9 @@ fn main() -> std::process::ExitCode {
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("posrelay: {err:#}");
+            // Not eprintln!: it panics when stderr cannot be written.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "posrelay: {err:#}");
             std::process::ExitCode::from(2)
         }
     }

@@ -17,6 +17,11 @@ const SEND_QUEUE_BYTES: usize = 256 * 1024;
 
 /// Runs the relay until it is stopped.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
+    posrelay_core::io::metrics::set_build_info(
+        env!("CARGO_PKG_VERSION"),
+        env!("POSRELAY_COMMIT"),
+        env!("POSRELAY_BUILD_DATE"),
+    );
     let config = server_config(&settings);
     let stop = StopHandle::default();
     watch_signals(stop.clone())?;
@@ -77,6 +82,7 @@ pub(crate) fn server_config(s: &Settings) -> ServerConfig {
             max_per_client: s.max_connections_per_client,
             failed_logins_per_client: s.failed_logins_per_client,
             failed_logins_per_address: s.failed_logins_per_address,
+            failed_logins_per_client_total: s.failed_logins_per_client_total,
         },
     }
 }

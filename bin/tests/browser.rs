@@ -228,7 +228,7 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
         .args(["device-sim", "--relay", &relay, "--tsn", "10000001"])
         .env("POSRELAY_CLIENT_ID", &client_id)
         .env("POSRELAY_CLIENT_SECRET", &client_secret);
-    let (_device, device_lines) = spawn_lines(device);
+    let (device_proc, device_lines) = spawn_lines(device);
     wait_line(&device_lines, "device-sim online", |l| {
         l.ends_with("] online")
     });
@@ -309,9 +309,47 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
         "{shown}"
     );
 
+    // Each reply shows its round trip, beside the time (the text stays the message).
+    assert_eq!(cdp.eval("window.posrelayDemo.rtts.length"), 2);
+    let times =
+        cdp.eval("[...document.querySelectorAll('#log li.recv .t')].map(e => e.textContent)");
+    assert!(
+        times.as_array().is_some_and(
+            |l| l.len() == 2 && l.iter().all(|t| t.as_str().unwrap_or("").ends_with(" ms)"))
+        ),
+        "{times}"
+    );
+
     // The admin API sees the claim.
     let devices = relay_proc.admin_devices("demo");
     assert_eq!(devices[0]["claimed_by"], client_id.as_str());
+
+    // The terminal goes away: the status box says so (not a green "connected" beside an
+    // OFFLINE badge), and what is sent meanwhile is marked as queued.
+    drop(device_proc);
+    cdp.wait_for(
+        "window.posrelayDemo.deviceOnline === false",
+        "window.posrelayDemo.status",
+        "device_status offline",
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('status').className"),
+        "warn"
+    );
+    let status = cdp.eval("document.getElementById('status').textContent");
+    assert!(
+        status.as_str().unwrap_or("").contains("offline"),
+        "{status}"
+    );
+    cdp.eval(
+        "(() => { document.getElementById('message').value = 'while it is away'; \
+         document.getElementById('btn-send').click(); })()",
+    );
+    assert_eq!(cdp.eval("window.posrelayDemo.queued"), 1);
+    assert_eq!(
+        cdp.eval("document.querySelectorAll('#log li.sent.queued').length"),
+        1
+    );
 
     let shot = cdp.call("Page.captureScreenshot", json!({ "format": "png" }));
     use base64::Engine as _;

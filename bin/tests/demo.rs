@@ -442,3 +442,124 @@ fn simulators_work_over_tls_with_a_ca_file() {
     assert!(!out.status.success(), "an unknown certificate is refused");
     drop(device);
 }
+
+/// Issue 16: the next steps the demo prints run as printed, each on its own, from the
+/// directory the demo was started in, with `posrelay` not on PATH (as after `cargo run`).
+#[test]
+fn the_demos_next_steps_work_where_the_user_stands() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    let cwd = tempfile::tempdir().unwrap();
+    let path = "/usr/bin:/bin";
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_posrelay"))
+        .args(["demo", "--data-dir", "data"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--shards",
+            "2",
+            "--heartbeat",
+            "200ms",
+            "--round-trips",
+            "50",
+        ])
+        .current_dir(cwd.path())
+        .env("PATH", path)
+        .env_remove("POSRELAY_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut commands = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the demo prints its next steps");
+        let line = line.trim_start().to_owned();
+        if line.contains(" pos-sim ")
+            || line.contains(" admin --admin-url")
+            || line.contains(" device-sim ")
+        {
+            let done = line.contains("list-devices");
+            commands.push(line);
+            if done {
+                break;
+            }
+        }
+    }
+    assert_eq!(commands.len(), 4, "{commands:#?}");
+    for c in &commands {
+        assert!(!c.contains("$"), "self-contained, no variables: {c}");
+    }
+    let sh = |line: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .current_dir(cwd.path())
+            .env_clear()
+            .env("PATH", path)
+            .output()
+            .unwrap()
+    };
+    let out = sh(&commands[0]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {text}{}",
+        commands[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("< [1] reply in "), "{text}");
+    let out = sh(&commands[1]);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        commands[1],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The terminal runs until stopped: in its own process group, stopped by its id.
+    let mut device = Command::new("sh")
+        .arg("-c")
+        .arg(&commands[2])
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("PATH", path)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(device.stdout.take().unwrap());
+    let mut online = false;
+    for line in lines.lines().map_while(Result::ok) {
+        if line.ends_with("] online") {
+            online = true;
+            break;
+        }
+    }
+    assert!(online, "{} goes online", commands[2]);
+    let out = sh(&commands[3]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", commands[3]);
+    let row = text
+        .lines()
+        .find(|l| l.contains("10000003"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("yes"), "online: {row}");
+    let group = device.id() as libc::pid_t;
+    // SAFETY: kill(2) has no memory effects; the group is the one this test created.
+    unsafe { libc::kill(-group, libc::SIGTERM) };
+    let _ = device.wait();
+    // SAFETY: as above, our own child.
+    unsafe { libc::kill(demo.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = demo.wait();
+}

@@ -34,6 +34,7 @@ fn client_world(store: &dyn Store) -> ClientRecord {
         client_id: ClientId::new("pos1").unwrap(),
         scope: Scope::Store(StoreName::new("s1").unwrap()),
         secret_hash: SecretHasher::new(HashCost::TEST_ONLY).dummy_hash().clone(),
+        previous_secret: None,
     };
     store.create_client(&record).unwrap();
     record
@@ -112,6 +113,7 @@ fn admin_writes(c: &mut Criterion) {
         br#"{"domain":"acme"}"#,
         &NoPresence,
         &mut rng,
+        NOW,
     );
     assert_eq!(r.status, 201);
     let body = br#"{"store":"s1","merchant":"m1"}"#;
@@ -122,6 +124,7 @@ fn admin_writes(c: &mut Criterion) {
         body,
         &NoPresence,
         &mut rng,
+        NOW,
     );
     assert_eq!(r.status, 201);
 
@@ -142,6 +145,7 @@ fn admin_writes(c: &mut Criterion) {
                 body.as_bytes(),
                 &NoPresence,
                 &mut rng,
+                NOW,
             );
             assert_eq!(r.status, 201);
         })
@@ -162,6 +166,7 @@ fn admin_writes(c: &mut Criterion) {
                 body,
                 &NoPresence,
                 &mut rng,
+                NOW,
             );
             assert_eq!(r.status, 200);
         })

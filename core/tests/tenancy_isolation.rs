@@ -26,6 +26,7 @@ impl LoginAttempts for Unlimited {
         Ok(())
     }
     fn failed(&self, _client_id: Option<&str>) {}
+    fn succeeded(&self, _client_id: &str) {}
 }
 const DOMAINS: [&str; 2] = ["alpha", "beta"];
 const AUTH: Option<&str> = Some("Bearer admin");
@@ -110,6 +111,7 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             body.as_bytes(),
             &NoPresence,
             &mut rng,
+            NOW,
         );
         prop_assert_eq!(r.status, 201);
     }
@@ -119,7 +121,15 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             Op::Store { domain, store } => {
                 let path = format!("/admin/v1/domains/{}/stores", DOMAINS[domain]);
                 let body = format!(r#"{{"store":"s{store}","merchant":"m"}}"#);
-                admin.handle("POST", &path, AUTH, body.as_bytes(), &NoPresence, &mut rng);
+                admin.handle(
+                    "POST",
+                    &path,
+                    AUTH,
+                    body.as_bytes(),
+                    &NoPresence,
+                    &mut rng,
+                    NOW,
+                );
             }
             Op::Client { domain, store } => {
                 let path = format!("/admin/v1/domains/{}/clients", DOMAINS[domain]);
@@ -127,7 +137,15 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                     Some(s) => format!(r#"{{"store":"s{s}"}}"#),
                     None => "{}".to_owned(),
                 };
-                let r = admin.handle("POST", &path, AUTH, body.as_bytes(), &NoPresence, &mut rng);
+                let r = admin.handle(
+                    "POST",
+                    &path,
+                    AUTH,
+                    body.as_bytes(),
+                    &NoPresence,
+                    &mut rng,
+                    NOW,
+                );
                 if r.status == 201 {
                     let (id, secret) = created_client(&r.body);
                     clients.push(Client { domain, id, secret });
@@ -143,7 +161,15 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                     r#"{{"tsn":"{}","make":"ingenico","model":"axium","store":"s{store}"}}"#,
                     100 + u32::from(serial)
                 );
-                admin.handle("POST", &path, AUTH, body.as_bytes(), &NoPresence, &mut rng);
+                admin.handle(
+                    "POST",
+                    &path,
+                    AUTH,
+                    body.as_bytes(),
+                    &NoPresence,
+                    &mut rng,
+                    NOW,
+                );
             }
             Op::Disable { domain, serial } => {
                 let path = format!(
@@ -158,6 +184,7 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
                     br#"{"enabled":false}"#,
                     &NoPresence,
                     &mut rng,
+                    NOW,
                 );
             }
         }
@@ -198,7 +225,8 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             &hasher,
             other,
             &client.id,
-            &ClientSecret::new(client.secret.clone())
+            &ClientSecret::new(client.secret.clone()),
+            NOW
         )
         .is_err());
 

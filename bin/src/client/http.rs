@@ -50,11 +50,24 @@ fn call_error(what: String, err: ureq::Error) -> HttpError {
                 message,
             }
         }
-        ureq::Error::Transport(t) => HttpError {
-            what,
-            status: 0,
-            message: t.to_string(),
-        },
+        ureq::Error::Transport(t) => {
+            let text = t.to_string();
+            let message = if text.contains("UnknownIssuer") {
+                format!("{text}: the certificate is not signed by a CA this client trusts; pass --ca-file with your CA's PEM")
+            } else if text.contains("Connection reset")
+                || text.contains("connection closed before message completed")
+                || text.contains("Bad Status")
+            {
+                format!("{text}: if that port speaks TLS, use wss:// (https://) instead of ws:// (http://)")
+            } else {
+                text
+            };
+            HttpError {
+                what,
+                status: 0,
+                message,
+            }
+        }
     }
 }
 
@@ -188,6 +201,31 @@ impl AdminClient {
             status: 0,
             message: e.to_string(),
         })
+    }
+
+    /// `GET` on an admin path: the JSON answer.
+    pub fn get(&self, path: &str) -> Result<Value, HttpError> {
+        let text = self.call("GET", path, None)?;
+        serde_json::from_str(&text).map_err(|e| HttpError {
+            what: format!("GET {path}"),
+            status: 200,
+            message: format!("unexpected answer ({e}): {text}"),
+        })
+    }
+
+    /// `POST` of a JSON body on an admin path: the JSON answer.
+    pub fn post(&self, path: &str, body: Value) -> Result<Value, HttpError> {
+        let text = self.call("POST", path, Some(body))?;
+        serde_json::from_str(&text).map_err(|e| HttpError {
+            what: format!("POST {path}"),
+            status: 200,
+            message: format!("unexpected answer ({e}): {text}"),
+        })
+    }
+
+    /// `DELETE` on an admin path.
+    pub fn delete(&self, path: &str) -> Result<(), HttpError> {
+        self.call("DELETE", path, None).map(drop)
     }
 
     /// `POST /admin/v1/domains`.

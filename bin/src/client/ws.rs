@@ -100,6 +100,20 @@ pub enum WsError {
     /// The TCP (or TLS) connection ended without a Close frame.
     #[error("connection lost without a close frame")]
     Eof,
+    /// TLS: the relay's certificate does not chain to a CA this client trusts.
+    #[error("the relay's certificate for {host} is not signed by a CA this client trusts ({detail}): pass --ca-file with your CA's PEM (for a self-signed certificate, the certificate itself)")]
+    UntrustedCertificate {
+        /// The host connected to.
+        host: String,
+        /// rustls's words.
+        detail: String,
+    },
+    /// A `ws://` URL answered by a TLS port (or by something that is not HTTP).
+    #[error("{addr} closed the connection without an HTTP answer: if that port speaks TLS, use wss:// instead of ws://")]
+    NotHttp {
+        /// `host:port`.
+        addr: String,
+    },
     /// A read or write failed.
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
@@ -255,8 +269,11 @@ impl WsClient {
             &protocols,
             &headers,
         );
-        stream.write_all(&handshake.request_bytes())?;
-        stream.flush()?;
+        let tls_failed = |e: io::Error| untrusted(e, &url.host);
+        stream
+            .write_all(&handshake.request_bytes())
+            .map_err(tls_failed)?;
+        stream.flush().map_err(tls_failed)?;
         let deadline = Instant::now() + opts.timeout;
         let mut buf = BytesMut::with_capacity(4096);
         let done = loop {
@@ -280,10 +297,20 @@ impl WsClient {
                 return Err(WsError::HandshakeTimeout(opts.timeout));
             }
             match read_some(&mut stream, &mut buf, left) {
+                Ok(0) if buf.is_empty() && !url.secure => {
+                    return Err(WsError::NotHttp { addr: addr.clone() })
+                }
                 Ok(0) => return Err(WsError::Eof),
+                // A TLS alert record (content type 21) where an HTTP answer belongs.
+                Ok(_) if !url.secure && buf.first() == Some(&0x15) => {
+                    return Err(WsError::NotHttp { addr: addr.clone() })
+                }
                 Ok(_) => {}
                 Err(e) if is_timeout(&e) => {}
-                Err(e) => return Err(WsError::Io(e)),
+                Err(e) if !url.secure && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(WsError::NotHttp { addr: addr.clone() })
+                }
+                Err(e) => return Err(untrusted(e, &url.host)),
             }
         };
         let rest = buf.split_off(done.head_len);
@@ -301,6 +328,22 @@ impl WsClient {
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn protocol(&self) -> Option<&str> {
         self.protocol.as_deref()
+    }
+
+    /// Whether a message may be ready without reading the socket: bytes already read
+    /// and not yet decoded, or decrypted TLS data waiting. Check this before
+    /// [`wait_readable`], which sees only the socket.
+    pub fn has_buffered(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        match &mut self.stream {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s
+                .conn
+                .process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() > 0),
+        }
     }
 
     /// Sends one unfragmented text message.
@@ -429,6 +472,52 @@ impl WsClient {
         }
         Ok(())
     }
+}
+
+/// A TLS failure because the relay's certificate is not trusted, told as such; any
+/// other I/O error as it is.
+fn untrusted(e: io::Error, host: &str) -> WsError {
+    let certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::InvalidCertificate(
+                why @ (rustls::CertificateError::UnknownIssuer
+                | rustls::CertificateError::BadSignature
+                | rustls::CertificateError::NotValidForName),
+            ) => Some(format!("{why:?}")),
+            _ => None,
+        });
+    match certificate {
+        Some(detail) => WsError::UntrustedCertificate {
+            host: host.to_owned(),
+            detail,
+        },
+        None => WsError::Io(e),
+    }
+}
+
+/// Waits up to `timeout` until one of `clients`' sockets has something to read; returns,
+/// per client, whether it has. Data a client holds already ([`WsClient::has_buffered`])
+/// is not seen here.
+pub fn wait_readable(clients: &[&WsClient], timeout: Duration) -> io::Result<Vec<bool>> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds: Vec<PollFd<'_>> = clients
+        .iter()
+        .map(|c| PollFd::new(c.stream.tcp(), PollFlags::IN))
+        .collect();
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Readable, closed or failed: a read will tell which.
+    let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+    Ok(fds.iter().map(|f| f.revents().intersects(ready)).collect())
 }
 
 fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
@@ -578,6 +667,46 @@ mod tests {
             }
             other => panic!("expected 401, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn waiting_on_two_connections_wakes_for_the_one_that_has_data() {
+        // Two independent servers; only the second sends, once the client waits.
+        let quiet = TcpListener::bind("127.0.0.1:0").unwrap();
+        let talker = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (quiet_addr, talker_addr) = (quiet.local_addr().unwrap(), talker.local_addr().unwrap());
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let q = std::thread::spawn(move || {
+            let (tcp, _) = quiet.accept().unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            let _ = ws.read();
+        });
+        let t = std::thread::spawn(move || {
+            let (tcp, _) = talker.accept().unwrap();
+            let mut ws = tungstenite::accept(tcp).unwrap();
+            go_rx.recv().unwrap();
+            ws.send(tungstenite::Message::Text("reply".into())).unwrap();
+            let _ = ws.read();
+        });
+        let url = |a| WsUrl::parse(&format!("ws://{a}")).unwrap();
+        let mut a = WsClient::connect(&url(quiet_addr), &ConnectOptions::default()).unwrap();
+        let mut b = WsClient::connect(&url(talker_addr), &ConnectOptions::default()).unwrap();
+        assert!(!a.has_buffered() && !b.has_buffered());
+        assert_eq!(
+            wait_readable(&[&a, &b], Duration::from_millis(20)).unwrap(),
+            vec![false, false],
+            "nothing to read: the wait times out"
+        );
+        go_tx.send(()).unwrap();
+        // No timeout that could expire first: the wait ends because b has data.
+        let ready = wait_readable(&[&a, &b], Duration::from_secs(30)).unwrap();
+        assert_eq!(ready, vec![false, true]);
+        let m = b.recv(Duration::from_millis(1)).unwrap().unwrap();
+        assert_eq!(m.text(), Some("reply"));
+        a.close(1000, "");
+        b.close(1000, "");
+        q.join().unwrap();
+        t.join().unwrap();
     }
 
     #[test]

@@ -143,6 +143,35 @@ pub enum DeviceEvent {
         /// The backoff delay.
         delay: Duration,
     },
+    /// The relay refused the registration for good (wrong credentials, a malformed
+    /// request): retrying cannot help, so the terminal stops.
+    GaveUp {
+        /// Why, and what to fix.
+        reason: String,
+    },
+}
+
+/// The relay answered the registration with a §2 error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("registration refused: {code} ({message})")]
+pub struct RegistrationRefused {
+    /// The §2 code: `invalid_client`, `unknown_device`, `device_disabled`, `bad_request`.
+    pub code: String,
+    /// The relay's explanation.
+    pub message: String,
+}
+
+impl RegistrationRefused {
+    /// Whether trying again can succeed without someone changing something: a disabled
+    /// or unprovisioned device may be fixed by the operator while it retries, and a
+    /// login rate limit ends; wrong credentials and a malformed request stay wrong.
+    pub fn permanent(&self) -> bool {
+        match self.code.as_str() {
+            "invalid_client" => !self.message.starts_with("too many failed attempts"),
+            "bad_request" => true,
+            _ => false,
+        }
+    }
 }
 
 enum Ended {
@@ -173,6 +202,20 @@ pub fn run_device(
                 });
             }
             Err(e) => {
+                if let Some(refused) = e
+                    .downcast_ref::<RegistrationRefused>()
+                    .filter(|r| r.permanent())
+                {
+                    let fix = if refused.code == "invalid_client" {
+                        "check POSRELAY_CLIENT_ID and POSRELAY_CLIENT_SECRET (--client-id, --client-secret): the credentials `posrelay admin create-client` printed"
+                    } else {
+                        "fix the request"
+                    };
+                    on_event(&DeviceEvent::GaveUp {
+                        reason: format!("{refused}; retrying cannot help: {fix}"),
+                    });
+                    return;
+                }
                 on_event(&DeviceEvent::Offline {
                     reason: format!("{e:#}"),
                 });
@@ -217,11 +260,11 @@ fn register(
             let url = WsUrl::parse(url).context("connection_url")?;
             Ok((session, url, token))
         }
-        _ => anyhow::bail!(
-            "registration refused: {} ({})",
-            v["code"].as_str().unwrap_or("?"),
-            v["message"].as_str().unwrap_or("")
-        ),
+        _ => Err(RegistrationRefused {
+            code: v["code"].as_str().unwrap_or("?").to_owned(),
+            message: v["message"].as_str().unwrap_or("").to_owned(),
+        }
+        .into()),
     }
 }
 
@@ -310,11 +353,23 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
         let control = DeviceControl::default();
         let name = tsn.clone();
         threads.push(std::thread::spawn(move || {
-            run_device(&config, &control, |event| print_event(&name, event))
+            let mut gave_up = false;
+            run_device(&config, &control, |event| {
+                gave_up |= matches!(event, DeviceEvent::GaveUp { .. });
+                print_event(&name, event)
+            });
+            gave_up
         }));
     }
+    let mut gave_up = 0;
     for t in threads {
-        let _ = t.join();
+        gave_up += usize::from(t.join().unwrap_or(true));
+    }
+    if gave_up > 0 {
+        anyhow::bail!(
+            "{gave_up} of {} terminal(s) gave up: see the reasons above",
+            args.tsn.len()
+        );
     }
     Ok(())
 }
@@ -332,6 +387,7 @@ pub fn print_event(tsn: &str, event: &DeviceEvent) {
         } => format!("answered {request_bytes} B request with {reply_bytes} B: {preview}"),
         DeviceEvent::Offline { reason } => format!("offline: {reason}"),
         DeviceEvent::Retrying { delay } => format!("reconnecting in {} ms", delay.as_millis()),
+        DeviceEvent::GaveUp { reason } => format!("giving up: {reason}"),
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "[device {tsn}] {line}");

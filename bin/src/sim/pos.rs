@@ -293,6 +293,12 @@ impl PosClient {
         }
     }
 
+    /// The control channel, to wait on it together with a session
+    /// ([`crate::client::ws::wait_readable`]).
+    pub fn control(&mut self) -> &mut WsClient {
+        &mut self.control
+    }
+
     /// Closes the control channel (1000).
     pub fn close(self) {
         self.control.close(1000, "");
@@ -459,12 +465,13 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
         count - failed
     ));
     if failed > 0 {
-        anyhow::bail!("{failed} messages got no reply");
+        anyhow::bail!("{} got no reply", plural(failed as u64, "message"));
     }
     Ok(())
 }
 
-/// Prints the control channel's pushed events (and answers its pings).
+/// Prints the control channel's pushed events (and answers its pings) without waiting
+/// for more than what has arrived.
 fn show_events(pos: &mut PosClient) -> anyhow::Result<()> {
     while let Some(e) = pos.next_event(Duration::from_millis(1))? {
         say(&format!("  event: {}", describe_event(&e)));
@@ -481,6 +488,9 @@ fn shown(m: &crate::client::ws::WsMessage) -> String {
 }
 
 /// Sends message number `n` and waits for its reply; `false` when none came in time.
+/// It waits on the session and the control channel at once (poll(2)), so the reply is
+/// taken the moment it arrives and the round trip printed is the real one; events
+/// that come meanwhile are printed as they come.
 fn exchange(
     pos: &mut PosClient,
     session: &mut WsClient,
@@ -489,24 +499,48 @@ fn exchange(
     n: usize,
     reply_timeout: Duration,
 ) -> anyhow::Result<bool> {
+    // Printed before the clock starts: a slow stdout is not part of the round trip.
+    say(&format!("> [{n}] sent {} bytes", msg.len()));
     let started = Instant::now();
     session.send(kind, msg.as_bytes())?;
-    say(&format!("> [{n}] sent {} bytes", msg.len()));
+    let deadline = started + reply_timeout;
     loop {
-        show_events(pos)?;
-        if let Some(reply) = session.recv(Duration::from_millis(100).min(reply_timeout))? {
-            say(&format!(
-                "< [{n}] reply in {:.1} ms: {}",
-                started.elapsed().as_secs_f64() * 1e3,
-                shown(&reply)
-            ));
-            return Ok(true);
+        // What the clients already hold first: poll(2) sees only the sockets.
+        if session.has_buffered() {
+            if let Some(reply) = session.recv(Duration::ZERO)? {
+                return Ok(replied(n, started, &reply));
+            }
         }
-        if started.elapsed() >= reply_timeout {
+        if pos.control().has_buffered() {
+            show_events(pos)?;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             say(&format!("! [{n}] no reply within {reply_timeout:?}"));
             return Ok(false);
         }
+        let ready = crate::client::ws::wait_readable(&[session, pos.control()], left)?;
+        if ready[1] {
+            show_events(pos)?;
+        }
+        if ready[0] {
+            // Readable now: a short read timeout only bounds a partial frame.
+            if let Some(reply) = session.recv(Duration::from_millis(1))? {
+                return Ok(replied(n, started, &reply));
+            }
+        }
     }
+}
+
+/// Prints a reply with its round trip (from before the send to its arrival).
+fn replied(n: usize, started: Instant, reply: &crate::client::ws::WsMessage) -> bool {
+    let rtt = started.elapsed();
+    say(&format!(
+        "< [{n}] reply in {:.3} ms: {}",
+        rtt.as_secs_f64() * 1e3,
+        shown(reply)
+    ));
+    true
 }
 
 /// One event as text.
@@ -519,9 +553,22 @@ pub fn describe_event(e: &ControlEvent) -> String {
             )
         }
         ControlEvent::Undelivered { tsn, frames, bytes } => {
-            format!("{frames} messages ({bytes} bytes) to {tsn} could not be delivered")
+            format!(
+                "{} ({}) to {tsn} could not be delivered",
+                plural(*frames, "message"),
+                plural(*bytes, "byte")
+            )
         }
         ControlEvent::Other(json) => json.clone(),
+    }
+}
+
+/// `1 message`, `2 messages`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -567,6 +614,13 @@ mod tests {
         assert_eq!(
             describe_event(&parse_event(&v)),
             "2 messages (9 bytes) to 1 could not be delivered"
+        );
+        let v: Value =
+            serde_json::from_str(r#"{"type":"undelivered","tsn":"1","frames":1,"bytes":1}"#)
+                .unwrap();
+        assert_eq!(
+            describe_event(&parse_event(&v)),
+            "1 message (1 byte) to 1 could not be delivered"
         );
     }
 }

@@ -10,7 +10,9 @@
 //! By concern: `relay.rs` (the process, provisioning, tokens), `http.rs` (HTTP answers,
 //! raw requests, credential encodings), `ws.rs` (WebSocket reads and writes),
 //! `device.rs` (§2, §3), `pos.rs` (§4, §5, a joined device and POS), `metrics.rs`,
-//! `faults.rs` (raw frames and the fault suite's health check), `util.rs`.
+//! `faults.rs` (raw frames and the fault suite's health check), `process.rs` (a
+//! `serve` started exactly as a test says: refused starts, broken stderr, limits),
+//! `util.rs`.
 #![allow(dead_code, unused_imports)]
 
 mod device;
@@ -18,6 +20,7 @@ mod faults;
 mod http;
 mod metrics;
 mod pos;
+mod process;
 mod relay;
 mod util;
 mod ws;
@@ -27,6 +30,7 @@ pub use faults::*;
 pub use http::*;
 pub use metrics::*;
 pub use pos::*;
+pub use process::*;
 pub use relay::*;
 pub use util::*;
 pub use ws::*;

@@ -2,7 +2,10 @@
 
 use rand::{CryptoRng, RngCore};
 
-use super::body::{self, ClientOut, DeviceList, DeviceListEntry, DeviceOut, DomainOut, StoreOut};
+use super::body::{
+    self, ClientList, ClientListEntry, ClientOut, DeviceList, DeviceListEntry, DeviceOut,
+    DomainList, DomainOut, StoreList, StoreOut,
+};
 use super::response::ErrorBody;
 use super::route::Route;
 use super::{AdminEffect, AdminError, AdminResponse, AdminToken, DevicePresence};
@@ -44,8 +47,10 @@ impl<S: Store> AdminApi<S> {
 
     /// Answers one admin request. `authorization` is the `Authorization` header, `body`
     /// the whole request body; `presence` tells which devices are online and claimed;
-    /// `rng` makes client ids and secrets. Every write is durable before this returns,
-    /// and a refused call changes nothing.
+    /// `rng` makes client ids and secrets; `now` (unix seconds) dates a rotated-out
+    /// secret's deadline. Every write is durable before this returns, and a refused
+    /// call changes nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle(
         &self,
         method: &str,
@@ -54,13 +59,15 @@ impl<S: Store> AdminApi<S> {
         body: &[u8],
         presence: &dyn DevicePresence,
         rng: &mut (impl RngCore + CryptoRng),
+        now: u64,
     ) -> AdminResponse {
-        match self.dispatch(method, path, authorization, body, presence, rng) {
+        match self.dispatch(method, path, authorization, body, presence, rng, now) {
             Ok(response) => response,
             Err(err) => error_response(&err),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
         method: &str,
@@ -69,6 +76,7 @@ impl<S: Store> AdminApi<S> {
         body: &[u8],
         presence: &dyn DevicePresence,
         rng: &mut (impl RngCore + CryptoRng),
+        now: u64,
     ) -> Result<AdminResponse, AdminError> {
         // The token first: without it, not even which paths exist is told.
         self.token.check_header(authorization)?;
@@ -78,10 +86,18 @@ impl<S: Store> AdminApi<S> {
         // RFC 9110 §9.1: method names are case-sensitive.
         match (&route, method) {
             (Route::Domains, "POST") => self.create_domain(body),
+            (Route::Domains, "GET") => self.list_domains(),
+            (Route::Domain { domain }, "DELETE") => self.delete_domain(domain),
+            (Route::Stores { domain }, "GET") => self.list_stores(domain),
+            (Route::Store { domain, store }, "DELETE") => self.delete_store(domain, store),
+            (Route::Clients { domain }, "GET") => self.list_clients(domain),
             (Route::Stores { domain }, "POST") => self.create_store(domain, body),
             (Route::Clients { domain }, "POST") => self.create_client(domain, body, rng),
             (Route::Client { domain, client_id }, "DELETE") => {
                 self.delete_client(domain, client_id)
+            }
+            (Route::ClientSecret { domain, client_id }, "POST") => {
+                self.rotate_secret(domain, client_id, body, rng, now)
             }
             (Route::Devices { domain }, "POST") => self.create_device(domain, body),
             (Route::Devices { domain }, "GET") => self.list_devices(domain, presence),
@@ -101,6 +117,66 @@ impl<S: Store> AdminApi<S> {
             201,
             &DomainOut {
                 domain: domain.as_str(),
+            },
+        ))
+    }
+
+    fn list_domains(&self) -> Result<AdminResponse, AdminError> {
+        let domains = self.store.list_domains()?;
+        Ok(AdminResponse::json(
+            200,
+            &DomainList {
+                domains: domains.iter().map(DomainName::as_str).collect(),
+            },
+        ))
+    }
+
+    fn delete_domain(&self, domain: &str) -> Result<AdminResponse, AdminError> {
+        self.store.delete_domain(&path_domain(domain)?)?;
+        Ok(AdminResponse::no_content())
+    }
+
+    fn list_stores(&self, domain: &str) -> Result<AdminResponse, AdminError> {
+        let stores = self.store.list_stores(&path_domain(domain)?)?;
+        Ok(AdminResponse::json(
+            200,
+            &StoreList {
+                stores: stores
+                    .iter()
+                    .map(|r| StoreOut {
+                        store: r.store.as_str(),
+                        merchant: r.merchant.as_str(),
+                    })
+                    .collect(),
+            },
+        ))
+    }
+
+    fn delete_store(&self, domain: &str, store: &str) -> Result<AdminResponse, AdminError> {
+        let domain = path_domain(domain)?;
+        let name = StoreName::new(store).map_err(|_| StoreError::UnknownStore {
+            domain: domain.to_string(),
+            store: store.chars().take(64).collect(),
+        })?;
+        self.store.delete_store(&domain, &name)?;
+        Ok(AdminResponse::no_content())
+    }
+
+    fn list_clients(&self, domain: &str) -> Result<AdminResponse, AdminError> {
+        let clients = self.store.list_clients(&path_domain(domain)?)?;
+        Ok(AdminResponse::json(
+            200,
+            &ClientList {
+                clients: clients
+                    .iter()
+                    .map(|c| ClientListEntry {
+                        client_id: c.client_id.as_str(),
+                        store: match &c.scope {
+                            Scope::Store(s) => Some(s.as_str()),
+                            Scope::Domain => None,
+                        },
+                    })
+                    .collect(),
             },
         ))
     }
@@ -141,6 +217,7 @@ impl<S: Store> AdminApi<S> {
             client_id: client_id.clone(),
             scope,
             secret_hash,
+            previous_secret: None,
         })?;
         Ok(AdminResponse::json(
             201,
@@ -149,6 +226,44 @@ impl<S: Store> AdminApi<S> {
                 client_secret: secret.expose(),
             },
         ))
+    }
+
+    fn rotate_secret(
+        &self,
+        domain: &str,
+        client_id: &str,
+        body: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+        now: u64,
+    ) -> Result<AdminResponse, AdminError> {
+        let req: body::Rotation = if body.iter().all(u8::is_ascii_whitespace) {
+            body::Rotation::default()
+        } else {
+            body::parse(body, r#"{"grace_seconds":86400} or {} for a day"#)?
+        };
+        let domain = path_domain(domain)?;
+        let unknown = || StoreError::UnknownClient {
+            domain: domain.to_string(),
+            client_id: client_id.chars().take(64).collect(),
+        };
+        let client_id = ClientId::new(client_id).map_err(|_| unknown())?;
+        let grace = req.grace_seconds.unwrap_or(body::DEFAULT_GRACE_SECONDS);
+        let (_, secret, secret_hash) = new_client_credentials(&self.hasher, rng);
+        let valid_until = now.saturating_add(grace);
+        self.store
+            .rotate_client_secret(&domain, &client_id, &secret_hash, valid_until)?;
+        Ok(AdminResponse::json(
+            200,
+            &body::RotatedOut {
+                client_id: client_id.as_str(),
+                client_secret: secret.expose(),
+                previous_secret_valid_until: valid_until,
+            },
+        )
+        .with_effect(AdminEffect::ClientSecretRotated(ClientKey {
+            domain,
+            client_id,
+        })))
     }
 
     fn delete_client(&self, domain: &str, client_id: &str) -> Result<AdminResponse, AdminError> {
@@ -360,6 +475,7 @@ mod tests {
     use rand::SeedableRng;
 
     const AUTH: Option<&str> = Some("Bearer admintoken");
+    const NOW: u64 = 1_700_000_000;
 
     struct Admin {
         api: AdminApi<MemStore>,
@@ -386,6 +502,7 @@ mod tests {
                 body.as_bytes(),
                 &NoPresence,
                 &mut self.rng,
+                NOW,
             )
         }
 
@@ -523,6 +640,7 @@ mod tests {
                 br#"{"domain":"acme"}"#,
                 &NoPresence,
                 &mut a.rng,
+                NOW,
             );
             assert_eq!(r.status, 401, "{auth:?}");
             assert_eq!(r.headers[0].0, "WWW-Authenticate");
@@ -531,7 +649,7 @@ mod tests {
         // Unknown paths are not revealed without the token either.
         let r = a
             .api
-            .handle("GET", "/nope", None, b"", &NoPresence, &mut a.rng);
+            .handle("GET", "/nope", None, b"", &NoPresence, &mut a.rng, NOW);
         assert_eq!(r.status, 401);
         assert!(!a
             .api
@@ -657,7 +775,10 @@ mod tests {
         let mut a = Admin::provisioned();
         let r = a.call("POST", "/admin/v1/domains", r#"{"domain":"acme"}"#);
         assert_eq!(r.status, 409);
-        assert!(error_of(&r).contains("exists already"));
+        assert_eq!(
+            error_of(&r),
+            "domain \"acme\" already exists: nothing was changed"
+        );
         let r = a.call(
             "POST",
             "/admin/v1/domains/acme/stores",
@@ -690,7 +811,7 @@ mod tests {
         assert_eq!(r.status, 404);
         let r = a.call("DELETE", "/admin/v1/domains", "");
         assert_eq!(r.status, 405);
-        assert_eq!(r.headers, vec![("Allow", "POST")]);
+        assert_eq!(r.headers, vec![("Allow", "GET, POST")]);
         let r = a.call("PUT", "/admin/v1/domains/acme/devices", "");
         assert_eq!(
             (r.status, r.headers.clone()),
@@ -737,6 +858,7 @@ mod tests {
             b"",
             &Live,
             &mut a.rng,
+            NOW,
         );
         assert_eq!(
             text(&r),
@@ -896,6 +1018,104 @@ mod tests {
         let r = a.call("PATCH", "/admin/v1/domains/acme/devices/9", "{}");
         assert_eq!(r.status, 400);
         assert!(error_of(&r).starts_with("nothing to change"));
+    }
+
+    #[test]
+    fn domains_stores_and_clients_are_listed_and_deleted_when_empty() {
+        let mut a = Admin::provisioned();
+        let r = a.call("GET", "/admin/v1/domains", "");
+        assert_eq!((r.status, text(&r)), (200, r#"{"domains":["acme"]}"#));
+        let r = a.call(
+            "POST",
+            "/admin/v1/domains/acme/clients",
+            r#"{"store":"s1"}"#,
+        );
+        assert_eq!(r.status, 201);
+        #[derive(serde::Deserialize)]
+        struct Created {
+            client_id: String,
+            client_secret: String,
+        }
+        let mut body = r.body.clone();
+        let created: Created = simd_json::serde::from_slice(&mut body).unwrap();
+        let r = a.call("GET", "/admin/v1/domains/acme/clients", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            text(&r),
+            format!(
+                r#"{{"clients":[{{"client_id":"{}","store":"s1"}}]}}"#,
+                created.client_id
+            )
+        );
+        assert!(!text(&r).contains(&created.client_secret));
+        assert!(!text(&r).contains("argon2"), "no hash either");
+        let r = a.call("GET", "/admin/v1/domains/acme/stores", "");
+        assert_eq!(text(&r), r#"{"stores":[{"store":"s1","merchant":"m1"}]}"#);
+        // The store still has a device and a client: refused, saying so.
+        let r = a.call("DELETE", "/admin/v1/domains/acme/stores/s1", "");
+        assert_eq!(r.status, 409);
+        assert_eq!(
+            error_of(&r),
+            r#"store "s1" in domain "acme" still has 1 client, 1 device: delete those first; nothing was deleted"#
+        );
+        let r = a.call("DELETE", "/admin/v1/domains/acme", "");
+        assert_eq!(r.status, 409);
+        // An empty domain goes.
+        a.call("POST", "/admin/v1/domains", r#"{"domain":"empty"}"#);
+        let r = a.call("DELETE", "/admin/v1/domains/empty", "");
+        assert_eq!((r.status, r.body.len()), (204, 0));
+        let r = a.call("DELETE", "/admin/v1/domains/empty", "");
+        assert_eq!(r.status, 404);
+        let r = a.call("DELETE", "/admin/v1/domains/acme/stores/nope", "");
+        assert_eq!(r.status, 404);
+    }
+
+    #[test]
+    fn a_rotated_secret_keeps_the_old_one_for_its_grace() {
+        let mut a = Admin::provisioned();
+        let r = a.call("POST", "/admin/v1/domains/acme/clients", "{}");
+        #[derive(serde::Deserialize)]
+        struct Created {
+            client_id: String,
+            client_secret: String,
+        }
+        let mut body = r.body.clone();
+        let old: Created = simd_json::serde::from_slice(&mut body).unwrap();
+        let path = format!("/admin/v1/domains/acme/clients/{}/secret", old.client_id);
+        let r = a.call("POST", &path, r#"{"grace_seconds":3600}"#);
+        assert_eq!(r.status, 200, "{}", text(&r));
+        #[derive(serde::Deserialize)]
+        struct Rotated {
+            client_id: String,
+            client_secret: String,
+            previous_secret_valid_until: u64,
+        }
+        let mut body = r.body.clone();
+        let new: Rotated = simd_json::serde::from_slice(&mut body).unwrap();
+        assert_eq!(new.client_id, old.client_id);
+        assert_ne!(new.client_secret, old.client_secret);
+        assert_eq!(new.previous_secret_valid_until, NOW + 3600);
+        let domain = DomainName::new("acme").unwrap();
+        let id = ClientId::new(old.client_id.as_str()).unwrap();
+        assert_eq!(
+            r.effect,
+            Some(AdminEffect::ClientSecretRotated(ClientKey {
+                domain: domain.clone(),
+                client_id: id.clone()
+            }))
+        );
+        let record = a.api.store().get_client(&domain, &id).unwrap().unwrap();
+        let hasher = &a.api.hasher;
+        assert!(hasher.verify_secret(&record.secret_hash, new.client_secret.as_bytes()));
+        let previous = record.previous_secret.unwrap();
+        assert!(hasher.verify_secret(&previous.hash, old.client_secret.as_bytes()));
+        // No body: a day's grace. Unknown client: 404. A bad body: 400.
+        let r = a.call("POST", &path, "");
+        assert_eq!(r.status, 200);
+        let r = a.call("POST", "/admin/v1/domains/acme/clients/nobody/secret", "{}");
+        assert_eq!(r.status, 404);
+        let r = a.call("POST", &path, r#"{"grace":"1h"}"#);
+        assert_eq!(r.status, 400);
     }
 
     #[test]

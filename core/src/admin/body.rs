@@ -106,6 +106,51 @@ pub(super) struct DeviceList<'a> {
     pub(super) devices: Vec<DeviceListEntry<'a>>,
 }
 
+/// A rotated-out secret stays good this long unless the call says otherwise: a day.
+pub(super) const DEFAULT_GRACE_SECONDS: u64 = 86_400;
+
+/// `POST …/clients/{id}/secret`: `{"grace_seconds":86400}` (or an empty body / `{}`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Rotation {
+    #[serde(default)]
+    pub(super) grace_seconds: Option<u64>,
+}
+
+/// A rotated secret: shown this once, with the old one's deadline.
+#[derive(Serialize)]
+pub(super) struct RotatedOut<'a> {
+    pub(super) client_id: &'a str,
+    pub(super) client_secret: &'a str,
+    pub(super) previous_secret_valid_until: u64,
+}
+
+/// `{"domains":[…]}`.
+#[derive(Serialize)]
+pub(super) struct DomainList<'a> {
+    pub(super) domains: Vec<&'a str>,
+}
+
+/// `{"stores":[{"store":…,"merchant":…}]}`.
+#[derive(Serialize)]
+pub(super) struct StoreList<'a> {
+    pub(super) stores: Vec<StoreOut<'a>>,
+}
+
+/// One client of the client list: never its secret, nor the secret's hash.
+#[derive(Serialize)]
+pub(super) struct ClientListEntry<'a> {
+    pub(super) client_id: &'a str,
+    /// The store it may claim terminals of; `null` for the whole domain.
+    pub(super) store: Option<&'a str>,
+}
+
+/// `{"clients":[…]}`.
+#[derive(Serialize)]
+pub(super) struct ClientList<'a> {
+    pub(super) clients: Vec<ClientListEntry<'a>>,
+}
+
 /// Decodes a request body as `T`; `expected` is an example quoted in the error.
 pub(super) fn parse<T: DeserializeOwned>(
     body: &[u8],

@@ -85,13 +85,15 @@ fn store_message(err: &StoreError) -> String {
         }
         StoreError::DuplicateDomain { .. }
         | StoreError::DuplicateStore { .. }
-        | StoreError::DuplicateDevice { .. } => "it exists already; nothing was changed",
+        | StoreError::DuplicateDevice { .. } => "nothing was changed",
         StoreError::DuplicateClient { .. } => "client id collision; nothing was changed, retry",
         StoreError::FingerprintPinned { .. } => {
             "a certificate identifies one device: remove it from that device first (PATCH its client_cert_sha256); nothing was changed"
         }
+        StoreError::NotEmpty { .. } => "delete those first; nothing was deleted",
         StoreError::InvalidName(_) => "fix the name",
         StoreError::SchemaTooNew { .. }
+        | StoreError::Insecure { .. }
         | StoreError::Corrupt { .. }
         | StoreError::Storage { .. } => {
             "nothing was changed; check the data directory and the relay's log"

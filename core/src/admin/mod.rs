@@ -5,6 +5,7 @@
 
 mod admin_token;
 mod api;
+mod audit;
 mod body;
 mod error;
 mod presence;
@@ -14,6 +15,7 @@ mod token_endpoint;
 
 pub use admin_token::AdminToken;
 pub use api::AdminApi;
+pub use audit::AdminAudit;
 pub use body::MAX_ADMIN_BODY;
 pub use error::AdminError;
 pub use presence::{DevicePresence, NoPresence, Presence};

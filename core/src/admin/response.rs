@@ -21,6 +21,9 @@ pub enum AdminEffect {
         /// The fingerprints no longer pinned to it.
         removed: Vec<CertFingerprint>,
     },
+    /// The client's secret was rotated: forget any remembered verification of it
+    /// (open connections and issued tokens stay).
+    ClientSecretRotated(ClientKey),
 }
 
 /// An HTTP answer of the admin API: status, extra headers, JSON body (empty for 204).

@@ -5,12 +5,18 @@
 pub(super) enum Route {
     /// `/admin/v1/domains`
     Domains,
+    /// `/admin/v1/domains/{domain}`
+    Domain { domain: String },
+    /// `/admin/v1/domains/{domain}/stores/{store}`
+    Store { domain: String, store: String },
     /// `/admin/v1/domains/{domain}/stores`
     Stores { domain: String },
     /// `/admin/v1/domains/{domain}/clients`
     Clients { domain: String },
     /// `/admin/v1/domains/{domain}/clients/{client_id}`
     Client { domain: String, client_id: String },
+    /// `/admin/v1/domains/{domain}/clients/{client_id}/secret`
+    ClientSecret { domain: String, client_id: String },
     /// `/admin/v1/domains/{domain}/devices`
     Devices { domain: String },
     /// `/admin/v1/domains/{domain}/devices/{tsn}`
@@ -37,6 +43,11 @@ impl Route {
         };
         let domain = seg(0)?;
         match (segments.len(), segments.get(1).copied()) {
+            (1, None) => Some(Route::Domain { domain }),
+            (3, Some("stores")) => Some(Route::Store {
+                domain,
+                store: seg(2)?,
+            }),
             (2, Some("stores")) => Some(Route::Stores { domain }),
             (2, Some("clients")) => Some(Route::Clients { domain }),
             (2, Some("devices")) => Some(Route::Devices { domain }),
@@ -44,6 +55,12 @@ impl Route {
                 domain,
                 client_id: seg(2)?,
             }),
+            (4, Some("clients")) if segments.get(3) == Some(&"secret") => {
+                Some(Route::ClientSecret {
+                    domain,
+                    client_id: seg(2)?,
+                })
+            }
             (3, Some("devices")) => Some(Route::Device {
                 domain,
                 tsn: seg(2)?,
@@ -55,8 +72,9 @@ impl Route {
     /// The methods this route serves, as an `Allow` header value.
     pub(super) fn allowed(&self) -> &'static str {
         match self {
-            Route::Domains | Route::Stores { .. } | Route::Clients { .. } => "POST",
-            Route::Client { .. } => "DELETE",
+            Route::Domains | Route::Stores { .. } | Route::Clients { .. } => "GET, POST",
+            Route::Domain { .. } | Route::Store { .. } | Route::Client { .. } => "DELETE",
+            Route::ClientSecret { .. } => "POST",
             Route::Devices { .. } => "GET, POST",
             Route::Device { .. } => "PATCH",
         }
@@ -90,6 +108,19 @@ mod tests {
     fn parses_every_admin_path() {
         assert_eq!(Route::parse("/admin/v1/domains"), Some(Route::Domains));
         assert_eq!(
+            Route::parse("/admin/v1/domains/acme"),
+            Some(Route::Domain {
+                domain: "acme".into()
+            })
+        );
+        assert_eq!(
+            Route::parse("/admin/v1/domains/acme/stores/s1"),
+            Some(Route::Store {
+                domain: "acme".into(),
+                store: "s1".into()
+            })
+        );
+        assert_eq!(
             Route::parse("/admin/v1/domains/acme/stores"),
             Some(Route::Stores {
                 domain: "acme".into()
@@ -117,10 +148,9 @@ mod tests {
             "/",
             "/admin/v1/domainsx",
             "/admin/v1/domains/",
-            "/admin/v1/domains/acme",
             "/admin/v1/domains/acme/",
             "/admin/v1/domains//stores",
-            "/admin/v1/domains/acme/stores/s1",
+            "/admin/v1/domains/acme/stores/s1/x",
             "/admin/v1/domains/acme/devices/1/x",
             "/admin/v1/domains/acme/devices/%zz",
             "/admin/v1/domains/acme/devices/%e",

@@ -109,6 +109,7 @@ impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
             store: self.store,
             hasher: self.hasher,
             cache: self.cache,
+            unix_now: now,
         };
         let result = parse_request(request)
             .map_err(Failure::Request)
@@ -292,6 +293,7 @@ mod tests {
             }
             Ok(())
         }
+        fn succeeded(&self, _client_id: &str) {}
         fn failed(&self, client_id: Option<&str>) {
             self.failures
                 .borrow_mut()
@@ -327,6 +329,7 @@ mod tests {
                 client_id: client_id.clone(),
                 scope: Scope::Store(StoreName::new("s1").unwrap()),
                 secret_hash,
+                previous_secret: None,
             })
             .unwrap();
         World {

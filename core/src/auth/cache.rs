@@ -114,6 +114,7 @@ mod tests {
                 "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
             )
             .unwrap(),
+            previous_secret: None,
         }
     }
 

@@ -90,6 +90,9 @@ pub trait LoginAttempts {
     fn check(&self, client_id: Option<&str>) -> Result<(), LoginThrottled>;
     /// Records a failed login by `client_id` (when one was presented).
     fn failed(&self, client_id: Option<&str>);
+    /// Records a successful login by `client_id` (its address is known to the client from
+    /// then on: the per-client ceiling spares it).
+    fn succeeded(&self, client_id: &str);
 }
 
 /// Which domain the client must belong to.
@@ -174,6 +177,8 @@ pub struct ClientLogin<'a, S: Store + ?Sized> {
     pub hasher: &'a SecretHasher,
     /// Recently verified secrets (see [`CredentialCache`]); successes only.
     pub cache: Option<&'a CredentialCache>,
+    /// Unix seconds now: a rotated client's previous secret is good until its deadline.
+    pub unix_now: u64,
 }
 
 // The cache keeps no Debug of its own (it holds verified secrets' MACs): say only whether
@@ -206,7 +211,10 @@ impl<S: Store + ?Sized> ClientLogin<'_, S> {
             None => None,
         };
         match verified {
-            Some(client) => Ok(client),
+            Some(client) => {
+                attempts.succeeded(client.client_id.as_str());
+                Ok(client)
+            }
             None => {
                 attempts.failed(client_id);
                 Err(LoginError::InvalidClient)
@@ -270,9 +278,16 @@ impl<S: Store + ?Sized> ClientLogin<'_, S> {
             &domain_name,
             &presented.client_id,
             &presented.secret,
+            self.unix_now,
         ) {
             Ok(client) => {
-                if let Some(cache) = self.cache {
+                // During a rotation's grace the cache could keep the old secret past its
+                // deadline: verify in full until the grace ends.
+                let rotating = client
+                    .previous_secret
+                    .as_ref()
+                    .is_some_and(|p| p.valid_at(self.unix_now));
+                if let (Some(cache), false) = (self.cache, rotating) {
                     cache.remember(&client, &presented.secret, now);
                 }
                 Ok(Some(client))
@@ -326,6 +341,7 @@ mod tests {
             }
             Ok(())
         }
+        fn succeeded(&self, _client_id: &str) {}
         fn failed(&self, client_id: Option<&str>) {
             self.failures
                 .borrow_mut()
@@ -356,6 +372,7 @@ mod tests {
             client_id,
             scope: Scope::Domain,
             secret_hash,
+            previous_secret: None,
         };
         store.create_client(&client).expect("client");
         World {
@@ -373,6 +390,7 @@ mod tests {
                 store: &self.store,
                 hasher: &self.hasher,
                 cache: cache.then_some(&self.cache),
+                unix_now: 0,
             }
         }
 

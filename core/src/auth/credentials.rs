@@ -15,12 +15,16 @@ use crate::tenancy::SecretHash;
 /// secret all answer [`AuthError::InvalidClient`] (PROTOCOL.md §1: "so a domain cannot be
 /// probed") and cost the same time: when there is no stored hash to check against, the
 /// candidate is verified against the hasher's dummy hash of the same cost.
+///
+/// After a rotation the previous secret is good too until its deadline (`now`, unix
+/// seconds); the current one is checked first.
 pub fn verify_client<S: Store + ?Sized>(
     store: &S,
     hasher: &SecretHasher,
     domain: &str,
     client_id: &str,
     secret: &ClientSecret,
+    now: u64,
 ) -> Result<ClientRecord, AuthError> {
     let record = match (DomainName::new(domain), ClientId::new(client_id)) {
         (Ok(domain), Ok(client_id)) => store.get_client(&domain, &client_id)?,
@@ -30,7 +34,12 @@ pub fn verify_client<S: Store + ?Sized>(
         Some(record) => &record.secret_hash,
         None => hasher.dummy_hash(),
     };
-    let secret_ok = hasher.verify_secret(hash, secret.expose().as_bytes());
+    let secret_ok = hasher.verify_secret(hash, secret.expose().as_bytes())
+        || record
+            .as_ref()
+            .and_then(|r| r.previous_secret.as_ref())
+            .filter(|p| p.valid_at(now))
+            .is_some_and(|p| hasher.verify_secret(&p.hash, secret.expose().as_bytes()));
     match record {
         Some(record) if secret_ok => Ok(record),
         _ => Err(AuthError::InvalidClient),
@@ -70,15 +79,43 @@ mod tests {
             client_id,
             scope: Scope::Domain,
             secret_hash,
+            previous_secret: None,
         };
         store.create_client(&record).unwrap();
         (store, hasher, record, secret)
     }
 
     #[test]
+    fn a_rotated_out_secret_is_good_until_its_deadline_only() {
+        let (store, hasher, record, old) = setup();
+        let mut rng = StdRng::seed_from_u64(8);
+        let (_, new, new_hash) = new_client_credentials(&hasher, &mut rng);
+        store
+            .rotate_client_secret(&record.domain, &record.client_id, &new_hash, 100)
+            .unwrap();
+        let id = record.client_id.as_str();
+        for (secret, now, ok) in [
+            (&new, 50, true),
+            (&old, 99, true),
+            (&old, 100, false),
+            (&new, 1_000, true),
+        ] {
+            let got = verify_client(&store, &hasher, "acme", id, secret, now);
+            assert_eq!(got.is_ok(), ok, "now {now}");
+        }
+    }
+
+    #[test]
     fn right_secret_gives_the_client() {
         let (store, hasher, record, secret) = setup();
-        let got = verify_client(&store, &hasher, "acme", record.client_id.as_str(), &secret);
+        let got = verify_client(
+            &store,
+            &hasher,
+            "acme",
+            record.client_id.as_str(),
+            &secret,
+            0,
+        );
         assert_eq!(got, Ok(record));
     }
 
@@ -86,7 +123,7 @@ mod tests {
     fn unknown_client_pays_a_full_argon2_verification() {
         let (store, hasher, _record, secret) = setup();
         assert!(!hasher.dummy_built());
-        let got = verify_client(&store, &hasher, "acme", "nobody", &secret);
+        let got = verify_client(&store, &hasher, "acme", "nobody", &secret, 0);
         assert_eq!(got, Err(AuthError::InvalidClient));
         // The only way to build the dummy is to verify against it.
         assert!(hasher.dummy_built());
@@ -105,7 +142,7 @@ mod tests {
             ("acme", "bad id!", &secret),
         ] {
             assert_eq!(
-                verify_client(&store, &hasher, domain, client, secret),
+                verify_client(&store, &hasher, domain, client, secret, 0),
                 Err(AuthError::InvalidClient),
                 "{domain} {client}"
             );

@@ -122,6 +122,7 @@ mod tests {
             client_id: ClientId::new("c").unwrap(),
             scope,
             secret_hash: SecretHasher::new(HashCost::TEST_ONLY).dummy_hash().clone(),
+            previous_secret: None,
         }
     }
 

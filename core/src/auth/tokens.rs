@@ -394,6 +394,7 @@ mod tests {
             client_id: ClientId::new("pos1").unwrap(),
             scope: Scope::Store(StoreName::new("s1").unwrap()),
             secret_hash: SecretHasher::new(HashCost::TEST_ONLY).dummy_hash().clone(),
+            previous_secret: None,
         };
         store.create_client(&pos).unwrap();
         World {

@@ -41,7 +41,7 @@ use crate::ids::{ClientId, DomainName, Serial, StoreName};
 use crate::store::kv_layout::{self, KvKey, MetaKey};
 use crate::store::replica::{KvChange, Replica};
 use crate::store::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
-use crate::tenancy::Scope;
+use crate::tenancy::{CertFingerprint, Scope, SecretHash};
 
 /// Where the tenancy lives in JetStream.
 #[derive(Debug, Clone)]
@@ -413,6 +413,23 @@ fn bridge_timeout(bridge: &BridgeHandle) -> Duration {
         .unwrap_or(Duration::from_secs(5))
 }
 
+fn unknown_device(domain: &DomainName, serial: &Serial) -> StoreError {
+    StoreError::UnknownDevice {
+        domain: domain.to_string(),
+        serial: serial.to_string(),
+    }
+}
+
+/// "2 stores, 1 device": what still belongs to something that is to be deleted.
+fn holdings(counts: &[(usize, &str)]) -> String {
+    counts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, noun)| crate::store::plural(*n, noun))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn unknown_domain(domain: &DomainName) -> StoreError {
     StoreError::UnknownDomain {
         domain: domain.to_string(),
@@ -537,6 +554,61 @@ async fn watch(kv: kv::Store, shared: Arc<Shared>, mut stop: tokio::sync::onesho
     }
 }
 
+impl JetStreamStore {
+    /// Claims the `pin.<fp>` record of each fingerprint in `pins` that the device does not
+    /// already have (`held`) for the device: a create, or a fenced overwrite of a stale
+    /// record; `FingerprintPinned` when another device lists it. The first step of every
+    /// write that gives a device pins (§2a: one device per fingerprint, across nodes).
+    fn claim_pins(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        pins: &[CertFingerprint],
+        held: &[CertFingerprint],
+    ) -> Result<(), StoreError> {
+        for (position, fp) in pins.iter().enumerate() {
+            if held.contains(fp) {
+                continue;
+            }
+            let value = kv_layout::encode_pin(domain, serial)?;
+            self.conditional(|r| {
+                let key = KvKey::Pin(*fp);
+                match r.pin(fp) {
+                    Some(((d, s), _)) if d == domain && s == serial => Plan::Answer(Ok(())),
+                    Some(((d, s), rev)) => match r.device(d, s) {
+                        Some((holder, _)) if holder.is_pinned(fp) => {
+                            Plan::Answer(Err(StoreError::FingerprintPinned {
+                                position,
+                                domain: d.to_string(),
+                                serial: s.to_string(),
+                            }))
+                        }
+                        // A stale record: the fingerprint is free.
+                        _ => Plan::Write {
+                            key,
+                            value: Some(value.clone()),
+                            expected: rev,
+                            then: (),
+                        },
+                    },
+                    None => match r.revision(&key).expected_for_create() {
+                        Some(expected) => Plan::Write {
+                            key,
+                            value: Some(value.clone()),
+                            expected,
+                            then: (),
+                        },
+                        None => Plan::Answer(Err(StoreError::Unavailable {
+                            reason: "the pin index changed meanwhile; retry".into(),
+                        })),
+                    },
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
 impl Store for JetStreamStore {
     fn create_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
         let d = domain.clone();
@@ -624,6 +696,20 @@ impl Store for JetStreamStore {
 
     fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {
         let value = kv_layout::encode_device(record)?;
+        if !record.client_cert_sha256.is_empty() {
+            if self.get_device(&record.domain, &record.serial)?.is_some() {
+                return Err(StoreError::DuplicateDevice {
+                    domain: record.domain.to_string(),
+                    serial: record.serial.to_string(),
+                });
+            }
+            self.claim_pins(
+                &record.domain,
+                &record.serial,
+                &record.client_cert_sha256,
+                &[],
+            )?;
+        }
         let key = KvKey::Device(record.domain.clone(), record.serial.clone());
         let mut create = self.create(key, value, || StoreError::DuplicateDevice {
             domain: record.domain.to_string(),
@@ -684,6 +770,209 @@ impl Store for JetStreamStore {
             .read()
             .list_devices(domain)
             .ok_or_else(|| unknown_domain(domain))
+    }
+
+    fn set_device_pins(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        pins: &[CertFingerprint],
+    ) -> Result<DeviceRecord, StoreError> {
+        // One KV write per key: each new fingerprint is first claimed with its own
+        // `pin.<fp>` record (a create, or a fenced overwrite of a stale one), which is what
+        // keeps a fingerprint on one device across nodes; then the device record; then
+        // the records of the fingerprints it no longer has are deleted. A crash in between
+        // leaves at most a pin record that names a device not listing the fingerprint:
+        // lookups and later pins treat such a record as free.
+        if !self.domain_exists(domain)? {
+            return Err(unknown_domain(domain));
+        }
+        let current = self
+            .get_device(domain, serial)?
+            .ok_or_else(|| unknown_device(domain, serial))?;
+        self.claim_pins(domain, serial, pins, &current.client_cert_sha256)?;
+        let updated = self.conditional(|r| {
+            if !r.domain_exists(domain) {
+                return Plan::Answer(Err(unknown_domain(domain)));
+            }
+            let Some((device, revision)) = r.device(domain, serial) else {
+                return Plan::Answer(Err(unknown_device(domain, serial)));
+            };
+            let updated = DeviceRecord {
+                client_cert_sha256: pins.to_vec(),
+                ..device.clone()
+            };
+            match kv_layout::encode_device(&updated) {
+                Ok(value) => Plan::Write {
+                    key: KvKey::Device(domain.clone(), serial.clone()),
+                    value: Some(value),
+                    expected: revision,
+                    then: updated,
+                },
+                Err(e) => Plan::Answer(Err(e)),
+            }
+        })?;
+        for fp in current
+            .client_cert_sha256
+            .iter()
+            .filter(|fp| !pins.contains(fp))
+        {
+            let removed = self.conditional(|r| match r.pin(fp) {
+                Some(((d, s), rev)) if d == domain && s == serial => Plan::Write {
+                    key: KvKey::Pin(*fp),
+                    value: None,
+                    expected: rev,
+                    then: (),
+                },
+                _ => Plan::Answer(Ok(())),
+            });
+            if let Err(e) = removed {
+                // Harmless (a stale record is treated as free); say so for the operator.
+                tracing::warn!(error = %e, "cannot delete the index record of a removed pin");
+            }
+        }
+        Ok(updated)
+    }
+
+    fn find_device_by_fingerprint(
+        &self,
+        fingerprint: &CertFingerprint,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let r = self.shared.read();
+        Ok(r.pin(fingerprint)
+            .and_then(|((d, s), _)| r.device(d, s))
+            .map(|(device, _)| device)
+            .filter(|device| device.is_pinned(fingerprint))
+            .cloned())
+    }
+
+    fn list_domains(&self) -> Result<Vec<DomainName>, StoreError> {
+        Ok(self.shared.read().domains())
+    }
+
+    fn delete_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+        self.conditional(|r| {
+            if !r.domain_exists(domain) {
+                return Plan::Answer(Err(unknown_domain(domain)));
+            }
+            let holds = holdings(&[
+                (r.stores_of(domain).len(), "store"),
+                (r.clients_of(domain).len(), "client"),
+                (r.devices_of(domain).count(), "device"),
+            ]);
+            if !holds.is_empty() {
+                return Plan::Answer(Err(StoreError::NotEmpty {
+                    what: format!("domain {:?}", domain.as_str()),
+                    holds,
+                }));
+            }
+            let key = KvKey::Domain(domain.clone());
+            match r.revision(&key) {
+                crate::store::replica::KeyRevision::Live(expected) => Plan::Write {
+                    key,
+                    value: None,
+                    expected,
+                    then: (),
+                },
+                _ => Plan::Answer(Err(unknown_domain(domain))),
+            }
+        })
+    }
+
+    fn list_stores(&self, domain: &DomainName) -> Result<Vec<StoreRecord>, StoreError> {
+        let r = self.shared.read();
+        if !r.domain_exists(domain) {
+            return Err(unknown_domain(domain));
+        }
+        Ok(r.stores_of(domain))
+    }
+
+    fn delete_store(&self, domain: &DomainName, store: &StoreName) -> Result<(), StoreError> {
+        self.conditional(|r| {
+            if let Err(e) = need_store(r, domain, store) {
+                return Plan::Answer(Err(e));
+            }
+            let scope = Scope::Store(store.clone());
+            let holds = holdings(&[
+                (
+                    r.clients_of(domain)
+                        .iter()
+                        .filter(|c| c.scope == scope)
+                        .count(),
+                    "client",
+                ),
+                (
+                    r.devices_of(domain).filter(|d| d.store == *store).count(),
+                    "device",
+                ),
+            ]);
+            if !holds.is_empty() {
+                return Plan::Answer(Err(StoreError::NotEmpty {
+                    what: format!("store {:?} in domain {:?}", store.as_str(), domain.as_str()),
+                    holds,
+                }));
+            }
+            let key = KvKey::Store(domain.clone(), store.clone());
+            match r.revision(&key) {
+                crate::store::replica::KeyRevision::Live(expected) => Plan::Write {
+                    key,
+                    value: None,
+                    expected,
+                    then: (),
+                },
+                _ => Plan::Answer(Err(StoreError::UnknownStore {
+                    domain: domain.to_string(),
+                    store: store.to_string(),
+                })),
+            }
+        })
+    }
+
+    fn list_clients(&self, domain: &DomainName) -> Result<Vec<ClientRecord>, StoreError> {
+        let r = self.shared.read();
+        if !r.domain_exists(domain) {
+            return Err(unknown_domain(domain));
+        }
+        Ok(r.clients_of(domain))
+    }
+
+    fn rotate_client_secret(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        new: &SecretHash,
+        old_valid_until: u64,
+    ) -> Result<ClientRecord, StoreError> {
+        self.conditional(|r| {
+            if !r.domain_exists(domain) {
+                return Plan::Answer(Err(unknown_domain(domain)));
+            }
+            match r.client(client_id) {
+                Some((client, revision)) if client.domain == *domain => {
+                    let updated = ClientRecord {
+                        secret_hash: new.clone(),
+                        previous_secret: Some(crate::tenancy::PreviousSecret {
+                            hash: client.secret_hash.clone(),
+                            valid_until: old_valid_until,
+                        }),
+                        ..client.clone()
+                    };
+                    match kv_layout::encode_client(&updated) {
+                        Ok(value) => Plan::Write {
+                            key: KvKey::Client(client_id.clone()),
+                            value: Some(value),
+                            expected: revision,
+                            then: updated,
+                        },
+                        Err(e) => Plan::Answer(Err(e)),
+                    }
+                }
+                _ => Plan::Answer(Err(StoreError::UnknownClient {
+                    domain: domain.to_string(),
+                    client_id: client_id.to_string(),
+                })),
+            }
+        })
     }
 
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {

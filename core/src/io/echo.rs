@@ -24,7 +24,8 @@ pub struct EchoConfig {
 
 /// Serves echo on every shard until the process is stopped. `on_ready` gets the bound address.
 pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
-    let [addr] = resolve_ports([config.listen])?;
+    let [addr] = resolve_ports([config.listen])
+        .map_err(|e| std::io::Error::new(e.source.kind(), e.explain("--listen")))?;
     let limits = config.limits;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let shards = config.runtime.shards.max(1);

@@ -22,6 +22,37 @@ impl Counter {
     }
 }
 
+/// Log lines dropped because they could not be written (process-wide: the log writer
+/// is the binary's, the relay only reports the count).
+static LOG_WRITE_FAILURES: Counter = Counter(AtomicU64::new(0));
+
+/// Counts `lines` log lines that could not be written (stderr closed, full, or too
+/// slow to keep up): the log writer drops them rather than wait or fail.
+pub fn log_write_failed(lines: u64) {
+    LOG_WRITE_FAILURES.0.fetch_add(lines, Ordering::Relaxed);
+}
+
+/// Log lines dropped so far ([`log_write_failed`]).
+pub fn log_write_failures() -> u64 {
+    LOG_WRITE_FAILURES.get()
+}
+
+/// What `posrelay_build_info` reports: version, commit, build date (set once by the
+/// binary, which knows them).
+static BUILD_INFO: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+
+/// Records the build the relay runs (`--version`): exposed as `posrelay_build_info`.
+pub fn set_build_info(version: &str, commit: &str, build_date: &str) {
+    let _ = BUILD_INFO.set([version.to_owned(), commit.to_owned(), build_date.to_owned()]);
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Every counter the relay exposes.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -43,6 +74,8 @@ pub struct Metrics {
     pub admin_calls: Counter,
     /// Admin API calls refused for a missing or wrong admin token.
     pub admin_unauthorized: Counter,
+    /// The served TLS certificate's `notAfter` (unix seconds); 0 without TLS.
+    pub tls_not_after: AtomicU64,
 }
 
 impl Metrics {
@@ -95,6 +128,34 @@ impl Metrics {
             "Admin API calls answered.",
             &[("", self.admin_calls.get())],
         );
+        counter(
+            "posrelay_log_write_failures_total",
+            "Log lines dropped because they could not be written (stderr closed, full or not read fast enough).",
+            &[("", log_write_failures())],
+        );
+        let not_after = self.tls_not_after.load(Ordering::Relaxed);
+        if not_after > 0 {
+            let _ = writeln!(out, "# HELP posrelay_tls_certificate_expiry_timestamp_seconds When the TLS certificate served now expires (its notAfter, unix seconds).");
+            let _ = writeln!(
+                out,
+                "# TYPE posrelay_tls_certificate_expiry_timestamp_seconds gauge"
+            );
+            let _ = writeln!(
+                out,
+                "posrelay_tls_certificate_expiry_timestamp_seconds {not_after}"
+            );
+        }
+        if let Some([version, commit, date]) = BUILD_INFO.get() {
+            let _ = writeln!(out, "# HELP posrelay_build_info The running build: version, commit and build date (always 1).");
+            let _ = writeln!(out, "# TYPE posrelay_build_info gauge");
+            let _ = writeln!(
+                out,
+                "posrelay_build_info{{version=\"{}\",commit=\"{}\",build_date=\"{}\"}} 1",
+                label_value(version),
+                label_value(commit),
+                label_value(date)
+            );
+        }
         out
     }
 }
@@ -186,5 +247,24 @@ mod tests {
             "# TYPE posrelay_tokens_issued_total counter\nposrelay_tokens_issued_total 2\n"
         ));
         assert!(text.contains("posrelay_auth_failures_total{reason=\"invalid_client\"} 1\n"));
+    }
+
+    #[test]
+    fn build_info_is_a_gauge_with_escaped_labels() {
+        set_build_info("0.1.0", "abc\"def", "2026-12-02");
+        let text = Metrics::default().render();
+        assert!(
+            text.contains("posrelay_build_info{version=\"0.1.0\",commit=\"abc\\\"def\",build_date=\"2026-12-02\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failed_log_writes_are_counted_process_wide() {
+        let before = log_write_failures();
+        log_write_failed(3);
+        assert!(log_write_failures() >= before + 3);
+        let text = Metrics::default().render();
+        assert!(text.contains("# TYPE posrelay_log_write_failures_total counter\n"));
     }
 }

@@ -7,6 +7,7 @@
 //! `README.md` beside this file walks one connection through its stages (accepted,
 //! routed, upgraded, open, closing) and names the file of each.
 
+pub mod cert_expiry;
 pub mod driver;
 pub mod echo;
 pub mod http;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClientRecord, DeviceRecord, StoreError, StoreRecord};
 use crate::ids::{ClientId, DeviceModelName, DomainName, Serial, StoreName};
-use crate::tenancy::{CertFingerprint, ScopeJson, SecretHash};
+use crate::tenancy::{CertFingerprint, PreviousSecret, ScopeJson, SecretHash};
 
 /// `stores` value: `{"merchant":"m1"}`.
 #[derive(Serialize, Deserialize)]
@@ -17,11 +17,40 @@ struct StoreValue {
     merchant: String,
 }
 
-/// `clients` value: `{"scope":{"store":"s1"},"secret_hash":"$argon2id$…"}`.
+/// `clients` value: `{"scope":{"store":"s1"},"secret_hash":"$argon2id$…"}`, and after a
+/// rotation `"previous_secret":{"hash":"$argon2id$…","valid_until":1767225600}` (an
+/// optional field: files without it read as before, no migration).
 #[derive(Serialize, Deserialize)]
 struct ClientValue {
     scope: ScopeJson,
     secret_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_secret: Option<PreviousValue>,
+}
+
+/// A rotated-out secret in a `clients` value (the cluster's client values carry the same).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PreviousValue {
+    hash: String,
+    valid_until: u64,
+}
+
+impl PreviousValue {
+    /// The stored form of a client's previous secret.
+    pub(crate) fn of(previous: &Option<PreviousSecret>) -> Option<PreviousValue> {
+        previous.as_ref().map(|p| PreviousValue {
+            hash: p.hash.as_phc().to_owned(),
+            valid_until: p.valid_until,
+        })
+    }
+
+    /// Back to the record's form; `Err` names what is wrong with the hash.
+    pub(crate) fn into_previous(self) -> Result<PreviousSecret, String> {
+        Ok(PreviousSecret {
+            hash: SecretHash::from_phc(self.hash).map_err(|e| e.to_string())?,
+            valid_until: self.valid_until,
+        })
+    }
 }
 
 /// `devices` value: `{"make":"ingenico","model":"axium","store":"s1","enabled":true}`, plus
@@ -88,6 +117,7 @@ pub(super) fn encode_client(record: &ClientRecord) -> Result<Vec<u8>, StoreError
     to_json(&ClientValue {
         scope: record.scope.to_json(),
         secret_hash: record.secret_hash.as_phc().to_owned(),
+        previous_secret: PreviousValue::of(&record.previous_secret),
     })
 }
 
@@ -105,6 +135,11 @@ pub(super) fn decode_client(
         client_id: ClientId::new(client_id).map_err(bad)?,
         scope: value.scope.into_scope().map_err(bad)?,
         secret_hash: SecretHash::from_phc(value.secret_hash)
+            .map_err(|e| corrupt("clients", &key, e))?,
+        previous_secret: value
+            .previous_secret
+            .map(PreviousValue::into_previous)
+            .transpose()
             .map_err(|e| corrupt("clients", &key, e))?,
     })
 }

@@ -68,6 +68,14 @@ pub enum StoreError {
         /// The client id.
         client_id: String,
     },
+    /// A delete refused because something still belongs to what it would delete.
+    #[error("{what} still has {holds}")]
+    NotEmpty {
+        /// What the delete named: `domain "acme"`, `store "s1" in domain "acme"`.
+        what: String,
+        /// What belongs to it: `2 stores, 1 client`.
+        holds: String,
+    },
     /// A name does not follow the identifier rules.
     #[error(transparent)]
     InvalidName(#[from] IdError),
@@ -79,6 +87,15 @@ pub enum StoreError {
         found: u64,
         /// Newest version this build reads.
         supported: u64,
+    },
+    /// The database file may be read (or written) by other users: it holds the token
+    /// signing key, so whoever reads it can mint tokens. Refused before it is opened.
+    #[error("{path} may be read or written by other users (mode {mode:04o}), and it holds the token signing key: fix it with `chmod 600 {path}` (and `chmod 700` on its directory)")]
+    Insecure {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A stored value could not be decoded.
     #[error("corrupt {table} record {key:?}: {reason}")]
@@ -131,9 +148,11 @@ impl StoreError {
             | StoreError::DuplicateStore { .. }
             | StoreError::DuplicateDevice { .. }
             | StoreError::DuplicateClient { .. }
-            | StoreError::FingerprintPinned { .. } => 409,
+            | StoreError::FingerprintPinned { .. }
+            | StoreError::NotEmpty { .. } => 409,
             StoreError::InvalidName(_) => 400,
             StoreError::SchemaTooNew { .. }
+            | StoreError::Insecure { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Storage { .. } => 500,
             StoreError::Unavailable { .. } => 503,

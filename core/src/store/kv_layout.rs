@@ -11,6 +11,7 @@
 //! | `client.<client_id>` | `{"domain":"acme","scope":{…},"secret_hash":"$argon2id$…"}` |
 //! | `device.<domain>.<serial>` | `{"make":…,"model":…,"store":…,"enabled":…}` (as in redb) |
 //! | `meta.signing_key`, `meta.session_key` | 32 raw bytes |
+//! | `pin.<sha256 hex>` | `{"domain":"acme","serial":"12345678"}`: the device a client certificate is pinned to (PROTOCOL.md §2a: one device per fingerprint, across domains) |
 //!
 //! A client is keyed by its id alone: client ids are unique across domains (device
 //! registration names no domain, PROTOCOL.md §2), so the key *is* the cross-domain
@@ -24,6 +25,7 @@ use super::codec;
 use super::{ClientRecord, DeviceRecord, StoreError, StoreRecord};
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
 use crate::subject::{token, untoken};
+use crate::tenancy::CertFingerprint;
 use crate::tenancy::{ScopeJson, SecretHash};
 
 /// A key of the tenancy bucket.
@@ -39,6 +41,8 @@ pub enum KvKey {
     Device(DomainName, Serial),
     /// `meta.<name>`
     Meta(MetaKey),
+    /// `pin.<fingerprint>`: which device a client certificate is pinned to.
+    Pin(CertFingerprint),
 }
 
 /// The secrets the cluster shares.
@@ -72,6 +76,7 @@ impl KvKey {
                 format!("device.{}.{}", token(d.as_str()), token(serial.as_str()))
             }
             KvKey::Meta(m) => format!("meta.{}", m.name()),
+            KvKey::Pin(fp) => format!("pin.{}", fp.to_hex()),
         }
     }
 
@@ -92,6 +97,11 @@ impl KvKey {
                 (Some("client"), 2) => ClientId::new(name(1)).map(KvKey::Client),
                 (Some("device"), 3) => DomainName::new(name(1))
                     .and_then(|d| Ok(KvKey::Device(d, Serial::new(name(2))?))),
+                (Some("pin"), 2) => {
+                    return CertFingerprint::parse_hex(parts[1])
+                        .map(|fp| Some(KvKey::Pin(fp)))
+                        .map_err(|e| bad(e.to_string()))
+                }
                 (Some("meta"), 2) => {
                     return Ok(match parts[1] {
                         "signing_key" => Some(KvKey::Meta(MetaKey::SigningKey)),
@@ -99,7 +109,7 @@ impl KvKey {
                         _ => None,
                     })
                 }
-                (Some("domain" | "store" | "client" | "device"), n) => {
+                (Some("domain" | "store" | "client" | "device" | "pin"), n) => {
                     return Err(bad(format!("{n} tokens")))
                 }
                 _ => return Ok(None),
@@ -114,6 +124,8 @@ struct ClientValue {
     domain: String,
     scope: ScopeJson,
     secret_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_secret: Option<super::codec::PreviousValue>,
 }
 
 /// Encodes a client record as the cluster stores it.
@@ -122,6 +134,7 @@ pub(crate) fn encode_client(record: &ClientRecord) -> Result<Vec<u8>, StoreError
         domain: record.domain.as_str().to_owned(),
         scope: record.scope.to_json(),
         secret_hash: record.secret_hash.as_phc().to_owned(),
+        previous_secret: super::codec::PreviousValue::of(&record.previous_secret),
     })
     .map_err(StoreError::storage)
 }
@@ -148,6 +161,11 @@ pub(crate) fn decode_client(
             .into_scope()
             .map_err(|e| corrupt(e.to_string()))?,
         secret_hash: SecretHash::from_phc(value.secret_hash).map_err(|e| corrupt(e.to_string()))?,
+        previous_secret: value
+            .previous_secret
+            .map(super::codec::PreviousValue::into_previous)
+            .transpose()
+            .map_err(corrupt)?,
     })
 }
 
@@ -249,4 +267,39 @@ mod tests {
         assert_eq!(decode_key(MetaKey::SigningKey, &[7; 32]).unwrap(), [7; 32]);
         assert!(decode_key(MetaKey::SessionKey, &[7; 31]).is_err());
     }
+}
+
+/// `pin.<fingerprint>` value: the device it names.
+#[derive(Serialize, Deserialize)]
+struct PinValue {
+    domain: String,
+    serial: String,
+}
+
+/// Encodes the device a pin names.
+pub(crate) fn encode_pin(domain: &DomainName, serial: &Serial) -> Result<Vec<u8>, StoreError> {
+    simd_json::to_vec(&PinValue {
+        domain: domain.as_str().to_owned(),
+        serial: serial.as_str().to_owned(),
+    })
+    .map_err(StoreError::storage)
+}
+
+/// Decodes `pin.<fingerprint>`.
+pub(crate) fn decode_pin(
+    fingerprint: &CertFingerprint,
+    bytes: &[u8],
+) -> Result<(DomainName, Serial), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: "tenancy bucket",
+        key: KvKey::Pin(*fingerprint).to_key(),
+        reason,
+    };
+    let mut buf = bytes.to_vec();
+    let value: PinValue =
+        simd_json::serde::from_slice(&mut buf).map_err(|e| corrupt(e.to_string()))?;
+    Ok((
+        DomainName::new(value.domain).map_err(|e| corrupt(e.to_string()))?,
+        Serial::new(value.serial).map_err(|e| corrupt(e.to_string()))?,
+    ))
 }

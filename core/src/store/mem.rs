@@ -257,6 +257,115 @@ impl Store for MemStore {
             .cloned())
     }
 
+    fn list_domains(&self) -> Result<Vec<DomainName>, StoreError> {
+        Ok(self.lock().domains.iter().cloned().collect())
+    }
+
+    fn delete_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.need_domain(domain)?;
+        let count = |n: usize, noun: &str| (n > 0).then(|| super::plural(n, noun));
+        let holds: Vec<String> = [
+            count(
+                state.stores.keys().filter(|(d, _)| d == domain).count(),
+                "store",
+            ),
+            count(
+                state.clients.keys().filter(|(d, _)| d == domain).count(),
+                "client",
+            ),
+            count(
+                state.devices.keys().filter(|(d, _)| d == domain).count(),
+                "device",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !holds.is_empty() {
+            return Err(StoreError::NotEmpty {
+                what: format!("domain {:?}", domain.as_str()),
+                holds: holds.join(", "),
+            });
+        }
+        state.domains.remove(domain);
+        Ok(())
+    }
+
+    fn list_stores(&self, domain: &DomainName) -> Result<Vec<StoreRecord>, StoreError> {
+        let state = self.lock();
+        state.need_domain(domain)?;
+        Ok(state
+            .stores
+            .iter()
+            .filter(|((d, _), _)| d == domain)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn delete_store(&self, domain: &DomainName, store: &StoreName) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.need_store(domain, store)?;
+        let devices = state
+            .devices
+            .values()
+            .filter(|r| &r.domain == domain && &r.store == store)
+            .count();
+        let clients = state
+            .clients
+            .values()
+            .filter(|r| &r.domain == domain && r.scope == Scope::Store(store.clone()))
+            .count();
+        let count = |n: usize, noun: &str| (n > 0).then(|| super::plural(n, noun));
+        let holds: Vec<String> = [count(clients, "client"), count(devices, "device")]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !holds.is_empty() {
+            return Err(StoreError::NotEmpty {
+                what: format!("store {:?} in domain {:?}", store.as_str(), domain.as_str()),
+                holds: holds.join(", "),
+            });
+        }
+        state.stores.remove(&(domain.clone(), store.clone()));
+        Ok(())
+    }
+
+    fn list_clients(&self, domain: &DomainName) -> Result<Vec<ClientRecord>, StoreError> {
+        let state = self.lock();
+        state.need_domain(domain)?;
+        Ok(state
+            .clients
+            .iter()
+            .filter(|((d, _), _)| d == domain)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn rotate_client_secret(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        new: &crate::tenancy::SecretHash,
+        old_valid_until: u64,
+    ) -> Result<ClientRecord, StoreError> {
+        let mut state = self.lock();
+        state.need_domain(domain)?;
+        let record = state
+            .clients
+            .get_mut(&(domain.clone(), client_id.clone()))
+            .ok_or_else(|| StoreError::UnknownClient {
+                domain: domain.to_string(),
+                client_id: client_id.to_string(),
+            })?;
+        let old = std::mem::replace(&mut record.secret_hash, new.clone());
+        record.previous_secret = Some(crate::tenancy::PreviousSecret {
+            hash: old,
+            valid_until: old_valid_until,
+        });
+        Ok(record.clone())
+    }
+
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         Ok(*self.lock().signing_key.get_or_insert(fresh))
     }

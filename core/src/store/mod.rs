@@ -23,7 +23,7 @@ mod schema;
 pub use crate::tenancy::{ClientRecord, DeviceRecord, StoreRecord};
 pub use error::StoreError;
 pub use mem::MemStore;
-pub use redb_store::RedbStore;
+pub use redb_store::{create_private_dir, RedbStore, StoreState};
 pub use schema::SCHEMA_VERSION;
 
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
@@ -101,11 +101,48 @@ pub trait Store {
         &self,
         fingerprint: &CertFingerprint,
     ) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Every domain, ordered by name.
+    fn list_domains(&self) -> Result<Vec<DomainName>, StoreError>;
+
+    /// Deletes an empty domain. `UnknownDomain`; `NotEmpty` while it has stores,
+    /// clients or devices (delete those first: nothing is deleted by implication).
+    fn delete_domain(&self, domain: &DomainName) -> Result<(), StoreError>;
+
+    /// The domain's stores ordered by name. `UnknownDomain`.
+    fn list_stores(&self, domain: &DomainName) -> Result<Vec<StoreRecord>, StoreError>;
+
+    /// Deletes a store no device and no client belongs to. `UnknownDomain`,
+    /// `UnknownStore`; `NotEmpty` while a device or a store-scoped client names it.
+    fn delete_store(&self, domain: &DomainName, store: &StoreName) -> Result<(), StoreError>;
+
+    /// The domain's clients ordered by id (with their secret hashes). `UnknownDomain`.
+    fn list_clients(&self, domain: &DomainName) -> Result<Vec<ClientRecord>, StoreError>;
+
+    /// Replaces the client's secret hash with `new`, keeping the current one as its
+    /// previous secret, good until `old_valid_until` (unix seconds; an older previous
+    /// secret is dropped). Returns the client as now stored. `UnknownDomain`,
+    /// `UnknownClient`.
+    fn rotate_client_secret(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        new: &crate::tenancy::SecretHash,
+        old_valid_until: u64,
+    ) -> Result<ClientRecord, StoreError>;
 
     /// The token signing key: the stored one, or `fresh` (32 bytes from a CSPRNG, passed in
     /// by the caller) stored now and returned. It survives restarts so that access tokens
     /// stay valid until they expire (PROTOCOL.md §6).
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
+}
+
+/// `1 store`, `2 stores`: for [`StoreError::NotEmpty`].
+pub(crate) fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 macro_rules! forward_store {
@@ -152,6 +189,24 @@ macro_rules! forward_store {
             }
             fn find_device_by_fingerprint(&self, fingerprint: &CertFingerprint) -> Result<Option<DeviceRecord>, StoreError> {
                 (**self).find_device_by_fingerprint(fingerprint)
+            }
+            fn list_domains(&self) -> Result<Vec<DomainName>, StoreError> {
+                (**self).list_domains()
+            }
+            fn delete_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+                (**self).delete_domain(domain)
+            }
+            fn list_stores(&self, domain: &DomainName) -> Result<Vec<StoreRecord>, StoreError> {
+                (**self).list_stores(domain)
+            }
+            fn delete_store(&self, domain: &DomainName, store: &StoreName) -> Result<(), StoreError> {
+                (**self).delete_store(domain, store)
+            }
+            fn list_clients(&self, domain: &DomainName) -> Result<Vec<ClientRecord>, StoreError> {
+                (**self).list_clients(domain)
+            }
+            fn rotate_client_secret(&self, domain: &DomainName, client_id: &ClientId, new: &crate::tenancy::SecretHash, old_valid_until: u64) -> Result<ClientRecord, StoreError> {
+                (**self).rotate_client_secret(domain, client_id, new, old_valid_until)
             }
             fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
                 (**self).load_or_create_signing_key(fresh)
@@ -296,6 +351,7 @@ pub(crate) mod conformance {
                 "$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
             )
             .expect("a valid PHC string"),
+            previous_secret: None,
         }
     }
 
@@ -322,9 +378,138 @@ pub(crate) mod conformance {
         );
     }
 
+    /// Listing and deleting domains, stores and clients: a delete never takes
+    /// anything with it, and refuses while something still belongs to what it deletes.
+    fn check_listing_and_deleting(s: &dyn Store) {
+        let (a, b) = (d("zz-del-a"), d("zz-del-b"));
+        s.create_domain(&b).unwrap();
+        s.create_domain(&a).unwrap();
+        let names: Vec<String> = s
+            .list_domains()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        let (ia, ib) = (
+            names.iter().position(|n| n == "zz-del-a").unwrap(),
+            names.iter().position(|n| n == "zz-del-b").unwrap(),
+        );
+        assert!(ia < ib, "ordered by name: {names:?}");
+        s.create_store(&store_rec("zz-del-a", "s2")).unwrap();
+        s.create_store(&store_rec("zz-del-a", "s1")).unwrap();
+        let stores = s.list_stores(&a).unwrap();
+        assert_eq!(
+            stores,
+            vec![store_rec("zz-del-a", "s1"), store_rec("zz-del-a", "s2")]
+        );
+        assert_eq!(s.list_stores(&b).unwrap(), vec![]);
+        assert!(matches!(
+            s.list_stores(&d("ghost-l")),
+            Err(StoreError::UnknownDomain { .. })
+        ));
+        let scoped = client_rec(
+            "zz-del-a",
+            "zzc2",
+            Scope::Store(StoreName::new("s1").unwrap()),
+        );
+        let wide = client_rec("zz-del-a", "zzc1", Scope::Domain);
+        s.create_client(&scoped).unwrap();
+        s.create_client(&wide).unwrap();
+        assert_eq!(
+            s.list_clients(&a).unwrap(),
+            vec![wide.clone(), scoped.clone()]
+        );
+        assert_eq!(s.list_clients(&b).unwrap(), vec![]);
+        s.create_device(&device_rec("zz-del-a", "77", "s2"))
+            .unwrap();
+        // Something still belongs to it: refused, nothing changed.
+        let s1 = StoreName::new("s1").unwrap();
+        let s2 = StoreName::new("s2").unwrap();
+        let err = s.delete_store(&a, &s1).unwrap_err();
+        assert!(matches!(err, StoreError::NotEmpty { .. }), "{err:?}");
+        assert_eq!(err.status(), 409);
+        assert!(matches!(
+            s.delete_store(&a, &s2),
+            Err(StoreError::NotEmpty { .. })
+        ));
+        assert!(matches!(
+            s.delete_domain(&a),
+            Err(StoreError::NotEmpty { .. })
+        ));
+        assert_eq!(s.list_stores(&a).unwrap().len(), 2);
+        assert!(matches!(
+            s.delete_store(&a, &StoreName::new("s9").unwrap()),
+            Err(StoreError::UnknownStore { .. })
+        ));
+        // Emptied in order, each delete works.
+        s.delete_client(&a, &scoped.client_id).unwrap();
+        s.delete_store(&a, &s1).unwrap();
+        assert!(!s.store_exists(&a, &s1).unwrap());
+        assert!(matches!(
+            s.delete_domain(&a),
+            Err(StoreError::NotEmpty { .. })
+        ));
+        s.delete_client(&a, &wide.client_id).unwrap();
+        assert!(matches!(
+            s.delete_domain(&a),
+            Err(StoreError::NotEmpty { .. })
+        ));
+        // Devices have no delete yet: a domain with one stays.
+        s.delete_domain(&b).unwrap();
+        assert!(!s.domain_exists(&b).unwrap());
+        assert!(matches!(
+            s.delete_domain(&b),
+            Err(StoreError::UnknownDomain { .. })
+        ));
+        assert!(!s.list_domains().unwrap().contains(&b));
+    }
+
+    /// Rotation keeps the current hash as the previous one, with its deadline, once.
+    fn check_rotation(s: &dyn Store) {
+        let dom = d("zz-rot");
+        s.create_domain(&dom).unwrap();
+        let c = client_rec("zz-rot", "zzrot1", Scope::Domain);
+        s.create_client(&c).unwrap();
+        let second = crate::tenancy::SecretHash::from_phc(
+            "$argon2id$v=19$m=8,t=1,p=1$YW5vdGhlcnNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+        )
+        .unwrap();
+        let rotated = s
+            .rotate_client_secret(&dom, &c.client_id, &second, 1_000)
+            .unwrap();
+        assert_eq!(rotated.secret_hash, second);
+        let previous = rotated.previous_secret.clone().unwrap();
+        assert_eq!(
+            (previous.hash, previous.valid_until),
+            (c.secret_hash.clone(), 1_000)
+        );
+        assert_eq!(
+            s.get_client(&dom, &c.client_id).unwrap(),
+            Some(rotated.clone())
+        );
+        assert_eq!(s.find_client(&c.client_id).unwrap(), Some(rotated));
+        // Again: the previous is now the second hash; the first is gone.
+        let again = s
+            .rotate_client_secret(&dom, &c.client_id, &c.secret_hash, 2_000)
+            .unwrap();
+        assert_eq!(again.previous_secret.unwrap().hash, second);
+        assert!(matches!(
+            s.rotate_client_secret(&dom, &ClientId::new("nobody").unwrap(), &second, 1),
+            Err(StoreError::UnknownClient { .. })
+        ));
+        assert!(matches!(
+            s.rotate_client_secret(&d("ghost-r"), &c.client_id, &second, 1),
+            Err(StoreError::UnknownDomain { .. })
+        ));
+        s.delete_client(&dom, &c.client_id).unwrap();
+        s.delete_domain(&dom).unwrap();
+    }
+
     pub(crate) fn check(s: &dyn Store) {
         check_client_index(s);
         check_pins(s);
+        check_rotation(s);
+        check_listing_and_deleting(s);
         let acme = d("acme");
         assert!(!s.domain_exists(&acme).unwrap());
         assert!(matches!(

@@ -37,11 +37,15 @@ impl std::fmt::Debug for RedbStore {
 impl RedbStore {
     /// Opens (or creates) `<dir>/posrelay.redb`, creating `dir` if needed, and migrates
     /// it to [`schema::SCHEMA_VERSION`]. Refuses a file written by a newer schema.
+    ///
+    /// The file holds the token signing key (HS256: whoever reads it can mint tokens),
+    /// so a new directory is created 0700 and a new file 0600, and an existing file that
+    /// other users may read or write is refused ([`StoreError::Insecure`]) before it is
+    /// opened.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage {
-            reason: format!("cannot create data directory {}: {e}", dir.display()),
-        })?;
+        create_private_dir(dir)?;
         let path = dir.join(DB_FILE_NAME);
+        create_private_file(&path)?;
         let db = Database::create(&path).map_err(|e| StoreError::Storage {
             reason: format!("cannot open {}: {e}", path.display()),
         })?;
@@ -88,6 +92,162 @@ impl RedbStore {
         let txn = self.db.begin_read().map_err(StoreError::storage)?;
         f(&txn)
     }
+}
+
+/// What a data directory holds, learned without changing it (`posrelay check-config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreState {
+    /// No store yet: `serve` creates it.
+    Absent,
+    /// A running relay holds the file open (its permissions were checked).
+    InUse,
+    /// A store this build reads, at this schema version (older ones are migrated when
+    /// `serve` opens them).
+    Ready {
+        /// The version in the file.
+        schema_version: u64,
+    },
+}
+
+impl RedbStore {
+    /// Looks at `<dir>/posrelay.redb` without creating, migrating or writing anything:
+    /// whether it exists, whether other users may read it ([`StoreError::Insecure`]),
+    /// whether a relay holds it, and its schema version (a newer one is
+    /// [`StoreError::SchemaTooNew`]).
+    pub fn inspect(dir: &Path) -> Result<StoreState, StoreError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(DB_FILE_NAME);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoreState::Absent),
+            Err(e) => {
+                return Err(StoreError::Storage {
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })
+            }
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & SHARED_BITS != 0 {
+            return Err(StoreError::Insecure {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+        let db = match Database::open(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(StoreState::InUse),
+            Err(e) => {
+                return Err(StoreError::Storage {
+                    reason: format!("cannot open {}: {e}", path.display()),
+                })
+            }
+        };
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let version = match txn.open_table(META) {
+            Ok(meta) => match meta.get(schema::VERSION_KEY).map_err(StoreError::storage)? {
+                Some(raw) => {
+                    let bytes: [u8; 8] =
+                        raw.value().try_into().map_err(|_| StoreError::Corrupt {
+                            table: "meta",
+                            key: schema::VERSION_KEY.to_owned(),
+                            reason: "not 8 bytes".to_owned(),
+                        })?;
+                    u64::from_le_bytes(bytes)
+                }
+                None => 0,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(StoreError::storage(e)),
+        };
+        if version > schema::SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        Ok(StoreState::Ready {
+            schema_version: version,
+        })
+    }
+}
+
+/// Permission bits of group and others: none of them may be set on the store file.
+const SHARED_BITS: u32 = 0o077;
+
+/// Creates `dir` (and its parents) readable by the owner only, if it does not exist.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::Storage {
+            reason: format!(
+                "cannot create data directory {}: {e}{}",
+                dir.display(),
+                match e.kind() {
+                    std::io::ErrorKind::AlreadyExists =>
+                        ": a file of that name is in the way; remove it or choose another --data-dir",
+                    std::io::ErrorKind::PermissionDenied =>
+                        ": give the user posrelay runs as write access to its parent, or choose another --data-dir",
+                    _ => "",
+                }
+            ),
+        })
+}
+
+/// Creates the store file 0600 if it does not exist; refuses one other users may read
+/// or write, with the command that fixes it.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(StoreError::Storage {
+                reason: format!("cannot create {}: {e}", path.display()),
+            })
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|e| StoreError::Storage {
+        reason: format!("cannot read the permissions of {}: {e}", path.display()),
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & SHARED_BITS != 0 {
+        return Err(StoreError::Insecure {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// How many rows of `table` (keyed by (domain, name)) in `domain` satisfy `keep`
+/// (given the name and the encoded value).
+fn count_in(
+    txn: &WriteTransaction,
+    table: redb::TableDefinition<(&str, &str), &[u8]>,
+    domain: &str,
+    keep: impl Fn((&str, &[u8])) -> bool,
+) -> Result<usize, StoreError> {
+    let t = txn.open_table(table).map_err(StoreError::storage)?;
+    let mut n = 0;
+    for entry in t.range((domain, "")..).map_err(StoreError::storage)? {
+        let (key, value) = entry.map_err(StoreError::storage)?;
+        let (key_domain, name) = key.value();
+        if key_domain != domain {
+            break;
+        }
+        if keep((name, value.value())) {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn unknown_domain(domain: &DomainName) -> StoreError {
@@ -389,6 +549,171 @@ impl Store for RedbStore {
         })
     }
 
+    fn list_domains(&self) -> Result<Vec<DomainName>, StoreError> {
+        self.read(|txn| {
+            let domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            let mut out = Vec::new();
+            for entry in domains.iter().map_err(StoreError::storage)? {
+                let (key, _) = entry.map_err(StoreError::storage)?;
+                let name = key.value();
+                out.push(DomainName::new(name).map_err(|e| StoreError::Corrupt {
+                    table: "domains",
+                    key: name.to_owned(),
+                    reason: e.to_string(),
+                })?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+        self.write(|txn| {
+            need_domain(txn, domain)?;
+            let d = domain.as_str();
+            let count = |n: usize, noun: &str| (n > 0).then(|| super::plural(n, noun));
+            let stores = count_in(txn, STORES, d, |_| true)?;
+            let clients = count_in(txn, CLIENTS, d, |_| true)?;
+            let devices = count_in(txn, DEVICES, d, |_| true)?;
+            let holds: Vec<String> = [
+                count(stores, "store"),
+                count(clients, "client"),
+                count(devices, "device"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !holds.is_empty() {
+                return Err(StoreError::NotEmpty {
+                    what: format!("domain {d:?}"),
+                    holds: holds.join(", "),
+                });
+            }
+            let mut domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            domains.remove(d).map_err(StoreError::storage)?;
+            Ok(())
+        })
+    }
+
+    fn list_stores(&self, domain: &DomainName) -> Result<Vec<StoreRecord>, StoreError> {
+        self.read(|txn| {
+            let domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            if domains
+                .get(domain.as_str())
+                .map_err(StoreError::storage)?
+                .is_none()
+            {
+                return Err(unknown_domain(domain));
+            }
+            let stores = txn.open_table(STORES).map_err(StoreError::storage)?;
+            let mut out = Vec::new();
+            for entry in stores
+                .range((domain.as_str(), "")..)
+                .map_err(StoreError::storage)?
+            {
+                let (key, value) = entry.map_err(StoreError::storage)?;
+                let (key_domain, store) = key.value();
+                if key_domain != domain.as_str() {
+                    break;
+                }
+                out.push(codec::decode_store(key_domain, store, value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_store(&self, domain: &DomainName, store: &StoreName) -> Result<(), StoreError> {
+        self.write(|txn| {
+            need_store(txn, domain, store)?;
+            let d = domain.as_str();
+            let devices = count_in(txn, DEVICES, d, |(serial, value)| {
+                codec::decode_device(d, serial, value).is_ok_and(|r| &r.store == store)
+            })?;
+            let clients = count_in(txn, CLIENTS, d, |(id, value)| {
+                codec::decode_client(d, id, value)
+                    .is_ok_and(|r| r.scope == Scope::Store(store.clone()))
+            })?;
+            let count = |n: usize, noun: &str| (n > 0).then(|| super::plural(n, noun));
+            let holds: Vec<String> = [count(clients, "client"), count(devices, "device")]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !holds.is_empty() {
+                return Err(StoreError::NotEmpty {
+                    what: format!("store {:?} in domain {d:?}", store.as_str()),
+                    holds: holds.join(", "),
+                });
+            }
+            let mut stores = txn.open_table(STORES).map_err(StoreError::storage)?;
+            stores
+                .remove((d, store.as_str()))
+                .map_err(StoreError::storage)?;
+            Ok(())
+        })
+    }
+
+    fn list_clients(&self, domain: &DomainName) -> Result<Vec<ClientRecord>, StoreError> {
+        self.read(|txn| {
+            let domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
+            if domains
+                .get(domain.as_str())
+                .map_err(StoreError::storage)?
+                .is_none()
+            {
+                return Err(unknown_domain(domain));
+            }
+            let clients = txn.open_table(CLIENTS).map_err(StoreError::storage)?;
+            let mut out = Vec::new();
+            for entry in clients
+                .range((domain.as_str(), "")..)
+                .map_err(StoreError::storage)?
+            {
+                let (key, value) = entry.map_err(StoreError::storage)?;
+                let (key_domain, id) = key.value();
+                if key_domain != domain.as_str() {
+                    break;
+                }
+                out.push(codec::decode_client(key_domain, id, value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn rotate_client_secret(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        new: &crate::tenancy::SecretHash,
+        old_valid_until: u64,
+    ) -> Result<ClientRecord, StoreError> {
+        self.write(|txn| {
+            need_domain(txn, domain)?;
+            let mut clients = txn.open_table(CLIENTS).map_err(StoreError::storage)?;
+            let key = (domain.as_str(), client_id.as_str());
+            let current = match clients.get(key).map_err(StoreError::storage)? {
+                Some(v) => codec::decode_client(domain.as_str(), client_id.as_str(), v.value())?,
+                None => {
+                    return Err(StoreError::UnknownClient {
+                        domain: domain.to_string(),
+                        client_id: client_id.to_string(),
+                    })
+                }
+            };
+            let rotated = ClientRecord {
+                secret_hash: new.clone(),
+                previous_secret: Some(crate::tenancy::PreviousSecret {
+                    hash: current.secret_hash.clone(),
+                    valid_until: old_valid_until,
+                }),
+                ..current
+            };
+            let value = codec::encode_client(&rotated)?;
+            clients
+                .insert(key, value.as_slice())
+                .map_err(StoreError::storage)?;
+            Ok(rotated)
+        })
+    }
+
     fn list_devices(&self, domain: &DomainName) -> Result<Vec<DeviceRecord>, StoreError> {
         self.read(|txn| {
             let domains = txn.open_table(DOMAINS).map_err(StoreError::storage)?;
@@ -534,6 +859,56 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    #[test]
+    fn a_new_data_directory_and_store_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new("private");
+        let data = dir.0.join("nested").join("data");
+        let store = RedbStore::open(&data).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        drop(store);
+        // Reopening keeps it private and works.
+        let store = RedbStore::open(&data).unwrap();
+        assert_eq!(mode(store.path()), 0o600);
+    }
+
+    #[test]
+    fn inspecting_a_data_directory_changes_nothing() {
+        let dir = TempDir::new("inspect");
+        assert_eq!(RedbStore::inspect(&dir.0).unwrap(), StoreState::Absent);
+        assert!(!dir.0.exists(), "inspect creates nothing");
+        let store = RedbStore::open(&dir.0).unwrap();
+        assert_eq!(RedbStore::inspect(&dir.0).unwrap(), StoreState::InUse);
+        drop(store);
+        assert_eq!(
+            RedbStore::inspect(&dir.0).unwrap(),
+            StoreState::Ready {
+                schema_version: SCHEMA_VERSION
+            }
+        );
+    }
+
+    #[test]
+    fn a_store_other_users_can_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new("insecure");
+        let path = RedbStore::open(&dir.0).unwrap().path().to_owned();
+        for bad in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
+            let err = RedbStore::open(&dir.0).unwrap_err();
+            assert!(matches!(err, StoreError::Insecure { mode, .. } if mode == bad));
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(RedbStore::open(&dir.0).is_ok());
     }
 
     #[test]
@@ -701,9 +1076,20 @@ mod tests {
         );
     }
 
+    /// The store file's path, created empty and private (as a build of any version
+    /// would leave it now) for a test to fill with an older layout.
     fn dir_file(dir: &TempDir) -> PathBuf {
+        use std::os::unix::fs::OpenOptionsExt as _;
         std::fs::create_dir_all(&dir.0).unwrap();
-        dir.0.join(DB_FILE_NAME)
+        let path = dir.0.join(DB_FILE_NAME);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        path
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use super::kv_layout::{self, KvKey, MetaKey};
 use super::{ClientRecord, DeviceRecord, StoreError, StoreRecord};
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
+use crate::tenancy::CertFingerprint;
 
 /// One change the bucket's watch delivered.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +60,7 @@ pub struct Replica {
     clients: BTreeMap<ClientId, (ClientRecord, u64)>,
     devices: BTreeMap<(DomainName, Serial), (DeviceRecord, u64)>,
     meta: BTreeMap<MetaKey, (Vec<u8>, u64)>,
+    pins: BTreeMap<CertFingerprint, ((DomainName, Serial), u64)>,
     deleted: BTreeMap<KvKey, u64>,
     applied: u64,
 }
@@ -114,6 +116,10 @@ impl Replica {
             KvKey::Meta(meta) => {
                 self.meta.insert(meta, (bytes.to_vec(), rev));
             }
+            KvKey::Pin(fp) => {
+                let device = kv_layout::decode_pin(&fp, bytes)?;
+                self.pins.insert(fp, (device, rev));
+            }
         }
         Ok(())
     }
@@ -135,6 +141,9 @@ impl Replica {
             KvKey::Meta(m) => {
                 self.meta.remove(m);
             }
+            KvKey::Pin(fp) => {
+                self.pins.remove(fp);
+            }
         }
     }
 
@@ -146,12 +155,53 @@ impl Replica {
             KvKey::Client(id) => self.clients.get(id).map(|v| v.1),
             KvKey::Device(d, s) => self.devices.get(&(d.clone(), s.clone())).map(|v| v.1),
             KvKey::Meta(m) => self.meta.get(m).map(|v| v.1),
+            KvKey::Pin(fp) => self.pins.get(fp).map(|v| v.1),
         };
         match (live, self.deleted.get(key)) {
             (Some(revision), _) => KeyRevision::Live(revision),
             (None, Some(revision)) => KeyRevision::Deleted(*revision),
             (None, None) => KeyRevision::Absent,
         }
+    }
+
+    /// Every domain, ordered by name.
+    pub fn domains(&self) -> Vec<DomainName> {
+        self.domains.keys().cloned().collect()
+    }
+
+    /// The domain's stores, ordered by name.
+    pub fn stores_of(&self, domain: &DomainName) -> Vec<StoreRecord> {
+        self.stores
+            .iter()
+            .filter(|((d, _), _)| d == domain)
+            .map(|(_, (r, _))| r.clone())
+            .collect()
+    }
+
+    /// The domain's clients, ordered by id.
+    pub fn clients_of(&self, domain: &DomainName) -> Vec<ClientRecord> {
+        self.clients
+            .values()
+            .filter(|(r, _)| r.domain == *domain)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// The devices of the domain (all of them, or those of one store).
+    pub fn devices_of<'a>(
+        &'a self,
+        domain: &'a DomainName,
+    ) -> impl Iterator<Item = &'a DeviceRecord> + 'a {
+        self.devices
+            .iter()
+            .filter(move |((d, _), _)| d == domain)
+            .map(|(_, (r, _))| r)
+    }
+
+    /// The device a pin record names, with the pin's revision (the record may be stale:
+    /// check that the device still lists the fingerprint).
+    pub fn pin(&self, fp: &CertFingerprint) -> Option<(&(DomainName, Serial), u64)> {
+        self.pins.get(fp).map(|(d, rev)| (d, *rev))
     }
 
     /// Whether the domain exists.

@@ -12,7 +12,7 @@ mod scope;
 mod secret_hash;
 
 pub use fingerprint::{CertFingerprint, FingerprintError};
-pub use record::{ClientRecord, DeviceRecord, StoreRecord};
+pub use record::{ClientRecord, DeviceRecord, PreviousSecret, StoreRecord};
 pub use scope::Scope;
 pub(crate) use scope::ScopeJson;
 pub use secret_hash::SecretHash;

@@ -27,6 +27,25 @@ pub struct ClientRecord {
     pub scope: Scope,
     /// argon2id PHC hash of the secret (the secret itself is never stored).
     pub secret_hash: SecretHash,
+    /// After a rotation: the secret it replaced, still good until its deadline, so
+    /// that terminals and POS can move to the new one without an outage.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A rotated-out secret's hash and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// argon2id PHC hash of the old secret.
+    pub hash: SecretHash,
+    /// Unix seconds: the old secret is refused from then on.
+    pub valid_until: u64,
+}
+
+impl PreviousSecret {
+    /// Whether the old secret is still good at `now` (unix seconds).
+    pub fn valid_at(&self, now: u64) -> bool {
+        now < self.valid_until
+    }
 }
 
 impl ClientRecord {

@@ -6,7 +6,7 @@
 
 use super::reply::refuse_unreadable;
 use super::shard::ShardCtx;
-use crate::admin::{AdminEffect, DevicePresence, NoPresence, Presence};
+use crate::admin::{AdminAudit, AdminEffect, DevicePresence, NoPresence, Presence};
 use crate::coord::Answer;
 use crate::handshake::{http_response, json_error, HttpStatus, RequestHead};
 use crate::ids::{ClientId, DeviceKey, DomainName, Serial};
@@ -33,6 +33,7 @@ impl DevicePresence for Snapshot {
 
 /// Serves requests on an admin connection (keep-alive) until the client closes.
 pub(crate) async fn serve_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
     let mut transport = Transport::Plain(stream);
     let mut rbuf = BytesMut::with_capacity(1024);
     let limits = RequestLimits {
@@ -56,7 +57,7 @@ pub(crate) async fn serve_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
             .get("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))
             || request.head.version_minor == 0;
-        let answer = admin_request(&ctx, &request.head, &request.body).await;
+        let answer = admin_request(&ctx, &request.head, &request.body, peer).await;
         if transport.write_all_vectored(&[&answer]).await.is_err() {
             return;
         }
@@ -67,12 +68,38 @@ pub(crate) async fn serve_connection(ctx: Rc<ShardCtx>, stream: TcpStream) {
     }
 }
 
-async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> Vec<u8> {
+/// The audit line of an admin call (who, what, result; never a body or a secret).
+fn audit(peer: Option<std::net::SocketAddr>, method: &str, path: &str, status: u16) {
+    let a = AdminAudit::of(method, path, status);
+    tracing::info!(
+        peer = %peer.map_or("-".to_owned(), |p| p.ip().to_string()),
+        authenticated = a.authenticated,
+        action = a.action,
+        target = %a.target,
+        status = a.status,
+        "admin call"
+    );
+}
+
+async fn admin_request(
+    ctx: &Rc<ShardCtx>,
+    head: &RequestHead,
+    body: &Bytes,
+    peer: Option<std::net::SocketAddr>,
+) -> Vec<u8> {
     let method = head.method.as_str();
     let keep = [("Connection", "keep-alive")];
     match (method, head.path.as_str()) {
         ("GET", "/healthz") => {
             return http_response(HttpStatus::OK, &keep, Some("text/plain"), b"ok\n");
+        }
+        // Browsers ask for it beside /demo/: nothing to show, and no admin token needed.
+        ("GET", "/favicon.ico") => {
+            let headers = [
+                ("Connection", "keep-alive"),
+                ("Cache-Control", "max-age=86400"),
+            ];
+            return http_response(HttpStatus::NO_CONTENT, &headers, None, b"");
         }
         ("GET", "/demo") | ("GET", "/demo/") | ("GET", "/demo/index.html") => {
             // The browser POS (PROTOCOL.md §7: bearer token as a subprotocol).
@@ -100,6 +127,7 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
     ctx.shared.metrics.admin_calls.inc();
     let Some(api) = ctx.shared.admin.as_ref() else {
         ctx.shared.metrics.admin_unauthorized.inc();
+        audit(peer, method, &head.path, 401);
         return json_error(
             HttpStatus::UNAUTHORIZED,
             &[("WWW-Authenticate", "Bearer realm=\"posrelay-admin\"")],
@@ -136,6 +164,7 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
                     &body,
                     presence,
                     &mut rand::rngs::OsRng,
+                    super::unix_now(),
                 )
             })
         })
@@ -147,6 +176,7 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
     if response.status == 401 {
         ctx.shared.metrics.admin_unauthorized.inc();
     }
+    audit(peer, method, &head.path, response.status);
     if response.status >= 500 {
         tracing::error!(status = response.status, method, path = %head.path, "admin call failed");
     }
@@ -156,6 +186,9 @@ async fn admin_request(ctx: &Rc<ShardCtx>, head: &RequestHead, body: &Bytes) -> 
                 .borrow_mut()
                 .handle_device_disabled(device.clone(), Instant::now());
             ctx.drive();
+        }
+        Some(AdminEffect::ClientSecretRotated(client)) => {
+            ctx.shared.credentials.forget(&client.client_id);
         }
         Some(AdminEffect::ClientDeleted(client)) => {
             ctx.shared.credentials.forget(&client.client_id);

@@ -3,6 +3,12 @@
 //! a default (see `posrelay serve --help`), refuses with an HTTP status that says when to
 //! retry, and is counted in `/metrics`.
 //!
+//! Failed logins are counted per client id *and* source address, per address, and per
+//! client id over all addresses. A client id is not a secret (a store's terminals and
+//! POS share one), so one misconfigured terminal only locks out its own address; the
+//! per-client count has only a high ceiling, against guessing from many addresses, and
+//! even beyond it an address that logged in as that client in the last day goes on.
+//!
 //! The counters are shared by the shards (atomics, and two small mutex-guarded maps);
 //! they are touched when connections open, authenticate and close, never per frame.
 
@@ -17,6 +23,10 @@ use std::time::{Duration, Instant};
 /// The window failed logins are counted in.
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
+/// How long a successful login keeps its (client id, address) exempt from the
+/// per-client ceiling.
+pub const KNOWN_ADDRESS_FOR: Duration = Duration::from_secs(24 * 3600);
+
 /// Beyond this many tracked keys, expired windows are swept (bounded memory under a
 /// flood of made-up client ids).
 const MAX_TRACKED: usize = 100_000;
@@ -30,10 +40,13 @@ pub struct AdmissionLimits {
     pub max_unauthenticated: usize,
     /// POS connections (control channels and sessions) per client.
     pub max_per_client: usize,
-    /// Failed logins per client id per [`LOGIN_WINDOW`].
+    /// Failed logins per client id from one source address per [`LOGIN_WINDOW`].
     pub failed_logins_per_client: u32,
-    /// Failed logins per source address per [`LOGIN_WINDOW`].
+    /// Failed logins per source address (any client id) per [`LOGIN_WINDOW`].
     pub failed_logins_per_address: u32,
+    /// Failed logins per client id from all addresses together per [`LOGIN_WINDOW`]:
+    /// beyond, only addresses that logged in as that client before may try.
+    pub failed_logins_per_client_total: u32,
 }
 
 impl Default for AdmissionLimits {
@@ -44,6 +57,7 @@ impl Default for AdmissionLimits {
             max_per_client: 8_192,
             failed_logins_per_client: 10,
             failed_logins_per_address: 30,
+            failed_logins_per_client_total: 1_000,
         }
     }
 }
@@ -57,19 +71,24 @@ pub enum Refusal {
     MaxUnauthenticated,
     /// `--max-connections-per-client`.
     MaxPerClient,
-    /// `--failed-logins-per-client`; retry after the duration.
+    /// `--failed-logins-per-client` (this client id from this address); retry after
+    /// the duration.
     LoginRateClient(Duration),
     /// `--failed-logins-per-address`; retry after the duration.
     LoginRateAddress(Duration),
+    /// `--failed-logins-per-client-total`, from an address that has not logged in as
+    /// this client recently; retry after the duration.
+    LoginRateClientTotal(Duration),
 }
 
 impl Refusal {
-    const ALL: [&'static str; 5] = [
+    const ALL: [&'static str; 6] = [
         "max_connections",
         "max_unauthenticated",
         "max_per_client",
         "login_rate_client",
         "login_rate_address",
+        "login_rate_client_total",
     ];
 
     fn index(self) -> usize {
@@ -79,14 +98,22 @@ impl Refusal {
             Refusal::MaxPerClient => 2,
             Refusal::LoginRateClient(_) => 3,
             Refusal::LoginRateAddress(_) => 4,
+            Refusal::LoginRateClientTotal(_) => 5,
         }
+    }
+
+    /// The metric label (`posrelay_refused_total{reason}`), also used in logs.
+    pub fn reason(self) -> &'static str {
+        Self::ALL[self.index()]
     }
 
     /// Seconds the client should wait (`Retry-After`).
     pub fn retry_after_secs(self) -> u64 {
         match self {
             // Rounded up: a client that waits exactly this long must find the window over.
-            Refusal::LoginRateClient(d) | Refusal::LoginRateAddress(d) => {
+            Refusal::LoginRateClient(d)
+            | Refusal::LoginRateAddress(d)
+            | Refusal::LoginRateClientTotal(d) => {
                 (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
             }
             _ => 1,
@@ -100,10 +127,58 @@ struct Window {
     failures: u32,
 }
 
+impl Window {
+    /// How long `limit` failures in this window still refuse, if they do.
+    fn blocks(&self, limit: u32, now: Instant) -> Option<Duration> {
+        let age = now.saturating_duration_since(self.started);
+        (age < LOGIN_WINDOW && self.failures >= limit).then(|| LOGIN_WINDOW - age)
+    }
+
+    /// Counts one failure (starting a new window if the last one is over); returns
+    /// whether this failure reached `limit`.
+    fn bump(&mut self, limit: u32, now: Instant) -> bool {
+        if now.saturating_duration_since(self.started) >= LOGIN_WINDOW {
+            *self = Window {
+                started: now,
+                failures: 0,
+            };
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.failures == limit
+    }
+}
+
 #[derive(Debug, Default)]
 struct LoginFailures {
-    clients: HashMap<String, Window>,
+    /// (client id, address): `--failed-logins-per-client`.
+    pairs: HashMap<(String, IpAddr), Window>,
+    /// Address: `--failed-logins-per-address`.
     addresses: HashMap<IpAddr, Window>,
+    /// Client id over all addresses: `--failed-logins-per-client-total`.
+    clients: HashMap<String, Window>,
+    /// Last successful login of a (client id, address).
+    known: HashMap<(String, IpAddr), Instant>,
+}
+
+/// Counts a failure under `key` in `map`, bounded by [`MAX_TRACKED`]; whether it
+/// reached `limit` (the moment the key locks).
+fn bump_in<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, Window>,
+    key: &K,
+    limit: u32,
+    now: Instant,
+) -> bool {
+    if map.len() >= MAX_TRACKED && !map.contains_key(key) {
+        map.retain(|_, w| now.saturating_duration_since(w.started) < LOGIN_WINDOW);
+        if map.len() >= MAX_TRACKED {
+            return false;
+        }
+    }
+    let w = map.entry(key.clone()).or_insert(Window {
+        started: now,
+        failures: 0,
+    });
+    w.bump(limit, now)
 }
 
 /// The shared admission state.
@@ -114,7 +189,7 @@ pub struct Admission {
     unauthenticated: AtomicUsize,
     per_client: Mutex<HashMap<ClientKey, usize>>,
     failures: Mutex<LoginFailures>,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; 6],
 }
 
 /// One open connection (released on drop).
@@ -182,62 +257,98 @@ impl Admission {
         now: Instant,
     ) -> Result<(), Refusal> {
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let blocked = |w: Option<&Window>, limit: u32| -> Option<Duration> {
-            let w = w?;
-            let age = now.saturating_duration_since(w.started);
-            (age < LOGIN_WINDOW && w.failures >= limit).then(|| LOGIN_WINDOW - age)
+        let limits = &self.limits;
+        let refusal = if let Some(wait) = client_id
+            .and_then(|id| failures.pairs.get(&(id.to_owned(), addr)))
+            .and_then(|w| w.blocks(limits.failed_logins_per_client, now))
+        {
+            Some(Refusal::LoginRateClient(wait))
+        } else if let Some(wait) = failures
+            .addresses
+            .get(&addr)
+            .and_then(|w| w.blocks(limits.failed_logins_per_address, now))
+        {
+            Some(Refusal::LoginRateAddress(wait))
+        } else {
+            client_id.and_then(|id| {
+                let wait = failures
+                    .clients
+                    .get(id)?
+                    .blocks(limits.failed_logins_per_client_total, now)?;
+                let known = failures
+                    .known
+                    .get(&(id.to_owned(), addr))
+                    .is_some_and(|t| now.saturating_duration_since(*t) < KNOWN_ADDRESS_FOR);
+                (!known).then_some(Refusal::LoginRateClientTotal(wait))
+            })
         };
-        if let Some(wait) = client_id.and_then(|id| {
-            blocked(
-                failures.clients.get(id),
-                self.limits.failed_logins_per_client,
-            )
-        }) {
-            drop(failures);
-            return Err(self.refuse(Refusal::LoginRateClient(wait)));
+        drop(failures);
+        match refusal {
+            Some(why) => Err(self.refuse(why)),
+            None => Ok(()),
         }
-        if let Some(wait) = blocked(
-            failures.addresses.get(&addr),
-            self.limits.failed_logins_per_address,
-        ) {
-            drop(failures);
-            return Err(self.refuse(Refusal::LoginRateAddress(wait)));
-        }
-        Ok(())
     }
 
-    /// Records a failed login.
+    /// Records a failed login, and logs the moment a limit locks (once per window).
     pub fn login_failed(&self, client_id: Option<&str>, addr: IpAddr, now: Instant) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let bump = |w: &mut Window| {
-            if now.saturating_duration_since(w.started) >= LOGIN_WINDOW {
-                *w = Window {
-                    started: now,
-                    failures: 0,
-                };
-            }
-            w.failures = w.failures.saturating_add(1);
-        };
-        let fresh = Window {
-            started: now,
-            failures: 0,
-        };
+        let limits = self.limits;
+        let window = LOGIN_WINDOW.as_secs();
         if let Some(id) = client_id {
-            if failures.clients.len() >= MAX_TRACKED {
-                failures
-                    .clients
-                    .retain(|_, w| now.saturating_duration_since(w.started) < LOGIN_WINDOW);
+            let pair = (id.to_owned(), addr);
+            if bump_in(
+                &mut failures.pairs,
+                &pair,
+                limits.failed_logins_per_client,
+                now,
+            ) {
+                tracing::warn!(
+                    client_id = id,
+                    peer = %addr,
+                    failures = limits.failed_logins_per_client,
+                    window_secs = window,
+                    "login lockout: this client id from this address is refused until the window ends (--failed-logins-per-client)"
+                );
             }
-            if failures.clients.len() < MAX_TRACKED || failures.clients.contains_key(id) {
-                bump(failures.clients.entry(id.to_owned()).or_insert(fresh));
+            let total = limits.failed_logins_per_client_total;
+            if bump_in(&mut failures.clients, &id.to_owned(), total, now) {
+                tracing::warn!(
+                    client_id = id,
+                    failures = total,
+                    window_secs = window,
+                    "login lockout: this client id is refused from addresses it has not logged in from (--failed-logins-per-client-total)"
+                );
             }
         }
-        if failures.addresses.len() >= MAX_TRACKED {
+        if bump_in(
+            &mut failures.addresses,
+            &addr,
+            limits.failed_logins_per_address,
+            now,
+        ) {
+            tracing::warn!(
+                peer = %addr,
+                failures = limits.failed_logins_per_address,
+                window_secs = window,
+                "login lockout: this address is refused for every client id until the window ends (--failed-logins-per-address)"
+            );
+        }
+    }
+
+    /// Records a successful login: the address stays exempt from the per-client
+    /// ceiling for [`KNOWN_ADDRESS_FOR`].
+    pub fn login_succeeded(&self, client_id: &str, addr: IpAddr, now: Instant) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (client_id.to_owned(), addr);
+        if failures.known.len() >= MAX_TRACKED && !failures.known.contains_key(&key) {
             failures
-                .addresses
-                .retain(|_, w| now.saturating_duration_since(w.started) < LOGIN_WINDOW);
+                .known
+                .retain(|_, t| now.saturating_duration_since(*t) < KNOWN_ADDRESS_FOR);
+            if failures.known.len() >= MAX_TRACKED {
+                return;
+            }
         }
-        bump(failures.addresses.entry(addr).or_insert(fresh));
+        failures.known.insert(key, now);
     }
 
     /// Appends the admission series (Prometheus text format).
@@ -305,6 +416,11 @@ impl crate::auth::LoginAttempts for LoginAttemptFrom {
     fn failed(&self, client_id: Option<&str>) {
         self.admission.login_failed(client_id, self.peer, self.at);
     }
+
+    fn succeeded(&self, client_id: &str) {
+        self.admission
+            .login_succeeded(client_id, self.peer, self.at);
+    }
 }
 
 impl Drop for ConnSlot {
@@ -356,6 +472,7 @@ mod tests {
             max_per_client: 1,
             failed_logins_per_client: 2,
             failed_logins_per_address: 3,
+            failed_logins_per_client_total: 4,
         }
     }
 
@@ -419,10 +536,14 @@ mod tests {
         a.login_failed(Some("c"), ip, t0);
         assert!(a.check_login(Some("c"), ip, t0).is_ok());
         a.login_failed(Some("c"), ip, t0);
-        match a.check_login(Some("c"), other, t0 + Duration::from_secs(10)) {
+        match a.check_login(Some("c"), ip, t0 + Duration::from_secs(10)) {
             Err(Refusal::LoginRateClient(wait)) => assert_eq!(wait, Duration::from_secs(50)),
             other => panic!("{other:?}"),
         }
+        // The same client id from another address is not this address's business.
+        assert!(a
+            .check_login(Some("c"), other, t0 + Duration::from_secs(10))
+            .is_ok());
         // Another client from the same address: 2 failures so far, limit 3.
         assert!(a.check_login(Some("d"), ip, t0).is_ok());
         a.login_failed(Some("d"), ip, t0);
@@ -431,11 +552,52 @@ mod tests {
             Err(Refusal::LoginRateAddress(_))
         ));
         // Retry-After rounds up: 49.5 s left is 50 s.
-        match a.check_login(Some("c"), other, t0 + Duration::from_millis(10_500)) {
+        match a.check_login(Some("c"), ip, t0 + Duration::from_millis(10_500)) {
             Err(why @ Refusal::LoginRateClient(_)) => assert_eq!(why.retry_after_secs(), 50),
             other => panic!("{other:?}"),
         }
         // The window ends.
-        assert!(a.check_login(Some("c"), other, t0 + LOGIN_WINDOW).is_ok());
+        assert!(a.check_login(Some("c"), ip, t0 + LOGIN_WINDOW).is_ok());
+    }
+
+    #[test]
+    fn one_failing_address_never_locks_the_client_out_elsewhere() {
+        // The case: a terminal with a wrong secret keeps failing.
+        let a = Admission::new(AdmissionLimits::default());
+        let t0 = Instant::now();
+        let broken: IpAddr = "10.0.0.2".parse().unwrap();
+        let healthy: IpAddr = "10.0.0.3".parse().unwrap();
+        for _ in 0..50 {
+            a.login_failed(Some("store"), broken, t0);
+        }
+        assert!(a.check_login(Some("store"), broken, t0).is_err());
+        assert!(a.check_login(Some("store"), healthy, t0).is_ok());
+        assert!(a.check_login(Some("other"), healthy, t0).is_ok());
+    }
+
+    #[test]
+    fn the_client_ceiling_spares_addresses_that_logged_in_before() {
+        let a = Admission::new(limits());
+        let t0 = Instant::now();
+        let known: IpAddr = "10.0.0.9".parse().unwrap();
+        a.login_succeeded("c", known, t0);
+        for i in 0..4u8 {
+            a.login_failed(Some("c"), IpAddr::from([10, 0, 1, i]), t0);
+        }
+        let fresh = IpAddr::from([10, 0, 2, 1]);
+        assert!(matches!(
+            a.check_login(Some("c"), fresh, t0),
+            Err(Refusal::LoginRateClientTotal(_))
+        ));
+        assert!(a.check_login(Some("c"), known, t0).is_ok());
+        // Known for a day, not forever.
+        let t1 = t0 + KNOWN_ADDRESS_FOR;
+        for i in 0..4u8 {
+            a.login_failed(Some("c"), IpAddr::from([10, 0, 3, i]), t1);
+        }
+        assert!(a.check_login(Some("c"), known, t1).is_err());
+        let mut text = String::new();
+        a.render(&mut text);
+        assert!(text.contains("posrelay_refused_total{reason=\"login_rate_client_total\"} 2"));
     }
 }

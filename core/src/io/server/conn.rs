@@ -134,6 +134,18 @@ impl Ended {
     }
 }
 
+/// For logs: who ended it (the code is logged beside it, as a number).
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ended::PeerClosed(_) => "peer_closed",
+            Ended::Vanished => "vanished",
+            Ended::ProtocolError(_) => "protocol_error",
+            Ended::ClosedByRelay(_) => "closed_by_relay",
+        })
+    }
+}
+
 /// What a role does with the messages its peer sends.
 pub(crate) trait Handler {
     /// One whole message arrived (`received`: when the read that completed it returned,

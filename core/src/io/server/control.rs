@@ -62,7 +62,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(String, Acc
         .handle_control_closed(&client, id, Instant::now());
     ctx.drive();
     driver.shutdown().await;
-    tracing::info!(role = "pos_control", client = %client.client_id, domain = %client.domain, shard = ctx.index, conn = id.0, close_code = ?ended.code(), how = ?ended, "connection closed");
+    tracing::info!(role = "pos_control", client = %client.client_id, domain = %client.domain, shard = ctx.index, conn = id.0, close_code = ended.code(), how = %ended, "connection closed");
 }
 
 struct ControlHandler {

@@ -89,7 +89,7 @@ async fn open(
 }
 
 pub(crate) fn log_end(role: &str, device: &DeviceKey, shard: usize, id: ConnId, ended: Ended) {
-    tracing::info!(role, tsn = %device.serial, domain = %device.domain, shard, conn = id.0, close_code = ?ended.code(), how = ?ended, "connection closed");
+    tracing::info!(role, tsn = %device.serial, domain = %device.domain, shard, conn = id.0, close_code = ended.code(), how = %ended, "connection closed");
 }
 
 struct DeviceHandler {

@@ -32,7 +32,9 @@ use crate::admin::{AdminApi, AdminToken};
 use crate::auth::{HashCost, SecretHasher, SigningKey, TokenIssuer};
 use crate::handshake::{HeadLimits, SubprotocolPolicy};
 use crate::io::metrics::Metrics;
-use crate::io::runtime::{listeners_overlap, resolve_ports, run_shards, RuntimeConfig};
+use crate::io::runtime::{
+    check_memlock, listeners_overlap, resolve_ports, run_shards, RuntimeConfig,
+};
 use crate::proto::Limits;
 use crate::relay::RelayLimits;
 use crate::store::{RedbStore, Store};
@@ -133,12 +135,40 @@ impl Shared {
         }
         match &self.tls {
             Some(tls) => match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Ok(()) => {
+                    self.record_cert_expiry();
+                    tracing::info!("TLS certificate reloaded")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "TLS reload failed: keeping the old certificate")
                 }
             },
             None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+        }
+    }
+}
+
+impl Shared {
+    /// Puts the served certificate's expiry in `/metrics` (and warns when it is near).
+    fn record_cert_expiry(&self) {
+        let Some((cert, _)) = &self.config.tls else {
+            return;
+        };
+        match crate::io::cert_expiry::leaf_not_after(cert) {
+            Ok(not_after) => {
+                self.metrics
+                    .tls_not_after
+                    .store(not_after, Ordering::Relaxed);
+                let days_left = not_after.saturating_sub(unix_now()) / 86_400;
+                if days_left < 14 {
+                    tracing::warn!(
+                        days_left,
+                        cert = %cert.display(),
+                        "the TLS certificate expires soon: renew it and reload (SIGHUP)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the TLS certificate's expiry"),
         }
     }
 }
@@ -162,22 +192,17 @@ pub(crate) struct Shared {
     pub credentials: crate::auth::CredentialCache,
 }
 
-/// Opens the store, binds both listeners on every shard, calls `on_ready`, and serves
-/// until `stop` is triggered and the drain is done.
+/// Checks what the shards need (locked memory), opens the store, binds both listeners
+/// on every shard, calls `on_ready` once every shard serves, and serves until `stop` is
+/// triggered and the drain is done. Nothing is bound, and `on_ready` is not called, when
+/// any of it fails.
 pub fn run_server(
     config: ServerConfig,
     stop: StopHandle,
     on_ready: impl FnOnce(&ServerAddrs) + Send + 'static,
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ),
-        )
-    })?;
+    check_memlock(&config.runtime)?;
+    crate::store::create_private_dir(&config.data_dir).map_err(std::io::Error::other)?;
     let store = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
     let mut fresh = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut fresh);
@@ -210,7 +235,11 @@ pub fn run_server(
             ),
         ));
     }
-    let [relay_addr, admin_addr] = resolve_ports([config.listen, config.admin_listen])?;
+    let [relay_addr, admin_addr] =
+        resolve_ports([config.listen, config.admin_listen]).map_err(|e| {
+            let flag = ["--listen", "--admin-listen"][e.index];
+            std::io::Error::new(e.source.kind(), e.explain(flag))
+        })?;
     let shared = Arc::new(Shared {
         shard_metrics: (0..shards)
             .map(|_| Arc::new(ShardMetrics::default()))
@@ -231,6 +260,7 @@ pub fn run_server(
             crate::auth::DEFAULT_CREDENTIAL_TTL,
         ),
     });
+    shared.record_cert_expiry();
     let addrs = ServerAddrs {
         relay: relay_addr,
         admin: admin_addr,
@@ -248,13 +278,33 @@ pub fn run_server(
                 shard::run_shard(for_shards, mesh, relay_addr, admin_addr, ready_tx).await
             })
         })?;
-    for _ in 0..shards {
+    // Each shard reports once (its listeners bound, or why not) and then lets go of its
+    // sender; a shard whose executor could not start drops it unsent.
+    let mut serving = 0;
+    let mut refused = None;
+    while serving < shards {
         match ready_rx.recv() {
-            Ok(result) => result?,
+            Ok(Ok(())) => serving += 1,
+            Ok(Err(e)) => {
+                refused = Some(e);
+                break;
+            }
             Err(_) => break,
         }
     }
-    tracing::info!(relay = %relay_addr, admin = %admin_addr, shards, tls = addrs.tls, "posrelay ready");
+    if serving < shards {
+        // Announce nothing: stop the shards that did start, and say why one did not.
+        shared.stop.stop();
+        return Err(refused.unwrap_or_else(|| shard_start_error(handle)));
+    }
+    tracing::info!(
+        relay = %relay_addr,
+        admin = %admin_addr,
+        shards,
+        tls = addrs.tls,
+        data_dir = %shared.config.data_dir.display(),
+        "posrelay ready"
+    );
     on_ready(&addrs);
     let results = handle
         .join()
@@ -264,6 +314,37 @@ pub fn run_server(
     }
     tracing::info!("posrelay stopped");
     Ok(())
+}
+
+/// Why a shard never reported: the error its thread ended with, once it has ended
+/// (a shard whose executor could not be set up ends at once; the others stop after
+/// the drain they were just asked for).
+fn shard_start_error(
+    handle: std::thread::JoinHandle<std::io::Result<Vec<std::io::Result<()>>>>,
+) -> std::io::Error {
+    let unknown = || std::io::Error::other("a shard stopped before it could serve: see the log");
+    // Bounded: shards waiting for a peer that never came never end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !handle.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !handle.is_finished() {
+        return unknown();
+    }
+    match handle.join() {
+        Ok(Err(e)) => std::io::Error::new(e.kind(), format!("a shard could not start: {e}")),
+        Ok(Ok(results)) => results
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_else(unknown),
+        Err(_) => std::io::Error::other("a shard panicked while starting"),
+    }
+}
+
+/// Loads a PEM certificate chain and key as `serve` would (`posrelay check-config`);
+/// the error names the file and what is wrong with it.
+pub fn check_tls(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<()> {
+    tls::TlsReloader::load(cert, key).map(drop)
 }
 
 /// Seconds since the Unix epoch (token times).

@@ -33,6 +33,13 @@ enum Refusal {
     Internal(&'static str),
 }
 
+/// Who tried, for the log line of a refusal (never the secret).
+#[derive(Default)]
+struct Attempt {
+    tsn: Option<String>,
+    client_id: Option<String>,
+}
+
 /// How a registration attempt ended.
 enum Outcome {
     /// The `registered` reply to send before closing with 1000.
@@ -71,7 +78,8 @@ pub(crate) async fn serve(
         max_message: MAX_REGISTRATION_BYTES,
     };
     let mut ws = WsStream::new(transport, rbuf, Connection::new(Role::Server, limits));
-    let outcome = registration(&ctx, &mut ws, &prelude.url_base, peer).await;
+    let mut attempt = Attempt::default();
+    let outcome = registration(&ctx, &mut ws, &prelude.url_base, peer, &mut attempt).await;
     match outcome {
         Ok(Outcome::Registered(reply)) => {
             let _ = ws.send_text(reply).await;
@@ -93,7 +101,14 @@ pub(crate) async fn serve(
             linger(&mut ws).await;
         }
         Err(Refusal::Policy(code, message)) => {
-            tracing::info!(code = code.as_str(), %message, "registration refused");
+            tracing::info!(
+                code = code.as_str(),
+                reason = %message,
+                tsn = attempt.tsn.as_deref().unwrap_or("-"),
+                client_id = attempt.client_id.as_deref().unwrap_or("-"),
+                peer = %peer,
+                "registration refused"
+            );
             ctx.shared.metrics.token_invalid_client.inc();
             let _ = ws.send_text(error_reply(code, &message)).await;
             let _ = ws.send_close(CloseCode::POLICY, code.as_str()).await;
@@ -131,6 +146,7 @@ async fn registration(
     ws: &mut WsStream,
     url_base: &str,
     peer: IpAddr,
+    attempt: &mut Attempt,
 ) -> Result<Outcome, Refusal> {
     let timeout = ctx.shared.config.handshake_timeout;
     let first = with_timeout(
@@ -171,6 +187,8 @@ async fn registration(
     let mut text = message.payload.to_bytes().to_vec();
     let request = RegisterRequest::parse(&mut text)
         .map_err(|e| Refusal::Policy(ControlErrorCode::BadRequest, e.to_string()))?;
+    attempt.tsn = Some(request.tsn.chars().take(64).collect());
+    attempt.client_id = Some(request.client_id.chars().take(64).collect());
     let tsn = TsnInput::parse(&request.tsn).map_err(|_| {
         Refusal::Policy(
             ControlErrorCode::BadRequest,
@@ -197,7 +215,10 @@ async fn registration(
                 .check(&id, &request.client_secret, Instant::now())
         });
     let client = match cached {
-        Some(client) => client,
+        Some(client) => {
+            admission.login_succeeded(&request.client_id, peer, Instant::now());
+            client
+        }
         None => {
             let shared = ctx.shared.clone();
             let client_id = request.client_id.clone();
@@ -209,16 +230,33 @@ async fn registration(
                         .and_then(|id| shared.store.find_client(&id).ok().flatten())
                         .map(|c| c.domain.to_string())
                         .unwrap_or_else(|| "-".to_owned());
-                    verify_client(&*shared.store, &shared.hasher, &domain, &client_id, &secret)
+                    verify_client(
+                        &*shared.store,
+                        &shared.hasher,
+                        &domain,
+                        &client_id,
+                        &secret,
+                        super::unix_now(),
+                    )
                 })
                 .await;
             match verified {
                 Ok(client) => {
-                    ctx.shared.credentials.remember(
-                        &client,
-                        &request.client_secret,
-                        Instant::now(),
-                    );
+                    admission.login_succeeded(&request.client_id, peer, Instant::now());
+                    // During a rotation's grace the cache could keep the old secret past
+                    // its deadline: verify with argon2 until the grace ends.
+                    let now = super::unix_now();
+                    if client
+                        .previous_secret
+                        .as_ref()
+                        .is_none_or(|p| !p.valid_at(now))
+                    {
+                        ctx.shared.credentials.remember(
+                            &client,
+                            &request.client_secret,
+                            Instant::now(),
+                        );
+                    }
                     client
                 }
                 Err(e) if e.status() >= 500 => {

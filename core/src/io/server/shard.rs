@@ -452,6 +452,8 @@ pub(crate) async fn run_shard(
         .spawn_blocking(move || hasher.reserve_thread_memory())
         .await;
     let _ = ready.send(Ok(()));
+    // Let go of the sender: run_server learns that a shard that never reports failed.
+    drop(ready);
     let relay_task = glommio::spawn_local(super::accept::accept_loop(
         ctx.clone(),
         relay_listener,

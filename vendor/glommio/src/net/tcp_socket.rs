@@ -125,6 +125,10 @@ impl TcpListener {
         let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         let addr = socket2::SockAddr::from(addr);
         sk.set_reuse_port(true)?;
+        // posrelay: SO_REUSEADDR too, so that the connections this listener accepted,
+        // left in TIME_WAIT after a restart, do not refuse a probe of the port that does
+        // not set SO_REUSEPORT (see POSRELAY-PATCH.md).
+        sk.set_reuse_address(true)?;
         sk.bind(&addr)?;
         sk.listen(1024)?;
         let listener = sk.into();
