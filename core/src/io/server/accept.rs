@@ -91,7 +91,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin:
                 Err(why) => {
                     let body = br#"{"error":"the relay is at its connection limit: retry later"}"#;
                     let answer = refusal_response(why, body);
-                    answer_and_close(Transport::Plain(stream), &answer).await
+                    super::tls::refuse_connection(&ctx, stream, &answer).await
                 }
             }
         })
