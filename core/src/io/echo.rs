@@ -20,12 +20,15 @@ pub struct EchoConfig {
     pub runtime: RuntimeConfig,
     /// Frame and message limits.
     pub limits: Limits,
+    /// Serve `wss://` with this configuration (see `server::load_server_config`).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Serves echo on every shard until the process is stopped. `on_ready` gets the bound address.
 pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
     let [addr] = resolve_ports([config.listen])?;
     let limits = config.limits;
+    let tls = config.tls.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let shards = config.runtime.shards.max(1);
     let runtime = config.runtime.clone();
@@ -46,9 +49,17 @@ pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std:
                     continue;
                 };
                 let limits = limits;
+                let tls = tls.clone();
                 glommio::spawn_local(async move {
                     let _ = stream.set_nodelay(true);
-                    serve_connection(Transport::Plain(stream), limits).await;
+                    let transport = match tls {
+                        Some(config) => match Transport::tls(stream, config) {
+                            Ok(t) => t,
+                            Err(_) => return,
+                        },
+                        None => Transport::Plain(stream),
+                    };
+                    serve_connection(transport, limits).await;
                 })
                 .detach();
             }

@@ -18,6 +18,7 @@ mod shard;
 mod tls;
 
 pub use metrics::ShardMetrics;
+pub use tls::load_server_config;
 
 use crate::admin::{AdminApi, AdminToken};
 use crate::auth::{HashCost, SecretHasher, SigningKey, TokenIssuer};

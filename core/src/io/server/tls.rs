@@ -62,10 +62,18 @@ impl TlsReloader {
     }
 }
 
+/// The relay's TLS server configuration for `cert` and `key` (PEM files), with a fresh
+/// ticket key: what `posrelay echo` and the benchmark's TLS peers serve, so that they
+/// compare with the relay on the same TLS parameters.
+pub fn load_server_config(cert: &Path, key: &Path) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    let ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| std::io::Error::other(format!("cannot make a TLS ticket key: {e}")))?;
+    Ok(Arc::new(build(cert, key, &ticketer)?))
+}
+
 /// A server configuration for `cert` and `key` (PEM) that resumes sessions with
-/// tickets sealed by `ticketer`: what the relay serves, and what the benchmark's TLS
-/// echo server serves.
-pub fn build(
+/// tickets sealed by `ticketer`.
+fn build(
     cert: &Path,
     key: &Path,
     ticketer: &Arc<dyn rustls::server::ProducesTickets>,
