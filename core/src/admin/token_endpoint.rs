@@ -85,6 +85,7 @@ impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
                 request.domain,
                 &creds.client_id,
                 &creds.secret,
+                rng,
             )?;
             self.issuer.issue_access(&client, now, self.access_ttl, rng)
         });

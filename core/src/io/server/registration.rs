@@ -174,7 +174,14 @@ async fn registration(
                         .map(|c| c.domain.to_string())
                         .unwrap_or_else(|| "-".to_owned());
                     let verify = || {
-                        verify_client(&*shared.store, &shared.hasher, &domain, &client_id, &secret)
+                        verify_client(
+                            &*shared.store,
+                            &shared.hasher,
+                            &domain,
+                            &client_id,
+                            &secret,
+                            &mut rand::rngs::OsRng,
+                        )
                     };
                     match ClientId::new(client_id.as_str()) {
                         Ok(id) => {
