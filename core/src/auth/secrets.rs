@@ -199,8 +199,14 @@ impl SecretHasher {
     /// Takes this thread's argon2 working memory for this hasher's cost now (what the
     /// thread's first verification would otherwise do), so that a server's resident
     /// memory is at its working size from the start.
+    ///
+    /// Since issue 12 new hashes are HMAC-SHA-256 and argon2 verifies only hashes stored
+    /// before, each once (it is then migrated): nothing is reserved up front (12 MiB per
+    /// shard for nothing); a legacy verification grows the memory when it needs it.
     pub fn reserve_thread_memory(&self) {
-        with_thread_memory(self.argon2.params().block_count(), |_| ());
+        if self.legacy {
+            with_thread_memory(self.argon2.params().block_count(), |_| ());
+        }
     }
 
     /// [`SecretHasher::verify_secret`] through the `password-hash` crate's own verifier
