@@ -94,7 +94,7 @@ async fn one(
 
 async fn phase(
     env: Rc<Env>,
-    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    tls: Option<(&RunCert, bool)>,
     clients: usize,
     warmup: Duration,
     duration: Duration,
@@ -108,7 +108,11 @@ async fn phase(
     });
     let tasks: Vec<_> = (0..clients.max(1))
         .map(|_| {
-            let (env, tls, counts) = (env.clone(), tls.clone(), counts.clone());
+            let (env, counts) = (env.clone(), counts.clone());
+            // Each client keeps its own tickets, as a terminal does (rustls' client cache
+            // holds 8 TLS 1.3 tickets per server name: clients sharing one config would
+            // find none left when more than 8 connect at once).
+            let tls = tls.map(|(cert, resume)| cert.client_config(resume));
             glommio::spawn_local(async move {
                 while !counts.stop.get() {
                     match one(&env, tls.as_ref()).await {
@@ -165,20 +169,17 @@ pub async fn run_handshakes(
     duration: Duration,
     pid: u32,
 ) -> HandshakeOutcome {
-    let full_config = cert.as_ref().map(|c| c.client_config(false));
-    let full = phase(env.clone(), full_config, clients, warmup, duration, pid).await;
+    let full = phase(
+        env.clone(),
+        cert.as_ref().map(|c| (c, false)),
+        clients,
+        warmup,
+        duration,
+        pid,
+    )
+    .await;
     let resumed = match &cert {
-        Some(c) => Some(
-            phase(
-                env,
-                Some(c.client_config(true)),
-                clients,
-                warmup,
-                duration,
-                pid,
-            )
-            .await,
-        ),
+        Some(c) => Some(phase(env, Some((c, true)), clients, warmup, duration, pid).await),
         None => None,
     };
     HandshakeOutcome {

@@ -203,7 +203,9 @@ pub async fn run_storm(
         wait_for("back online", devices, back, ready + deadline, progress).await;
     }
     let online_after = shared.online.get();
-    let all_back = shared.back.get() >= devices;
+    // Counted at the deadline: devices that come back while the run stops do not count.
+    let back_at_deadline = shared.back.get();
+    let all_back = back_at_deadline >= devices;
     shared.stopping.set(true);
     shared.stop.signal(PLENTY);
     for t in tasks {
@@ -226,7 +228,7 @@ pub async fn run_storm(
                     .map(|t| t.saturating_duration_since(ready).as_secs_f64())
             })
             .flatten(),
-        failed_devices: devices.saturating_sub(shared.back.get()) as u64,
+        failed_devices: devices.saturating_sub(back_at_deadline) as u64,
         failed_attempts: shared.failed_attempts.get(),
         failed_attempts_before: shared.failed_before.get(),
         mode: settings.mode,

@@ -181,7 +181,8 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             &hasher,
             other,
             &client.id,
-            &ClientSecret::new(client.secret.clone())
+            &ClientSecret::new(client.secret.clone()),
+            &mut rng
         )
         .is_err());
 
