@@ -132,13 +132,24 @@ fn answer(res: Result<ureq::Response, ureq::Error>) -> anyhow::Result<(u16, Valu
     Ok((status, value))
 }
 
-/// Gets an access token for `client` (RFC 6749 §4.4, credentials in the body).
-pub fn access_token(relay: SocketAddr, client: &Credentials) -> anyhow::Result<String> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build();
+/// Gets an access token for `client` (RFC 6749 §4.4, credentials in the body), over
+/// https when `tls` is given.
+pub fn access_token(
+    relay: SocketAddr,
+    client: &Credentials,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<String> {
+    let mut agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30));
+    let scheme = match tls {
+        Some(config) => {
+            agent = agent.tls_config(config);
+            "https"
+        }
+        None => "http",
+    };
+    let agent = agent.build();
     let res = agent
-        .post(&format!("http://{relay}/oauth2/v1/{DOMAIN}/token"))
+        .post(&format!("{scheme}://{relay}/oauth2/v1/{DOMAIN}/token"))
         .send_form(&[
             ("grant_type", "client_credentials"),
             ("client_id", &client.client_id),
@@ -162,6 +173,7 @@ pub fn provision(
     token: &str,
     devices: usize,
     threads: usize,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Provisioned> {
     let admin = Admin::new(admin_addr, token);
     admin.create_tenancy()?;
@@ -187,7 +199,7 @@ pub fn provision(
         }
         Ok(())
     })?;
-    let access_token = access_token(relay, &client)?;
+    let access_token = access_token(relay, &client, tls)?;
     Ok(Provisioned {
         client,
         access_token,

@@ -6,13 +6,16 @@
 //! no claims, no queues: it is what posrelay's relay hop is compared with.
 //!
 //! One current-thread runtime, so that pinned to one CPU it is compared on
-//! equal terms with `posrelay serve --shards 1`.
+//! equal terms with `posrelay serve --shards 1`. With TLS (`--tls`), each accepted
+//! socket goes through tokio-rustls' `TlsAcceptor` first, the way most teams add TLS
+//! to such a server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -20,23 +23,44 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<TcpStream>;
-type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Ws>>>>;
+type Waiting<S> = Arc<Mutex<HashMap<String, oneshot::Sender<WebSocketStream<S>>>>>;
 
-/// Serves the baseline relay on `listen` until the process is stopped;
-/// `on_ready` gets the bound address.
-pub fn serve(listen: SocketAddr, on_ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+/// Serves the baseline relay on `listen` (over TLS with `tls`) until the process is
+/// stopped; `on_ready` gets the bound address.
+pub fn serve(
+    listen: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(listen).await?;
         on_ready(listener.local_addr()?);
-        let waiting: Waiting = Arc::default();
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(handle(stream, waiting.clone()));
+        match tls {
+            None => {
+                let waiting: Waiting<TcpStream> = Arc::default();
+                loop {
+                    let (stream, _) = listener.accept().await?;
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle(stream, waiting.clone()));
+                }
+            }
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let waiting: Waiting<tokio_rustls::server::TlsStream<TcpStream>> = Arc::default();
+                loop {
+                    let (stream, _) = listener.accept().await?;
+                    let _ = stream.set_nodelay(true);
+                    let (acceptor, waiting) = (acceptor.clone(), waiting.clone());
+                    tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            handle(stream, waiting).await;
+                        }
+                    });
+                }
+            }
         }
     })
 }
@@ -52,7 +76,10 @@ fn only_pair_path(req: &Request, resp: Response) -> Result<Response, ErrorRespon
     }
 }
 
-async fn handle(stream: TcpStream, waiting: Waiting) {
+async fn handle<S>(stream: S, waiting: Waiting<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, only_pair_path).await else {
         return;
     };

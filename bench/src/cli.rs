@@ -34,6 +34,12 @@ pub enum Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Serve wss:// with this PEM certificate chain (and --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Serve the tokio + tokio-tungstenite relay (the `baseline` peer).
     #[command(hide = true)]
@@ -41,18 +47,36 @@ pub enum Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Serve wss:// (tokio-rustls) with this PEM certificate chain (and --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
 /// What to measure and how.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Scenarios to run: latency, small, large, many, idle, storm, or all.
+    /// Scenarios to run: latency, small, large, many, idle, storm, or all (those six);
+    /// handshake (connections per second; full and resumed TLS handshakes with --tls)
+    /// runs only when named.
     #[arg(long = "scenario", default_values_t = vec!["small".to_string()], value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// Targets: posrelay, direct, baseline, or all.
     #[arg(long = "target", default_values_t = vec!["all".to_string()], value_name = "NAME")]
     pub targets: Vec<String>,
+    /// Every scenario over TLS (wss://, https://) against every target: posrelay with a
+    /// certificate generated for the run, the echo server with the same TLS stack, the
+    /// baseline with tokio-rustls; the generator trusts that certificate only.
+    #[arg(long)]
+    pub tls: bool,
+    /// Storm: how devices retry after the restart. `backoff`: as terminals do,
+    /// exponentially from 0.5 s to 30 s with full jitter, never before a refusal's
+    /// Retry-After; `hammer`: every 50-150 ms regardless.
+    #[arg(long, value_enum, default_value = "backoff")]
+    pub storm_mode: crate::storm::StormMode,
     /// Full sizes, or a tiny run that only proves every path works.
     #[arg(long, value_enum, default_value = "full")]
     pub scale: Scale,
@@ -104,6 +128,10 @@ pub struct RunArgs {
     /// Idle: how long the target idles before each memory reading.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub idle_settle: Duration,
+    /// Handshake: clients connecting at once (each connects, makes one request, closes,
+    /// and starts again).
+    #[arg(long, default_value_t = 16)]
+    pub handshake_clients: usize,
     /// Storm: how long devices may take to come back.
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub storm_deadline: Duration,
@@ -177,6 +205,7 @@ pub fn scenarios(names: &[String]) -> Result<Vec<&'static str>, String> {
         }
         let name = crate::scenario::NAMES
             .into_iter()
+            .chain(crate::scenario::EXTRA)
             .find(|k| k == n)
             .ok_or_else(|| {
                 format!(

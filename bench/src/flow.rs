@@ -26,6 +26,8 @@ pub struct Env {
     pub ws: SocketAddr,
     /// posrelay's provisioning (devices, POS client, token).
     pub provisioned: Option<Provisioned>,
+    /// `--tls`: connect over TLS with this client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// The two ends of a pair once it can carry messages.
@@ -85,6 +87,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
                 path: "/cloud-connector/v1/device-listener",
                 protocols: &[],
                 headers: &[],
+                tls: env.tls.as_ref(),
             })
             .await
             .context("device-listener")?;
@@ -113,6 +116,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
                 path: &path,
                 protocols: &[],
                 headers: &[("Authorization", &auth)],
+                tls: env.tls.as_ref(),
             })
             .await
             .context("device-connection")
@@ -123,6 +127,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
                 path: "/pair",
                 protocols: &[],
                 headers: &[],
+                tls: env.tls.as_ref(),
             })
             .await?;
             conn.writer().send_text(&pair_id(i)).await?;
@@ -133,6 +138,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
             path: "/",
             protocols: &[],
             headers: &[],
+            tls: env.tls.as_ref(),
         })
         .await?),
     }
@@ -151,6 +157,7 @@ async fn claim(env: &Env, i: usize) -> anyhow::Result<String> {
         path: "/cloud-connector/v1/pos-listener",
         protocols: &[],
         headers: &[("Authorization", &auth)],
+        tls: env.tls.as_ref(),
     })
     .await
     .context("pos-listener")?;
@@ -201,6 +208,7 @@ pub async fn open_pair(env: &Env, i: usize) -> anyhow::Result<PairConns> {
                 path: &path,
                 protocols: &[],
                 headers: &[("Authorization", &auth)],
+                tls: env.tls.as_ref(),
             })
             .await
             .context("session")?;

@@ -18,10 +18,20 @@ use posrelay_bench::target::{find_posrelay, Programs, TargetKind};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.serve {
-        Some(Serve::ServeEcho { listen }) => serve_echo(listen),
-        Some(Serve::ServeBaseline { listen }) => {
-            posrelay_bench::baseline::serve(listen, announce).map_err(Into::into)
-        }
+        Some(Serve::ServeEcho {
+            listen,
+            tls_cert,
+            tls_key,
+        }) => server_tls(tls_cert, tls_key).and_then(|tls| serve_echo(listen, tls)),
+        Some(Serve::ServeBaseline {
+            listen,
+            tls_cert,
+            tls_key,
+        }) => server_tls(tls_cert, tls_key).and_then(|tls| {
+            let scheme = if tls.is_some() { "wss" } else { "ws" };
+            posrelay_bench::baseline::serve(listen, tls, |a| announce(scheme, a))
+                .map_err(Into::into)
+        }),
         None => return run(cli.run),
     };
     match result {
@@ -33,14 +43,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn announce(addr: SocketAddr) {
-    println!("listening on ws://{addr}");
+fn announce(scheme: &str, addr: SocketAddr) {
+    println!("listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
+}
+
+/// The TLS configuration of a peer started with `--tls-cert`/`--tls-key`: posrelay's own
+/// (`posrelay_core::io::server::load_server_config`), so that every target serves the
+/// same certificate, versions, cipher suites and resumption.
+fn server_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(posrelay_core::io::server::load_server_config(
+            &cert, &key,
+        )?)),
+        _ => Ok(None),
+    }
 }
 
 /// The `direct` peer: posrelay-core's echo server (what `posrelay echo` runs), one shard,
 /// left where `taskset` put it.
-fn serve_echo(listen: SocketAddr) -> anyhow::Result<()> {
+fn serve_echo(
+    listen: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     use posrelay_core::io::echo::{serve_echo, EchoConfig};
     use posrelay_core::io::runtime::RuntimeConfig;
     use posrelay_core::proto::Limits;
@@ -55,15 +83,17 @@ fn serve_echo(listen: SocketAddr) -> anyhow::Result<()> {
             max_frame_payload: 16 << 20,
             max_message: 16 << 20,
         },
+        tls: tls.clone(),
     };
-    serve_echo(config, announce)?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    serve_echo(config, |a| announce(scheme, a))?;
     Ok(())
 }
 
 fn run(mut args: RunArgs) -> ExitCode {
     if args.ci {
         args.scale = Scale::Tiny;
-        args.scenarios = vec!["all".into()];
+        args.scenarios = vec!["all".into(), "handshake".into()];
         if args.targets == ["all"] || args.targets.is_empty() {
             args.targets = vec!["all".into()];
         }
@@ -87,6 +117,17 @@ fn run(mut args: RunArgs) -> ExitCode {
         None
     };
     let work_dir = std::env::temp_dir().join(format!("posrelay-bench-{}", std::process::id()));
+    let tls = if args.tls {
+        match posrelay_bench::tls::RunCert::generate(&work_dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("posrelay-bench: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let machine = procfs::machine();
     let mode = match args.rate {
         Some(rate) => Mode::Open { rate },
@@ -110,6 +151,9 @@ fn run(mut args: RunArgs) -> ExitCode {
         relay_args: args.relay_args.clone(),
         work_dir: work_dir.clone(),
         progress: !args.quiet,
+        tls,
+        storm_mode: args.storm_mode,
+        handshake_clients: args.handshake_clients,
     };
     let human = |text: &str| {
         if args.json {
@@ -139,6 +183,7 @@ fn run(mut args: RunArgs) -> ExitCode {
                 name: s.name.into(),
                 about: s.about.into(),
                 repetition,
+                tls: cfg.tls.is_some(),
                 work: s.work.with_overrides(args.pairs, args.size),
                 mode: matches!(s.work, Work::Load { .. }).then_some(mode),
                 warmup_secs: cfg.warmup.as_secs_f64(),
@@ -149,9 +194,21 @@ fn run(mut args: RunArgs) -> ExitCode {
             for &kind in &targets {
                 let r = run_one(&cfg, &s, kind);
                 if let Some(e) = &r.error {
-                    eprintln!("{}/{}: {e}", s.name, kind.name());
+                    eprintln!("{}/{}: {e}", s.name, r.label(sr.tls));
                 }
                 sr.results.push(r);
+                if kind == TargetKind::Posrelay && cfg.tls.is_some() {
+                    // The same-run reference for the wss/ws ratios: posrelay over ws.
+                    let plain = RunConfig {
+                        tls: None,
+                        ..cfg.clone()
+                    };
+                    let r = run_one(&plain, &s, kind);
+                    if let Some(e) = &r.error {
+                        eprintln!("{}/{}: {e}", s.name, r.label(sr.tls));
+                    }
+                    sr.results.push(r);
+                }
             }
             sr.compute_ratios();
             human(&render(&sr));

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::handshake::HandshakeOutcome;
 use crate::idle::IdleOutcome;
 use crate::load::{LoadOutcome, Mode};
 use crate::procfs::Machine;
@@ -33,6 +34,9 @@ pub struct ScenarioReport {
     pub about: String,
     /// Which repetition (from 1).
     pub repetition: usize,
+    /// Whether the run is over TLS (wss://); then posrelay also runs over ws in the same
+    /// repetition, as the reference for the wss/ws ratios.
+    pub tls: bool,
     /// What it ran.
     pub work: Work,
     /// Pacing (load scenarios).
@@ -52,6 +56,8 @@ pub struct ScenarioReport {
 pub struct TargetReport {
     /// Which target.
     pub target: TargetKind,
+    /// Whether this target ran over TLS.
+    pub tls: bool,
     /// Where the target's threads ran.
     pub target_placement: String,
     /// Where the generator ran.
@@ -64,6 +70,19 @@ pub struct TargetReport {
     pub idle: Option<IdleOutcome>,
     /// Storm figures.
     pub storm: Option<StormOutcome>,
+    /// Handshake figures.
+    pub handshake: Option<HandshakeOutcome>,
+}
+
+impl TargetReport {
+    /// The column name: the target, and `(ws)`/`(wss)` in a TLS run.
+    pub fn label(&self, tls_run: bool) -> String {
+        match (tls_run, self.tls) {
+            (false, _) => self.target.name().to_owned(),
+            (true, true) => format!("{} wss", self.target.name()),
+            (true, false) => format!("{} ws", self.target.name()),
+        }
+    }
 }
 
 /// Figures of a load run.
@@ -176,7 +195,14 @@ impl ScenarioReport {
     fn result(&self, kind: TargetKind) -> Option<&TargetReport> {
         self.results
             .iter()
-            .find(|r| r.target == kind && r.error.is_none())
+            .find(|r| r.target == kind && r.tls == self.tls && r.error.is_none())
+    }
+
+    /// In a TLS run, the same target's reference run over plain ws.
+    fn result_ws(&self, kind: TargetKind) -> Option<&TargetReport> {
+        self.results
+            .iter()
+            .find(|r| r.target == kind && !r.tls && r.error.is_none())
     }
 
     /// Fills in the ratios from the results.
@@ -184,6 +210,24 @@ impl ScenarioReport {
         let load = |k| self.result(k).and_then(|r| r.load.as_ref());
         let cpu = |k| load(k).and_then(|l| l.target_cpu_us_per_round_trip);
         let mut out = Vec::new();
+        if let (true, Work::Load { size, .. }) = (self.tls, self.work) {
+            let ws_cpu = self
+                .result_ws(TargetKind::Posrelay)
+                .and_then(|r| r.load.as_ref())
+                .and_then(|l| l.target_cpu_us_per_round_trip);
+            out.push(ratio(
+                "posrelay wss CPU per round trip / posrelay ws CPU per round trip",
+                cpu(TargetKind::Posrelay),
+                ws_cpu,
+                if size >= 16 * 1024 { 1.5 } else { 1.15 },
+            ));
+            out.push(ratio(
+                "posrelay wss CPU per round trip / baseline (tokio-rustls) CPU per round trip",
+                cpu(TargetKind::Posrelay),
+                cpu(TargetKind::Baseline),
+                0.6,
+            ));
+        }
         if let Work::Load { .. } = self.work {
             out.push(ratio(
                 "posrelay CPU per round trip / baseline CPU per round trip",
@@ -216,12 +260,36 @@ impl ScenarioReport {
                 .result(TargetKind::Posrelay)
                 .and_then(|r| r.idle.as_ref())
                 .map(|i| i.rss_per_connection);
-            out.push(ratio(
-                "posrelay resident bytes per idle connection / 2 KiB",
-                per,
-                Some(2048.0),
-                1.0,
-            ));
+            let (name, goal) = if self.tls {
+                (
+                    "posrelay resident bytes per idle wss connection / 4 KiB",
+                    4096.0,
+                )
+            } else {
+                (
+                    "posrelay resident bytes per idle connection / 2 KiB",
+                    2048.0,
+                )
+            };
+            out.push(ratio(name, per, Some(goal), 1.0));
+        }
+        if let (true, Work::Handshake { .. }) = (self.tls, self.work) {
+            let h = self
+                .result(TargetKind::Posrelay)
+                .and_then(|r| r.handshake.as_ref());
+            let full = h.and_then(|h| h.full.target_cpu_us_per_connection);
+            let resumed = h
+                .and_then(|h| h.resumed.as_ref())
+                .and_then(|r| r.target_cpu_us_per_connection);
+            out.push(Ratio {
+                name: "posrelay CPU per resumed connection / per full one".into(),
+                value: match (resumed, full) {
+                    (Some(r), Some(f)) if f > 0.0 => Some(r / f),
+                    _ => None,
+                },
+                goal: "report".into(),
+                met: None,
+            });
         }
         if let Work::Storm { .. } = self.work {
             let failed = self
@@ -245,6 +313,9 @@ impl ScenarioReport {
                 || r.load.as_ref().is_some_and(|l| l.errors + l.mismatches > 0)
                 || r.idle.as_ref().is_some_and(|i| i.errors + i.mismatches > 0)
                 || r.storm.as_ref().is_some_and(|s| s.failed_devices > 0)
+                || r.handshake.as_ref().is_some_and(|h| {
+                    h.full.connections == 0 || h.resumed.as_ref().is_some_and(|r| r.resumed == 0)
+                })
         })
     }
 }
@@ -383,6 +454,51 @@ pub fn render(s: &ScenarioReport) -> String {
             row("failed attempts", &|r| {
                 storm(r).map_or("-".into(), |s| s.failed_attempts.to_string())
             });
+            row("of which readable refusals (Retry-After)", &|r| {
+                storm(r).map_or("-".into(), |s| s.refusals_readable.to_string())
+            });
+            row("of which unreadable failures", &|r| {
+                storm(r).map_or("-".into(), |s| s.failures_unreadable.to_string())
+            });
+            row("retry mode", &|r| {
+                storm(r).map_or("-".into(), |s| format!("{:?}", s.mode).to_lowercase())
+            });
+        }
+        Work::Handshake { .. } => {
+            let hs = |r: &TargetReport| r.handshake.clone();
+            row("clients", &|r| {
+                hs(r).map_or("-".into(), |h| h.clients.to_string())
+            });
+            row("full: connections/s", &|r| {
+                hs(r).map_or("-".into(), |h| f1(h.full.per_second))
+            });
+            row("full: target CPU µs/connection", &|r| {
+                hs(r).map_or("-".into(), |h| opt(h.full.target_cpu_us_per_connection))
+            });
+            row("resumed: connections/s", &|r| {
+                hs(r)
+                    .and_then(|h| h.resumed)
+                    .map_or("-".into(), |x| f1(x.per_second))
+            });
+            row("resumed: target CPU µs/connection", &|r| {
+                hs(r)
+                    .and_then(|h| h.resumed)
+                    .map_or("-".into(), |x| opt(x.target_cpu_us_per_connection))
+            });
+            row("resumed: of which resumed", &|r| {
+                hs(r)
+                    .and_then(|h| h.resumed)
+                    .map_or("-".into(), |x| format!("{}/{}", x.resumed, x.connections))
+            });
+            row("errors full / resumed", &|r| {
+                hs(r).map_or("-".into(), |h| {
+                    format!(
+                        "{} / {}",
+                        h.full.errors,
+                        h.resumed.map_or("-".into(), |x| x.errors.to_string())
+                    )
+                })
+            });
         }
     }
     row("error", &|r| {
@@ -412,8 +528,9 @@ pub fn render(s: &ScenarioReport) -> String {
     } else {
         String::new()
     };
+    let over = if s.tls { " over TLS" } else { "" };
     out.push_str(&format!(
-        "\n== {}{rep} ({}): {}{mode}{timing}\n",
+        "\n== {}{rep}{over} ({}): {}{mode}{timing}\n",
         s.name,
         s.work.describe(),
         s.about
@@ -428,7 +545,7 @@ pub fn render(s: &ScenarioReport) -> String {
         .map(|i| {
             rows.iter()
                 .map(|r| r.1[i].chars().count())
-                .chain([s.results[i].target.name().len()])
+                .chain([s.results[i].label(s.tls).chars().count()])
                 .max()
                 .unwrap_or(8)
                 .max(10)
@@ -436,7 +553,7 @@ pub fn render(s: &ScenarioReport) -> String {
         .collect();
     out.push_str(&format!("{:width0$}", ""));
     for (r, w) in s.results.iter().zip(&widths) {
-        out.push_str(&format!("  {:>w$}", r.target.name()));
+        out.push_str(&format!("  {:>w$}", r.label(s.tls)));
     }
     out.push('\n');
     for (label, cells) in rows {
@@ -465,7 +582,7 @@ pub fn render(s: &ScenarioReport) -> String {
     for r in &s.results {
         out.push_str(&format!(
             "  placement {}: target {}; generator {}\n",
-            r.target.name(),
+            r.label(s.tls),
             r.target_placement,
             r.generator_placement
         ));
@@ -506,6 +623,8 @@ mod tests {
         };
         TargetReport {
             target: kind,
+            tls: false,
+            handshake: None,
             target_placement: "cpu 0".into(),
             generator_placement: "cpu 1".into(),
             error: None,
@@ -522,6 +641,7 @@ mod tests {
             name: "small".into(),
             about: "test".into(),
             repetition: 1,
+            tls: false,
             work: Work::Load { pairs: 1, size: 64 },
             mode: Some(Mode::Closed { in_flight: 1 }),
             warmup_secs: 1.0,

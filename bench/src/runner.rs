@@ -55,6 +55,12 @@ pub struct RunConfig {
     pub work_dir: PathBuf,
     /// Progress lines.
     pub progress: bool,
+    /// `--tls`: the run's certificate (every target serves it, the generator trusts it).
+    pub tls: Option<crate::tls::RunCert>,
+    /// Storm: how devices retry.
+    pub storm_mode: crate::storm::StormMode,
+    /// Handshake: clients connecting at once.
+    pub handshake_clients: usize,
 }
 
 /// posrelay's admin token for benchmark runs (the admin listener is loopback only).
@@ -71,6 +77,7 @@ fn device_count(s: &Scenario, cfg: &RunConfig, kind: TargetKind) -> usize {
             )
         }),
         Work::Storm { devices } => cfg.pairs.unwrap_or(devices),
+        Work::Handshake { .. } => 0,
     }
 }
 
@@ -118,6 +125,8 @@ where
 pub fn run_one(cfg: &RunConfig, s: &Scenario, kind: TargetKind) -> TargetReport {
     let mut report = TargetReport {
         target: kind,
+        tls: cfg.tls.is_some(),
+        handshake: None,
         target_placement: String::new(),
         generator_placement: String::new(),
         error: None,
@@ -140,9 +149,15 @@ fn run_inner(
     let launch = Launch {
         cpu: Some(cfg.target_cpu),
         listen: ([127, 0, 0, 1], 0).into(),
-        data_dir: cfg.work_dir.join(format!("{}-{}", s.name, kind.name())),
+        data_dir: cfg.work_dir.join(format!(
+            "{}-{}{}",
+            s.name,
+            kind.name(),
+            if cfg.tls.is_some() { "-tls" } else { "" }
+        )),
         admin_token: ADMIN_TOKEN.into(),
         extra_args: cfg.relay_args.clone(),
+        tls: cfg.tls.clone(),
     };
     let mut target = Target::start(kind, &cfg.programs, &launch)?;
     let devices = device_count(s, cfg, kind);
@@ -154,8 +169,9 @@ fn run_inner(
             if cfg.progress {
                 eprintln!("{}/{}: provisioning {devices} devices", s.name, kind.name());
             }
+            let client_tls = cfg.tls.as_ref().map(|c| c.client_config(true));
             Some(
-                admin::provision(admin_addr, target.ws, ADMIN_TOKEN, devices, 4)
+                admin::provision(admin_addr, target.ws, ADMIN_TOKEN, devices, 4, client_tls)
                     .context("provisioning")?,
             )
         }
@@ -166,6 +182,7 @@ fn run_inner(
         kind,
         ws: target.ws,
         provisioned,
+        tls: cfg.tls.as_ref().map(|c| c.client_config(true)),
     };
     let pid = target.pid;
     let label = format!("{}/{}", s.name, kind.name());
@@ -212,6 +229,7 @@ fn run_inner(
                 attempt_timeout: cfg.storm_attempt_timeout,
                 concurrency: cfg.setup_concurrency,
                 progress,
+                mode: cfg.storm_mode,
             };
             let (outcome, back, placement) = on_generator(gen_cpu, move || async move {
                 let (o, t) = run_storm(Rc::new(env), target, settings).await;
@@ -220,6 +238,25 @@ fn run_inner(
             report.generator_placement = placement;
             report.storm = Some(outcome);
             target = back.context("restarting the target")?;
+        }
+        Work::Handshake { .. } => {
+            let clients = cfg.handshake_clients;
+            let (warmup, duration, cert) = (cfg.warmup, cfg.duration, cfg.tls.clone());
+            let (outcome, placement) = on_generator(gen_cpu, move || async move {
+                let o = crate::handshake::run_handshakes(
+                    Rc::new(env),
+                    cert,
+                    clients,
+                    warmup,
+                    duration,
+                    pid,
+                )
+                .await;
+                (o, thread_placement())
+            })?;
+            report.target_placement = procfs::describe_placement(&procfs::placement(pid));
+            report.generator_placement = placement;
+            report.handshake = Some(outcome);
         }
     }
     target.stop(Duration::from_secs(15));

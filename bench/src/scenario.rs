@@ -33,6 +33,11 @@ pub enum Work {
         /// Devices.
         devices: usize,
     },
+    /// Connections (TLS handshakes) per second.
+    Handshake {
+        /// Clients connecting at once.
+        clients: usize,
+    },
 }
 
 /// A named preset.
@@ -49,6 +54,9 @@ pub struct Scenario {
 /// Every scenario name, in the order `--scenario all` runs them.
 pub const NAMES: [&str; 6] = ["latency", "small", "large", "many", "idle", "storm"];
 
+/// Scenarios run only when named (not part of `all`).
+pub const EXTRA: [&str; 1] = ["handshake"];
+
 impl Work {
     /// `work` with the command line's overrides of pairs (devices) and size.
     pub fn with_overrides(self, pairs: Option<usize>, size: Option<usize>) -> Work {
@@ -61,6 +69,7 @@ impl Work {
             Work::Storm { devices } => Work::Storm {
                 devices: pairs.unwrap_or(devices),
             },
+            Work::Handshake { clients } => Work::Handshake { clients },
         }
     }
 
@@ -74,6 +83,7 @@ impl Work {
             Work::Idle { pairs: Some(p) } => format!("{p} idle pairs"),
             Work::Idle { pairs: None } => "idle pairs up to the descriptor limit".into(),
             Work::Storm { devices } => format!("{devices} devices, target restarted"),
+            Work::Handshake { clients } => format!("{clients} clients connecting"),
         }
     }
 }
@@ -117,9 +127,19 @@ pub fn preset(name: &str, scale: Scale) -> Option<Scenario> {
                 devices: pick(10_000, 20),
             },
         ),
+        "handshake" => (
+            "connections (TLS handshakes: full, then resumed) per second",
+            Work::Handshake {
+                clients: pick(16, 2),
+            },
+        ),
         _ => return None,
     };
-    let name = NAMES.iter().copied().find(|n| *n == name)?;
+    let name = NAMES
+        .iter()
+        .chain(EXTRA.iter())
+        .copied()
+        .find(|n| *n == name)?;
     Some(Scenario { name, about, work })
 }
 

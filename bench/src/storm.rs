@@ -4,10 +4,14 @@
 //! the restarted target's readiness until the last device is online again,
 //! and how many devices failed.
 //!
-//! A device whose connection ends retries every 50 to 150 ms (random, so the
-//! retries do not stay in lockstep) until it is online again. An attempt that
-//! fails while the target is up is a *failed attempt*; a device that is still
-//! not online at the deadline is a *failed device*.
+//! How a device retries ([`StormMode`]): by default as terminals do, with
+//! exponential backoff from 0.5 s to 30 s and full jitter (each wait is uniform
+//! between 0 and the current cap), never sooner than a refusal's `Retry-After`;
+//! with `--storm-mode hammer`, every 50 to 150 ms regardless. An attempt that
+//! fails while the target is up is a *failed attempt*; a refusal the device
+//! could read (an HTTP status with `Retry-After`) is counted apart from failures
+//! it could not read (a reset, a corrupt TLS record, a timeout); a device that is
+//! still not online at the deadline is a *failed device*.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -16,13 +20,50 @@ use std::time::{Duration, Instant};
 use futures_lite::future::or;
 use glommio::sync::Semaphore;
 use glommio::timer::{sleep, timeout};
-use rand::Rng as _;
 use serde::Serialize;
 
 use crate::flow::{device_online, Env};
 use crate::load::{progress_done, progress_line};
 use crate::target::Target;
-use crate::wsclient::Incoming;
+use crate::wsclient::{Incoming, WsError};
+
+/// How storm devices retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StormMode {
+    /// As terminals do: exponential backoff (0.5 s doubling to 30 s) with full jitter,
+    /// never before a refusal's `Retry-After`.
+    Backoff,
+    /// Every 50-150 ms, whatever the answer.
+    Hammer,
+}
+
+/// First backoff cap (the first retry waits up to this long).
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Largest backoff cap.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl StormMode {
+    /// How long to wait before retry number `failures` (0: right after the connection
+    /// ended), given the `Retry-After` of the last refusal, if any.
+    pub fn pause(
+        self,
+        failures: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl rand::Rng,
+    ) -> Duration {
+        match self {
+            StormMode::Hammer => Duration::from_millis(rng.gen_range(50..150)),
+            StormMode::Backoff => {
+                let cap = BACKOFF_BASE
+                    .saturating_mul(1u32 << failures.min(16))
+                    .min(BACKOFF_MAX);
+                let jittered = cap.mul_f64(rng.gen::<f64>());
+                jittered.max(retry_after.unwrap_or_default())
+            }
+        }
+    }
+}
 
 /// What the storm measured.
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +88,14 @@ pub struct StormOutcome {
     pub failed_attempts: u64,
     /// Attempts that failed before the restart (the first connections).
     pub failed_attempts_before: u64,
+    /// How the devices retried.
+    pub mode: StormMode,
+    /// Failed attempts after the restart that were a refusal the device could read:
+    /// an HTTP status with a `Retry-After` (503 past the relay's limits).
+    pub refusals_readable: u64,
+    /// Failed attempts after the restart that were anything else (a reset, a corrupt
+    /// TLS record, a timeout, a refusal without `Retry-After`).
+    pub failures_unreadable: u64,
 }
 
 struct Shared {
@@ -59,6 +108,9 @@ struct Shared {
     last_back: Cell<Option<Instant>>,
     failed_attempts: Cell<u64>,
     failed_before: Cell<u64>,
+    refusals_readable: Cell<u64>,
+    failures_unreadable: Cell<u64>,
+    mode: StormMode,
     stopping: Cell<bool>,
     /// How long one attempt to come online may take before the device gives up and retries.
     attempt_timeout: Duration,
@@ -80,6 +132,8 @@ pub struct StormSettings {
     pub concurrency: usize,
     /// Progress lines.
     pub progress: bool,
+    /// How devices retry.
+    pub mode: StormMode,
 }
 
 /// Runs the storm on `target`; gives the target back.
@@ -103,6 +157,9 @@ pub async fn run_storm(
         last_back: Cell::new(None),
         failed_attempts: Cell::new(0),
         failed_before: Cell::new(0),
+        refusals_readable: Cell::new(0),
+        failures_unreadable: Cell::new(0),
+        mode: settings.mode,
         stopping: Cell::new(false),
         attempt_timeout: settings.attempt_timeout,
         stop: Semaphore::new(0),
@@ -146,7 +203,9 @@ pub async fn run_storm(
         wait_for("back online", devices, back, ready + deadline, progress).await;
     }
     let online_after = shared.online.get();
-    let all_back = shared.back.get() >= devices;
+    // Counted at the deadline: devices that come back while the run stops do not count.
+    let back_at_deadline = shared.back.get();
+    let all_back = back_at_deadline >= devices;
     shared.stopping.set(true);
     shared.stop.signal(PLENTY);
     for t in tasks {
@@ -169,9 +228,12 @@ pub async fn run_storm(
                     .map(|t| t.saturating_duration_since(ready).as_secs_f64())
             })
             .flatten(),
-        failed_devices: devices.saturating_sub(shared.back.get()) as u64,
+        failed_devices: devices.saturating_sub(back_at_deadline) as u64,
         failed_attempts: shared.failed_attempts.get(),
         failed_attempts_before: shared.failed_before.get(),
+        mode: settings.mode,
+        refusals_readable: shared.refusals_readable.get(),
+        failures_unreadable: shared.failures_unreadable.get(),
     };
     (outcome, restarted)
 }
@@ -179,6 +241,8 @@ pub async fn run_storm(
 async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize) {
     let mut first = true;
     let mut counted_back = false;
+    // Failed attempts since the device was last online (the backoff's exponent).
+    let mut failures = 0u32;
     loop {
         let try_once = async {
             let r = timeout(shared.attempt_timeout, async {
@@ -193,9 +257,11 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
         } else {
             try_once.await
         };
+        let mut retry_after = None;
         match attempt {
             Ok(mut conn) => {
                 first = false;
+                failures = 0;
                 shared.online.set(shared.online.get() + 1);
                 if shared.restarting.get() && !counted_back {
                     counted_back = true;
@@ -225,13 +291,29 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
                 }
             }
             Err(e) => {
+                if let Some(WsError::Refused {
+                    retry_after: after, ..
+                }) = e.downcast_ref::<WsError>()
+                {
+                    retry_after = *after;
+                }
                 let counter = if shared.ready_at.get().is_some() {
+                    if retry_after.is_some() {
+                        shared
+                            .refusals_readable
+                            .set(shared.refusals_readable.get() + 1);
+                    } else {
+                        shared
+                            .failures_unreadable
+                            .set(shared.failures_unreadable.get() + 1);
+                    }
                     &shared.failed_attempts
                 } else if !shared.restarting.get() {
                     &shared.failed_before
                 } else {
                     // The target is down: refusals are expected.
-                    continue_after_pause(&shared).await;
+                    continue_after_pause(&shared, failures, None).await;
+                    failures = failures.saturating_add(1);
                     if shared.stopping.get() {
                         return;
                     }
@@ -243,16 +325,19 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
                 counter.set(counter.get() + 1);
             }
         }
-        continue_after_pause(&shared).await;
+        continue_after_pause(&shared, failures, retry_after).await;
+        failures = failures.saturating_add(1);
         if shared.stopping.get() {
             return;
         }
     }
 }
 
-/// Waits 50 to 150 ms, or less if the run stops.
-async fn continue_after_pause(shared: &Shared) {
-    let pause = Duration::from_millis(rand::thread_rng().gen_range(50..150));
+/// Waits as the storm's mode says (see [`StormMode::pause`]), or less if the run stops.
+async fn continue_after_pause(shared: &Shared, failures: u32, retry_after: Option<Duration>) {
+    let pause = shared
+        .mode
+        .pause(failures, retry_after, &mut rand::thread_rng());
     let stop = async {
         let _ = shared.stop.acquire(1).await;
     };
@@ -275,4 +360,53 @@ async fn wait_for(
         }
     }
     count() >= devices
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_to_thirty_with_full_jitter_and_honours_retry_after() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let b = StormMode::Backoff;
+        for (failures, cap) in [
+            (0, 500),
+            (1, 1000),
+            (2, 2000),
+            (5, 16_000),
+            (6, 30_000),
+            (40, 30_000),
+        ] {
+            let waits: Vec<Duration> = (0..2000)
+                .map(|_| b.pause(failures, None, &mut rng))
+                .collect();
+            let cap = Duration::from_millis(cap);
+            assert!(
+                waits.iter().all(|w| *w <= cap),
+                "{failures}: within the cap"
+            );
+            // Full jitter: spread over the whole range, not bunched near the cap.
+            assert!(
+                waits.iter().any(|w| *w < cap / 10),
+                "{failures}: some short waits"
+            );
+            assert!(
+                waits.iter().any(|w| *w > cap * 9 / 10),
+                "{failures}: some long waits"
+            );
+        }
+        let after = Duration::from_secs(3);
+        for _ in 0..1000 {
+            assert!(
+                b.pause(0, Some(after), &mut rng) >= after,
+                "never before Retry-After"
+            );
+        }
+        for _ in 0..1000 {
+            let w = StormMode::Hammer.pause(7, Some(after), &mut rng);
+            assert!((Duration::from_millis(50)..Duration::from_millis(150)).contains(&w));
+        }
+    }
 }

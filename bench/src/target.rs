@@ -84,6 +84,8 @@ pub struct Launch {
     pub admin_token: String,
     /// Extra arguments for `posrelay serve`.
     pub extra_args: Vec<String>,
+    /// `--tls`: serve wss:// with this certificate.
+    pub tls: Option<crate::tls::RunCert>,
 }
 
 /// A running server.
@@ -309,18 +311,34 @@ fn command_line(
             .iter()
             .map(|s| s.to_string())
             .collect();
+            args.extend(tls_args(launch));
             args.extend(launch.extra_args.iter().cloned());
             (bin, args)
         }
-        TargetKind::Direct => (
-            programs.bench.clone(),
-            vec!["serve-echo".into(), "--listen".into(), listen],
-        ),
-        TargetKind::Baseline => (
-            programs.bench.clone(),
-            vec!["serve-baseline".into(), "--listen".into(), listen],
-        ),
+        TargetKind::Direct => {
+            let mut args = vec!["serve-echo".into(), "--listen".into(), listen];
+            args.extend(tls_args(launch));
+            (programs.bench.clone(), args)
+        }
+        TargetKind::Baseline => {
+            let mut args = vec!["serve-baseline".into(), "--listen".into(), listen];
+            args.extend(tls_args(launch));
+            (programs.bench.clone(), args)
+        }
     })
+}
+
+/// `--tls-cert C --tls-key K` when the run is over TLS (the same flags for every target).
+fn tls_args(launch: &Launch) -> Vec<String> {
+    match &launch.tls {
+        Some(cert) => vec![
+            "--tls-cert".into(),
+            cert.cert.to_string_lossy().into_owned(),
+            "--tls-key".into(),
+            cert.key.to_string_lossy().into_owned(),
+        ],
+        None => Vec::new(),
+    }
 }
 
 fn taskset_available() -> bool {

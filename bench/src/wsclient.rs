@@ -16,6 +16,8 @@ use bytes::BytesMut;
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use crate::tls::{ClientStream, TlsClient};
 use glommio::sync::RwLock;
 use posrelay_core::handshake::{ClientHandshake, HandshakeError, WebSocketKey};
 use posrelay_core::proto::{
@@ -40,6 +42,14 @@ pub enum WsError {
     /// The server's answer to the opening handshake was refused (e.g. a 401).
     #[error("handshake: {0}")]
     Handshake(#[from] HandshakeError),
+    /// The server refused the upgrade with this status and said when to retry.
+    #[error("refused with {status} (Retry-After {retry_after:?})")]
+    Refused {
+        /// The HTTP status (503, 429...).
+        status: u16,
+        /// Its `Retry-After` (delay-seconds), if any.
+        retry_after: Option<std::time::Duration>,
+    },
     /// The server broke RFC 6455.
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
@@ -56,6 +66,7 @@ impl WsError {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             WsError::Handshake(HandshakeError::UnexpectedStatus { status }) => Some(*status),
+            WsError::Refused { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -76,7 +87,7 @@ fn fresh_rng() -> StdRng {
 
 /// The sending side of a connection; cheap to share between tasks (`Rc`).
 pub struct WsWriter {
-    half: RwLock<WriteHalf<TcpStream>>,
+    half: RwLock<WriteHalf<ClientStream>>,
     masks: RefCell<StdRng>,
 }
 
@@ -115,7 +126,7 @@ impl WsWriter {
 
 /// The receiving side of a connection.
 pub struct WsReader {
-    half: ReadHalf<TcpStream>,
+    half: ReadHalf<ClientStream>,
     rbuf: BytesMut,
     proto: Connection,
     writer: Rc<WsWriter>,
@@ -207,6 +218,22 @@ pub struct Dial<'a> {
     pub protocols: &'a [&'a str],
     /// Extra request headers (e.g. `Authorization`).
     pub headers: &'a [(&'a str, &'a str)],
+    /// TLS (`wss://`) with this client configuration.
+    pub tls: Option<&'a std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// The `Retry-After` of a response head, in delay-seconds (RFC 9110 §10.2.3).
+pub fn retry_after(head: &[u8]) -> Option<std::time::Duration> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(head).ok()?;
+    let value = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("retry-after"))?
+        .value;
+    let secs: u64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(secs))
 }
 
 /// Opens a WebSocket: TCP connect, the RFC 6455 §4.1 handshake, then split.
@@ -215,6 +242,10 @@ pub async fn connect(dial: &Dial<'_>) -> Result<WsReader, WsError> {
         .await
         .map_err(std::io::Error::from)?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
+    let stream = match dial.tls {
+        Some(config) => ClientStream::Tls(Box::new(TlsClient::new(stream, config.clone())?)),
+        None => ClientStream::Plain(stream),
+    };
     let mut rng = fresh_rng();
     let mut key = [0u8; 16];
     rng.fill_bytes(&mut key);
@@ -230,8 +261,16 @@ pub async fn connect(dial: &Dial<'_>) -> Result<WsReader, WsError> {
     wr.write_all(&handshake.request_bytes()).await?;
     let mut buf = BytesMut::with_capacity(4096);
     let done = loop {
-        if let Some(done) = handshake.handle_response(&buf)? {
-            break done;
+        match handshake.handle_response(&buf) {
+            Ok(Some(done)) => break done,
+            Ok(None) => {}
+            Err(HandshakeError::UnexpectedStatus { status }) => {
+                return Err(WsError::Refused {
+                    status,
+                    retry_after: retry_after(&buf),
+                })
+            }
+            Err(e) => return Err(e.into()),
         }
         let start = buf.len();
         buf.resize(start + 4096, 0);

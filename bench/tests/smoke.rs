@@ -31,7 +31,13 @@ fn run(targets: &[&str], extra: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// `targets`: the results' targets in order; in a TLS run posrelay's ws reference
+/// follows posrelay (and `tls` is set on every other result).
 fn check(report: &Value, targets: &[&str]) {
+    check_run(report, targets, false)
+}
+
+fn check_run(report: &Value, targets: &[&str], tls: bool) {
     let scenarios = report["scenarios"].as_array().expect("scenarios");
     let names: Vec<&str> = scenarios
         .iter()
@@ -39,7 +45,15 @@ fn check(report: &Value, targets: &[&str]) {
         .collect();
     assert_eq!(
         names,
-        ["latency", "small", "large", "many", "idle", "storm"]
+        [
+            "latency",
+            "small",
+            "large",
+            "many",
+            "idle",
+            "storm",
+            "handshake"
+        ]
     );
     for s in scenarios {
         let name = s["name"].as_str().unwrap();
@@ -49,8 +63,13 @@ fn check(report: &Value, targets: &[&str]) {
             .filter_map(|r| r["target"].as_str())
             .collect();
         assert_eq!(got, targets, "{name}");
-        for r in results {
-            let what = format!("{name}/{}", r["target"]);
+        assert_eq!(s["tls"], tls, "{name}");
+        for (i, r) in results.iter().enumerate() {
+            let what = format!("{name}/{} (tls {})", r["target"], r["tls"]);
+            // In a TLS run only posrelay's reference (the entry after posrelay) is ws.
+            let reference =
+                tls && i > 0 && results[i - 1]["target"] == "posrelay" && r["target"] == "posrelay";
+            assert_eq!(r["tls"], tls && !reference, "{what}");
             assert!(r["error"].is_null(), "{what}: {}", r["error"]);
             assert!(
                 r["target_placement"]
@@ -83,6 +102,27 @@ fn check(report: &Value, targets: &[&str]) {
                     assert_eq!(st["online_before"], st["devices"], "{what}: {st}");
                     assert_eq!(st["failed_devices"], 0, "{what}: {st}");
                     assert!(st["all_online_secs"].is_number(), "{what}: {st}");
+                    assert_eq!(
+                        st["failures_unreadable"], 0,
+                        "{what}: every failure was a readable refusal: {st}"
+                    );
+                }
+                Some("handshake") => {
+                    let h = &r["handshake"];
+                    assert!(
+                        h["full"]["connections"].as_u64().unwrap() > 0,
+                        "{what}: {h}"
+                    );
+                    assert_eq!(h["full"]["resumed"], 0, "{what}: {h}");
+                    if r["tls"] == true {
+                        let resumed = &h["resumed"];
+                        assert!(
+                            resumed["resumed"].as_u64().unwrap() > 0,
+                            "{what}: clients with a ticket resume: {h}"
+                        );
+                    } else {
+                        assert!(h["resumed"].is_null(), "{what}: {h}");
+                    }
                 }
                 other => panic!("{what}: unknown work {other:?}"),
             }
@@ -111,4 +151,25 @@ fn posrelay_passes_every_scenario_at_tiny_scale() {
     // The ratios need the peers; they are computed, not asserted (no timing).
     let small = &report["scenarios"][1];
     assert!(small["ratios"].as_array().is_some_and(|r| !r.is_empty()));
+}
+
+#[test]
+fn every_target_passes_every_scenario_over_tls_at_tiny_scale() {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_posrelay-bench"));
+    let relay = dir.with_file_name("posrelay");
+    assert!(relay.exists(), "{} is missing", relay.display());
+    let report = run(
+        &["posrelay", "baseline", "direct"],
+        &["--tls", "--posrelay-bin", relay.to_str().unwrap()],
+    );
+    check_run(
+        &report,
+        &["posrelay", "posrelay", "baseline", "direct"],
+        true,
+    );
+    // The wss/ws ratios are computed from the same run (not asserted: no timing).
+    let small = &report["scenarios"][1];
+    assert!(small["ratios"].as_array().is_some_and(|r| r
+        .iter()
+        .any(|r| r["name"].as_str().unwrap().contains("wss"))));
 }

@@ -129,6 +129,7 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<()> {
             max_frame_payload: args.max_message_bytes as u64,
             max_message: args.max_message_bytes,
         },
+        tls: None,
     };
     serve_echo(config, |addr| {
         // The first line on stdout is the address: tests and scripts read it.

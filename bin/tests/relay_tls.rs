@@ -158,3 +158,154 @@ fn sighup_reloads_the_certificate_without_a_restart() {
     );
     assert!(handshake_trusting(relay.relay_addr, second.cert.der()));
 }
+
+/// A relay on a fresh self-signed certificate (for 127.0.0.1), started with `args` too;
+/// the clients trust that certificate and nothing else.
+fn tls_relay(
+    args: &[&str],
+) -> (
+    Relay,
+    std::sync::Arc<rustls::ClientConfig>,
+    Vec<u8>,
+    tempfile::TempDir,
+) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("generate a self-signed certificate");
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let mut all = vec![
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let mut relay = Relay::start(&all);
+    relay.trust(cert.cert.der().to_vec());
+    let client = client_tls_config(cert.cert.der().to_vec());
+    (relay, client, cert.cert.der().to_vec(), dir)
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TLS connection to the relay with `config` (its handshake completes on first use).
+fn tls_connect(relay: &Relay, config: &std::sync::Arc<rustls::ClientConfig>) -> TlsStream {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    TlsStream::new(conn, raw_connect(relay.relay_addr))
+}
+
+fn open_connections(relay: &Relay) -> f64 {
+    metric_sum(&relay.metrics(), "posrelay_open_connections", &[])
+}
+
+/// Issue 12's defect: past `--max-unauthenticated` on a TLS listener the 503 was written
+/// in plaintext before the TLS handshake, and a wss client saw a corrupt record. Now the
+/// refusal completes the handshake and answers over TLS: a readable 503 whose
+/// `Retry-After` the client can honour, then a clean TLS close.
+#[test]
+fn a_refusal_on_a_tls_listener_is_a_readable_503_over_tls() {
+    use std::io::{Read, Write};
+    let (relay, client, _cert, _dir) =
+        tls_relay(&["--max-unauthenticated", "1", "--handshake-timeout", "30s"]);
+    let before = metric_sum(
+        &relay.metrics(),
+        "posrelay_refused_total",
+        &[("reason", "max_unauthenticated")],
+    );
+    // One connection that never says anything holds the only anonymous place.
+    let held = raw_connect(relay.relay_addr);
+    let settled = wait_for(std::time::Duration::from_secs(10), || {
+        (open_connections(&relay) == 1.0).then_some(())
+    });
+    assert!(settled.is_some(), "the held connection is counted");
+
+    let mut tls = tls_connect(&relay, &client);
+    tls.write_all(&upgrade_request(DEVICE_LISTENER, &[]))
+        .expect("the refused client's TLS handshake and request");
+    let resp = read_head(&mut tls);
+    assert_eq!(resp.status, 503, "{}", resp.head);
+    let retry: u64 = resp
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After: {}", resp.head))
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After is not delay-seconds: {}", resp.head));
+    assert!(retry >= 1, "Retry-After {retry}");
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.head);
+    let body = read_body_from(&mut tls, &resp);
+    assert!(
+        String::from_utf8_lossy(&body).contains("retry later"),
+        "the body says what to do: {}",
+        String::from_utf8_lossy(&body)
+    );
+    // Then a clean TLS close: close_notify, not a reset or a corrupt record.
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest)
+        .expect("the relay ends the refused TLS connection with close_notify");
+    assert!(rest.is_empty());
+    assert!(
+        metric_sum(
+            &relay.metrics(),
+            "posrelay_refused_total",
+            &[("reason", "max_unauthenticated")]
+        ) > before,
+        "counted in /metrics"
+    );
+
+    // The anonymous place is free again: the next client is served.
+    drop(held);
+    let free = wait_for(std::time::Duration::from_secs(10), || {
+        (open_connections(&relay) == 0.0).then_some(())
+    });
+    assert!(free.is_some(), "the held connection is released");
+    let mut tls = tls_connect(&relay, &client);
+    tls.write_all(&upgrade_request(DEVICE_LISTENER, &[]))
+        .unwrap();
+    let resp = read_head(&mut tls);
+    assert_eq!(resp.status, 101, "{}", resp.head);
+}
+
+fn read_body_from(s: &mut impl std::io::Read, resp: &RawResp) -> Vec<u8> {
+    let len: usize = resp
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("read response body");
+    body
+}
+
+/// Stateless session tickets (TLS 1.3 PSK): a client that reconnects with the ticket of
+/// its last connection resumes (no certificate, no signature), and is served as usual.
+#[test]
+fn a_reconnecting_client_resumes_its_tls_session() {
+    use std::io::Write;
+    let (relay, client, cert, _dir) = tls_relay(&[]);
+    let request = b"GET /no-such-path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let mut tls = tls_connect(&relay, &client);
+        tls.write_all(request).unwrap();
+        let resp = read_head(&mut tls);
+        assert_eq!(resp.status, 404, "{}", resp.head);
+        // Reading the answer also read the ticket sent after the handshake.
+        let _ = read_body_from(&mut tls, &resp);
+        kinds.push(tls.conn.handshake_kind());
+        assert_eq!(
+            tls.conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+    // A client without the ticket (another session store) gets a full handshake.
+    let stranger = client_tls_config(cert);
+    let mut tls = tls_connect(&relay, &stranger);
+    tls.write_all(request).unwrap();
+    assert_eq!(read_head(&mut tls).status, 404);
+    assert_eq!(tls.conn.handshake_kind(), Some(Full));
+}

@@ -12,7 +12,8 @@
 //!    device connection or a POS session with nothing to say), counted byte by byte on
 //!    the shard thread: at most 1,792 bytes, so that the resident memory the benchmark's
 //!    `idle` scenario reads (requested bytes plus the allocator's rounding) stays under
-//!    its 2 KiB goal.
+//!    its 2 KiB goal. The same over wss (issue 12): what TLS adds per idle connection is
+//!    rustls' session state, never a buffer.
 //!
 //! Its own test binary, so that its global allocator counts nothing else.
 
@@ -21,6 +22,7 @@ use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use posrelay_core::io::runtime::RuntimeConfig;
@@ -29,18 +31,20 @@ use tungstenite::{client::IntoClientRequest, Message};
 
 thread_local! {
     static ON_SHARD: Cell<bool> = const { Cell::new(false) };
-    static ON_IDLE_SHARD: Cell<bool> = const { Cell::new(false) };
+    /// Which idle test's shard this thread is (0: none, 1: ws, 2: wss).
+    static IDLE_SHARD: Cell<usize> = const { Cell::new(0) };
     static ON_TEST_THREAD: Cell<u64> = const { Cell::new(0) };
     static COUNT_TEST_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 static SHARD_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-/// Bytes allocated and not yet freed on the idle test's shard thread.
-static IDLE_SHARD_LIVE: AtomicI64 = AtomicI64::new(0);
+/// Bytes allocated and not yet freed on each idle test's shard thread (ws, wss).
+static IDLE_SHARD_LIVE: [AtomicI64; 2] = [AtomicI64::new(0), AtomicI64::new(0)];
 
 fn track_live(delta: i64) {
-    if ON_IDLE_SHARD.with(|c| c.get()) {
-        IDLE_SHARD_LIVE.fetch_add(delta, Ordering::Relaxed);
+    let which = IDLE_SHARD.with(|c| c.get());
+    if which > 0 {
+        IDLE_SHARD_LIVE[which - 1].fetch_add(delta, Ordering::Relaxed);
     }
 }
 
@@ -85,7 +89,11 @@ fn mark_shard_thread() {
 }
 
 fn mark_idle_shard_thread() {
-    ON_IDLE_SHARD.with(|c| c.set(true));
+    IDLE_SHARD.with(|c| c.set(1));
+}
+
+fn mark_idle_tls_shard_thread() {
+    IDLE_SHARD.with(|c| c.set(2));
 }
 
 const ADMIN: &str = "alloc-test-admin-token";
@@ -202,18 +210,40 @@ fn field(json: &str, name: &str) -> String {
 
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 
-fn connect(url: &str, bearer: Option<&str>) -> Ws {
+/// Opens a WebSocket to `url` (`ws://`, or `wss://` trusting only `tls`'s certificate).
+fn connect(url: &str, bearer: Option<&str>, tls: Option<&Arc<rustls::ClientConfig>>) -> Ws {
     let mut req = url.into_client_request().unwrap();
     if let Some(t) = bearer {
         req.headers_mut()
             .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     }
-    let (ws, _) = tungstenite::connect(req).unwrap();
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-    }
+    let host = req.uri().host().unwrap().to_owned();
+    let port = req.uri().port_u16().unwrap();
+    let stream = TcpStream::connect((host.as_str(), port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let connector = match tls {
+        Some(config) => tungstenite::Connector::Rustls(config.clone()),
+        None => tungstenite::Connector::Plain,
+    };
+    let (ws, _) = tungstenite::client_tls_with_config(req, stream, None, Some(connector)).unwrap();
     ws
+}
+
+/// A client TLS configuration that trusts exactly `cert_der`.
+fn trusting(cert_der: Vec<u8>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der.into()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 fn text(ws: &mut Ws) -> String {
@@ -236,11 +266,26 @@ struct Node {
     client_id: String,
     secret: String,
     token: String,
+    /// For a wss node: the clients' TLS configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-fn start_node(name: &str, on_shard_start: fn(), devices: usize) -> Node {
+fn start_node(name: &str, on_shard_start: fn(), devices: usize, tls: bool) -> Node {
     let dir = std::env::temp_dir().join(format!("posrelay-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (server_tls, client_tls) = if tls {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        (
+            Some((cert_path, key_path)),
+            Some(trusting(cert.cert.der().to_vec())),
+        )
+    } else {
+        (None, None)
+    };
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -252,7 +297,7 @@ fn start_node(name: &str, on_shard_start: fn(), devices: usize) -> Node {
             on_shard_start: Some(on_shard_start),
             ..RuntimeConfig::default()
         },
-        tls: None,
+        tls: server_tls,
         subprotocols: Default::default(),
         relay_limits: Default::default(),
         ws_limits: Default::default(),
@@ -321,26 +366,41 @@ fn start_node(name: &str, on_shard_start: fn(), devices: usize) -> Node {
     }
     let form =
         format!("grant_type=client_credentials&client_id={client_id}&client_secret={secret}");
-    let mut s = TcpStream::connect(addrs.relay).unwrap();
-    write!(s, "POST /oauth2/v1/acme/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}", form.len()).unwrap();
+    let request = format!("POST /oauth2/v1/acme/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}", form.len());
+    let s = TcpStream::connect(addrs.relay).unwrap();
     let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
+    match &client_tls {
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, s);
+            s.write_all(request.as_bytes()).unwrap();
+            s.read_to_string(&mut answer).unwrap();
+        }
+        None => {
+            let mut s = s;
+            s.write_all(request.as_bytes()).unwrap();
+            s.read_to_string(&mut answer).unwrap();
+        }
+    }
     let token = field(&answer, "access_token");
+    let scheme = if client_tls.is_some() { "wss" } else { "ws" };
     Node {
         dir,
         stop,
         server,
-        relay: format!("ws://{}", addrs.relay),
+        relay: format!("{scheme}://{}", addrs.relay),
         client_id,
         secret,
         token,
+        tls: client_tls,
     }
 }
 
 impl Node {
     /// Registers terminal `n` and opens its device connection (§2, §3).
     fn device(&self, n: usize) -> Ws {
-        let mut reg = connect(
+        let mut reg = self.connect(
             &format!("{}/cloud-connector/v1/device-listener", self.relay),
             None,
         );
@@ -352,7 +412,7 @@ impl Node {
         )))
         .unwrap();
         let registered = text(&mut reg);
-        connect(
+        self.connect(
             &field(&registered, "connection_url"),
             Some(&field(&registered, "token")),
         )
@@ -367,11 +427,15 @@ impl Node {
             )))
             .unwrap();
         let claimed = text(control);
-        connect(&field(&claimed, "session_url"), Some(&self.token))
+        self.connect(&field(&claimed, "session_url"), Some(&self.token))
+    }
+
+    fn connect(&self, url: &str, bearer: Option<&str>) -> Ws {
+        connect(url, bearer, self.tls.as_ref())
     }
 
     fn control(&self) -> Ws {
-        connect(
+        self.connect(
             &format!("{}/cloud-connector/v1/pos-listener", self.relay),
             Some(&self.token),
         )
@@ -386,7 +450,7 @@ impl Node {
 
 #[test]
 fn a_relay_node_forwards_without_per_message_allocations() {
-    let node = start_node("alloc", mark_shard_thread, 1);
+    let node = start_node("alloc", mark_shard_thread, 1, false);
     let mut device = node.device(0);
     let mut control = node.control();
     let mut pos = node.session(&mut control, 0);
@@ -447,13 +511,14 @@ fn a_relay_node_forwards_without_per_message_allocations() {
     );
 }
 
-#[test]
-fn a_relay_node_holds_at_most_1792_heap_bytes_per_idle_connection() {
-    // WARM pairs first (the shard's maps, pools and first-use state), then MEASURED
-    // pairs, each a device connection and a POS session left idle.
+/// Opens WARM pairs first (the shard's maps, pools and first-use state), then MEASURED
+/// pairs, each a device connection and a POS session left idle, on a node whose shard
+/// counts its live heap in `IDLE_SHARD_LIVE[slot]`; returns the heap bytes the measured
+/// pairs hold per connection, after checking that every pair still relays.
+fn idle_heap_per_connection(name: &str, mark: fn(), slot: usize, tls: bool) -> i64 {
     const WARM: usize = 16;
     const MEASURED: usize = 200;
-    let node = start_node("idle-memory", mark_idle_shard_thread, WARM + MEASURED);
+    let node = start_node(name, mark, WARM + MEASURED, tls);
     let mut control = node.control();
     let mut pairs = Vec::new();
     let open = |control: &mut Ws, n: usize| (node.device(n), node.session(control, n));
@@ -461,17 +526,17 @@ fn a_relay_node_holds_at_most_1792_heap_bytes_per_idle_connection() {
         pairs.push(open(&mut control, n));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = IDLE_SHARD_LIVE.load(Ordering::Relaxed);
+    let before = IDLE_SHARD_LIVE[slot].load(Ordering::Relaxed);
     for n in WARM..WARM + MEASURED {
         pairs.push(open(&mut control, n));
     }
     // Let the registrations' and handshakes' transient state go.
     std::thread::sleep(Duration::from_millis(300));
-    let after = IDLE_SHARD_LIVE.load(Ordering::Relaxed);
+    let after = IDLE_SHARD_LIVE[slot].load(Ordering::Relaxed);
     let connections = 2 * MEASURED as i64;
     let per_connection = (after - before) / connections;
     println!(
-        "idle: {MEASURED} pairs held {} bytes of heap on the shard: {per_connection} bytes per connection",
+        "idle ({name}): {MEASURED} pairs held {} bytes of heap on the shard: {per_connection} bytes per connection",
         after - before
     );
     // Every pair still relays: one message each way.
@@ -485,6 +550,12 @@ fn a_relay_node_holds_at_most_1792_heap_bytes_per_idle_connection() {
     drop(pairs);
     let _ = control.close(None);
     node.stop();
+    per_connection
+}
+
+#[test]
+fn a_relay_node_holds_at_most_1792_heap_bytes_per_idle_connection() {
+    let per_connection = idle_heap_per_connection("idle-memory", mark_idle_shard_thread, 0, false);
     // The goal (issue 7) is 2 KiB of resident memory per idle connection, as the bench's
     // idle scenario reads it from /proc. This counts the bytes requested; the allocator's
     // size classes and partly used pages add to that (1,574 requested here against
@@ -493,5 +564,27 @@ fn a_relay_node_holds_at_most_1792_heap_bytes_per_idle_connection() {
     assert!(
         per_connection <= 1_792,
         "{per_connection} bytes of heap per idle connection (bound 1,792, for a resident goal of 2 KiB)"
+    );
+}
+
+/// Issue 12: an idle wss connection costs what an idle ws connection costs plus the
+/// cipher state, with no TLS buffer held while idle (rustls' unbuffered connection, the
+/// ciphertext buffers pooled per shard). 5,037 bytes measured (ws: 1,574; before, with
+/// rustls' buffered connection and its buffers, 9.6-12.4 KiB resident per connection in
+/// the bench). What TLS adds is rustls' and ring's state for one TLS 1.3 session, none
+/// of it a buffer: the connection object itself (1,288 bytes with the socket: rustls'
+/// `UnbufferedServerConnection` is about 1.1 KB inline), two AES-GCM keys (560 bytes
+/// each: ring's key is sized for the AES key schedule plus the GHASH table, whatever
+/// the cipher), the TLS 1.3 traffic state (640: its key schedule), and a few small
+/// vectors. The issue's goal of 4 KiB resident is out of reach with that state (see
+/// BENCHMARKS.md); this bound guards what is reached, with the same kind of margin as the
+/// ws bound, so that a buffer kept per idle connection (16 KiB or more) fails it.
+#[test]
+fn a_relay_node_holds_at_most_5376_heap_bytes_per_idle_wss_connection() {
+    let per_connection =
+        idle_heap_per_connection("idle-memory-tls", mark_idle_tls_shard_thread, 1, true);
+    assert!(
+        per_connection <= 5_376,
+        "{per_connection} bytes of heap per idle wss connection (bound 5,376)"
     );
 }

@@ -226,7 +226,8 @@ fn check_isolation(ops: &[Op]) -> Result<usize, TestCaseError> {
             other,
             &client.id,
             &ClientSecret::new(client.secret.clone()),
-            NOW
+            NOW,
+            &mut rng
         )
         .is_err());
 

@@ -23,7 +23,7 @@ fn main() -> std::io::Result<()> {
             }
         }
     }
-    posrelay_bench::baseline::serve(listen, |addr| {
+    posrelay_bench::baseline::serve(listen, None, |addr| {
         println!("listening on ws://{addr}");
         let _ = std::io::stdout().flush();
     })

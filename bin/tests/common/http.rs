@@ -165,7 +165,7 @@ pub fn assert_connection_semantics(addr: SocketAddr, request: &[u8], what: &str)
 }
 
 /// Reads an HTTP response head from `s`.
-pub fn read_head(s: &mut TcpStream) -> RawResp {
+pub fn read_head(s: &mut impl Read) -> RawResp {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {

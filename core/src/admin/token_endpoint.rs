@@ -105,11 +105,13 @@ impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
         clock: Instant,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> TokenResponse {
+        let rng = std::cell::RefCell::new(rng);
         let login = ClientLogin {
             store: self.store,
             hasher: self.hasher,
             cache: self.cache,
             unix_now: now,
+            rng: &rng,
         };
         let result = parse_request(request)
             .map_err(Failure::Request)
@@ -125,7 +127,7 @@ impl<S: Store + ?Sized> TokenEndpoint<'_, S> {
             })
             .and_then(|client| {
                 self.issuer
-                    .issue_access(&client, now, self.access_ttl, rng)
+                    .issue_access(&client, now, self.access_ttl, &mut *rng.borrow_mut())
                     .map_err(Failure::Request)
             });
         let mut headers = vec![("Cache-Control", "no-store"), ("Pragma", "no-cache")];

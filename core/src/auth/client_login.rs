@@ -179,6 +179,9 @@ pub struct ClientLogin<'a, S: Store + ?Sized> {
     pub cache: Option<&'a CredentialCache>,
     /// Unix seconds now: a rotated client's previous secret is good until its deadline.
     pub unix_now: u64,
+    /// Salts for the hash a legacy (argon2) secret hash is migrated to at its next
+    /// successful login.
+    pub rng: &'a std::cell::RefCell<dyn rand_core::CryptoRngCore + 'a>,
 }
 
 // The cache keeps no Debug of its own (it holds verified secrets' MACs): say only whether
@@ -272,6 +275,8 @@ impl<S: Store + ?Sized> ClientLogin<'_, S> {
             },
             (LoginDomain::OfClient, None) => UNKNOWN_DOMAIN.to_owned(),
         };
+        let mut guard = self.rng.borrow_mut();
+        let mut rng: &mut dyn rand_core::CryptoRngCore = &mut *guard;
         match verify_client(
             self.store,
             self.hasher,
@@ -279,6 +284,7 @@ impl<S: Store + ?Sized> ClientLogin<'_, S> {
             &presented.client_id,
             &presented.secret,
             self.unix_now,
+            &mut rng,
         ) {
             Ok(client) => {
                 // During a rotation's grace the cache could keep the old secret past its
@@ -355,6 +361,7 @@ mod tests {
         cache: CredentialCache,
         client: ClientRecord,
         secret: ClientSecret,
+        rng: std::cell::RefCell<StdRng>,
     }
 
     fn world() -> World {
@@ -379,6 +386,7 @@ mod tests {
             store,
             hasher,
             cache: CredentialCache::new([1; 32], Duration::from_secs(60)),
+            rng: std::cell::RefCell::new(StdRng::seed_from_u64(4)),
             client,
             secret,
         }
@@ -391,6 +399,7 @@ mod tests {
                 hasher: &self.hasher,
                 cache: cache.then_some(&self.cache),
                 unix_now: 0,
+                rng: &self.rng,
             }
         }
 

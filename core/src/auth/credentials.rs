@@ -18,6 +18,14 @@ use crate::tenancy::SecretHash;
 ///
 /// After a rotation the previous secret is good too until its deadline (`now`, unix
 /// seconds); the current one is checked first.
+///
+/// A secret that verified against a hash from before issue 12 (argon2id) has its hash
+/// replaced by a current one (a fresh salt from `rng`) in the store, so that every
+/// client moves to the current hash at its next successful login. Until then, a wrong
+/// secret for such a client costs an argon2 verification where one for an unknown client
+/// costs an HMAC: the client's existence shows in the time, for a 128-bit random client
+/// id that a prober would have to know already. (Only the current hash migrates: a
+/// rotated-out one is good for its grace period and then gone.)
 pub fn verify_client<S: Store + ?Sized>(
     store: &S,
     hasher: &SecretHasher,
@@ -25,6 +33,7 @@ pub fn verify_client<S: Store + ?Sized>(
     client_id: &str,
     secret: &ClientSecret,
     now: u64,
+    rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<ClientRecord, AuthError> {
     let record = match (DomainName::new(domain), ClientId::new(client_id)) {
         (Ok(domain), Ok(client_id)) => store.get_client(&domain, &client_id)?,
@@ -34,14 +43,30 @@ pub fn verify_client<S: Store + ?Sized>(
         Some(record) => &record.secret_hash,
         None => hasher.dummy_hash(),
     };
-    let secret_ok = hasher.verify_secret(hash, secret.expose().as_bytes())
-        || record
+    let current_ok = hasher.verify_secret(hash, secret.expose().as_bytes());
+    let previous_ok = !current_ok
+        && record
             .as_ref()
             .and_then(|r| r.previous_secret.as_ref())
             .filter(|p| p.valid_at(now))
             .is_some_and(|p| hasher.verify_secret(&p.hash, secret.expose().as_bytes()));
     match record {
-        Some(record) if secret_ok => Ok(record),
+        Some(record) if previous_ok => Ok(record),
+        Some(mut record) if current_ok => {
+            if hasher.needs_rehash(&record.secret_hash) {
+                let new = hasher.hash_secret(secret, rng);
+                // A failed write only postpones the migration to the next login.
+                if let Ok(true) = store.replace_client_secret_hash(
+                    &record.domain,
+                    &record.client_id,
+                    &record.secret_hash,
+                    &new,
+                ) {
+                    record.secret_hash = new;
+                }
+            }
+            Ok(record)
+        }
         _ => Err(AuthError::InvalidClient),
     }
 }
@@ -65,6 +90,62 @@ mod tests {
     use crate::tenancy::Scope;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(99)
+    }
+
+    /// A client stored with an argon2id hash (as before issue 12) logs in, and from then
+    /// on its stored hash is the current kind; wrong secrets migrate nothing.
+    #[test]
+    fn an_argon2_hash_verifies_and_is_migrated_at_the_next_successful_login() {
+        let store = MemStore::new();
+        let legacy = SecretHasher::legacy_argon2(HashCost::TEST_ONLY);
+        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        let mut r = rng();
+        let acme = DomainName::new("acme").unwrap();
+        store.create_domain(&acme).unwrap();
+        let (client_id, secret, secret_hash) = new_client_credentials(&legacy, &mut r);
+        assert!(secret_hash.as_phc().starts_with("$argon2id$"));
+        let record = ClientRecord {
+            domain: acme.clone(),
+            client_id: client_id.clone(),
+            scope: Scope::Domain,
+            secret_hash,
+        };
+        store.create_client(&record).unwrap();
+        let wrong = ClientSecret::new("wrong");
+        assert_eq!(
+            verify_client(&store, &hasher, "acme", client_id.as_str(), &wrong, &mut r),
+            Err(AuthError::InvalidClient)
+        );
+        let stored = |s: &MemStore| {
+            s.get_client(&acme, &client_id)
+                .unwrap()
+                .unwrap()
+                .secret_hash
+        };
+        assert!(
+            stored(&store).as_phc().starts_with("$argon2id$"),
+            "a failure migrates nothing"
+        );
+        let got =
+            verify_client(&store, &hasher, "acme", client_id.as_str(), &secret, &mut r).unwrap();
+        assert!(got.secret_hash.as_phc().starts_with("$hmac-sha256$"));
+        assert_eq!(
+            stored(&store),
+            got.secret_hash,
+            "the store holds the new hash"
+        );
+        // The same secret still works, and nothing else does.
+        assert!(
+            verify_client(&store, &hasher, "acme", client_id.as_str(), &secret, &mut r).is_ok()
+        );
+        assert_eq!(
+            verify_client(&store, &hasher, "acme", client_id.as_str(), &wrong, &mut r),
+            Err(AuthError::InvalidClient)
+        );
+    }
 
     fn setup() -> (MemStore, SecretHasher, ClientRecord, ClientSecret) {
         let store = MemStore::new();
@@ -115,6 +196,7 @@ mod tests {
             record.client_id.as_str(),
             &secret,
             0,
+            &mut rng(),
         );
         assert_eq!(got, Ok(record));
     }
@@ -123,7 +205,7 @@ mod tests {
     fn unknown_client_pays_a_full_argon2_verification() {
         let (store, hasher, _record, secret) = setup();
         assert!(!hasher.dummy_built());
-        let got = verify_client(&store, &hasher, "acme", "nobody", &secret, 0);
+        let got = verify_client(&store, &hasher, "acme", "nobody", &secret, 0, &mut rng());
         assert_eq!(got, Err(AuthError::InvalidClient));
         // The only way to build the dummy is to verify against it.
         assert!(hasher.dummy_built());
@@ -142,7 +224,7 @@ mod tests {
             ("acme", "bad id!", &secret),
         ] {
             assert_eq!(
-                verify_client(&store, &hasher, domain, client, secret, 0),
+                verify_client(&store, &hasher, domain, client, secret, 0, &mut rng()),
                 Err(AuthError::InvalidClient),
                 "{domain} {client}"
             );

@@ -1,12 +1,21 @@
-//! Client secrets: generation from a CSPRNG, argon2id hashing, constant-time checks.
+//! Client secrets: generation from a CSPRNG, hashing, constant-time checks.
 //!
-//! A secret is shown once by the admin API (PROTOCOL.md §9) and only its PHC-encoded
-//! argon2id hash is stored. Verification recomputes the hash with the parameters written
-//! in the stored PHC string and compares in constant time (the `password-hash` crate's
-//! `Output` comparison), into argon2 working memory kept per thread: verifications run
-//! on the shards' blocking threads, and allocating and freeing 12 MiB for each made a
-//! relay's resident memory jump with every login (glibc keeps such blocks; others hand
-//! them back later), so a thread allocates it once and reuses it.
+//! A secret is shown once by the admin API (PROTOCOL.md §9) and only a PHC-encoded hash
+//! of it is stored.
+//!
+//! **Which hash (issue 12).** Client secrets are 256 random bits made by the relay, not
+//! passwords people choose. A slow password hash (argon2, bcrypt) exists to make
+//! guessing a *low-entropy* password from its stolen hash expensive; against 2^256
+//! candidates no hash speed matters, which is why OWASP's password storage guidance
+//! is about user passwords while machine-made API keys and tokens are commonly stored
+//! with one keyed or salted SHA-256. argon2 cost this relay 20 ms of CPU and 12 MiB of
+//! memory per verification (per blocking thread), on the path of every login and of
+//! every registration storm. New hashes are therefore HMAC-SHA-256 keyed with a fresh
+//! 16-byte salt per secret (`$hmac-sha256$v=1$<salt>$<mac>`, a PHC string, so the store
+//! schema is unchanged), compared in constant time. argon2id hashes already stored
+//! still verify (recomputed with the parameters written in them, into argon2 working
+//! memory kept per thread), and [`SecretHasher::needs_rehash`] tells the caller to
+//! replace one after its next successful use (`verify_client` does).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -15,7 +24,10 @@ use std::sync::OnceLock;
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use rand::{CryptoRng, RngCore};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::ids::ClientId;
 use crate::tenancy::SecretHash;
@@ -93,11 +105,18 @@ impl HashCost {
     };
 }
 
-/// Hashes and verifies client secrets with one cost; keeps the dummy hash that makes an
-/// unknown client cost as much time as a wrong secret.
+/// The PHC identifier of the current hash.
+const HMAC_SHA256: &str = "hmac-sha256";
+
+/// Hashes client secrets (HMAC-SHA-256 with a per-secret salt) and verifies them (and
+/// the argon2id hashes stored before); keeps the dummy hash that makes an unknown client
+/// cost as much time as a wrong secret.
 #[derive(Debug)]
 pub struct SecretHasher {
     argon2: Argon2<'static>,
+    /// Hash argon2id (the `cost`) instead of HMAC-SHA-256: only to make legacy hashes in
+    /// tests of the migration.
+    legacy: bool,
     dummy: OnceLock<SecretHash>,
 }
 
@@ -109,8 +128,24 @@ impl SecretHasher {
             .unwrap_or_else(|e| panic!("argon2 cost {cost:?} is invalid: {e}"));
         Self {
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            legacy: false,
             dummy: OnceLock::new(),
         }
+    }
+
+    /// A hasher that makes argon2id hashes with `cost`, as the relay did before issue 12:
+    /// the stored hashes that verification and migration must still accept.
+    pub fn legacy_argon2(cost: HashCost) -> Self {
+        Self {
+            legacy: true,
+            ..Self::new(cost)
+        }
+    }
+
+    /// Whether `hash` should be replaced by a fresh one from [`Self::hash_secret`] once
+    /// its secret has verified (an argon2id hash from before issue 12).
+    pub fn needs_rehash(&self, hash: &SecretHash) -> bool {
+        !self.legacy && !hash.as_phc().starts_with("$hmac-sha256$")
     }
 
     /// A hasher with [`HashCost::PRODUCTION`].
@@ -130,6 +165,15 @@ impl SecretHasher {
     }
 
     fn hash_with_salt(&self, secret: &[u8], salt: &[u8; 16]) -> SecretHash {
+        if !self.legacy {
+            let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+            let mac = hmac_sha256(salt, secret);
+            return SecretHash::from_trusted_phc(format!(
+                "${HMAC_SHA256}$v=1${}${}",
+                b64.encode(salt),
+                b64.encode(mac)
+            ));
+        }
         // 16 bytes are within the PHC salt limits, and the parameters were checked in `new`.
         let salt = SaltString::encode_b64(salt)
             .unwrap_or_else(|e| unreachable!("a 16-byte salt is valid: {e}"));
@@ -144,6 +188,9 @@ impl SecretHasher {
     /// comparison of the outputs). A hash that does not parse never verifies.
     pub fn verify_secret(&self, hash: &SecretHash, candidate: &[u8]) -> bool {
         match PasswordHash::new(hash.as_phc()) {
+            Ok(parsed) if parsed.algorithm.as_str() == HMAC_SHA256 => {
+                verify_hmac(&parsed, candidate).unwrap_or(false)
+            }
             Ok(parsed) => verify_in_thread_memory(&parsed, candidate).unwrap_or(false),
             Err(_) => false,
         }
@@ -152,8 +199,14 @@ impl SecretHasher {
     /// Takes this thread's argon2 working memory for this hasher's cost now (what the
     /// thread's first verification would otherwise do), so that a server's resident
     /// memory is at its working size from the start.
+    ///
+    /// Since issue 12 new hashes are HMAC-SHA-256 and argon2 verifies only hashes stored
+    /// before, each once (it is then migrated): nothing is reserved up front (12 MiB per
+    /// shard for nothing); a legacy verification grows the memory when it needs it.
     pub fn reserve_thread_memory(&self) {
-        with_thread_memory(self.argon2.params().block_count(), |_| ());
+        if self.legacy {
+            with_thread_memory(self.argon2.params().block_count(), |_| ());
+        }
     }
 
     /// [`SecretHasher::verify_secret`] through the `password-hash` crate's own verifier
@@ -201,6 +254,29 @@ fn with_thread_memory<R>(blocks: usize, f: impl FnOnce(&mut [Block]) -> R) -> R 
         }
         f(&mut memory[..blocks])
     })
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+/// Verifies an `$hmac-sha256$v=1$<salt>$<mac>` hash: HMAC-SHA-256 keyed with the salt,
+/// compared in constant time. `None`: the hash is malformed.
+fn verify_hmac(parsed: &PasswordHash<'_>, candidate: &[u8]) -> Option<bool> {
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let salt = b64.decode(parsed.salt?.as_str()).ok()?;
+    let expected = parsed.hash?;
+    if expected.len() != 32 || salt.len() < 16 {
+        return None;
+    }
+    let computed = hmac_sha256(&salt, candidate);
+    Some(computed.ct_eq(expected.as_bytes()).into())
 }
 
 /// What `PasswordVerifier::verify_password` does (the same algorithm, version,
@@ -263,7 +339,7 @@ mod tests {
 
     #[test]
     fn hash_verifies_the_secret_and_nothing_else() {
-        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        let hasher = SecretHasher::legacy_argon2(HashCost::TEST_ONLY);
         let mut rng = StdRng::seed_from_u64(3);
         let secret = generate_client_secret(&mut rng);
         let hash = hasher.hash_secret(&secret, &mut rng);
@@ -295,7 +371,7 @@ mod tests {
                 parallelism: 2,
             },
         ] {
-            let hasher = SecretHasher::new(cost);
+            let hasher = SecretHasher::legacy_argon2(cost);
             for _ in 0..8 {
                 let secret = generate_client_secret(&mut rng);
                 let hash = hasher.hash_secret(&secret, &mut rng);
@@ -314,7 +390,7 @@ mod tests {
                 assert!(!hasher.verify_secret(&hash, &wrong));
             }
         }
-        let hasher = SecretHasher::new(HashCost::TEST_ONLY);
+        let hasher = SecretHasher::legacy_argon2(HashCost::TEST_ONLY);
         for phc in [
             "$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAA",
             "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0",
@@ -333,7 +409,7 @@ mod tests {
 
     #[test]
     fn production_cost_is_written_in_the_hash() {
-        let hasher = SecretHasher::production();
+        let hasher = SecretHasher::legacy_argon2(HashCost::PRODUCTION);
         let hash = hasher.dummy_hash();
         assert!(hash.as_phc().starts_with("$argon2id$v=19$m=12288,t=3,p=1$"));
     }
@@ -345,5 +421,49 @@ mod tests {
         let dummy = hasher.dummy_hash().clone();
         assert_eq!(SecretHash::from_phc(dummy.as_phc()).unwrap(), dummy);
         assert!(!hasher.verify_secret(&dummy, b"anything"));
+    }
+
+    #[test]
+    fn new_hashes_are_salted_hmac_sha256_and_argon2_hashes_still_verify() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let hasher = SecretHasher::production();
+        let secret = generate_client_secret(&mut rng);
+        let hash = hasher.hash_secret(&secret, &mut rng);
+        assert!(
+            hash.as_phc().starts_with("$hmac-sha256$v=1$"),
+            "{}",
+            hash.as_phc()
+        );
+        assert!(
+            SecretHash::from_phc(hash.as_phc()).is_ok(),
+            "a valid PHC string"
+        );
+        assert!(hasher.verify_secret(&hash, secret.expose().as_bytes()));
+        let mut wrong = secret.expose().as_bytes().to_vec();
+        wrong[0] ^= 1;
+        assert!(!hasher.verify_secret(&hash, &wrong));
+        assert!(!hasher.verify_secret(&hash, b""));
+        // A fresh salt per secret: the same secret hashes differently.
+        let again = hasher.hash_secret(&secret, &mut rng);
+        assert_ne!(hash, again);
+        assert!(hasher.verify_secret(&again, secret.expose().as_bytes()));
+        assert!(!hasher.needs_rehash(&hash));
+        // A hash stored before (argon2id) verifies with the same hasher and asks for a rehash.
+        let old = SecretHasher::legacy_argon2(HashCost::TEST_ONLY).hash_secret(&secret, &mut rng);
+        assert!(hasher.verify_secret(&old, secret.expose().as_bytes()));
+        assert!(!hasher.verify_secret(&old, &wrong));
+        assert!(hasher.needs_rehash(&old));
+        // Malformed HMAC hashes never verify.
+        for phc in [
+            "$hmac-sha256$v=2$c2FsdHNhbHRzYWx0c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "$hmac-sha256$v=1$c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "$hmac-sha256$v=1$c2FsdHNhbHRzYWx0c2FsdA$AAAA",
+            "$hmac-sha256$v=1$c2FsdHNhbHRzYWx0c2FsdA",
+        ] {
+            let h = SecretHash::from_trusted_phc(phc.to_string());
+            assert!(!hasher.verify_secret(&h, b"secret"), "{phc}");
+        }
+        // The dummy (unknown clients) costs what a current verification costs.
+        assert!(hasher.dummy_hash().as_phc().starts_with("$hmac-sha256$"));
     }
 }

@@ -936,6 +936,34 @@ impl Store for JetStreamStore {
         Ok(r.clients_of(domain))
     }
 
+    fn replace_client_secret_hash(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        old: &SecretHash,
+        new: &SecretHash,
+    ) -> Result<bool, StoreError> {
+        self.conditional(|r| match r.client(client_id) {
+            Some((client, revision)) if client.domain == *domain && client.secret_hash == *old => {
+                let updated = ClientRecord {
+                    secret_hash: new.clone(),
+                    ..client.clone()
+                };
+                match kv_layout::encode_client(&updated) {
+                    Ok(value) => Plan::Write {
+                        key: KvKey::Client(client_id.clone()),
+                        value: Some(value),
+                        expected: revision,
+                        then: true,
+                    },
+                    Err(e) => Plan::Answer(Err(e)),
+                }
+            }
+            // Gone, moved, or not that hash any more (rotated meanwhile): nothing written.
+            _ => Plan::Answer(Ok(false)),
+        })
+    }
+
     fn rotate_client_secret(
         &self,
         domain: &DomainName,

@@ -4,12 +4,12 @@
 //! when both directions are full).
 
 use super::outbox::OutboxRef;
-use super::transport::{send_vectored_nonblocking, Transport};
+use super::transport::{send_vectored_nonblocking, DirectSocket, Transport};
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::future::poll_fn;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -31,12 +31,10 @@ const POOL_MAX: usize = 128;
 /// while a busy shard reuses the same few buffers without allocating.
 mod read_pool {
     use super::{BytesMut, MIN_READ, POOL_MAX, SHRINK_ABOVE};
-    use crate::io::transport::READ_CHUNK;
     use std::cell::RefCell;
 
     thread_local! {
         static PLAIN: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-        static CIPHER: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     }
 
     /// A buffer for decoded bytes (at least [`MIN_READ`] of room).
@@ -68,40 +66,6 @@ mod read_pool {
             });
         }
     }
-
-    /// A buffer for ciphertext, [`READ_CHUNK`] long.
-    pub fn take_cipher() -> Vec<u8> {
-        CIPHER
-            .with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0; READ_CHUNK])
-    }
-
-    /// Takes a ciphertext buffer back.
-    pub fn give_cipher(buf: &mut Vec<u8>) {
-        if buf.is_empty() {
-            return;
-        }
-        let buf = std::mem::take(buf);
-        CIPHER.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_MAX {
-                p.push(buf);
-            }
-        });
-    }
-}
-
-enum Sock {
-    Plain(TcpStream),
-    Tls(Box<TlsSock>),
-}
-
-struct TlsSock {
-    stream: TcpStream,
-    conn: rustls::ServerConnection,
-    cipher_in: Vec<u8>,
-    cipher_out: Vec<u8>,
-    out_pos: usize,
 }
 
 /// Why [`ConnDriver::read`] returned.
@@ -117,7 +81,7 @@ pub enum ReadOutcome {
 
 /// Reads into `rbuf`, writes the outbox.
 pub struct ConnDriver {
-    sock: Sock,
+    transport: Transport,
     /// What this connection will write.
     pub outbox: OutboxRef,
     /// Bytes read and not yet decoded.
@@ -139,24 +103,14 @@ impl ConnDriver {
 
     /// Takes over a socket after its handshake; `leftover` are bytes already read.
     pub fn new(transport: Transport, leftover: BytesMut, outbox: OutboxRef) -> ConnDriver {
-        let sock = match transport {
-            Transport::Plain(s) => {
-                outbox
-                    .borrow_mut()
-                    .set_fd(std::os::fd::AsRawFd::as_raw_fd(&s));
-                Sock::Plain(s)
-            }
-            Transport::Tls(t) => {
-                let (stream, conn) = t.into_parts();
-                Sock::Tls(Box::new(TlsSock {
-                    stream,
-                    conn,
-                    cipher_in: Vec::new(),
-                    cipher_out: Vec::new(),
-                    out_pos: 0,
-                }))
-            }
-        };
+        if let Transport::Plain(stream) = &transport {
+            #[allow(unsafe_code)]
+            // SAFETY: the driver owns `stream` (moved into it below) and keeps it open
+            // until it is dropped; its `Drop` takes this socket back out of the outbox
+            // before the stream field is dropped and the descriptor closed.
+            let socket = unsafe { DirectSocket::new(std::os::fd::AsRawFd::as_raw_fd(stream)) };
+            outbox.borrow_mut().attach_socket(socket);
+        }
         // The handshake read in large chunks; an idle connection should not keep that
         // (an empty buffer is taken from the shard's pool at the first read).
         let rbuf = if leftover.is_empty() {
@@ -165,7 +119,7 @@ impl ConnDriver {
             leftover
         };
         ConnDriver {
-            sock,
+            transport,
             outbox,
             rbuf,
             read_size: MIN_READ,
@@ -174,18 +128,25 @@ impl ConnDriver {
 
     /// The TCP socket.
     pub fn tcp(&self) -> &TcpStream {
-        match &self.sock {
-            Sock::Plain(s) => s,
-            Sock::Tls(t) => &t.stream,
-        }
+        self.transport.tcp()
+    }
+
+    /// Whether this connection holds no read buffer and no TLS buffer (what an idle
+    /// connection should hold).
+    pub fn holds_no_buffer(&self) -> bool {
+        self.rbuf.capacity() == 0
+            && match &self.transport {
+                Transport::Plain(_) => true,
+                Transport::Tls(t) => t.session().holds_no_buffer(),
+            }
     }
 
     /// Writes queued frames until the outbox is empty or the socket is full.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut outbox = self.outbox.borrow_mut();
         outbox.register_writer(cx);
-        match &mut self.sock {
-            Sock::Plain(stream) => loop {
+        match &mut self.transport {
+            Transport::Plain(stream) => loop {
                 if outbox.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -207,45 +168,35 @@ impl ConnDriver {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            Sock::Tls(tls) => loop {
+            Transport::Tls(tls) => loop {
+                let (stream, session) = tls.parts_mut();
                 // Ciphertext first: it was produced from frames already taken.
-                while tls.out_pos < tls.cipher_out.len() {
-                    match Pin::new(&mut tls.stream).poll_write(cx, &tls.cipher_out[tls.out_pos..]) {
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
-                        }
-                        Poll::Ready(Ok(n)) => tls.out_pos += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                tls.cipher_out.clear();
-                tls.out_pos = 0;
-                if tls.conn.wants_write() {
-                    tls.conn.write_tls(&mut tls.cipher_out)?;
-                    continue;
+                match session.poll_write_out(cx, stream) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
                 }
                 if outbox.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
                 let mut slices = [IoSlice::new(&[]); GATHER];
                 let n = outbox.gather(&mut slices);
-                let taken = tls.conn.writer().write_vectored(&slices[..n])?;
-                outbox.advance(taken);
-                if !tls.conn.wants_write() && taken == 0 {
-                    return Poll::Ready(Err(io::Error::other("tls writer accepted nothing")));
+                let taken = session.encrypt(&slices[..n], 0)?;
+                if taken == 0 {
+                    return Poll::Ready(Err(io::Error::other("TLS encryption took nothing")));
                 }
+                outbox.advance(taken);
             },
         }
     }
 
     /// Appends what the socket has (after flushing what it can); `Ok(0)` is end of stream.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        match &mut self.sock {
-            Sock::Plain(stream) => {
-                if self.rbuf.capacity() == 0 {
-                    self.rbuf = read_pool::take();
-                }
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = read_pool::take();
+        }
+        match &mut self.transport {
+            Transport::Plain(stream) => {
                 let start = self.rbuf.len();
                 self.rbuf.resize(start + self.read_size, 0);
                 let r = Pin::new(&mut *stream).poll_read(cx, &mut self.rbuf[start..]);
@@ -259,49 +210,19 @@ impl ConnDriver {
                 }
                 r
             }
-            Sock::Tls(tls) => loop {
-                if self.rbuf.capacity() == 0 {
-                    self.rbuf = read_pool::take();
+            Transport::Tls(tls) => {
+                let (stream, session) = tls.parts_mut();
+                let had_output = session.has_output();
+                let r = session.poll_read(cx, stream, &mut self.rbuf);
+                if r.is_pending() {
+                    read_pool::give(&mut self.rbuf);
                 }
-                let start = self.rbuf.len();
-                self.rbuf.resize(start + self.read_size, 0);
-                let plain = tls.conn.reader().read(&mut self.rbuf[start..]);
-                match plain {
-                    Ok(n) => {
-                        self.rbuf.truncate(start + n);
-                        return Poll::Ready(Ok(n));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.rbuf.truncate(start),
-                    Err(e) => {
-                        self.rbuf.truncate(start);
-                        return Poll::Ready(Err(e));
-                    }
-                }
-                if tls.cipher_in.is_empty() {
-                    tls.cipher_in = read_pool::take_cipher();
-                }
-                let n = match Pin::new(&mut tls.stream).poll_read(cx, &mut tls.cipher_in) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        read_pool::give(&mut self.rbuf);
-                        read_pool::give_cipher(&mut tls.cipher_in);
-                        return Poll::Pending;
-                    }
-                };
-                let mut input = &tls.cipher_in[..n];
-                while !input.is_empty() {
-                    tls.conn.read_tls(&mut input)?;
-                    tls.conn
-                        .process_new_packets()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                }
-                if tls.conn.wants_write() {
+                if !had_output && session.has_output() {
                     // Handshake or key-update records: have the flush path send them.
                     cx.waker().wake_by_ref();
                 }
-            },
+                r
+            }
         }
     }
 
@@ -347,17 +268,14 @@ impl ConnDriver {
     /// Flushes, then half-closes (TLS: close_notify first).
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;
-        match &mut self.sock {
-            Sock::Plain(s) => {
-                let _ = poll_fn(|cx| Pin::new(&mut *s).poll_close(cx)).await;
-            }
-            Sock::Tls(tls) => {
-                tls.conn.send_close_notify();
-                let _ = self.flush().await;
-                if let Sock::Tls(tls) = &mut self.sock {
-                    let _ = poll_fn(|cx| Pin::new(&mut tls.stream).poll_close(cx)).await;
-                }
-            }
-        }
+        self.transport.shutdown().await;
+    }
+}
+
+impl Drop for ConnDriver {
+    fn drop(&mut self) {
+        // `DirectSocket`'s invariant: the outbox must not keep the descriptor past this
+        // point, where `transport` (the socket) is dropped and closed.
+        self.outbox.borrow_mut().detach_socket();
     }
 }

@@ -20,6 +20,8 @@ pub struct EchoConfig {
     pub runtime: RuntimeConfig,
     /// Frame and message limits.
     pub limits: Limits,
+    /// Serve `wss://` with this configuration (see `server::load_server_config`).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Serves echo on every shard until the process is stopped. `on_ready` gets the bound address.
@@ -27,6 +29,7 @@ pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std:
     let [addr] = resolve_ports([config.listen])
         .map_err(|e| std::io::Error::new(e.source.kind(), e.explain("--listen")))?;
     let limits = config.limits;
+    let tls = config.tls.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let shards = config.runtime.shards.max(1);
     let runtime = config.runtime.clone();
@@ -47,9 +50,17 @@ pub fn serve_echo(config: EchoConfig, on_ready: impl FnOnce(SocketAddr)) -> std:
                     continue;
                 };
                 let limits = limits;
+                let tls = tls.clone();
                 glommio::spawn_local(async move {
                     let _ = stream.set_nodelay(true);
-                    serve_connection(Transport::Plain(stream), limits).await;
+                    let transport = match tls {
+                        Some(config) => match Transport::tls(stream, config) {
+                            Ok(t) => t,
+                            Err(_) => return,
+                        },
+                        None => Transport::Plain(stream),
+                    };
+                    serve_connection(transport, limits).await;
                 })
                 .detach();
             }

@@ -6,6 +6,7 @@
 //! than its limit, senders wait for room before reading more from their own peer:
 //! backpressure instead of unbounded buffering (PROTOCOL.md §6).
 
+use super::transport::DirectSocket;
 use crate::proto::{FrameHeader, HeaderBuf, Message, OpCode};
 use bytes::Bytes;
 use std::cell::RefCell;
@@ -74,9 +75,9 @@ pub struct Outbox {
     closed: bool,
     requests: ConnRequests,
     /// The plain-TCP socket to write to directly (the fast path), while the connection is
-    /// open: set by the connection's driver, cleared by [`Outbox::close`] before the
-    /// socket is dropped.
-    fd: Option<std::os::fd::RawFd>,
+    /// open: lent by the connection's driver, which takes it back before it closes the
+    /// socket; dropped by [`Outbox::close`] (see [`DirectSocket`]'s invariant).
+    socket: Option<DirectSocket>,
     /// Where to record how long relayed messages waited here (set by the relay).
     latency: Option<std::sync::Arc<super::metrics::LatencyHistogram>>,
     /// When the peer last sent anything (idle timeout, pings).
@@ -112,7 +113,7 @@ impl Outbox {
             room_waiters: Vec::new(),
             closed: false,
             requests: ConnRequests::default(),
-            fd: None,
+            socket: None,
             latency: None,
             last_rx: std::time::Instant::now(),
             reading_paused: false,
@@ -256,7 +257,7 @@ impl Outbox {
     /// Returns the frames that were never written, for the caller to report.
     pub fn close(&mut self) -> Vec<OutFrame> {
         self.closed = true;
-        self.fd = None;
+        self.socket = None;
         self.queued_bytes = 0;
         self.front_written = 0;
         for w in self.room_waiters.drain(..) {
@@ -265,11 +266,23 @@ impl Outbox {
         self.frames.drain(..).collect()
     }
 
-    /// Lets senders write straight to this plain-TCP socket (see [`Outbox::write_now`]).
-    pub fn set_fd(&mut self, fd: std::os::fd::RawFd) {
+    /// Lets senders write straight to this plain-TCP socket (see [`Outbox::write_now`]);
+    /// a closed outbox refuses it (the socket is dropped at once).
+    pub(crate) fn attach_socket(&mut self, socket: DirectSocket) {
         if !self.closed {
-            self.fd = Some(fd);
+            self.socket = Some(socket);
         }
+    }
+
+    /// Takes the socket back: nothing is written to it directly from now on.
+    pub(crate) fn detach_socket(&mut self) {
+        self.socket = None;
+    }
+
+    /// Whether senders may write to the socket directly.
+    #[cfg(test)]
+    pub(crate) fn has_socket(&self) -> bool {
+        self.socket.is_some()
     }
 
     /// The fast path: writes what is queued right now, from the sender's task, with one
@@ -277,11 +290,12 @@ impl Outbox {
     /// (its read buffer is then reused in place). What the socket does not take stays
     /// queued for the connection's own task, which a push has already woken.
     pub fn write_now(&mut self) {
-        let Some(fd) = self.fd else { return };
         while !self.frames.is_empty() {
+            let Some(socket) = &self.socket else { return };
             let mut slices = [std::io::IoSlice::new(&[]); 16];
             let n = self.gather(&mut slices);
-            match super::transport::send_vectored_fd(fd, &slices[..n]) {
+            let sent = socket.send_vectored_nonblocking(&slices[..n]);
+            match sent {
                 Ok(written) if written > 0 => self.advance(written),
                 _ => return,
             }
@@ -396,5 +410,50 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert!(ob.has_room());
         assert_eq!(ob.push(frame(b"x")), Err(PushError::Closed));
+    }
+
+    /// A closed outbox writes nothing: not to the socket it had (dropped by `close`), and
+    /// not to whatever socket later gets the same descriptor number.
+    #[test]
+    fn a_write_after_close_does_nothing() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let ob = Outbox::new(1 << 20);
+        #[allow(unsafe_code)]
+        // SAFETY: `a` outlives the outbox's use of the socket (closed below, then `a`).
+        let socket = unsafe { DirectSocket::new(a.as_raw_fd()) };
+        ob.borrow_mut().attach_socket(socket);
+        let message = |text: &'static [u8]| Message {
+            kind: crate::proto::MessageKind::Binary,
+            payload: crate::proto::Payload::Single(Bytes::from_static(text)),
+        };
+        ob.borrow_mut()
+            .push_message(&message(b"before"), None)
+            .unwrap();
+        let mut got = [0u8; 64];
+        assert_eq!(b.read(&mut got).unwrap(), 8, "written directly while open");
+        assert_eq!(&got[..8], b"\x82\x06before");
+        let unsent = ob.borrow_mut().close();
+        assert!(unsent.is_empty());
+        assert!(!ob.borrow().has_socket(), "close drops the socket");
+        assert_eq!(
+            ob.borrow_mut().push_message(&message(b"after"), None),
+            Err(PushError::Closed)
+        );
+        ob.borrow_mut().write_now();
+        // A socket attached after close is refused too.
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        let late = unsafe { DirectSocket::new(a.as_raw_fd()) };
+        ob.borrow_mut().attach_socket(late);
+        assert!(!ob.borrow().has_socket());
+        ob.borrow_mut().write_now();
+        drop(a);
+        // The peer sees the end of the stream and nothing after "before".
+        b.set_nonblocking(false).unwrap();
+        assert_eq!(b.read(&mut got).unwrap(), 0);
     }
 }

@@ -1,12 +1,24 @@
-//! A connection's byte stream: plain TCP or rustls over TCP, read into a `BytesMut`
-//! and written with vectored writes (a frame header and its payload in one syscall,
-//! the payload never copied in user space on the plain path).
+//! A connection's byte stream: plain TCP or TLS over TCP, read into a `BytesMut` and
+//! written with vectored writes (a frame header and its payload in one syscall, the
+//! payload never copied in user space on the plain path).
+//!
+//! TLS runs on rustls' unbuffered API ([`rustls::server::UnbufferedServerConnection`]):
+//! rustls keeps only the connection's cipher and handshake state, never a buffer. The
+//! ciphertext read from the socket goes into a buffer taken from the shard's pool and
+//! is decrypted there in place; the ciphertext to send is encrypted into a pooled
+//! buffer that goes back to the pool once the socket took it. An idle TLS connection
+//! (nothing half-read, nothing unsent) holds neither: see [`TlsSession`].
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// How many bytes one read asks the socket for.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -19,39 +31,27 @@ pub enum Transport {
     Tls(Box<TlsTransport>),
 }
 
-/// rustls' sans-IO server connection driven over a glommio socket.
+/// A TLS session driven over a glommio socket.
 pub struct TlsTransport {
     stream: TcpStream,
-    conn: rustls::ServerConnection,
-    cipher_in: Vec<u8>,
-    cipher_out: Vec<u8>,
+    session: TlsSession,
 }
 
 impl Transport {
-    /// Wraps an accepted socket in TLS with `config`.
+    /// Wraps an accepted socket in a TLS server session with `config` (the handshake
+    /// runs as the first reads and writes drive it).
     pub fn tls(
         stream: TcpStream,
         config: std::sync::Arc<rustls::ServerConfig>,
     ) -> io::Result<Self> {
-        let mut conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-        // Bound what rustls buffers for us; beyond it our own writes wait for the socket.
-        conn.set_buffer_limit(Some(256 * 1024));
-        Ok(Transport::Tls(Box::new(TlsTransport {
-            stream,
-            conn,
-            cipher_in: vec![0; READ_CHUNK],
-            cipher_out: Vec::new(),
-        })))
+        let session = TlsSession::new(config).map_err(io::Error::other)?;
+        Ok(Transport::Tls(Box::new(TlsTransport { stream, session })))
     }
 
-    /// Rebuilds a TLS transport from a socket and the TLS state it already negotiated.
-    pub fn from_tls_parts(stream: TcpStream, conn: rustls::ServerConnection) -> Self {
-        Transport::Tls(Box::new(TlsTransport {
-            stream,
-            conn,
-            cipher_in: vec![0; READ_CHUNK],
-            cipher_out: Vec::new(),
-        }))
+    /// Rebuilds a TLS transport from a socket and the TLS state it already negotiated
+    /// (a connection handed over from another shard).
+    pub fn from_tls_parts(stream: TcpStream, session: TlsSession) -> Self {
+        Transport::Tls(Box::new(TlsTransport { stream, session }))
     }
 
     /// The socket under the transport.
@@ -67,8 +67,8 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// Reads what is available (at most [`READ_CHUNK`] bytes) and appends it to `buf`.
-    /// `Ok(0)` is the end of the stream.
+    /// Reads what is available (at most [`READ_CHUNK`] bytes on the plain path; a TLS
+    /// record's worth on TLS) and appends it to `buf`. `Ok(0)` is the end of the stream.
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Transport::Plain(stream) => {
@@ -81,7 +81,10 @@ impl Transport {
                 buf.truncate(start + n);
                 result
             }
-            Transport::Tls(tls) => tls.read_into(buf).await,
+            Transport::Tls(tls) => {
+                let TlsTransport { stream, session } = &mut **tls;
+                poll_fn(|cx| session.poll_read(cx, stream, buf)).await
+            }
         }
     }
 
@@ -90,10 +93,14 @@ impl Transport {
         match self {
             Transport::Plain(stream) => write_all_plain(stream, parts).await,
             Transport::Tls(tls) => {
-                for part in parts {
-                    tls.conn.writer().write_all(part)?;
+                let TlsTransport { stream, session } = &mut **tls;
+                let total: usize = parts.iter().map(|p| p.len()).sum();
+                let mut done = 0;
+                while done < total {
+                    done += session.encrypt(parts, done)?;
+                    poll_fn(|cx| session.poll_write_out(cx, stream)).await?;
                 }
-                tls.flush().await
+                Ok(())
             }
         }
     }
@@ -105,9 +112,11 @@ impl Transport {
                 let _ = stream.close().await;
             }
             Transport::Tls(tls) => {
-                tls.conn.send_close_notify();
-                let _ = tls.flush().await;
-                let _ = tls.stream.close().await;
+                let TlsTransport { stream, session } = &mut **tls;
+                if session.queue_close_notify().is_ok() {
+                    let _ = poll_fn(|cx| session.poll_write_out(cx, stream)).await;
+                }
+                let _ = stream.close().await;
             }
         }
     }
@@ -146,74 +155,532 @@ async fn write_all_plain(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<
     Ok(())
 }
 
-/// One non-blocking `sendmsg(2)` of `parts` (`MSG_DONTWAIT | MSG_NOSIGNAL`).
-pub fn send_vectored_nonblocking(stream: &TcpStream, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-    send_vectored_fd(stream.as_raw_fd(), parts)
-}
-
-/// One non-blocking `sendmsg(2)` on a descriptor the caller keeps open for the call.
-///
-/// Callers: [`send_vectored_nonblocking`] (the descriptor of a borrowed stream) and
-/// `Outbox::write_now` (a descriptor registered by the connection's driver and cleared
-/// by `Outbox::close` before the socket is dropped).
-#[allow(unsafe_code)]
-pub fn send_vectored_fd(fd: std::os::fd::RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: both callers guarantee `fd` is an open socket for the duration of this
-    // call (see above); the borrow does not outlive it. Differential test:
+/// One non-blocking `sendmsg(2)` of `parts` (`MSG_DONTWAIT | MSG_NOSIGNAL`) on a socket
+/// the caller borrows for the call.
+pub(crate) fn send_vectored_nonblocking(
+    stream: &TcpStream,
+    parts: &[IoSlice<'_>],
+) -> io::Result<usize> {
+    #[allow(unsafe_code)]
+    // SAFETY: the descriptor belongs to `stream`, which is borrowed for this whole call,
+    // so it is open and cannot be closed (or its number reused) before the borrow ends;
+    // the `BorrowedFd` does not outlive this function. Differential test:
     // `tests::vectored_fast_path_writes_the_same_bytes`.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     socket2::SockRef::from(&fd)
         .send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 impl TlsTransport {
-    /// The socket and the TLS state, for a driver that takes the connection over.
-    pub fn into_parts(self) -> (TcpStream, rustls::ServerConnection) {
-        (self.stream, self.conn)
+    /// The socket and the TLS state, for a driver (or another shard) that takes the
+    /// connection over.
+    pub fn into_parts(self) -> (TcpStream, TlsSession) {
+        (self.stream, self.session)
     }
 
-    async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// The socket and the session, borrowed apart.
+    pub(crate) fn parts_mut(&mut self) -> (&mut TcpStream, &mut TlsSession) {
+        (&mut self.stream, &mut self.session)
+    }
+
+    /// The TLS session.
+    pub fn session(&self) -> &TlsSession {
+        &self.session
+    }
+}
+
+/// Size of a pooled ciphertext input buffer: the largest TLS record rustls accepts
+/// (16 KiB of payload plus the 2 KiB expansion TLS allows, plus its 5-byte header), so
+/// that a buffer always has room for one whole record.
+const CIPHER_IN_LEN: usize = 20 * 1024;
+/// Size of a pooled ciphertext output buffer: four full records and their overhead.
+const CIPHER_OUT_LEN: usize = 4 * (RECORD + RECORD_OVERHEAD);
+/// Largest plaintext per TLS record (RFC 8446 §5.1: 2^14).
+const RECORD: usize = 16 * 1024;
+/// Bytes a record adds to its plaintext, with room to spare (TLS 1.3 with AES-GCM or
+/// ChaCha20-Poly1305: 5 header + 1 content type + 16 tag; TLS 1.2: up to 29).
+const RECORD_OVERHEAD: usize = 64;
+/// Parts at least this long are encrypted from where they are; shorter ones (frame
+/// headers, small messages) are gathered first so that one record carries several.
+const DIRECT: usize = 512;
+/// Room for gathered short parts (on the stack, per encryption call).
+const STAGE: usize = 4096;
+/// How many spare ciphertext buffers of each kind a shard keeps.
+const CIPHER_POOL_MAX: usize = 64;
+
+/// Ciphertext buffers shared by a shard's TLS connections. A connection takes one to
+/// read into and gives it back as soon as it holds no partial record; it takes one to
+/// encrypt into and gives it back as soon as the socket took every byte.
+mod cipher_pool {
+    use super::{CIPHER_IN_LEN, CIPHER_OUT_LEN, CIPHER_POOL_MAX};
+    use std::cell::RefCell;
+
+    thread_local! {
+        static INPUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        static OUTPUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn take(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>, len: usize) -> Vec<u8> {
+        pool.with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0; len])
+    }
+
+    fn give(
+        pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) {
+        let buf = std::mem::take(buf);
+        if buf.len() != len {
+            return;
+        }
+        pool.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < CIPHER_POOL_MAX {
+                p.push(buf);
+            }
+        });
+    }
+
+    pub fn take_input() -> Vec<u8> {
+        take(&INPUT, CIPHER_IN_LEN)
+    }
+
+    pub fn give_input(buf: &mut Vec<u8>) {
+        give(&INPUT, CIPHER_IN_LEN, buf)
+    }
+
+    pub fn take_output() -> Vec<u8> {
+        take(&OUTPUT, CIPHER_OUT_LEN)
+    }
+
+    pub fn give_output(buf: &mut Vec<u8>) {
+        give(&OUTPUT, CIPHER_OUT_LEN, buf)
+    }
+}
+
+/// One TLS server session: rustls' unbuffered connection (cipher and handshake state
+/// only) and, while they hold something, a pooled input and output buffer.
+///
+/// Input: ciphertext is read into `cin` and decrypted there in place by rustls; each
+/// decrypted record is appended to the caller's plaintext buffer (the connection's
+/// pooled read buffer), and the consumed records are discarded from `cin`. Output:
+/// plaintext is encrypted into `cout`, which is written to the socket. Either buffer
+/// goes back to the shard's pool as soon as it is empty, so an idle session holds
+/// neither (`Vec::new()` does not allocate).
+pub struct TlsSession {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext read: `cin[..cin_len]` (a partial record at most, between calls).
+    cin: Vec<u8>,
+    cin_len: usize,
+    /// Ciphertext to send: `cout[cout_start..cout_end]`.
+    cout: Vec<u8>,
+    cout_start: usize,
+    cout_end: usize,
+    /// The peer sent close_notify: no more data will come.
+    peer_closed: bool,
+}
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    // A session moves between shards with its connection (io/server/handover.rs).
+    assert_send::<TlsSession>();
+};
+
+fn invalid_data(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsSession {
+    /// A fresh server session with `config`.
+    pub fn new(config: std::sync::Arc<rustls::ServerConfig>) -> Result<TlsSession, rustls::Error> {
+        Ok(TlsSession {
+            conn: UnbufferedServerConnection::new(config)?,
+            cin: Vec::new(),
+            cin_len: 0,
+            cout: Vec::new(),
+            cout_start: 0,
+            cout_end: 0,
+            peer_closed: false,
+        })
+    }
+
+    /// Whether the session holds no buffer (nothing half-read, nothing unsent).
+    pub fn holds_no_buffer(&self) -> bool {
+        self.cin.capacity() == 0 && self.cout.capacity() == 0
+    }
+
+    /// Whether the TLS handshake is still going on.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Whether ciphertext waits to be sent.
+    pub fn has_output(&self) -> bool {
+        self.cout_start < self.cout_end
+    }
+
+    /// Room for `needed` more bytes of ciphertext output (takes a pooled buffer, moves
+    /// unsent bytes to its front, grows it for an oversized handshake message).
+    fn output_room(cout: &mut Vec<u8>, start: &mut usize, end: &mut usize, needed: usize) {
+        if cout.is_empty() {
+            *cout = cipher_pool::take_output();
+        }
+        if cout.len() - *end < needed && *start > 0 {
+            cout.copy_within(*start..*end, 0);
+            *end -= *start;
+            *start = 0;
+        }
+        if cout.len() - *end < needed {
+            cout.resize(*end + needed, 0);
+        }
+    }
+
+    /// Processes the ciphertext received so far: appends every decrypted record to
+    /// `plain`, queues what the handshake must send (handshake records, tickets,
+    /// alerts), and notes a close_notify. Returns how many plaintext bytes it appended.
+    /// On a TLS error the alert that tells the peer why is queued for sending.
+    pub fn process(&mut self, plain: &mut BytesMut) -> Result<usize, rustls::Error> {
+        let mut produced = 0;
         loop {
-            let start = buf.len();
-            buf.resize(start + READ_CHUNK, 0);
-            let plain = self.conn.reader().read(&mut buf[start..]);
-            match plain {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    return Ok(n);
+            let Self {
+                conn,
+                cin,
+                cin_len,
+                cout,
+                cout_start,
+                cout_end,
+                peer_closed,
+            } = self;
+            let UnbufferedStatus { mut discard, state } =
+                conn.process_tls_records(&mut cin[..*cin_len]);
+            let mut done = false;
+            match state {
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        plain.extend_from_slice(record.payload);
+                        produced += record.payload.len();
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    let mut needed = 1024;
+                    loop {
+                        Self::output_room(cout, cout_start, cout_end, needed);
+                        match encode.encode(&mut cout[*cout_end..]) {
+                            Ok(n) => {
+                                *cout_end += n;
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(s)) => needed = s.required_size,
+                            Err(EncodeError::AlreadyEncoded) => break,
+                        }
+                    }
+                }
+                // The encoded records wait in `cout` until the socket takes them; nothing
+                // more is read before they are sent (see `poll_read`).
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                Ok(ConnectionState::PeerClosed) => *peer_closed = true,
+                Ok(ConnectionState::Closed) => {
+                    *peer_closed = true;
+                    done = true;
+                }
+                // 0-RTT is not enabled (`max_early_data_size` is 0): never offered.
+                Ok(ConnectionState::ReadEarlyData(_)) => done = true,
+                Ok(_) => done = true,
                 Err(e) => {
-                    buf.truncate(start);
+                    self.encode_alert();
                     return Err(e);
                 }
             }
-            if self.conn.wants_write() {
-                self.flush().await?;
+            if discard > 0 {
+                self.cin.copy_within(discard..self.cin_len, 0);
+                self.cin_len -= discard;
             }
-            let n = self.stream.read(&mut self.cipher_in).await?;
+            if done {
+                return Ok(produced);
+            }
+        }
+    }
+
+    /// After an error, rustls has queued the alert that says why: encode it.
+    fn encode_alert(&mut self) {
+        let Self {
+            conn,
+            cin,
+            cin_len,
+            cout,
+            cout_start,
+            cout_end,
+            ..
+        } = self;
+        let status = conn.process_tls_records(&mut cin[..*cin_len]);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            Self::output_room(cout, cout_start, cout_end, 64);
+            if let Ok(n) = encode.encode(&mut cout[*cout_end..]) {
+                *cout_end += n;
+            }
+        }
+    }
+
+    /// Encrypts the bytes of `parts` after the first `skip`, in order, as far as the
+    /// output buffer has room; returns how many it took (at least one record's worth
+    /// when the output buffer was empty). Short parts are gathered so that one record
+    /// carries several (a frame header and its small payload, several small frames);
+    /// long ones are encrypted from where they are.
+    pub fn encrypt<T: std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        parts: &[T],
+        skip: usize,
+    ) -> io::Result<usize> {
+        let Self {
+            conn,
+            cin,
+            cin_len,
+            cout,
+            cout_start,
+            cout_end,
+            ..
+        } = self;
+        Self::output_room(cout, cout_start, cout_end, RECORD + RECORD_OVERHEAD);
+        let status = conn.process_tls_records(&mut cin[..*cin_len]);
+        if status.discard != 0 {
+            // `process` consumed every whole record after the last read.
+            return Err(io::Error::other(
+                "TLS input left unprocessed before a write",
+            ));
+        }
+        let mut traffic = match status.state {
+            Ok(ConnectionState::WriteTraffic(traffic)) => traffic,
+            Ok(ConnectionState::BlockedHandshake) => {
+                return Err(io::Error::other("TLS handshake not complete"))
+            }
+            Ok(other) => {
+                return Err(io::Error::other(format!(
+                    "TLS session not ready to send application data ({other:?})"
+                )))
+            }
+            Err(e) => return Err(invalid_data(e)),
+        };
+        let mut seal = |plain: &[u8]| -> io::Result<bool> {
+            if cout.len() - *cout_end < plain.len() + RECORD_OVERHEAD {
+                return Ok(false);
+            }
+            match traffic.encrypt(plain, &mut cout[*cout_end..]) {
+                Ok(n) => {
+                    *cout_end += n;
+                    Ok(true)
+                }
+                Err(EncryptError::InsufficientSize(_)) => Ok(false),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            }
+        };
+        let mut stage = [0u8; STAGE];
+        let mut staged = 0;
+        let mut taken = 0;
+        let mut skip = skip;
+        for part in parts {
+            let mut bytes: &[u8] = part;
+            if skip >= bytes.len() {
+                skip -= bytes.len();
+                continue;
+            }
+            bytes = &bytes[skip..];
+            skip = 0;
+            if bytes.len() >= DIRECT {
+                if staged > 0 {
+                    if !seal(&stage[..staged])? {
+                        return Ok(taken);
+                    }
+                    taken += staged;
+                    staged = 0;
+                }
+                while !bytes.is_empty() {
+                    let chunk = bytes.len().min(RECORD);
+                    if !seal(&bytes[..chunk])? {
+                        return Ok(taken);
+                    }
+                    taken += chunk;
+                    bytes = &bytes[chunk..];
+                }
+            } else {
+                if staged + bytes.len() > STAGE {
+                    if !seal(&stage[..staged])? {
+                        return Ok(taken);
+                    }
+                    taken += staged;
+                    staged = 0;
+                }
+                stage[staged..staged + bytes.len()].copy_from_slice(bytes);
+                staged += bytes.len();
+            }
+        }
+        if staged > 0 && seal(&stage[..staged])? {
+            taken += staged;
+        }
+        Ok(taken)
+    }
+
+    /// Queues a close_notify alert (RFC 8446 §6.1) after what is already queued.
+    pub fn queue_close_notify(&mut self) -> io::Result<()> {
+        let Self {
+            conn,
+            cin,
+            cin_len,
+            cout,
+            cout_start,
+            cout_end,
+            ..
+        } = self;
+        Self::output_room(cout, cout_start, cout_end, RECORD_OVERHEAD);
+        let status = conn.process_tls_records(&mut cin[..*cin_len]);
+        match status.state {
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                let n = traffic
+                    .queue_close_notify(&mut cout[*cout_end..])
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                *cout_end += n;
+                Ok(())
+            }
+            _ => Err(io::Error::other("TLS session cannot close cleanly now")),
+        }
+    }
+
+    /// Sends the queued ciphertext; ready once the socket took all of it (the output
+    /// buffer then goes back to the pool).
+    pub fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+    ) -> Poll<io::Result<()>> {
+        while self.cout_start < self.cout_end {
+            let pending = &self.cout[self.cout_start..self.cout_end];
+            let n = match send_vectored_nonblocking(stream, &[IoSlice::new(pending)]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Let glommio wait for writability (it retries the send first).
+                    match Pin::new(&mut *stream).poll_write(cx, pending) {
+                        Poll::Ready(Ok(n)) => n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             if n == 0 {
-                return Ok(0);
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let mut input = &self.cipher_in[..n];
-            while !input.is_empty() {
-                self.conn.read_tls(&mut input)?;
-                if let Err(e) = self.conn.process_new_packets() {
-                    // Tell the peer why (a TLS alert), then fail the connection.
-                    let _ = self.flush().await;
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            self.cout_start += n;
+        }
+        self.cout_start = 0;
+        self.cout_end = 0;
+        if !self.cout.is_empty() {
+            cipher_pool::give_output(&mut self.cout);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads and decrypts until plaintext arrives (appended to `plain`; returns its
+    /// length), sending what the handshake needs meanwhile. `Ok(0)`: the peer closed
+    /// (close_notify or end of stream). While it waits for the socket the session
+    /// holds no input buffer unless a partial record is in it.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+        plain: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        use futures_lite::AsyncRead;
+        loop {
+            if let Poll::Ready(Err(e)) = self.poll_write_out(cx, stream) {
+                return Poll::Ready(Err(e));
+            }
+            let produced = match self.process(plain) {
+                Ok(n) => n,
+                Err(e) => {
+                    // Tell the peer why (the alert), then fail the connection.
+                    let _ = self.poll_write_out(cx, stream);
+                    return Poll::Ready(Err(invalid_data(e)));
+                }
+            };
+            if self.has_output() {
+                if let Poll::Ready(Err(e)) = self.poll_write_out(cx, stream) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if produced > 0 {
+                self.release_input();
+                return Poll::Ready(Ok(produced));
+            }
+            if self.peer_closed {
+                return Poll::Ready(Ok(0));
+            }
+            if self.cin.is_empty() {
+                self.cin = cipher_pool::take_input();
+            }
+            if self.cin_len == self.cin.len() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS record larger than allowed",
+                )));
+            }
+            match Pin::new(&mut *stream).poll_read(cx, &mut self.cin[self.cin_len..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.release_input();
+                    return Poll::Ready(Ok(0));
+                }
+                Poll::Ready(Ok(n)) => self.cin_len += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.release_input();
+                    return Poll::Pending;
                 }
             }
         }
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
-            self.cipher_out.clear();
-            self.conn.write_tls(&mut self.cipher_out)?;
-            self.stream.write_all(&self.cipher_out).await?;
+    /// Gives the input buffer back if it holds no partial record.
+    fn release_input(&mut self) {
+        if self.cin_len == 0 && !self.cin.is_empty() {
+            cipher_pool::give_input(&mut self.cin);
         }
-        Ok(())
+    }
+}
+
+/// A plain TCP connection's descriptor, lent to its outbox so that other tasks of the
+/// shard can write to the socket directly (the fast path: `Outbox::write_now`).
+///
+/// The invariant: the descriptor is open for as long as this value lives. It is made
+/// only by [`DirectSocket::new`] (`unsafe`: its caller promises the invariant), it is
+/// neither `Clone` nor `Copy`, and the one place that makes it (`ConnDriver::new`)
+/// keeps the promise by owning the socket and taking this value back out of the
+/// outbox in its `Drop`, before the socket is closed; `Outbox::close` drops it too.
+#[derive(Debug)]
+pub(crate) struct DirectSocket {
+    fd: RawFd,
+}
+
+impl DirectSocket {
+    /// Lends `fd`.
+    ///
+    /// # Safety
+    /// `fd` must be an open socket, and stay open (not closed, its number not reused)
+    /// until the returned value is dropped.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn new(fd: RawFd) -> DirectSocket {
+        DirectSocket { fd }
+    }
+
+    /// One non-blocking `sendmsg(2)` of `parts` (`MSG_DONTWAIT | MSG_NOSIGNAL`).
+    pub(crate) fn send_vectored_nonblocking(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        #[allow(unsafe_code)]
+        // SAFETY: the type's invariant (see `DirectSocket::new`): the descriptor is open
+        // while `self` lives, and the borrow does not outlive this call. Differential
+        // test: `tests::direct_socket_writes_what_a_stream_write_writes`.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&fd)
+            .send_vectored_with_flags(parts, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 }
 
@@ -256,5 +723,138 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    /// A `DirectSocket` send and an ordinary write of the same parts put the same bytes
+    /// on the wire (the differential test for `DirectSocket`'s borrowed descriptor).
+    #[test]
+    fn direct_socket_writes_what_a_stream_write_writes() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let parts: [&[u8]; 3] = [b"\x81\x05", b"hello", b"\x82\x00"];
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        {
+            #[allow(unsafe_code)]
+            // SAFETY: `a` outlives this block, where `direct` lives.
+            let direct = unsafe { DirectSocket::new(a.as_raw_fd()) };
+            assert_eq!(direct.send_vectored_nonblocking(&slices).unwrap(), 9);
+        }
+        for p in parts {
+            a.write_all(p).unwrap();
+        }
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(&got[..9], &got[9..]);
+        assert_eq!(&got[..9], b"\x81\x05hello\x82\x00");
+    }
+
+    fn self_signed() -> (std::sync::Arc<rustls::ServerConfig>, Vec<u8>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let der = cert.cert.der().to_vec();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone().into()], key)
+            .unwrap();
+        (std::sync::Arc::new(config), der)
+    }
+
+    /// The unbuffered TLS session against rustls' own buffered client: what the client
+    /// writes (in pieces of every size, records up to 16 KiB) comes out of `read_into`
+    /// byte for byte; what `write_all_vectored` sends (small parts gathered, large ones
+    /// encrypted where they are) the client reads byte for byte; the close is a clean
+    /// close_notify; and between reads and writes the session holds no buffer.
+    #[test]
+    fn tls_session_round_trips_with_rustls_own_client() {
+        use std::io::{Read, Write};
+        let (config, der) = self_signed();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 253) as u8).collect();
+        let expected = data.clone();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let client = std::thread::spawn(move || {
+            let addr = addr_rx.recv().unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(der.into()).unwrap();
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+            let sock = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut sent = 0;
+            let mut size = 1;
+            while sent < data.len() {
+                let end = (sent + size).min(data.len());
+                tls.write_all(&data[sent..end]).unwrap();
+                sent = end;
+                size = (size * 3 + 1) % 40_000 + 1;
+            }
+            tls.flush().unwrap();
+            let mut back = vec![0u8; data.len()];
+            tls.read_exact(&mut back).unwrap();
+            let mut rest = Vec::new();
+            // close_notify: a clean end of stream (rustls reports a truncation as an error).
+            tls.read_to_end(&mut rest).unwrap();
+            (back, rest)
+        });
+        LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let stream = listener.accept().await.unwrap();
+                let mut transport = Transport::tls(stream, config).unwrap();
+                let mut got = BytesMut::new();
+                while got.len() < expected.len() {
+                    let n = transport.read_into(&mut got).await.unwrap();
+                    assert!(n > 0, "early end of stream after {} bytes", got.len());
+                }
+                assert_eq!(&got[..], &expected[..], "decrypted what the client sent");
+                if let Transport::Tls(t) = &transport {
+                    assert!(t.session().holds_no_buffer(), "idle: no buffer held");
+                    assert!(!t.session().is_handshaking());
+                }
+                // Write it back as a mix of small and large parts.
+                let mut at = 0;
+                let mut size = 2;
+                while at < got.len() {
+                    let a = (at + size).min(got.len());
+                    let b = (a + 3 * size).min(got.len());
+                    let c = (b + 1).min(got.len());
+                    transport
+                        .write_all_vectored(&[&got[at..a], &got[a..b], &got[b..c]])
+                        .await
+                        .unwrap();
+                    at = c;
+                    size = (size * 5 + 3) % 30_000 + 1;
+                }
+                if let Transport::Tls(t) = &transport {
+                    assert!(t.session().holds_no_buffer(), "all sent: no buffer held");
+                }
+                transport.shutdown().await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (back, rest) = client.join().unwrap();
+        assert!(
+            back == data_for_check(),
+            "the client read what the session wrote"
+        );
+        assert!(rest.is_empty());
+    }
+
+    fn data_for_check() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i * 7 + i / 253) as u8).collect()
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
-use crate::tenancy::{CertFingerprint, Scope};
+use crate::tenancy::{CertFingerprint, Scope, SecretHash};
 
 #[derive(Debug, Default)]
 struct State {
@@ -141,6 +141,23 @@ impl Store for MemStore {
                 domain: domain.to_string(),
                 client_id: client_id.to_string(),
             }),
+        }
+    }
+
+    fn replace_client_secret_hash(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        old: &SecretHash,
+        new: &SecretHash,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.clients.get_mut(&(domain.clone(), client_id.clone())) {
+            Some(record) if record.secret_hash == *old => {
+                record.secret_hash = new.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 

@@ -27,7 +27,7 @@ pub use redb_store::{create_private_dir, RedbStore, StoreState};
 pub use schema::SCHEMA_VERSION;
 
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
-use crate::tenancy::CertFingerprint;
+use crate::tenancy::{CertFingerprint, SecretHash};
 
 /// The durable tenancy operations. Object safe: `&dyn Store` works.
 ///
@@ -50,6 +50,17 @@ pub trait Store {
 
     /// Deletes a client: its tokens stop verifying. `UnknownDomain`, `UnknownClient`.
     fn delete_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<(), StoreError>;
+
+    /// Replaces a client's stored secret hash with `new` if it is still `old` (a hash
+    /// migrated after a successful verification, issue 12); `Ok(false)` when the client is
+    /// gone or its hash changed meanwhile (nothing written).
+    fn replace_client_secret_hash(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        old: &SecretHash,
+        new: &SecretHash,
+    ) -> Result<bool, StoreError>;
 
     /// The client, or `None` if it or its domain does not exist.
     fn get_client(
@@ -165,6 +176,9 @@ macro_rules! forward_store {
             }
             fn delete_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<(), StoreError> {
                 (**self).delete_client(domain, client_id)
+            }
+            fn replace_client_secret_hash(&self, domain: &DomainName, client_id: &ClientId, old: &SecretHash, new: &SecretHash) -> Result<bool, StoreError> {
+                (**self).replace_client_secret_hash(domain, client_id, old, new)
             }
             fn get_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
                 (**self).get_client(domain, client_id)
@@ -505,11 +519,48 @@ pub(crate) mod conformance {
         s.delete_domain(&dom).unwrap();
     }
 
+    /// A migrated secret hash replaces the stored one only if that is still the old one.
+    fn check_secret_hash_replacement(s: &dyn Store) {
+        let dom = d("rehash");
+        s.create_domain(&dom).unwrap();
+        let c = client_rec("rehash", "rh1", Scope::Domain);
+        s.create_client(&c).unwrap();
+        let new = SecretHash::from_phc(
+            "$hmac-sha256$v=1$c2FsdHNhbHRzYWx0c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .unwrap();
+        assert!(s
+            .replace_client_secret_hash(&dom, &c.client_id, &c.secret_hash, &new)
+            .unwrap());
+        let got = s.get_client(&dom, &c.client_id).unwrap().unwrap();
+        assert_eq!(got.secret_hash, new);
+        assert_eq!(got.scope, c.scope, "nothing else changes");
+        assert_eq!(s.find_client(&c.client_id).unwrap(), Some(got));
+        // Not the hash it was any more (rotated meanwhile): nothing written.
+        assert!(!s
+            .replace_client_secret_hash(&dom, &c.client_id, &c.secret_hash, &c.secret_hash)
+            .unwrap());
+        assert_eq!(
+            s.get_client(&dom, &c.client_id)
+                .unwrap()
+                .unwrap()
+                .secret_hash,
+            new
+        );
+        // Gone: nothing written.
+        let ghost = ClientId::new("ghost").unwrap();
+        assert!(!s
+            .replace_client_secret_hash(&dom, &ghost, &new, &c.secret_hash)
+            .unwrap());
+        s.delete_client(&dom, &c.client_id).unwrap();
+    }
+
     pub(crate) fn check(s: &dyn Store) {
         check_client_index(s);
         check_pins(s);
         check_rotation(s);
         check_listing_and_deleting(s);
+        check_secret_hash_replacement(s);
         let acme = d("acme");
         assert!(!s.domain_exists(&acme).unwrap());
         assert!(matches!(

@@ -15,7 +15,7 @@ use super::schema::{
 };
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
-use crate::tenancy::{CertFingerprint, Scope};
+use crate::tenancy::{CertFingerprint, Scope, SecretHash};
 
 /// The file name inside the data directory.
 pub const DB_FILE_NAME: &str = "posrelay.redb";
@@ -452,6 +452,37 @@ impl Store for RedbStore {
             Some(Ok(domain)) => self.get_client(&domain, client_id),
             _ => Ok(None),
         }
+    }
+
+    fn replace_client_secret_hash(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        old: &SecretHash,
+        new: &SecretHash,
+    ) -> Result<bool, StoreError> {
+        self.write(|txn| {
+            let mut clients = txn.open_table(CLIENTS).map_err(StoreError::storage)?;
+            let key = (domain.as_str(), client_id.as_str());
+            let current = match clients.get(key).map_err(StoreError::storage)? {
+                Some(value) => {
+                    codec::decode_client(domain.as_str(), client_id.as_str(), value.value())?
+                }
+                None => return Ok(false),
+            };
+            if current.secret_hash != *old {
+                return Ok(false);
+            }
+            let updated = ClientRecord {
+                secret_hash: new.clone(),
+                ..current
+            };
+            let value = codec::encode_client(&updated)?;
+            clients
+                .insert(key, value.as_slice())
+                .map_err(StoreError::storage)?;
+            Ok(true)
+        })
     }
 
     fn get_client(

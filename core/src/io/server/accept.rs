@@ -48,7 +48,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin:
                 Err(why) => {
                     let answer =
                         reply::refusal(why, "the relay is at its connection limit: retry later");
-                    answer_and_close(Transport::Plain(stream), &answer).await
+                    super::tls::refuse_connection(&ctx, stream, &answer).await
                 }
             }
         })

@@ -51,7 +51,7 @@ pub(crate) struct Held {
 /// rustls state, bytes and plain data.
 pub(crate) struct Handover {
     fd: OwnedFd,
-    tls: Option<rustls::ServerConnection>,
+    tls: Option<crate::io::transport::TlsSession>,
     routing: Routing,
 }
 

@@ -27,6 +27,7 @@ mod token;
 mod upgrade;
 
 pub use metrics::ShardMetrics;
+pub use tls::load_server_config;
 
 use crate::admin::{AdminApi, AdminToken};
 use crate::auth::{HashCost, SecretHasher, SigningKey, TokenIssuer};

@@ -230,14 +230,25 @@ async fn registration(
                         .and_then(|id| shared.store.find_client(&id).ok().flatten())
                         .map(|c| c.domain.to_string())
                         .unwrap_or_else(|| "-".to_owned());
-                    verify_client(
-                        &*shared.store,
-                        &shared.hasher,
-                        &domain,
-                        &client_id,
-                        &secret,
-                        super::unix_now(),
-                    )
+                    let verify = || {
+                        verify_client(
+                            &*shared.store,
+                            &shared.hasher,
+                            &domain,
+                            &client_id,
+                            &secret,
+                            super::unix_now(),
+                            &mut rand::rngs::OsRng,
+                        )
+                    };
+                    match ClientId::new(client_id.as_str()) {
+                        Ok(id) => {
+                            shared
+                                .credentials
+                                .verify_once(&id, &secret, Instant::now(), verify)
+                        }
+                        Err(_) => verify(),
+                    }
                 })
                 .await;
             match verified {
