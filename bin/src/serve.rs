@@ -52,6 +52,7 @@ pub(crate) fn server_config(s: &Settings) -> ServerConfig {
         listen: s.listen,
         admin_listen: s.admin_listen,
         data_dir: s.data_dir.clone(),
+        store: Default::default(),
         public_url: s.public_url.clone(),
         runtime,
         tls: s.tls.clone(),

@@ -1,33 +1,185 @@
-//! Admin calls do not stall relaying (issue "Coordination as a sans-IO layer"): the admin
-//! API hashes new client secrets (argon2) and writes the store durably, which takes
-//! milliseconds per call in production; it runs on the shard's blocking pool, so the shard
-//! that serves the admin listener keeps relaying meanwhile.
+//! Admin calls do not stall relaying (issue "Coordination as a sans-IO layer"): an admin
+//! call writes the store durably (and, for a new client, hashes its secret), which takes
+//! milliseconds; it runs on the shard's blocking pool, so the shard that serves the admin
+//! listener keeps relaying meanwhile.
 //!
-//! The test makes each admin call slow on purpose (a secret-hashing cost hundreds of times
-//! the production one), puts a burst of them in flight on a one-shard relay, and relays
-//! messages meanwhile. What it asserts is an order of events, not a duration: every
-//! relayed round trip completes while no admin call has answered yet. Had an admin call
-//! run on the shard's own executor, the shard could not have relayed anything until that
-//! call had answered, and its answer would already sit in the admin socket (loopback
-//! delivers a write to the peer's buffer at once) when the round trips complete.
+//! The test runs a one-shard relay on a store whose client creations wait at a gate the
+//! test holds closed. With a burst of admin calls stuck there, it relays messages through
+//! the one shard, then opens the gate and checks that every call answers. What it asserts
+//! is an order of events, not a duration: had an admin call run on the shard's own
+//! executor, the shard could not relay anything while the call waits at the gate, and the
+//! round trips would time out (the gate opens only after them).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use std::sync::{Arc, Condvar, Mutex};
+
+use posrelay_core::ids::{ClientId, DomainName, Serial, StoreName};
 use posrelay_core::io::runtime::RuntimeConfig;
-use posrelay_core::io::server::{run_server, ServerConfig, StopHandle};
+use posrelay_core::io::server::{run_server, ServerConfig, StopHandle, StoreChoice};
+use posrelay_core::store::{ClientRecord, DeviceRecord, MemStore, Store, StoreError, StoreRecord};
+use posrelay_core::tenancy::{CertFingerprint, SecretHash};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
 const ADMIN: &str = "offload-admin-token";
 
-/// About 20 times the production cost of one secret hash (12 MiB x 3 passes).
-const SLOW: posrelay_core::auth::HashCost = posrelay_core::auth::HashCost {
-    memory_kib: 12 * 1024,
-    iterations: 60,
-    parallelism: 1,
-};
+/// A store whose client creations wait until the gate opens (everything else passes).
+struct GatedStore {
+    inner: MemStore,
+    open: Mutex<bool>,
+    opened: Condvar,
+    waiting: Mutex<usize>,
+    arrived: Condvar,
+}
+
+impl GatedStore {
+    fn new(open: bool) -> Self {
+        GatedStore {
+            inner: MemStore::new(),
+            open: Mutex::new(open),
+            opened: Condvar::new(),
+            waiting: Mutex::new(0),
+            arrived: Condvar::new(),
+        }
+    }
+
+    fn set_open(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.opened.notify_all();
+    }
+
+    /// Waits until `n` client creations wait at the gate.
+    fn await_waiting(&self, n: usize) {
+        let mut waiting = self.waiting.lock().unwrap();
+        while *waiting < n {
+            let (w, timeout) = self
+                .arrived
+                .wait_timeout(waiting, Duration::from_secs(60))
+                .unwrap();
+            assert!(
+                !timeout.timed_out(),
+                "the admin calls never reached the store"
+            );
+            waiting = w;
+        }
+    }
+}
+
+impl Store for GatedStore {
+    fn create_client(&self, record: &ClientRecord) -> Result<(), StoreError> {
+        let mut open = self.open.lock().unwrap();
+        if !*open {
+            *self.waiting.lock().unwrap() += 1;
+            self.arrived.notify_all();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        drop(open);
+        self.inner.create_client(record)
+    }
+    fn create_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+        self.inner.create_domain(domain)
+    }
+    fn domain_exists(&self, domain: &DomainName) -> Result<bool, StoreError> {
+        self.inner.domain_exists(domain)
+    }
+    fn create_store(&self, record: &StoreRecord) -> Result<(), StoreError> {
+        self.inner.create_store(record)
+    }
+    fn store_exists(&self, domain: &DomainName, store: &StoreName) -> Result<bool, StoreError> {
+        self.inner.store_exists(domain, store)
+    }
+    fn delete_client(&self, domain: &DomainName, client_id: &ClientId) -> Result<(), StoreError> {
+        self.inner.delete_client(domain, client_id)
+    }
+    fn replace_client_secret_hash(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        old: &SecretHash,
+        new: &SecretHash,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .replace_client_secret_hash(domain, client_id, old, new)
+    }
+    fn get_client(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+    ) -> Result<Option<ClientRecord>, StoreError> {
+        self.inner.get_client(domain, client_id)
+    }
+    fn find_client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        self.inner.find_client(client_id)
+    }
+    fn create_device(&self, record: &DeviceRecord) -> Result<(), StoreError> {
+        self.inner.create_device(record)
+    }
+    fn set_device_enabled(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        enabled: bool,
+    ) -> Result<DeviceRecord, StoreError> {
+        self.inner.set_device_enabled(domain, serial, enabled)
+    }
+    fn get_device(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.inner.get_device(domain, serial)
+    }
+    fn list_devices(&self, domain: &DomainName) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.inner.list_devices(domain)
+    }
+    fn set_device_pins(
+        &self,
+        domain: &DomainName,
+        serial: &Serial,
+        pins: &[CertFingerprint],
+    ) -> Result<DeviceRecord, StoreError> {
+        self.inner.set_device_pins(domain, serial, pins)
+    }
+    fn find_device_by_fingerprint(
+        &self,
+        fingerprint: &CertFingerprint,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        self.inner.find_device_by_fingerprint(fingerprint)
+    }
+    fn list_domains(&self) -> Result<Vec<DomainName>, StoreError> {
+        self.inner.list_domains()
+    }
+    fn delete_domain(&self, domain: &DomainName) -> Result<(), StoreError> {
+        self.inner.delete_domain(domain)
+    }
+    fn list_stores(&self, domain: &DomainName) -> Result<Vec<StoreRecord>, StoreError> {
+        self.inner.list_stores(domain)
+    }
+    fn delete_store(&self, domain: &DomainName, store: &StoreName) -> Result<(), StoreError> {
+        self.inner.delete_store(domain, store)
+    }
+    fn list_clients(&self, domain: &DomainName) -> Result<Vec<ClientRecord>, StoreError> {
+        self.inner.list_clients(domain)
+    }
+    fn rotate_client_secret(
+        &self,
+        domain: &DomainName,
+        client_id: &ClientId,
+        new: &SecretHash,
+        old_valid_until: u64,
+    ) -> Result<ClientRecord, StoreError> {
+        self.inner
+            .rotate_client_secret(domain, client_id, new, old_valid_until)
+    }
+    fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        self.inner.load_or_create_signing_key(fresh)
+    }
+}
 
 fn send_http(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -103,10 +255,12 @@ fn answered(s: &TcpStream) -> bool {
 fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
     let dir = std::env::temp_dir().join(format!("posrelay-offload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let store = Arc::new(GatedStore::new(true));
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.clone(),
+        store: StoreChoice::Given(store.clone()),
         public_url: None,
         runtime: RuntimeConfig {
             shards: 1,
@@ -125,7 +279,7 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
         access_token_ttl: Duration::from_secs(3600),
         admin_token: Some(ADMIN.into()),
         send_queue_bytes: 256 * 1024,
-        hash_cost: SLOW,
+        hash_cost: posrelay_core::auth::HashCost::TEST_ONLY,
         admission: Default::default(),
     };
     let stop = StopHandle::default();
@@ -180,7 +334,8 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
     let claimed = text(&mut control);
     let mut session = connect(&field(&claimed, "session_url"), Some(&token));
 
-    // The burst: four slow admin calls (each hashes a new client's secret), in flight.
+    // The burst: four admin calls, each stuck in the store until the gate opens.
+    store.set_open(false);
     let burst: Vec<TcpStream> = (0..4)
         .map(|_| {
             send_http(
@@ -192,6 +347,7 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
             )
         })
         .collect();
+    store.await_waiting(burst.len().min(1));
     // Meanwhile, the one shard relays: 20 round trips POS -> device -> POS.
     for i in 0..20 {
         let ping = format!("round trip {i}");
@@ -203,9 +359,10 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
     let early: Vec<usize> = (0..burst.len()).filter(|&i| answered(&burst[i])).collect();
     assert!(
         early.is_empty(),
-        "admin calls {early:?} answered before the relaying finished: they ran on the shard"
+        "admin calls {early:?} answered through a closed gate"
     );
-    // Every admin call of the burst then answers, and succeeds.
+    // The gate opens: every admin call of the burst answers, and succeeds.
+    store.set_open(true);
     for s in burst {
         let (status, body) = read_answer(s);
         assert_eq!(status, 201, "{body}");

@@ -290,6 +290,7 @@ fn start_node(name: &str, on_shard_start: fn(), devices: usize, tls: bool) -> No
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.clone(),
+        store: Default::default(),
         public_url: None,
         runtime: RuntimeConfig {
             shards: 1,

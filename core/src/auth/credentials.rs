@@ -112,11 +112,20 @@ mod tests {
             client_id: client_id.clone(),
             scope: Scope::Domain,
             secret_hash,
+            previous_secret: None,
         };
         store.create_client(&record).unwrap();
         let wrong = ClientSecret::new("wrong");
         assert_eq!(
-            verify_client(&store, &hasher, "acme", client_id.as_str(), &wrong, &mut r),
+            verify_client(
+                &store,
+                &hasher,
+                "acme",
+                client_id.as_str(),
+                &wrong,
+                0,
+                &mut r
+            ),
             Err(AuthError::InvalidClient)
         );
         let stored = |s: &MemStore| {
@@ -129,8 +138,16 @@ mod tests {
             stored(&store).as_phc().starts_with("$argon2id$"),
             "a failure migrates nothing"
         );
-        let got =
-            verify_client(&store, &hasher, "acme", client_id.as_str(), &secret, &mut r).unwrap();
+        let got = verify_client(
+            &store,
+            &hasher,
+            "acme",
+            client_id.as_str(),
+            &secret,
+            0,
+            &mut r,
+        )
+        .unwrap();
         assert!(got.secret_hash.as_phc().starts_with("$hmac-sha256$"));
         assert_eq!(
             stored(&store),
@@ -138,11 +155,26 @@ mod tests {
             "the store holds the new hash"
         );
         // The same secret still works, and nothing else does.
-        assert!(
-            verify_client(&store, &hasher, "acme", client_id.as_str(), &secret, &mut r).is_ok()
-        );
+        assert!(verify_client(
+            &store,
+            &hasher,
+            "acme",
+            client_id.as_str(),
+            &secret,
+            0,
+            &mut r
+        )
+        .is_ok());
         assert_eq!(
-            verify_client(&store, &hasher, "acme", client_id.as_str(), &wrong, &mut r),
+            verify_client(
+                &store,
+                &hasher,
+                "acme",
+                client_id.as_str(),
+                &wrong,
+                0,
+                &mut r
+            ),
             Err(AuthError::InvalidClient)
         );
     }
@@ -181,7 +213,7 @@ mod tests {
             (&old, 100, false),
             (&new, 1_000, true),
         ] {
-            let got = verify_client(&store, &hasher, "acme", id, secret, now);
+            let got = verify_client(&store, &hasher, "acme", id, secret, now, &mut rng);
             assert_eq!(got.is_ok(), ok, "now {now}");
         }
     }

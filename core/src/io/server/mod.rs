@@ -47,6 +47,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the relay node is configured with (see `posrelay serve --help`).
+/// Where the relay's tenancy lives (PROTOCOL.md §9: durable when an admin call answers).
+#[derive(Clone, Default)]
+pub enum StoreChoice {
+    /// The embedded redb store in `ServerConfig::data_dir` (the default: nothing to install).
+    #[default]
+    Embedded,
+    /// A store the caller opened: the cluster's (PROTOCOL.md §12), or a test's.
+    Given(Arc<dyn Store + Send + Sync>),
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Embedded => f.write_str("Embedded"),
+            StoreChoice::Given(_) => f.write_str("Given(..)"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Relay listener (devices, POS, OAuth2).
@@ -55,6 +74,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Where the embedded store lives.
     pub data_dir: PathBuf,
+    /// Which store holds the tenancy: the embedded one in `data_dir` by default.
+    pub store: StoreChoice,
     /// Base of the URLs handed out (`ws://host` or `wss://host`); else from `Host`.
     pub public_url: Option<String>,
     /// Executors.
@@ -177,12 +198,12 @@ impl Shared {
 /// What every shard shares, read-only (or internally synchronised, off the data path).
 pub(crate) struct Shared {
     pub config: ServerConfig,
-    pub store: Arc<RedbStore>,
+    pub store: Arc<dyn Store + Send + Sync>,
     pub issuer: TokenIssuer,
     pub hasher: Arc<SecretHasher>,
     pub keyring_key: [u8; 32],
     /// `None` when no admin token is configured: every admin call is refused.
-    pub admin: Option<AdminApi<Arc<RedbStore>>>,
+    pub admin: Option<AdminApi<Arc<dyn Store + Send + Sync>>>,
     pub metrics: Metrics,
     pub shard_metrics: Vec<Arc<ShardMetrics>>,
     pub tls: Option<tls::TlsReloader>,
@@ -204,7 +225,12 @@ pub fn run_server(
 ) -> std::io::Result<()> {
     check_memlock(&config.runtime)?;
     crate::store::create_private_dir(&config.data_dir).map_err(std::io::Error::other)?;
-    let store = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
+    let store: Arc<dyn Store + Send + Sync> = match &config.store {
+        StoreChoice::Embedded => {
+            Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?)
+        }
+        StoreChoice::Given(store) => store.clone(),
+    };
     let mut fresh = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut fresh);
     let key = store

@@ -37,6 +37,19 @@ pub(crate) async fn serve(
         .shared
         .admission
         .attempt_from(peer, std::time::Instant::now());
+    // Who is trying, for the log line of a refusal (the id only, never the secret).
+    let client_id = head
+        .headers
+        .get("authorization")
+        .and_then(crate::handshake::parse_basic_auth)
+        .map(|(id, _)| id)
+        .or_else(|| {
+            crate::handshake::parse_form(body)
+                .ok()?
+                .into_iter()
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v)
+        });
     let shared = ctx.shared.clone();
     let request_domain = domain.to_owned();
     let domain = domain.to_owned();
@@ -77,6 +90,19 @@ pub(crate) async fn serve(
             "token request failed: the store failed (see the error above)"
         ),
         _ => m.token_bad_request.inc(),
+    }
+    if response.status != 200 {
+        tracing::info!(
+            domain = %request_domain,
+            client_id = %client_id.as_deref().map_or_else(
+                || "-".to_owned(),
+                |id| id.chars().take(64).collect::<String>()
+            ),
+            peer = %peer,
+            status = response.status,
+            retry_after_secs = response.retry_after,
+            "token request refused"
+        );
     }
     let retry_after = response.retry_after.map(|s| s.to_string());
     // A refusal by the limits closes the connection (and says so with Connection: close).
