@@ -105,6 +105,8 @@ enum Expected {
 }
 
 struct Net {
+    /// How many devices the run uses (device keys 0..devices).
+    devices: usize,
     now: Instant,
     coords: Vec<Coord>,
     stopped: Option<usize>,
@@ -138,7 +140,7 @@ fn describe(event: &ClientEventKind) -> String {
 }
 
 impl Net {
-    fn new(participants: usize) -> Net {
+    fn new(participants: usize, devices: usize) -> Net {
         let keyring = SessionKeyring::new([7; 32]);
         let coords = (0..participants)
             .map(|i| {
@@ -153,6 +155,7 @@ impl Net {
             })
             .collect();
         Net {
+            devices,
             now: Instant::now(),
             coords,
             stopped: None,
@@ -337,7 +340,7 @@ impl Net {
 
     fn step(&mut self, op: &Op, devices: usize) {
         let now = self.now;
-        let before = self.holders(devices);
+        let mut before = self.holders(devices);
         match op.clone() {
             Op::Register { at, device: d } => {
                 if self.live(at) {
@@ -454,6 +457,8 @@ impl Net {
                 // A live participant answers promptly: time moves on only once the network
                 // has delivered what was in flight (in any interleaving of the pairs).
                 self.flush();
+                // Each delivery of the flush was checked on its own.
+                before = self.holders(devices);
                 self.now += Duration::from_millis(millis);
                 let now = self.now;
                 for p in 0..self.coords.len() {
@@ -475,12 +480,7 @@ impl Net {
             self.pending_claim_rid.is_none(),
             "a remote claim sent no message"
         );
-        let after = self.holders(devices);
-        for (d, (b, a)) in before.iter().zip(&after).enumerate() {
-            if let (Some(b), Some(a)) = (b, a) {
-                assert_eq!(b, a, "device {d}: claim moved from one client to another");
-            }
-        }
+        check_exclusive(&before, &self.holders(devices));
     }
 
     fn deliver(&mut self, from: usize, to: usize) {
@@ -504,7 +504,11 @@ impl Net {
             }
             _ => {}
         }
+        // One message is one step of the protocol: a claim may end and another begin
+        // within one flush, but never within one delivery.
+        let before = self.holders(self.devices);
         self.coords[to].handle_msg(Participant(from), msg, now);
+        check_exclusive(&before, &self.holders(self.devices));
     }
 
     /// Delivers everything in flight (and what that produces), rotating over the pairs.
@@ -587,8 +591,18 @@ impl Net {
     }
 }
 
+/// Between two consecutive states a claim may start or end, but never pass from one client
+/// to another: the new holder would be served while the old one still believes it holds it.
+fn check_exclusive(before: &[Option<ClientKey>], after: &[Option<ClientKey>]) {
+    for (d, (b, a)) in before.iter().zip(after).enumerate() {
+        if let (Some(b), Some(a)) = (b, a) {
+            assert_eq!(b, a, "device {d}: claim moved from one client to another");
+        }
+    }
+}
+
 fn run(participants: usize, devices: usize, ops: &[Op]) {
-    let mut net = Net::new(participants);
+    let mut net = Net::new(participants, devices);
     for op in ops {
         net.step(op, devices);
     }
@@ -618,7 +632,7 @@ proptest! {
 /// the timeout has passed, and a registration with a live owner is answered registered.
 #[test]
 fn a_stopped_owner_makes_questions_time_out_not_hang() {
-    let mut net = Net::new(2);
+    let mut net = Net::new(2, 64);
     // Find a device owned by participant 1, and register it with participant 0.
     let d = (0..64)
         .find(|d| net.placement().owner_of(&device(*d)).0 == 1)
@@ -630,4 +644,40 @@ fn a_stopped_owner_makes_questions_time_out_not_hang() {
     assert_eq!(net.coords[0].open_questions(), 1, "not before the timeout");
     net.step(&Op::Advance { millis: 2 }, 64);
     net.check_answers();
+}
+
+/// Found by CI: a release and another client's claim in flight together, delivered in one
+/// flush. The claim passes through "nobody" between the two deliveries, which is allowed.
+#[test]
+fn a_release_and_a_new_claim_delivered_in_one_flush_are_two_steps() {
+    run(
+        3,
+        4,
+        &[
+            Op::Register { at: 1, device: 0 },
+            Op::Claim {
+                client: 1,
+                device: 0,
+                release: false,
+            },
+            Op::Deliver {
+                pick: 1152979573687352822,
+            },
+            Op::Claim {
+                client: 1,
+                device: 0,
+                release: true,
+            },
+            Op::Deliver {
+                pick: 13902239020231363,
+            },
+            Op::Register { at: 0, device: 0 },
+            Op::Claim {
+                client: 2,
+                device: 0,
+                release: false,
+            },
+            Op::Advance { millis: 1 },
+        ],
+    );
 }
