@@ -20,6 +20,7 @@ pub mod mtls;
 mod path;
 mod registration;
 mod reply;
+mod retry_schedule;
 mod session;
 mod shard;
 mod tls;
