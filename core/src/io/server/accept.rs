@@ -19,7 +19,7 @@ use crate::relay::{client_shard, owner_shard};
 use bytes::BytesMut;
 use glommio::net::{TcpListener, TcpStream};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Accepts until the shard drains.
 pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin: bool) {
@@ -41,7 +41,7 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin:
             glommio::spawn_local(admin::serve_connection(ctx, stream)).detach();
             continue;
         }
-        let admitted = ctx.shared.admission.admit(Instant::now());
+        let admitted = ctx.shared.admission.admit();
         glommio::spawn_local(async move {
             match admitted {
                 Ok((conn, unauth)) => serve_relay_connection(ctx, stream, conn, unauth).await,

@@ -12,7 +12,6 @@
 //! The counters are shared by the shards (atomics, and two small mutex-guarded maps);
 //! they are touched when connections open, authenticate and close, never per frame.
 
-use super::retry_schedule::RetrySchedule;
 use crate::ids::ClientKey;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -66,10 +65,10 @@ impl Default for AdmissionLimits {
 /// Why a connection or a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// `--max-connections`; retry after the duration (from the [`RetrySchedule`]).
-    MaxConnections(Duration),
-    /// `--max-unauthenticated`; retry after the duration (from the [`RetrySchedule`]).
-    MaxUnauthenticated(Duration),
+    /// `--max-connections`.
+    MaxConnections,
+    /// `--max-unauthenticated`.
+    MaxUnauthenticated,
     /// `--max-connections-per-client`.
     MaxPerClient,
     /// `--failed-logins-per-client` (this client id from this address); retry after
@@ -94,8 +93,8 @@ impl Refusal {
 
     fn index(self) -> usize {
         match self {
-            Refusal::MaxConnections(_) => 0,
-            Refusal::MaxUnauthenticated(_) => 1,
+            Refusal::MaxConnections => 0,
+            Refusal::MaxUnauthenticated => 1,
             Refusal::MaxPerClient => 2,
             Refusal::LoginRateClient(_) => 3,
             Refusal::LoginRateAddress(_) => 4,
@@ -112,14 +111,12 @@ impl Refusal {
     pub fn retry_after_secs(self) -> u64 {
         match self {
             // Rounded up: a client that waits exactly this long must find the window over.
-            Refusal::MaxConnections(d)
-            | Refusal::MaxUnauthenticated(d)
-            | Refusal::LoginRateClient(d)
+            Refusal::LoginRateClient(d)
             | Refusal::LoginRateAddress(d)
             | Refusal::LoginRateClientTotal(d) => {
                 (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
             }
-            Refusal::MaxPerClient => 1,
+            _ => 1,
         }
     }
 }
@@ -193,8 +190,6 @@ pub struct Admission {
     per_client: Mutex<HashMap<ClientKey, usize>>,
     failures: Mutex<LoginFailures>,
     refused: [AtomicU64; 6],
-    /// Return times handed to connections refused by the relay's own limits.
-    retry: Mutex<RetrySchedule>,
 }
 
 /// One open connection (released on drop).
@@ -219,7 +214,6 @@ impl Admission {
             per_client: Mutex::new(HashMap::new()),
             failures: Mutex::new(LoginFailures::default()),
             refused: Default::default(),
-            retry: Mutex::new(RetrySchedule::new()),
         })
     }
 
@@ -229,27 +223,18 @@ impl Admission {
     }
 
     /// A new connection on the relay listener: counts against both connection limits.
-    /// A refusal says when to come back (see [`RetrySchedule`]).
-    pub fn admit(self: &Arc<Self>, now: Instant) -> Result<(ConnSlot, UnauthSlot), Refusal> {
+    pub fn admit(self: &Arc<Self>) -> Result<(ConnSlot, UnauthSlot), Refusal> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
         let conn = ConnSlot(self.clone());
         if open >= self.limits.max_connections {
-            let wait = self.retry_after(now);
-            return Err(self.refuse(Refusal::MaxConnections(wait)));
+            return Err(self.refuse(Refusal::MaxConnections));
         }
         let anonymous = self.unauthenticated.fetch_add(1, Ordering::AcqRel);
+        let unauth = UnauthSlot(Some(self.clone()));
         if anonymous >= self.limits.max_unauthenticated {
-            // Not a slot: a refused connection does not count as one that got through.
-            self.unauthenticated.fetch_sub(1, Ordering::AcqRel);
-            let wait = self.retry_after(now);
-            return Err(self.refuse(Refusal::MaxUnauthenticated(wait)));
+            return Err(self.refuse(Refusal::MaxUnauthenticated));
         }
-        Ok((conn, UnauthSlot(Some(self.clone()))))
-    }
-
-    fn retry_after(&self, now: Instant) -> Duration {
-        let mut retry = self.retry.lock().unwrap_or_else(|e| e.into_inner());
-        Duration::from_secs(retry.handle_refused(now))
+        Ok((conn, unauth))
     }
 
     /// A POS connection of `client`.
@@ -453,12 +438,6 @@ impl UnauthSlot {
     fn release(&mut self) {
         if let Some(a) = self.0.take() {
             a.unauthenticated.fetch_sub(1, Ordering::AcqRel);
-            // Authenticated, answered or gone: a place for a newcomer (the capacity the
-            // retry schedule measures). The io layer's clock: a slot ends in `Drop`.
-            a.retry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .handle_through(Instant::now());
         }
     }
 }
@@ -498,40 +477,15 @@ mod tests {
     }
 
     #[test]
-    fn a_crowd_refused_past_the_limits_is_told_to_come_back_spread_out() {
-        let a = Admission::new(limits());
-        let now = Instant::now();
-        let (_c, _u) = a.admit(now).unwrap();
-        // Nothing got through yet: the schedule assumes its minimum capacity (200/s).
-        let waits: Vec<u64> = (0..1_000)
-            .map(|_| a.admit(now).unwrap_err().retry_after_secs())
-            .collect();
-        assert_eq!(waits[0], 1);
-        assert_eq!(*waits.last().unwrap(), 5, "1,000 at 200/s: the last in 5 s");
-        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "slots in order");
-        // A refused connection is not a place freed: the capacity did not grow.
-        assert_eq!(a.retry.lock().unwrap().capacity_per_sec(), 200);
-    }
-
-    #[test]
     fn connection_limits_count_and_release() {
         let a = Admission::new(limits());
-        let (c1, u1) = a.admit(Instant::now()).unwrap();
-        assert_eq!(
-            a.admit(Instant::now()).unwrap_err(),
-            Refusal::MaxUnauthenticated(Duration::from_secs(1))
-        );
+        let (c1, u1) = a.admit().unwrap();
+        assert_eq!(a.admit().unwrap_err(), Refusal::MaxUnauthenticated);
         u1.authenticated();
-        let (_c2, _u2) = a.admit(Instant::now()).unwrap();
-        assert_eq!(
-            a.admit(Instant::now()).unwrap_err(),
-            Refusal::MaxConnections(Duration::from_secs(1))
-        );
+        let (_c2, _u2) = a.admit().unwrap();
+        assert_eq!(a.admit().unwrap_err(), Refusal::MaxConnections);
         drop(c1);
-        assert_eq!(
-            a.admit(Instant::now()).unwrap_err(),
-            Refusal::MaxUnauthenticated(Duration::from_secs(1))
-        );
+        assert_eq!(a.admit().unwrap_err(), Refusal::MaxUnauthenticated);
         let mut text = String::new();
         a.render(&mut text);
         assert!(text.contains("posrelay_refused_total{reason=\"max_connections\"} 1"));

@@ -20,7 +20,6 @@ pub mod mtls;
 mod path;
 mod registration;
 mod reply;
-mod retry_schedule;
 mod session;
 mod shard;
 mod tls;

@@ -15,9 +15,7 @@ use crate::relay::SessionError;
 /// relay's own limits, 429 for a client's; both say when to retry.
 pub(crate) fn refusal(why: Refusal, message: &str) -> Vec<u8> {
     let status = match why {
-        Refusal::MaxConnections(_) | Refusal::MaxUnauthenticated(_) => {
-            HttpStatus::SERVICE_UNAVAILABLE
-        }
+        Refusal::MaxConnections | Refusal::MaxUnauthenticated => HttpStatus::SERVICE_UNAVAILABLE,
         _ => HttpStatus::TOO_MANY_REQUESTS,
     };
     let retry = why.retry_after_secs().to_string();
