@@ -880,3 +880,33 @@ fn shard_events_reach_the_hub_in_order() {
         "device_status found no channel and is dropped; undelivered is kept"
     );
 }
+
+#[test]
+fn last_seen_is_when_the_current_connection_opened_or_closed_and_survives_a_disable() {
+    // §10 `last_seen`: null until the device connects; the time of its last connection
+    // event after; a replaced connection closing late does not move it.
+    let c = clock();
+    let mut s = shard();
+    let d = device("acme", "1");
+    assert_eq!(s.device_last_seen(&d), None, "never connected since start");
+    let sid = s.handle_register(d.clone(), c.at(0));
+    assert_eq!(s.device_last_seen(&d), None, "registered is not connected");
+    s.handle_device_connected(&sid, ConnId(1), c.at(1)).unwrap();
+    assert_eq!(s.device_last_seen(&d), Some(c.at(1)));
+    s.handle_device_connected(&sid, ConnId(2), c.at(2)).unwrap();
+    s.handle_device_disconnected(&sid, ConnId(1), c.at(3));
+    assert_eq!(s.device_last_seen(&d), Some(c.at(2)), "the replaced one");
+    s.handle_device_disconnected(&sid, ConnId(2), c.at(4));
+    assert_eq!(
+        s.device_last_seen(&d),
+        Some(c.at(4)),
+        "when it went offline"
+    );
+    s.handle_device_disabled(&d);
+    assert_eq!(
+        s.device_last_seen(&d),
+        Some(c.at(4)),
+        "kept past the session's end"
+    );
+    assert_eq!(s.device_last_seen(&device("acme", "2")), None);
+}

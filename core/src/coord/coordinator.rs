@@ -492,6 +492,7 @@ impl<M: QueuedMessage> Coordinator<M> {
                 device: d.clone(),
                 online: self.devices.device_online(d),
                 claimed_by: self.devices.claimed_by(d).cloned(),
+                last_seen: self.devices.device_last_seen(d),
             })
             .collect()
     }

@@ -112,6 +112,9 @@ pub struct DeviceShard<M> {
     claims_by_client: HashMap<ClientKey, BTreeSet<SessionId>>,
     present: HashSet<ClientKey>,
     pos_conns: HashMap<ConnId, PosConn>,
+    /// §10 `last_seen`: when each device's connection last opened or closed (kept when its
+    /// session ends, so that a disabled device still says when it was last seen).
+    last_seen: HashMap<DeviceKey, Instant>,
     timers: TimerSet,
     actions: VecDeque<Action<M>>,
     shutting_down: bool,
@@ -148,6 +151,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             claims_by_client: HashMap::new(),
             present: HashSet::new(),
             pos_conns: HashMap::new(),
+            last_seen: HashMap::new(),
             timers: TimerSet::default(),
             actions: VecDeque::new(),
             shutting_down: false,
@@ -189,7 +193,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
         &mut self,
         sid: &SessionId,
         conn: ConnId,
-        _now: Instant,
+        now: Instant,
     ) -> Result<(), SessionError> {
         let s = self
             .sessions
@@ -197,6 +201,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             .ok_or_else(|| SessionError::UnknownSession {
                 session_id: sid.clone(),
             })?;
+        self.last_seen.insert(s.device.clone(), now);
         let old = s.device_conn.replace(conn);
         if let Some(old) = old.filter(|old| *old != conn) {
             // §3: "the old one is closed with 4000 (replaced)".
@@ -229,7 +234,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
 
     /// The device connection `conn` closed. Ignored unless it is the current one: a replaced
     /// connection closing late must not mark the device offline.
-    pub fn handle_device_disconnected(&mut self, sid: &SessionId, conn: ConnId, _now: Instant) {
+    pub fn handle_device_disconnected(&mut self, sid: &SessionId, conn: ConnId, now: Instant) {
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
@@ -237,6 +242,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             return;
         }
         s.device_conn = None;
+        self.last_seen.insert(s.device.clone(), now);
         if let Some(claim) = &s.claim {
             self.actions.push_back(Action::ClientEvent {
                 client: claim.client.clone(),
@@ -659,6 +665,12 @@ impl<M: QueuedMessage> DeviceShard<M> {
         self.sessions
             .get(&self.keyring.session_id(device))
             .is_some_and(|s| s.device_conn.is_some())
+    }
+
+    /// §10 `last_seen`: when `device`'s connection last opened or closed here; `None` if it
+    /// has not connected since start. (While it is online, §10 says "now": the caller's.)
+    pub fn device_last_seen(&self, device: &DeviceKey) -> Option<Instant> {
+        self.last_seen.get(device).copied()
     }
 
     /// Whether `device` registered since start (and was not disabled since): claimable.

@@ -10,7 +10,7 @@ use super::path::Path;
 use super::reply::{self, answer_and_close};
 use super::shard::ShardCtx;
 use super::upgrade::{admit_pos, Accepted, Prelude};
-use super::{admin, control, device, registration, session, token};
+use super::{admin, control, device, devices_api, pos_login, registration, session, token};
 use crate::handshake::{error_response, json_error, HttpStatus, UpgradeRequest};
 use crate::ids::SessionId;
 use crate::io::http::{read_request, ReadRequestError};
@@ -107,6 +107,12 @@ async fn serve_relay_connection(
                 keep_alive = keep;
                 answer
             }
+            Path::Devices | Path::Device(_) => {
+                let (answer, keep) =
+                    devices_api::serve(&ctx, &request.head, keep_alive, peer).await;
+                keep_alive = keep;
+                answer
+            }
             Path::Unknown => {
                 ctx.shared.metrics.http_not_found.inc();
                 json_error(
@@ -156,7 +162,8 @@ async fn serve_relay_connection(
             (owner, Routed::Device { sid, claims }, held)
         }
         Path::PosListener => {
-            let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+            let claims = pos_login::authenticate(&ctx, pos_credentials(&upgrade, &prelude), peer);
+            let (claims, held) = match admit_pos(&ctx, claims.await, unauth, conn) {
                 Ok(admitted) => admitted,
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
@@ -167,16 +174,32 @@ async fn serve_relay_connection(
             let Some(sid) = session_id(sid) else {
                 return answer_and_close(transport, &reply::not_a_session()).await;
             };
-            let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+            let claims = pos_login::authenticate(&ctx, pos_credentials(&upgrade, &prelude), peer);
+            let (claims, held) = match admit_pos(&ctx, claims.await, unauth, conn) {
                 Ok(admitted) => admitted,
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
             let owner = owner_shard(&sid, ctx.shards).0;
             (owner, Routed::Session { sid, claims }, held)
         }
-        Path::Token(_) | Path::Unknown => unreachable!("answered in the request loop"),
+        Path::DeviceSession(_) => {
+            ctx.shared.metrics.http_not_found.inc();
+            let answer = json_error(HttpStatus::NOT_FOUND, &[], "no such path");
+            return answer_and_close(transport, &answer).await;
+        }
+        Path::Token(_) | Path::Unknown | Path::Devices | Path::Device(_) => {
+            unreachable!("answered in the request loop")
+        }
     };
     route_to(ctx, shard, transport, rbuf, prelude, routed, held).await
+}
+
+/// What a POS upgrade carries to prove who it is (§7, §7c).
+fn pos_credentials<'a>(
+    upgrade: &'a UpgradeRequest,
+    prelude: &'a Prelude,
+) -> pos_login::PosCredentials<'a> {
+    pos_login::PosCredentials::of(upgrade.authorization.as_deref(), prelude.bearer.as_deref())
 }
 
 /// A session id from a URL, if it is one at all.

@@ -102,23 +102,17 @@ impl Accepted<()> {
     }
 }
 
-/// A POS connection (control channel or session): its access token verified, it stops
+/// A POS connection (control channel or session), its credentials verified
+/// (`pos_login::authenticate`: an access token, or Basic client credentials, §7c): it stops
 /// counting as anonymous and takes a place under the per-client limit. `Err` is the HTTP
 /// answer to write instead.
 pub(crate) fn admit_pos(
     ctx: &ShardCtx,
-    prelude: &Prelude,
+    claims: Result<AccessClaims, Vec<u8>>,
     unauth: UnauthSlot,
     conn: ConnSlot,
 ) -> Result<(AccessClaims, Held), Vec<u8>> {
-    let claims = prelude
-        .bearer()
-        .and_then(|token| {
-            ctx.shared
-                .issuer
-                .verify_access(&*ctx.shared.store, token, super::unix_now())
-        })
-        .map_err(|e| super::reply::auth_refusal(ctx, &e))?;
+    let claims = claims?;
     unauth.authenticated();
     match ctx.shared.admission.admit_client(&claims.client()) {
         Ok(slot) => Ok((
