@@ -6,6 +6,7 @@
 
 use super::admission::{ConnSlot, UnauthSlot};
 use super::handover::{Handover, Held, Routed, Routing};
+use super::login::{self, Refusals};
 use super::path::Path;
 use super::reply::{self, answer_and_close};
 use super::shard::ShardCtx;
@@ -135,6 +136,10 @@ async fn serve_relay_connection(
         }
     };
     let prelude = Prelude::new(&ctx, &upgrade);
+    if login::is_login_by_message(&path, upgrade.authorization.as_deref(), &prelude) {
+        // §7b: no credentials at all: 101, then the first message logs in.
+        return login::serve(ctx, transport, rbuf, prelude, path, peer, (conn, unauth)).await;
+    }
     // Each arm authenticates, then picks the shard that serves the connection.
     let (shard, routed, held) = match path {
         Path::DeviceListener => {
@@ -191,7 +196,21 @@ async fn serve_relay_connection(
             unreachable!("answered in the request loop")
         }
     };
-    route_to(ctx, shard, transport, rbuf, prelude, routed, held).await
+    let Prelude {
+        answer, url_base, ..
+    } = prelude;
+    route_to(
+        ctx,
+        shard,
+        transport,
+        rbuf,
+        answer,
+        url_base,
+        routed,
+        held,
+        Refusals::Http,
+    )
+    .await
 }
 
 /// What a POS upgrade carries to prove who it is (§7, §7c).
@@ -207,33 +226,33 @@ fn session_id(text: String) -> Option<SessionId> {
     SessionId::new(text).ok()
 }
 
-/// Serves `routed` here, or hands the connection to the shard that owns it.
-async fn route_to(
+/// Serves `routed` here, or hands the connection to the shard that owns it. `answer` is
+/// written first (the 101, or §7b's `logged_in`); `refusals` says how a refusal before the
+/// connection opens is told.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn route_to(
     ctx: Rc<ShardCtx>,
     shard: usize,
     transport: Transport,
     rbuf: BytesMut,
-    prelude: Prelude,
+    answer: Vec<u8>,
+    url_base: String,
     routed: Routed,
     held: Held,
+    refusals: Refusals,
 ) {
     if shard == ctx.index {
         spawn_routed(
-            ctx,
-            transport,
-            rbuf,
-            prelude.answer,
-            prelude.url_base,
-            routed,
-            held,
+            ctx, transport, rbuf, answer, url_base, routed, held, refusals,
         )
     } else {
         let routing = Routing {
             leftover: rbuf.to_vec(),
-            answer: prelude.answer,
-            url_base: prelude.url_base,
+            answer,
+            url_base,
             routed,
             held,
+            refusals,
         };
         match Handover::new(transport, routing) {
             Ok(h) => ctx.mesh.send_handover(shard, h).await,
@@ -246,12 +265,15 @@ async fn route_to(
 pub(crate) fn serve_handover(ctx: Rc<ShardCtx>, handover: Handover) {
     let (transport, r) = handover.into_transport();
     let rbuf = BytesMut::from(&r.leftover[..]);
-    spawn_routed(ctx, transport, rbuf, r.answer, r.url_base, r.routed, r.held)
+    spawn_routed(
+        ctx, transport, rbuf, r.answer, r.url_base, r.routed, r.held, r.refusals,
+    )
 }
 
 /// Serves a routed connection in a task of its own, sized for its role: the task
 /// that read the upgrade request (its HTTP and handshake state, several KiB) ends
 /// here instead of staying under every long-lived connection.
+#[allow(clippy::too_many_arguments)]
 fn spawn_routed(
     ctx: Rc<ShardCtx>,
     transport: Transport,
@@ -260,12 +282,14 @@ fn spawn_routed(
     url_base: String,
     routed: Routed,
     held: Held,
+    refusals: Refusals,
 ) {
     let accepted = Accepted {
         transport,
         rbuf,
         answer,
         held,
+        refusals,
         role: (),
     };
     match routed {

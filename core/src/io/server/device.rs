@@ -2,11 +2,13 @@
 //! POS that holds the claim (or wait in the device → POS queue); the POS's come here.
 
 use super::conn::{answer_upgrade, retire, serve_ws, Ended, Handler, Next, Open};
+use super::login::refuse;
 use super::metrics::{ConnRole, ShardMetrics};
-use super::reply::{self, answer_and_close};
+use super::reply::{self, UNKNOWN_SESSION};
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
 use crate::auth::DeviceClaims;
+use crate::control::LoginDenied;
 use crate::ids::{DeviceKey, SessionId};
 use crate::io::outbox::OutboxRef;
 use crate::proto::Message;
@@ -50,6 +52,7 @@ async fn open(
         rbuf,
         answer,
         held,
+        refusals,
         role: (sid, claims),
     } = *accepted;
     let device = DeviceKey {
@@ -59,7 +62,15 @@ async fn open(
     if ctx.coord.borrow().devices().session_device(&sid).is_none() {
         // The session is gone (relay restarted, device disabled): register again.
         let gone = SessionError::UnknownSession { session_id: sid };
-        answer_and_close(transport, &reply::unknown_session(&gone)).await;
+        let http = reply::unknown_session(&gone);
+        refuse(
+            transport,
+            refusals,
+            &http,
+            LoginDenied::NotFound,
+            UNKNOWN_SESSION,
+        )
+        .await;
         return None;
     }
     let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;

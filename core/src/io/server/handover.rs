@@ -35,6 +35,8 @@ pub(crate) struct Routing {
     pub routed: Routed,
     /// Its places under the admission limits, held until it closes.
     pub held: Held,
+    /// How a refusal before it opens is told (§7b: in band after a login by message).
+    pub refusals: super::login::Refusals,
 }
 
 /// The admission slots a connection holds for as long as it is open.

@@ -15,6 +15,7 @@ mod device;
 mod devices_api;
 mod drain;
 mod handover;
+mod login;
 mod mesh;
 mod metrics;
 pub mod mtls;

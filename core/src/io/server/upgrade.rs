@@ -86,6 +86,8 @@ pub(crate) struct Accepted<R> {
     pub answer: Vec<u8>,
     /// Admission slots, released when the connection ends.
     pub held: Held,
+    /// How a refusal before the connection opens is told (HTTP, or in band after §7b).
+    pub refusals: super::login::Refusals,
     /// What the role needs (session id, claims...).
     pub role: R,
 }
@@ -97,6 +99,7 @@ impl Accepted<()> {
             rbuf: self.rbuf,
             answer: self.answer,
             held: self.held,
+            refusals: self.refusals,
             role,
         })
     }
