@@ -516,6 +516,9 @@ impl<M: QueuedMessage> Coordinator<M> {
                 self.outputs
                     .push_back(Output::CloseConn { conn, code, reason })
             }
+            Action::CloseUndelivered { conn, count } => self
+                .outputs
+                .push_back(Output::CloseUndelivered { conn, count }),
             Action::ClientEvent { client, event } => {
                 if let ClientEventKind::Undelivered { frames, .. } = &event {
                     self.undelivered_frames = self.undelivered_frames.saturating_add(*frames);

@@ -744,11 +744,39 @@ impl<M: QueuedMessage> DeviceShard<M> {
 
     fn emit(&mut self, tally: UndeliveredTally) {
         for (client, event) in tally.into_events() {
-            if let ClientEventKind::Undelivered { frames, bytes, .. } = &event {
+            if let ClientEventKind::Undelivered {
+                serial,
+                frames,
+                bytes,
+            } = &event
+            {
                 self.stats.pos_frames_undelivered =
                     self.stats.pos_frames_undelivered.saturating_add(*frames);
                 self.stats.pos_bytes_undelivered =
                     self.stats.pos_bytes_undelivered.saturating_add(*bytes);
+                // §5a: "when frames that this client sent are undeliverable (§6) while none
+                // of its control channels is open, the session is closed with 4002".
+                if !self.present.contains(&client) {
+                    let device = DeviceKey {
+                        domain: client.domain.clone(),
+                        serial: serial.clone(),
+                    };
+                    let session = self
+                        .sessions
+                        .get(&self.keyring.session_id(&device))
+                        .and_then(|s| s.claim.as_ref())
+                        .filter(|c| c.client == client)
+                        .and_then(|c| c.pos_conn);
+                    if let Some(conn) = session {
+                        self.actions.push_back(Action::CloseUndelivered {
+                            conn,
+                            count: Count {
+                                frames: *frames,
+                                bytes: *bytes,
+                            },
+                        });
+                    }
+                }
             }
             self.actions
                 .push_back(Action::ClientEvent { client, event });

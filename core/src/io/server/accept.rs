@@ -11,7 +11,10 @@ use super::path::Path;
 use super::reply::{self, answer_and_close};
 use super::shard::ShardCtx;
 use super::upgrade::{admit_pos, Accepted, Prelude};
-use super::{admin, control, device, devices_api, pos_login, registration, session, token};
+use super::{
+    admin, control, device, devices_api, one_step, pos_login, registration, session, token,
+};
+use crate::auth::TsnInput;
 use crate::handshake::{error_response, json_error, HttpStatus, UpgradeRequest};
 use crate::ids::SessionId;
 use crate::io::http::{read_request, ReadRequestError};
@@ -187,10 +190,17 @@ async fn serve_relay_connection(
             let owner = owner_shard(&sid, ctx.shards).0;
             (owner, Routed::Session { sid, claims }, held)
         }
-        Path::DeviceSession(_) => {
-            ctx.shared.metrics.http_not_found.inc();
-            let answer = json_error(HttpStatus::NOT_FOUND, &[], "no such path");
-            return answer_and_close(transport, &answer).await;
+        Path::DeviceSession(tsn) => {
+            let claims = pos_login::authenticate(&ctx, pos_credentials(&upgrade, &prelude), peer);
+            let (claims, held) = match admit_pos(&ctx, claims.await, unauth, conn) {
+                Ok(admitted) => admitted,
+                Err(answer) => return answer_and_close(transport, &answer).await,
+            };
+            let Ok(tsn) = TsnInput::parse(&tsn) else {
+                return answer_and_close(transport, &one_step::not_found()).await;
+            };
+            let owner = one_step::owner(&ctx, &claims, &tsn);
+            (owner, Routed::DeviceSession { tsn, claims }, held)
         }
         Path::Token(_) | Path::Unknown | Path::Devices | Path::Device(_) => {
             unreachable!("answered in the request loop")
@@ -302,6 +312,9 @@ fn spawn_routed(
         }
         Routed::Session { sid, claims } => {
             glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims)))).detach()
+        }
+        Routed::DeviceSession { tsn, claims } => {
+            glommio::spawn_local(one_step::serve(ctx, accepted.with_role((tsn, claims)))).detach()
         }
     };
 }

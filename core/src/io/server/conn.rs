@@ -243,7 +243,7 @@ pub(crate) async fn serve_ws<H: Handler>(
                     push_transmit(proto, &driver.outbox);
                 }
                 if let Some((code, reason)) = requests.close {
-                    proto.send_close(CloseCode(code), reason);
+                    proto.send_close(CloseCode(code), &reason);
                     push_transmit(proto, &driver.outbox);
                     // Boxed: only a closing connection pays for its state.
                     Box::pin(finish_close(ctx, driver, proto, handler)).await;

@@ -21,6 +21,11 @@ pub(crate) enum Routed {
         sid: SessionId,
         claims: AccessClaims,
     },
+    /// §5a claim and session in one step (routed to the device's owner).
+    DeviceSession {
+        tsn: crate::auth::TsnInput,
+        claims: AccessClaims,
+    },
 }
 
 /// Everything about a routed connection except its socket.

@@ -132,6 +132,7 @@ pub(crate) async fn serve(
                     owner_shard(sid, ctx.shards).0
                 }
                 Routed::Control { claims } => client_shard(&claims.client(), ctx.shards).0,
+                Routed::DeviceSession { tsn, claims } => super::one_step::owner(&ctx, claims, tsn),
             };
             drop(waiting);
             super::accept::route_to(
@@ -228,7 +229,9 @@ async fn wait_for_login(
                         _client: None,
                     }
                 }
-                Routed::Control { claims } | Routed::Session { claims, .. } => {
+                Routed::Control { claims }
+                | Routed::Session { claims, .. }
+                | Routed::DeviceSession { claims, .. } => {
                     match admit_pos(ctx, Ok(claims.clone()), unauth, conn) {
                         Ok((_, held)) => held,
                         Err(_) => {
@@ -277,7 +280,7 @@ fn verify(ctx: &ShardCtx, path: &Path, token: &LoginToken) -> Result<(Routed, u6
             let expires_in = claims.expires_at.saturating_sub(now);
             Ok((Routed::Device { sid, claims }, expires_in))
         }
-        Path::PosListener | Path::Session(_) => {
+        Path::PosListener | Path::Session(_) | Path::DeviceSession(_) => {
             let claims = shared
                 .issuer
                 .verify_access(&*shared.store, token.expose(), now)?;
@@ -285,6 +288,11 @@ fn verify(ctx: &ShardCtx, path: &Path, token: &LoginToken) -> Result<(Routed, u6
             let routed = match path {
                 Path::Session(sid) => Routed::Session {
                     sid: session(sid)?,
+                    claims,
+                },
+                // A tsn that cannot be one is refused like a bad login (it names nothing).
+                Path::DeviceSession(tsn) => Routed::DeviceSession {
+                    tsn: crate::auth::TsnInput::parse(tsn).map_err(|_| AuthError::WrongSession)?,
                     claims,
                 },
                 _ => Routed::Control { claims },

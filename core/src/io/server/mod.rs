@@ -19,6 +19,7 @@ mod login;
 mod mesh;
 mod metrics;
 pub mod mtls;
+mod one_step;
 mod path;
 mod pos_login;
 mod registration;

@@ -181,6 +181,14 @@ impl ShardCtx {
             } => self.answer_claim(requester, &serial, op, outcome),
             Output::Answered { ticket, answer } => self.answers.deliver(ticket, answer),
             Output::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
+            Output::CloseUndelivered { conn, count } => {
+                if let Some(ob) = self.outbox(conn) {
+                    let reason =
+                        format!("undelivered frames={} bytes={}", count.frames, count.bytes);
+                    ob.borrow_mut()
+                        .request_close_with(close::UNDELIVERED, reason.into());
+                }
+            }
             Output::CloseClass { class } => self.close_class(class),
         }
     }
