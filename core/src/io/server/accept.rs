@@ -304,8 +304,18 @@ fn spawn_routed(
     };
     match routed {
         Routed::Device { sid, claims } => {
-            glommio::spawn_local(device::serve(ctx, accepted.with_role((sid, claims)))).detach()
+            let device = crate::ids::DeviceKey {
+                domain: claims.domain,
+                serial: claims.serial,
+            };
+            glommio::spawn_local(device::serve(ctx, accepted.with_role((sid, device, None))))
+                .detach()
         }
+        Routed::CertDevice { sid, device, cert } => glommio::spawn_local(device::serve(
+            ctx,
+            accepted.with_role((sid, device, Some(cert))),
+        ))
+        .detach(),
         Routed::Control { claims } => {
             glommio::spawn_local(control::serve(ctx, accepted.with_role((url_base, claims))))
                 .detach()

@@ -7,16 +7,20 @@ use super::metrics::{ConnRole, ShardMetrics};
 use super::reply::{self, UNKNOWN_SESSION};
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
-use crate::auth::DeviceClaims;
 use crate::control::LoginDenied;
 use crate::ids::{DeviceKey, SessionId};
 use crate::io::outbox::OutboxRef;
 use crate::proto::Message;
 use crate::relay::{ConnId, Route, SessionError};
+use crate::tenancy::CertFingerprint;
 use std::rc::Rc;
 use std::time::Instant;
 
-pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, DeviceClaims)>>) {
+/// What a device connection is: its session, the device, and the client certificate it
+/// was made with (§2a), if any.
+pub(crate) type DeviceRole = (SessionId, DeviceKey, Option<CertFingerprint>);
+
+pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<DeviceRole>>) {
     // Boxed: the setup's state (the upgrade answer, claims, socket) is freed before the
     // connection's long idle life, whose future holds only the `Open` state.
     let Some(mut open) = Box::pin(open(&ctx, accepted)).await else {
@@ -45,7 +49,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
 /// Answers the upgrade and registers the connection; `None` when it was refused.
 async fn open(
     ctx: &Rc<ShardCtx>,
-    accepted: Box<Accepted<(SessionId, DeviceClaims)>>,
+    accepted: Box<Accepted<DeviceRole>>,
 ) -> Option<Open<DeviceHandler>> {
     let Accepted {
         transport,
@@ -53,12 +57,8 @@ async fn open(
         answer,
         held,
         refusals,
-        role: (sid, claims),
+        role: (sid, device, client_cert),
     } = *accepted;
-    let device = DeviceKey {
-        domain: claims.domain,
-        serial: claims.serial,
-    };
     if ctx.coord.borrow().devices().session_device(&sid).is_none() {
         // The session is gone (relay restarted, device disabled): register again.
         let gone = SessionError::UnknownSession { session_id: sid };
@@ -73,7 +73,10 @@ async fn open(
         .await;
         return None;
     }
-    let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;
+    let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |e| {
+        e.client_cert = client_cert
+    })
+    .await?;
     let id = upgraded.id;
     let connected = ctx
         .coord

@@ -21,6 +21,12 @@ pub(crate) enum Routed {
         sid: SessionId,
         claims: AccessClaims,
     },
+    /// §2a a device identified by its client certificate, registered already.
+    CertDevice {
+        sid: SessionId,
+        device: crate::ids::DeviceKey,
+        cert: crate::tenancy::CertFingerprint,
+    },
     /// §5a claim and session in one step (routed to the device's owner).
     DeviceSession {
         tsn: crate::auth::TsnInput,

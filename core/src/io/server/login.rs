@@ -128,9 +128,9 @@ pub(crate) async fn serve(
         Waited::LoggedIn(routed, held, expires_in) => {
             let answer = text_frame(&gate.handle_accepted(expires_in));
             let shard = match &*routed {
-                Routed::Device { sid, .. } | Routed::Session { sid, .. } => {
-                    owner_shard(sid, ctx.shards).0
-                }
+                Routed::Device { sid, .. }
+                | Routed::Session { sid, .. }
+                | Routed::CertDevice { sid, .. } => owner_shard(sid, ctx.shards).0,
                 Routed::Control { claims } => client_shard(&claims.client(), ctx.shards).0,
                 Routed::DeviceSession { tsn, claims } => super::one_step::owner(&ctx, claims, tsn),
             };
@@ -222,7 +222,7 @@ async fn wait_for_login(
     match verify(ctx, path, &token) {
         Ok((routed, expires_in)) => {
             let held = match &routed {
-                Routed::Device { .. } => {
+                Routed::Device { .. } | Routed::CertDevice { .. } => {
                     unauth.authenticated();
                     Held {
                         _conn: conn,
