@@ -271,3 +271,52 @@ fn a_flood_of_unpinned_certificates_hits_the_address_limit_while_others_are_serv
     );
     pair.exchange_text("everyone else is served");
 }
+
+#[test]
+fn device_sim_connects_with_a_client_certificate() {
+    use std::io::{BufRead, BufReader};
+    let r = MtlsRelay::start(None, &[]);
+    let creds = r.relay.provision("acme", "s1", &[TSN]);
+    let t = self_signed(r.dir.path(), "terminal-sim");
+    pin(&r.relay, TSN, &[&t.fingerprint]);
+    /// Kills the simulator when the test ends, pass or fail.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_posrelay"))
+        .args(["device-sim", "--relay", &r.url(), "--tsn", TSN])
+        .arg("--client-cert")
+        .arg(&t.cert)
+        .arg("--client-key")
+        .arg(&t.key)
+        .arg("--ca-file")
+        .arg(r.dir.path().join("relay.pem"))
+        .env_remove("POSRELAY_CLIENT_ID")
+        .env_remove("POSRELAY_CLIENT_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(Killed)
+        .unwrap();
+    let stdout = sim.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let online = format!("[device {TSN}] online");
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("device-sim goes online with its certificate");
+        assert!(!line.contains("registered"), "no registration: {line}");
+        if line == online {
+            break;
+        }
+    }
+    let _pair = pos_exchange(&r.relay, &creds);
+}
