@@ -148,6 +148,13 @@ fn pos_exchange(relay: &Relay, creds: &Creds) -> (Pos, Ws) {
     let mut pos = Pos::control(relay, &token);
     let claimed = pos.claim(TSN);
     assert_eq!(claimed["online"], true, "the terminal is online: {claimed}");
+    // §2a: "the same session_id rules as §2": a registration with credentials names the
+    // same session.
+    assert_eq!(
+        claimed["session_id"].as_str(),
+        Some(register(relay, TSN, creds).session_id.as_str()),
+        "{claimed}"
+    );
     let url = claimed["session_url"].as_str().unwrap().to_owned();
     let mut session = Pos::session(relay, &url, &token);
     send_text(
