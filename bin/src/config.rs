@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Listen address for terminals that authenticate with a TLS client certificate (PROTOCOL.md §2a; serves --tls-cert) [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub device_mtls_listen: Option<SocketAddr>,
+    /// PEM CA certificate(s) that terminals' client certificates must chain to [default: any certificate, identified by its pinned fingerprint alone]
+    #[arg(long, value_name = "FILE")]
+    pub device_client_ca: Option<PathBuf>,
     /// Application subprotocols the relay may select, in preference order [default: the first one offered]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub subprotocols: Option<Vec<String>>,
@@ -165,6 +171,8 @@ struct FileConfig {
     shards: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    device_mtls_listen: Option<SocketAddr>,
+    device_client_ca: Option<PathBuf>,
     subprotocols: Option<Vec<String>>,
     offline_queue_bytes: Option<String>,
     offline_grace: Option<String>,
@@ -197,6 +205,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub shards: usize,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub device_mtls_listen: Option<SocketAddr>,
+    pub device_client_ca: Option<PathBuf>,
     pub subprotocols: Option<Vec<String>>,
     pub offline_queue_bytes: usize,
     pub offline_grace: Duration,
@@ -294,6 +304,8 @@ impl ServeArgs {
             public_url: self.public_url.clone().or(file.public_url),
             shards,
             tls,
+            device_mtls_listen: self.device_mtls_listen.or(file.device_mtls_listen),
+            device_client_ca: self.device_client_ca.clone().or(file.device_client_ca),
             subprotocols: self.subprotocols.clone().or(file.subprotocols),
             offline_queue_bytes: size(
                 &self.offline_queue_bytes,
@@ -406,6 +418,16 @@ impl ServeArgs {
             if value == 0 {
                 bail!("{name} must be at least 1");
             }
+        }
+        if settings.device_mtls_listen.is_some() && settings.tls.is_none() {
+            bail!(
+                "device_mtls_listen serves the relay's certificate: give tls_cert and tls_key too"
+            );
+        }
+        if settings.device_client_ca.is_some() && settings.device_mtls_listen.is_none() {
+            bail!(
+                "device_client_ca applies to the device mTLS listener: give device_mtls_listen too"
+            );
         }
         if let Some(url) = &settings.public_url {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {

@@ -439,6 +439,7 @@ fn run_flow(
                 client_id: demo.client_id.clone(),
                 client_secret: demo.client_secret.clone(),
                 responder: Responder::Auto,
+                client_cert: false,
                 tls: None,
                 backoff_initial: Duration::from_millis(200),
                 backoff_max: Duration::from_secs(5),

@@ -6,7 +6,7 @@ use crate::config::Settings;
 use posrelay_core::handshake::{HeadLimits, SubprotocolPolicy};
 use posrelay_core::io::runtime::RuntimeConfig;
 use posrelay_core::io::server::admission::AdmissionLimits;
-use posrelay_core::io::server::{run_server, ServerConfig, StopHandle};
+use posrelay_core::io::server::{run_server, DeviceMtlsConfig, ServerConfig, StopHandle};
 use posrelay_core::proto::Limits;
 use posrelay_core::relay::RelayLimits;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -56,6 +56,10 @@ pub(crate) fn server_config(s: &Settings) -> ServerConfig {
         public_url: s.public_url.clone(),
         runtime,
         tls: s.tls.clone(),
+        device_mtls: s.device_mtls_listen.map(|listen| DeviceMtlsConfig {
+            listen,
+            client_ca: s.device_client_ca.clone(),
+        }),
         subprotocols: match &s.subprotocols {
             Some(list) => SubprotocolPolicy::OneOf(list.clone()),
             None => SubprotocolPolicy::FirstOffered,

@@ -361,3 +361,133 @@ fn browser_pos_claims_a_terminal_and_exchanges_messages() {
     std::fs::write(&path, &png).unwrap();
     println!("screenshot: {}", path.display());
 }
+
+/// Seed 004's client page (`clients/seed004_browser_login.html`) with `query`.
+fn seed004_page(query: &str) -> String {
+    let page =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/seed004_browser_login.html");
+    format!("file://{}?{query}", page.display())
+}
+
+#[test]
+fn seed_004_client_logs_in_with_its_first_message_in_chromium() {
+    // PROTOCOL.md §7b with a browser client written like seed 004's: `new WebSocket(url)`
+    // without subprotocols, the login as the first message.
+    let relay_proc = Relay::start(&["--handshake-timeout", "2s"]);
+    let creds = relay_proc.provision("demo", "s1", &["10000001"]);
+    let token = relay_proc.token("demo", &creds);
+    let url = relay_proc.ws_url("/cloud-connector/v1/pos-listener");
+    let (_chromium, mut cdp) = chromium(&relay_proc.scratch().join("chromium-profile"));
+    cdp.call("Page.enable", json!({}));
+    // The login a second after the socket opened: the relay says nothing meanwhile.
+    let page = seed004_page(&format!("url={url}&token={token}&delay_ms=1000"));
+    cdp.call("Page.navigate", json!({ "url": page }));
+    cdp.wait_for(
+        "!!window.seed004 && window.seed004.state === 'logged_in'",
+        "JSON.stringify(window.seed004)",
+        "seed 004 login",
+    );
+    assert_eq!(
+        cdp.eval("window.seed004.before_login"),
+        0,
+        "§7b: silence before the login"
+    );
+    let first: Value =
+        serde_json::from_str(cdp.eval("window.seed004.received[0]").as_str().unwrap()).unwrap();
+    assert_eq!(first["type"], "logged_in", "{first}");
+    assert!(
+        first["expires_in"].as_u64().is_some_and(|s| s > 0),
+        "{first}"
+    );
+    // The connection goes on as a control channel.
+    cdp.eval(r#"window.seed004.send(JSON.stringify({type: "devices", request_id: "d1"}))"#);
+    cdp.wait_for(
+        "window.seed004.received.length >= 2",
+        "JSON.stringify(window.seed004)",
+        "devices answer",
+    );
+    let devices: Value =
+        serde_json::from_str(cdp.eval("window.seed004.received[1]").as_str().unwrap()).unwrap();
+    assert_eq!(devices["type"], "devices", "{devices}");
+    assert_eq!(devices["devices"][0]["tsn"], "10000001");
+
+    // A bad token: silence, then 1008 once the handshake timeout has run out.
+    let page = seed004_page(&format!("url={url}&token=not.a.token"));
+    cdp.call("Page.navigate", json!({ "url": page }));
+    cdp.wait_for(
+        "!!window.seed004 && window.seed004.state === 'closed'",
+        "JSON.stringify(window.seed004)",
+        "refused login closes",
+    );
+    let seen = cdp.eval("window.seed004");
+    assert_eq!(seen["close"]["code"], 1008, "{seen}");
+    assert_eq!(
+        seen["received"],
+        json!([]),
+        "nothing before the close: {seen}"
+    );
+    // The page's clock starts when it sees the 101, after the relay's: a close "never
+    // earlier" than 2 s from the upgrade is seen at least about 2 s after the open.
+    let after = seen["close"]["ms_after_open"].as_f64().unwrap();
+    assert!(after >= 1800.0, "closed {after} ms after the open: {seen}");
+}
+
+#[test]
+fn the_demo_page_offers_login_by_first_message() {
+    let bin = env!("CARGO_BIN_EXE_posrelay");
+    let relay_proc = Relay::start(&[]);
+    let relay = relay_proc.ws_url("");
+    let admin = relay_proc.admin_url("");
+    let creds = relay_proc.provision("demo", "s1", &["10000001"]);
+    let token = relay_proc.token("demo", &creds);
+    let mut device = Command::new(bin);
+    device
+        .args(["device-sim", "--relay", &relay, "--tsn", "10000001"])
+        .env("POSRELAY_CLIENT_ID", &creds.client_id)
+        .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
+    let (_device_proc, device_lines) = spawn_lines(device);
+    wait_line(&device_lines, "device-sim online", |l| {
+        l.ends_with("] online")
+    });
+    let (_chromium, mut cdp) = chromium(&relay_proc.scratch().join("chromium-profile"));
+    cdp.call("Page.enable", json!({}));
+    let page = format!("{admin}/demo/?relay={relay}&domain=demo&tsn=10000001&auth=login");
+    cdp.call("Page.navigate", json!({ "url": page }));
+    cdp.wait_for(
+        "document.readyState === 'complete' && !!document.getElementById('auth')",
+        "document.title",
+        "page load",
+    );
+    assert_eq!(cdp.eval("document.getElementById('auth').value"), "login");
+    cdp.eval(&format!(
+        "document.getElementById('token').value = {}",
+        Value::String(token)
+    ));
+    cdp.eval("document.getElementById('btn-connect').click()");
+    cdp.wait_for(
+        "window.posrelayDemo.state === 'session'",
+        "window.posrelayDemo.status",
+        "login, claim and session",
+    );
+    cdp.eval(
+        "(() => { document.getElementById('message').value = 'logged in by message'; \
+         document.getElementById('btn-send').click(); })()",
+    );
+    cdp.wait_for(
+        "window.posrelayDemo.received.length >= 1",
+        "window.posrelayDemo.status",
+        "echoed reply",
+    );
+    assert_eq!(
+        cdp.eval("window.posrelayDemo.received[0]"),
+        "logged in by message"
+    );
+    let logged =
+        cdp.eval("[...document.querySelectorAll('#log li.event .d')].map(e => e.textContent)");
+    let count = logged.as_array().map_or(0, |l| {
+        l.iter()
+            .filter(|t| t.as_str().unwrap_or("").starts_with("logged in"))
+            .count()
+    });
+    assert_eq!(count, 2, "control channel and session logged in: {logged}");
+}

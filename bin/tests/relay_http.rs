@@ -50,7 +50,6 @@ fn missing_or_bad_tokens_answer_401_with_a_bearer_challenge() {
     let device_path = format!("/cloud-connector/v1/device-connection/{}", reg.session_id);
     for path in [POS_LISTENER, session_path.as_str(), device_path.as_str()] {
         for extra in [
-            vec![],
             vec!["Authorization: Bearer garbage"],
             vec!["Authorization: Basic Zm9vOmJhcg=="],
         ] {
@@ -62,6 +61,14 @@ fn missing_or_bad_tokens_answer_401_with_a_bearer_challenge() {
                 "{path} {extra:?}: WWW-Authenticate {challenge:?}"
             );
         }
+        // §8: "an upgrade with no credentials at all, on an endpoint of §7b, is a login by
+        // first message instead" (relay_login.rs tests what follows).
+        let resp = raw_http(relay.relay_addr, &upgrade_request(path, &[]));
+        assert_eq!(
+            resp.status, 101,
+            "{path} without credentials: {}",
+            resp.head
+        );
     }
 }
 

@@ -284,7 +284,10 @@ impl Net {
                 assert!(*n > 0, "unexpected event {key:?}");
                 *n -= 1;
             }
-            Output::SendToConn { .. } | Output::CloseConn { .. } | Output::CloseClass { .. } => {}
+            Output::SendToConn { .. }
+            | Output::CloseConn { .. }
+            | Output::CloseUndelivered { .. }
+            | Output::CloseClass { .. } => {}
         }
     }
 

@@ -281,6 +281,7 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
         send_queue_bytes: 256 * 1024,
         hash_cost: posrelay_core::auth::HashCost::TEST_ONLY,
         admission: Default::default(),
+        device_mtls: None,
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -180,7 +180,9 @@ impl Model {
                     self.pos.reported_frames += frames;
                     self.pos.reported_bytes += bytes;
                 }
-                Action::ClientEvent { .. } | Action::CloseConn { .. } => {}
+                Action::ClientEvent { .. }
+                | Action::CloseConn { .. }
+                | Action::CloseUndelivered { .. } => {}
             }
         }
     }

@@ -880,3 +880,75 @@ fn shard_events_reach_the_hub_in_order() {
         "device_status found no channel and is dropped; undelivered is kept"
     );
 }
+
+#[test]
+fn last_seen_is_when_the_current_connection_opened_or_closed_and_survives_a_disable() {
+    // §10 `last_seen`: null until the device connects; the time of its last connection
+    // event after; a replaced connection closing late does not move it.
+    let c = clock();
+    let mut s = shard();
+    let d = device("acme", "1");
+    assert_eq!(s.device_last_seen(&d), None, "never connected since start");
+    let sid = s.handle_register(d.clone(), c.at(0));
+    assert_eq!(s.device_last_seen(&d), None, "registered is not connected");
+    s.handle_device_connected(&sid, ConnId(1), c.at(1)).unwrap();
+    assert_eq!(s.device_last_seen(&d), Some(c.at(1)));
+    s.handle_device_connected(&sid, ConnId(2), c.at(2)).unwrap();
+    s.handle_device_disconnected(&sid, ConnId(1), c.at(3));
+    assert_eq!(s.device_last_seen(&d), Some(c.at(2)), "the replaced one");
+    s.handle_device_disconnected(&sid, ConnId(2), c.at(4));
+    assert_eq!(
+        s.device_last_seen(&d),
+        Some(c.at(4)),
+        "when it went offline"
+    );
+    s.handle_device_disabled(&d);
+    assert_eq!(
+        s.device_last_seen(&d),
+        Some(c.at(4)),
+        "kept past the session's end"
+    );
+    assert_eq!(s.device_last_seen(&device("acme", "2")), None);
+}
+
+#[test]
+fn undeliverable_frames_of_a_client_without_a_control_channel_close_its_session_4002() {
+    // §5a: "when frames that this client sent are undeliverable (§6) while none of its
+    // control channels is open, the session is closed with 4002"; the report is kept for
+    // its next control channel too (§4).
+    let c = clock();
+    let mut s = shard_with(RelayLimits {
+        offline_queue_bytes: 100,
+        ..RelayLimits::default()
+    });
+    let dev = device("acme", "9");
+    let pos = client("acme", "p");
+    let sid = s.handle_register(dev.clone(), c.at(0));
+    s.handle_claim(&pos, &dev, c.at(0)).expect("claim");
+    s.handle_pos_session_opened(&sid, &pos, ConnId(10), c.at(0))
+        .expect("holder");
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(101), c.at(1)),
+        Route::Rejected
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Action::CloseUndelivered {
+                conn: ConnId(10),
+                count: posrelay_core::relay::Count {
+                    frames: 1,
+                    bytes: 101
+                }
+            },
+            undelivered(&pos, "9", 1, 101),
+        ]
+    );
+    // With a control channel open, the report alone.
+    s.handle_client_presence(&pos, true, c.at(2));
+    assert_eq!(
+        s.handle_message_from_pos(&sid, ConnId(10), binary(101), c.at(2)),
+        Route::Rejected
+    );
+    assert_eq!(drain(&mut s), vec![undelivered(&pos, "9", 1, 101)]);
+}

@@ -91,16 +91,12 @@ pub fn fetch_token(
 ) -> Result<AccessToken, HttpError> {
     let url = format!("{http_base}/oauth2/v1/{domain}/token");
     let what = format!("POST /oauth2/v1/{domain}/token");
-    use base64::Engine as _;
-    // RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        form_encode(client_id),
-        form_encode(client_secret)
-    ));
     let resp = agent
         .post(&url)
-        .set("Authorization", &format!("Basic {basic}"))
+        .set(
+            "Authorization",
+            &basic_authorization(client_id, client_secret),
+        )
         .set("Content-Type", "application/x-www-form-urlencoded")
         .send_string("grant_type=client_credentials")
         .map_err(|e| call_error(what.clone(), e))?;
@@ -114,6 +110,17 @@ pub fn fetch_token(
         status: 200,
         message: format!("unexpected answer ({e}): {body}"),
     })
+}
+
+/// `Basic base64(id:secret)`, with id and secret form-urlencoded first (RFC 6749 §2.3.1):
+/// the token endpoint's client authentication, and PROTOCOL.md §7c's on upgrades.
+pub fn basic_authorization(client_id: &str, client_secret: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{}:{}", form_encode(client_id), form_encode(client_secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// application/x-www-form-urlencoded encoding of one value.

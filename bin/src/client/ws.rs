@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub struct ConnectOptions {
     /// Sent as `Authorization: Bearer <token>` (PROTOCOL.md §3-§5).
     pub bearer: Option<String>,
+    /// Client credentials sent as `Authorization: Basic` when there is no bearer token
+    /// (PROTOCOL.md §7c).
+    pub basic: Option<(String, String)>,
     /// Subprotocols offered, in order (a `bearer.<token>` entry included, if used).
     pub protocols: Vec<String>,
     /// TLS configuration, required for `wss://`.
@@ -36,6 +39,7 @@ impl Default for ConnectOptions {
     fn default() -> ConnectOptions {
         ConnectOptions {
             bearer: None,
+            basic: None,
             protocols: Vec::new(),
             tls: None,
             timeout: Duration::from_secs(10),
@@ -51,6 +55,7 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
             .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("basic", &self.basic.as_ref().map(|(id, _)| id))
             .field("protocols", &self.protocols.len())
             .field("tls", &self.tls.is_some())
             .field("timeout", &self.timeout)
@@ -256,7 +261,13 @@ impl WsClient {
         };
         let mut key = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        let authorization = opts.bearer.as_ref().map(|t| format!("Bearer {t}"));
+        let authorization = match (&opts.bearer, &opts.basic) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, Some((id, secret))) => {
+                Some(crate::client::http::basic_authorization(id, secret))
+            }
+            (None, None) => None,
+        };
         let mut headers: Vec<(&str, &str)> = Vec::new();
         if let Some(a) = &authorization {
             headers.push(("Authorization", a));

@@ -6,7 +6,7 @@
 
 use super::backoff::Backoff;
 use super::responder::Responder;
-use crate::client::tls::client_config;
+use crate::client::tls::client_config_with_cert;
 use crate::client::url::WsUrl;
 use crate::client::ws::{ConnectOptions, WsClient, WsError};
 use anyhow::Context;
@@ -31,17 +31,25 @@ pub struct DeviceSimArgs {
         long,
         env = "POSRELAY_CLIENT_ID",
         hide_env_values = true,
-        value_name = "ID"
+        value_name = "ID",
+        required_unless_present = "client_cert"
     )]
-    pub client_id: String,
+    pub client_id: Option<String>,
     /// Client secret the terminal registers with
     #[arg(
         long,
         env = "POSRELAY_CLIENT_SECRET",
         hide_env_values = true,
-        value_name = "SECRET"
+        value_name = "SECRET",
+        required_unless_present = "client_cert"
     )]
-    pub client_secret: String,
+    pub client_secret: Option<String>,
+    /// PEM client certificate: connect like a Verifone SCA terminal (PROTOCOL.md §2a), without registering, to --relay as given (the --device-mtls-listen URL, e.g. wss://relay:8443/), offering sci
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Answer with the rules of this JSON file: [{"match": "...", "reply": "..."}] [default: SCA XML and ShieldConex JSON answers, else echo]
     #[arg(long, value_name = "FILE", conflicts_with = "echo")]
     pub script: Option<PathBuf>,
@@ -73,6 +81,9 @@ pub struct DeviceConfig {
     pub client_secret: String,
     /// How it answers.
     pub responder: Responder,
+    /// §2a: it presents a client certificate (in `tls`) and connects to `relay` in one
+    /// step, without registering.
+    pub client_cert: bool,
     /// TLS roots for `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// First reconnect delay.
@@ -279,10 +290,17 @@ fn connect_once(
         tls: config.tls.clone(),
         ..ConnectOptions::default()
     };
-    let (session_id, url, token) = register(config, &opts)?;
-    on_event(&DeviceEvent::Registered { session_id });
-    opts.bearer = Some(token);
-    let mut ws = WsClient::connect(&url, &opts).context("device connection")?;
+    let mut ws = if config.client_cert {
+        // §2a: the certificate names the device; seed 000's terminals offer `sci`.
+        opts.protocols = vec!["sci".to_owned()];
+        WsClient::connect(&config.relay, &opts)
+            .context("device connection with a client certificate")?
+    } else {
+        let (session_id, url, token) = register(config, &opts)?;
+        on_event(&DeviceEvent::Registered { session_id });
+        opts.bearer = Some(token);
+        WsClient::connect(&url, &opts).context("device connection")?
+    };
     backoff.reset();
     on_event(&DeviceEvent::Online);
     loop {
@@ -328,8 +346,15 @@ fn connect_once(
 /// `posrelay device-sim`: runs the terminals until interrupted.
 pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     let relay = WsUrl::parse(&args.relay)?;
+    let client_cert = args.client_cert.as_deref().zip(args.client_key.as_deref());
+    if client_cert.is_some() && !relay.secure {
+        anyhow::bail!("--client-cert needs a wss:// --relay (the relay's --device-mtls-listen)");
+    }
     let tls = if relay.secure {
-        Some(client_config(args.ca_file.as_deref())?)
+        Some(client_config_with_cert(
+            args.ca_file.as_deref(),
+            client_cert,
+        )?)
     } else {
         None
     };
@@ -343,9 +368,10 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
         let config = DeviceConfig {
             relay: relay.clone(),
             tsn: tsn.clone(),
-            client_id: args.client_id.clone(),
-            client_secret: args.client_secret.clone(),
+            client_id: args.client_id.clone().unwrap_or_default(),
+            client_secret: args.client_secret.clone().unwrap_or_default(),
             responder: responder.clone(),
+            client_cert: client_cert.is_some(),
             tls: tls.clone(),
             backoff_initial: Duration::from_millis(500),
             backoff_max: args.backoff_max,

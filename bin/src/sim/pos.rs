@@ -22,9 +22,9 @@ pub struct PosSimArgs {
     /// Relay URL (ws:// or wss://)
     #[arg(long, default_value = "ws://127.0.0.1:8080", value_name = "URL")]
     pub relay: String,
-    /// Domain (tenant) of the POS client
-    #[arg(long, value_name = "DOMAIN")]
-    pub domain: String,
+    /// Domain (tenant) of the POS client (for its access token; not needed with --basic)
+    #[arg(long, value_name = "DOMAIN", required_unless_present = "basic")]
+    pub domain: Option<String>,
     /// POS client id
     #[arg(
         long,
@@ -59,6 +59,12 @@ pub struct PosSimArgs {
     /// PEM file of the CA certificates to trust for wss:// and https:// [default: the public web PKI roots]
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Put the client credentials on each upgrade (Authorization: Basic, PROTOCOL.md §7c) instead of getting an access token; over ws:// only to a relay on the same host
+    #[arg(long)]
+    pub basic: bool,
+    /// Claim and open the session in one upgrade (/cloud-connector/v1/devices/{tsn}/session, PROTOCOL.md §5a), without a control channel
+    #[arg(long)]
+    pub one_step: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -122,11 +128,44 @@ pub enum ControlEvent {
     Other(String),
 }
 
+/// How a POS proves who it is on each upgrade.
+#[derive(Clone)]
+pub enum PosAuth {
+    /// An access token (§1), as `Authorization: Bearer`.
+    Bearer(String),
+    /// Its client credentials, as `Authorization: Basic` (§7c).
+    Basic {
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: String,
+    },
+}
+
+impl PosAuth {
+    /// Connection options presenting these credentials.
+    pub fn options(&self, tls: Option<Arc<rustls::ClientConfig>>) -> ConnectOptions {
+        let (bearer, basic) = match self {
+            Self::Bearer(token) => (Some(token.clone()), None),
+            Self::Basic {
+                client_id,
+                client_secret,
+            } => (None, Some((client_id.clone(), client_secret.clone()))),
+        };
+        ConnectOptions {
+            bearer,
+            basic,
+            tls,
+            ..ConnectOptions::default()
+        }
+    }
+}
+
 /// A POS: token, control channel, claims, sessions.
 pub struct PosClient {
     relay: WsUrl,
     control: WsClient,
-    token: String,
+    auth: PosAuth,
     tls: Option<Arc<rustls::ClientConfig>>,
     events: VecDeque<ControlEvent>,
     next_id: u64,
@@ -144,42 +183,29 @@ impl std::fmt::Debug for PosClient {
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl PosClient {
-    /// Gets a token for `client_id` in `domain` and opens the control channel.
-    pub fn connect(
-        relay: &WsUrl,
-        domain: &str,
-        client_id: &str,
-        client_secret: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> anyhow::Result<PosClient> {
-        let token = fetch_token(
-            &agent(tls.clone()),
-            &relay.http_base(),
-            domain,
-            client_id,
-            client_secret,
-        )?;
-        Self::with_token(relay, &token.access_token, tls)
-    }
-
     /// Opens the control channel with an access token already fetched.
     pub fn with_token(
         relay: &WsUrl,
         token: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<PosClient> {
-        let opts = ConnectOptions {
-            bearer: Some(token.to_owned()),
-            tls: tls.clone(),
-            ..ConnectOptions::default()
-        };
+        Self::with_auth(relay, PosAuth::Bearer(token.to_owned()), tls)
+    }
+
+    /// Opens the control channel presenting `auth` (a token, or Basic credentials, §7c).
+    pub fn with_auth(
+        relay: &WsUrl,
+        auth: PosAuth,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<PosClient> {
+        let opts = auth.options(tls.clone());
         let control =
             WsClient::connect(&relay.with_path("/cloud-connector/v1/pos-listener"), &opts)
                 .context("control channel")?;
         Ok(PosClient {
             relay: relay.clone(),
             control,
-            token: token.to_owned(),
+            auth,
             tls,
             events: VecDeque::new(),
             next_id: 1,
@@ -253,12 +279,7 @@ impl PosClient {
     /// §5: opens the session of a claim.
     pub fn open_session(&self, claim: &Claim) -> anyhow::Result<WsClient> {
         let url = WsUrl::parse(&claim.session_url).context("session_url")?;
-        let opts = ConnectOptions {
-            bearer: Some(self.token.clone()),
-            tls: self.tls.clone(),
-            ..ConnectOptions::default()
-        };
-        WsClient::connect(&url, &opts).context("session")
+        WsClient::connect(&url, &self.auth.options(self.tls.clone())).context("session")
     }
 
     /// The next pushed event, waiting up to `timeout`.
@@ -361,26 +382,50 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut pos = PosClient::connect(
-        &relay,
-        &args.domain,
-        &args.client_id,
-        &args.client_secret,
-        tls,
-    )?;
-    say(&format!("control channel open on {}", relay.base()));
-    let claim = pos.claim(&args.tsn)?;
-    say(&format!(
-        "claimed {} (session {}, {})",
-        claim.tsn,
-        claim.session_id,
-        if claim.online {
-            "online"
-        } else {
-            "offline: messages wait in the relay's queue"
+    let auth = if args.basic {
+        PosAuth::Basic {
+            client_id: args.client_id.clone(),
+            client_secret: args.client_secret.clone(),
         }
-    ));
-    let mut session = pos.open_session(&claim)?;
+    } else {
+        let token = fetch_token(
+            &agent(tls.clone()),
+            &relay.http_base(),
+            args.domain
+                .as_deref()
+                .context("--domain is needed to get a token")?,
+            &args.client_id,
+            &args.client_secret,
+        )?;
+        PosAuth::Bearer(token.access_token)
+    };
+    let (mut pos, mut session, claimed) = if args.one_step {
+        // §5a: claim and session in one upgrade; no control channel.
+        let path = format!("/cloud-connector/v1/devices/{}/session", args.tsn);
+        let session = WsClient::connect(&relay.with_path(&path), &auth.options(tls))
+            .context("one-step session (claim and session in one upgrade)")?;
+        say(&format!(
+            "claimed {} and opened its session in one step",
+            args.tsn
+        ));
+        (None, session, None)
+    } else {
+        let mut pos = PosClient::with_auth(&relay, auth, tls)?;
+        say(&format!("control channel open on {}", relay.base()));
+        let claim = pos.claim(&args.tsn)?;
+        say(&format!(
+            "claimed {} (session {}, {})",
+            claim.tsn,
+            claim.session_id,
+            if claim.online {
+                "online"
+            } else {
+                "offline: messages wait in the relay's queue"
+            }
+        ));
+        let session = pos.open_session(&claim)?;
+        (Some(pos), session, Some(claim.tsn))
+    };
     say("session open: sending messages");
     let kind = if args.binary {
         MessageKind::Binary
@@ -433,13 +478,15 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
     let mut count = 0usize;
     let mut failed = 0usize;
     loop {
-        show_events(&mut pos)?;
+        if let Some(pos) = pos.as_mut() {
+            show_events(pos)?;
+        }
         match rx.try_recv() {
             Ok(msg) => {
                 let msg = msg?;
                 count += 1;
                 if !exchange(
-                    &mut pos,
+                    pos.as_mut(),
                     &mut session,
                     kind,
                     &msg,
@@ -458,8 +505,10 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
         }
     }
     session.close(1000, "");
-    let _ = pos.release(&claim.tsn);
-    pos.close();
+    if let (Some(mut pos), Some(tsn)) = (pos, claimed) {
+        let _ = pos.release(&tsn);
+        pos.close();
+    }
     say(&format!(
         "done: {count} sent, {} answered, {failed} without reply",
         count - failed
@@ -492,7 +541,7 @@ fn shown(m: &crate::client::ws::WsMessage) -> String {
 /// taken the moment it arrives and the round trip printed is the real one; events
 /// that come meanwhile are printed as they come.
 fn exchange(
-    pos: &mut PosClient,
+    mut pos: Option<&mut PosClient>,
     session: &mut WsClient,
     kind: MessageKind,
     msg: &str,
@@ -511,18 +560,26 @@ fn exchange(
                 return Ok(replied(n, started, &reply));
             }
         }
-        if pos.control().has_buffered() {
-            show_events(pos)?;
+        if let Some(pos) = pos.as_deref_mut() {
+            if pos.control().has_buffered() {
+                show_events(pos)?;
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             say(&format!("! [{n}] no reply within {reply_timeout:?}"));
             return Ok(false);
         }
-        let ready = crate::client::ws::wait_readable(&[session, pos.control()], left)?;
-        if ready[1] {
-            show_events(pos)?;
-        }
+        let ready = match pos.as_deref_mut() {
+            Some(pos) => {
+                let ready = crate::client::ws::wait_readable(&[session, pos.control()], left)?;
+                if ready[1] {
+                    show_events(pos)?;
+                }
+                ready
+            }
+            None => crate::client::ws::wait_readable(&[session], left)?,
+        };
         if ready[0] {
             // Readable now: a short read timeout only bounds a partial frame.
             if let Some(reply) = session.recv(Duration::from_millis(1))? {

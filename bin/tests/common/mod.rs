@@ -22,6 +22,7 @@ mod metrics;
 mod pos;
 mod process;
 mod relay;
+mod seeds;
 mod util;
 mod ws;
 
@@ -32,6 +33,7 @@ pub use metrics::*;
 pub use pos::*;
 pub use process::*;
 pub use relay::*;
+pub use seeds::*;
 pub use util::*;
 pub use ws::*;
 

@@ -78,6 +78,23 @@ pub struct AccessClaims {
 }
 
 impl AccessClaims {
+    /// `expires_at` of a connection that logged in with client credentials instead of a
+    /// token (PROTOCOL.md §7c: "Such a connection has no token, so it never closes with
+    /// 4401").
+    pub const NEVER_EXPIRES: u64 = u64::MAX;
+
+    /// The claims of a client that logged in with its credentials on an upgrade or a §10
+    /// request (§7c) at `now`: what a token would have said, without an expiry.
+    pub fn of_client_login(client: &ClientRecord, now: u64) -> Self {
+        Self {
+            domain: client.domain.clone(),
+            client_id: client.client_id.clone(),
+            scope: client.scope.clone(),
+            issued_at: now,
+            expires_at: Self::NEVER_EXPIRES,
+        }
+    }
+
     /// The client as a key (domain + id).
     pub fn client(&self) -> ClientKey {
         ClientKey {

@@ -492,6 +492,7 @@ impl<M: QueuedMessage> Coordinator<M> {
                 device: d.clone(),
                 online: self.devices.device_online(d),
                 claimed_by: self.devices.claimed_by(d).cloned(),
+                last_seen: self.devices.device_last_seen(d),
             })
             .collect()
     }
@@ -515,6 +516,9 @@ impl<M: QueuedMessage> Coordinator<M> {
                 self.outputs
                     .push_back(Output::CloseConn { conn, code, reason })
             }
+            Action::CloseUndelivered { conn, count } => self
+                .outputs
+                .push_back(Output::CloseUndelivered { conn, count }),
             Action::ClientEvent { client, event } => {
                 if let ClientEventKind::Undelivered { frames, .. } = &event {
                     self.undelivered_frames = self.undelivered_frames.saturating_add(*frames);

@@ -74,6 +74,13 @@ pub enum Output<M> {
         /// The close reason.
         reason: &'static str,
     },
+    /// §5a: close that POS session here with 4002 and `undelivered frames=N bytes=B`.
+    CloseUndelivered {
+        /// The POS session.
+        conn: ConnId,
+        /// What could not be delivered.
+        count: crate::relay::Count,
+    },
     /// §6 shutdown: close every connection of this class here with 1001, then report
     /// [`super::Coordinator::handle_class_closed`] once none is left (or time is up).
     CloseClass {

@@ -1,6 +1,8 @@
-//! What an owner knows about a device at run time (PROTOCOL.md §4 `devices`, §9 list).
+//! What an owner knows about a device at run time (PROTOCOL.md §4 `devices`, §9 list,
+//! §10 status).
 
 use crate::ids::{ClientKey, DeviceKey};
+use std::time::Instant;
 
 /// A device's run-time state as its owner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,4 +13,7 @@ pub struct DevicePresence {
     pub online: bool,
     /// The client that holds its claim, if any.
     pub claimed_by: Option<ClientKey>,
+    /// When its connection last opened or closed; `None` if it has not connected since the
+    /// relay started. §10's `last_seen` is "now" while `online`, this otherwise.
+    pub last_seen: Option<Instant>,
 }

@@ -89,10 +89,10 @@ pub struct Outbox {
 }
 
 /// What the relay asks of a connection's task from outside (timers, other connections).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnRequests {
     /// Close with this code and reason.
-    pub close: Option<(u16, &'static str)>,
+    pub close: Option<(u16, std::borrow::Cow<'static, str>)>,
     /// Send a ping (the connection has been idle for the ping interval).
     pub ping: bool,
 }
@@ -212,6 +212,12 @@ impl Outbox {
 
     /// Asks the connection's task to close with `code` (the first request wins).
     pub fn request_close(&mut self, code: u16, reason: &'static str) {
+        self.request_close_with(code, std::borrow::Cow::Borrowed(reason));
+    }
+
+    /// Like [`Self::request_close`], with a reason made at run time (§5a's
+    /// `undelivered frames=N bytes=B`).
+    pub fn request_close_with(&mut self, code: u16, reason: std::borrow::Cow<'static, str>) {
         if self.requests.close.is_none() {
             self.requests.close = Some((code, reason));
         }

@@ -292,6 +292,11 @@ fn invalid_data(e: rustls::Error) -> io::Error {
 }
 
 impl TlsSession {
+    /// §2a: the SHA-256 fingerprint of the client's certificate, once the handshake is done.
+    pub fn peer_fingerprint(&self) -> Option<crate::tenancy::CertFingerprint> {
+        crate::io::server::mtls::peer_fingerprint(&self.conn)
+    }
+
     /// A fresh server session with `config`.
     pub fn new(config: std::sync::Arc<rustls::ServerConfig>) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {

@@ -71,6 +71,15 @@ pub enum Action<M> {
         /// The close reason.
         reason: &'static str,
     },
+    /// §5a: close that POS session with 4002 and the reason `undelivered frames=N bytes=B`:
+    /// frames its client sent are undeliverable and it has no control channel open to be
+    /// told. The report is still carried as an event too (§4: kept for its next channel).
+    CloseUndelivered {
+        /// The POS session.
+        conn: ConnId,
+        /// What could not be delivered.
+        count: super::queue::Count,
+    },
     /// Carry this event to the client's home shard.
     ClientEvent {
         /// To whom.

@@ -8,6 +8,8 @@ pub const POLICY: u16 = 1008;
 pub const REPLACED: u16 = 4000;
 /// §8 4001: claim released or lost (§4).
 pub const CLAIM_ENDED: u16 = 4001;
+/// §8 4002: undelivered frames and no control channel to report them to (§5a).
+pub const UNDELIVERED: u16 = 4002;
 /// §8 4404: unknown session.
 pub const UNKNOWN_SESSION: u16 = 4404;
 /// §8 1002: protocol error (also: a `posrelay.reliable.v1` envelope that breaks §11).

@@ -112,6 +112,9 @@ pub struct DeviceShard<M> {
     claims_by_client: HashMap<ClientKey, BTreeSet<SessionId>>,
     present: HashSet<ClientKey>,
     pos_conns: HashMap<ConnId, PosConn>,
+    /// §10 `last_seen`: when each device's connection last opened or closed (kept when its
+    /// session ends, so that a disabled device still says when it was last seen).
+    last_seen: HashMap<DeviceKey, Instant>,
     timers: TimerSet,
     actions: VecDeque<Action<M>>,
     shutting_down: bool,
@@ -148,6 +151,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             claims_by_client: HashMap::new(),
             present: HashSet::new(),
             pos_conns: HashMap::new(),
+            last_seen: HashMap::new(),
             timers: TimerSet::default(),
             actions: VecDeque::new(),
             shutting_down: false,
@@ -189,7 +193,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
         &mut self,
         sid: &SessionId,
         conn: ConnId,
-        _now: Instant,
+        now: Instant,
     ) -> Result<(), SessionError> {
         let s = self
             .sessions
@@ -197,6 +201,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             .ok_or_else(|| SessionError::UnknownSession {
                 session_id: sid.clone(),
             })?;
+        self.last_seen.insert(s.device.clone(), now);
         let old = s.device_conn.replace(conn);
         if let Some(old) = old.filter(|old| *old != conn) {
             // §3: "the old one is closed with 4000 (replaced)".
@@ -229,7 +234,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
 
     /// The device connection `conn` closed. Ignored unless it is the current one: a replaced
     /// connection closing late must not mark the device offline.
-    pub fn handle_device_disconnected(&mut self, sid: &SessionId, conn: ConnId, _now: Instant) {
+    pub fn handle_device_disconnected(&mut self, sid: &SessionId, conn: ConnId, now: Instant) {
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
@@ -237,6 +242,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             return;
         }
         s.device_conn = None;
+        self.last_seen.insert(s.device.clone(), now);
         if let Some(claim) = &s.claim {
             self.actions.push_back(Action::ClientEvent {
                 client: claim.client.clone(),
@@ -661,6 +667,12 @@ impl<M: QueuedMessage> DeviceShard<M> {
             .is_some_and(|s| s.device_conn.is_some())
     }
 
+    /// §10 `last_seen`: when `device`'s connection last opened or closed here; `None` if it
+    /// has not connected since start. (While it is online, §10 says "now": the caller's.)
+    pub fn device_last_seen(&self, device: &DeviceKey) -> Option<Instant> {
+        self.last_seen.get(device).copied()
+    }
+
     /// Whether `device` registered since start (and was not disabled since): claimable.
     pub fn device_registered(&self, device: &DeviceKey) -> bool {
         self.sessions.contains_key(&self.keyring.session_id(device))
@@ -732,11 +744,39 @@ impl<M: QueuedMessage> DeviceShard<M> {
 
     fn emit(&mut self, tally: UndeliveredTally) {
         for (client, event) in tally.into_events() {
-            if let ClientEventKind::Undelivered { frames, bytes, .. } = &event {
+            if let ClientEventKind::Undelivered {
+                serial,
+                frames,
+                bytes,
+            } = &event
+            {
                 self.stats.pos_frames_undelivered =
                     self.stats.pos_frames_undelivered.saturating_add(*frames);
                 self.stats.pos_bytes_undelivered =
                     self.stats.pos_bytes_undelivered.saturating_add(*bytes);
+                // §5a: "when frames that this client sent are undeliverable (§6) while none
+                // of its control channels is open, the session is closed with 4002".
+                if !self.present.contains(&client) {
+                    let device = DeviceKey {
+                        domain: client.domain.clone(),
+                        serial: serial.clone(),
+                    };
+                    let session = self
+                        .sessions
+                        .get(&self.keyring.session_id(&device))
+                        .and_then(|s| s.claim.as_ref())
+                        .filter(|c| c.client == client)
+                        .and_then(|c| c.pos_conn);
+                    if let Some(conn) = session {
+                        self.actions.push_back(Action::CloseUndelivered {
+                            conn,
+                            count: Count {
+                                frames: *frames,
+                                bytes: *bytes,
+                            },
+                        });
+                    }
+                }
             }
             self.actions
                 .push_back(Action::ClientEvent { client, event });

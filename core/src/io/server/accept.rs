@@ -6,11 +6,15 @@
 
 use super::admission::{ConnSlot, UnauthSlot};
 use super::handover::{Handover, Held, Routed, Routing};
+use super::login::{self, Refusals};
 use super::path::Path;
 use super::reply::{self, answer_and_close};
 use super::shard::ShardCtx;
 use super::upgrade::{admit_pos, Accepted, Prelude};
-use super::{admin, control, device, registration, session, token};
+use super::{
+    admin, control, device, devices_api, one_step, pos_login, registration, session, token,
+};
+use crate::auth::TsnInput;
 use crate::handshake::{error_response, json_error, HttpStatus, UpgradeRequest};
 use crate::ids::SessionId;
 use crate::io::http::{read_request, ReadRequestError};
@@ -107,6 +111,12 @@ async fn serve_relay_connection(
                 keep_alive = keep;
                 answer
             }
+            Path::Devices | Path::Device(_) => {
+                let (answer, keep) =
+                    devices_api::serve(&ctx, &request.head, keep_alive, peer).await;
+                keep_alive = keep;
+                answer
+            }
             Path::Unknown => {
                 ctx.shared.metrics.http_not_found.inc();
                 json_error(
@@ -129,6 +139,10 @@ async fn serve_relay_connection(
         }
     };
     let prelude = Prelude::new(&ctx, &upgrade);
+    if login::is_login_by_message(&path, upgrade.authorization.as_deref(), &prelude) {
+        // §7b: no credentials at all: 101, then the first message logs in.
+        return login::serve(ctx, transport, rbuf, prelude, path, peer, (conn, unauth)).await;
+    }
     // Each arm authenticates, then picks the shard that serves the connection.
     let (shard, routed, held) = match path {
         Path::DeviceListener => {
@@ -156,7 +170,8 @@ async fn serve_relay_connection(
             (owner, Routed::Device { sid, claims }, held)
         }
         Path::PosListener => {
-            let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+            let claims = pos_login::authenticate(&ctx, pos_credentials(&upgrade, &prelude), peer);
+            let (claims, held) = match admit_pos(&ctx, claims.await, unauth, conn) {
                 Ok(admitted) => admitted,
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
@@ -167,16 +182,53 @@ async fn serve_relay_connection(
             let Some(sid) = session_id(sid) else {
                 return answer_and_close(transport, &reply::not_a_session()).await;
             };
-            let (claims, held) = match admit_pos(&ctx, &prelude, unauth, conn) {
+            let claims = pos_login::authenticate(&ctx, pos_credentials(&upgrade, &prelude), peer);
+            let (claims, held) = match admit_pos(&ctx, claims.await, unauth, conn) {
                 Ok(admitted) => admitted,
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
             let owner = owner_shard(&sid, ctx.shards).0;
             (owner, Routed::Session { sid, claims }, held)
         }
-        Path::Token(_) | Path::Unknown => unreachable!("answered in the request loop"),
+        Path::DeviceSession(tsn) => {
+            let claims = pos_login::authenticate(&ctx, pos_credentials(&upgrade, &prelude), peer);
+            let (claims, held) = match admit_pos(&ctx, claims.await, unauth, conn) {
+                Ok(admitted) => admitted,
+                Err(answer) => return answer_and_close(transport, &answer).await,
+            };
+            let Ok(tsn) = TsnInput::parse(&tsn) else {
+                return answer_and_close(transport, &one_step::not_found()).await;
+            };
+            let owner = one_step::owner(&ctx, &claims, &tsn);
+            (owner, Routed::DeviceSession { tsn, claims }, held)
+        }
+        Path::Token(_) | Path::Unknown | Path::Devices | Path::Device(_) => {
+            unreachable!("answered in the request loop")
+        }
     };
-    route_to(ctx, shard, transport, rbuf, prelude, routed, held).await
+    let Prelude {
+        answer, url_base, ..
+    } = prelude;
+    route_to(
+        ctx,
+        shard,
+        transport,
+        rbuf,
+        answer,
+        url_base,
+        routed,
+        held,
+        Refusals::Http,
+    )
+    .await
+}
+
+/// What a POS upgrade carries to prove who it is (§7, §7c).
+fn pos_credentials<'a>(
+    upgrade: &'a UpgradeRequest,
+    prelude: &'a Prelude,
+) -> pos_login::PosCredentials<'a> {
+    pos_login::PosCredentials::of(upgrade.authorization.as_deref(), prelude.bearer.as_deref())
 }
 
 /// A session id from a URL, if it is one at all.
@@ -184,33 +236,33 @@ fn session_id(text: String) -> Option<SessionId> {
     SessionId::new(text).ok()
 }
 
-/// Serves `routed` here, or hands the connection to the shard that owns it.
-async fn route_to(
+/// Serves `routed` here, or hands the connection to the shard that owns it. `answer` is
+/// written first (the 101, or §7b's `logged_in`); `refusals` says how a refusal before the
+/// connection opens is told.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn route_to(
     ctx: Rc<ShardCtx>,
     shard: usize,
     transport: Transport,
     rbuf: BytesMut,
-    prelude: Prelude,
+    answer: Vec<u8>,
+    url_base: String,
     routed: Routed,
     held: Held,
+    refusals: Refusals,
 ) {
     if shard == ctx.index {
         spawn_routed(
-            ctx,
-            transport,
-            rbuf,
-            prelude.answer,
-            prelude.url_base,
-            routed,
-            held,
+            ctx, transport, rbuf, answer, url_base, routed, held, refusals,
         )
     } else {
         let routing = Routing {
             leftover: rbuf.to_vec(),
-            answer: prelude.answer,
-            url_base: prelude.url_base,
+            answer,
+            url_base,
             routed,
             held,
+            refusals,
         };
         match Handover::new(transport, routing) {
             Ok(h) => ctx.mesh.send_handover(shard, h).await,
@@ -223,12 +275,15 @@ async fn route_to(
 pub(crate) fn serve_handover(ctx: Rc<ShardCtx>, handover: Handover) {
     let (transport, r) = handover.into_transport();
     let rbuf = BytesMut::from(&r.leftover[..]);
-    spawn_routed(ctx, transport, rbuf, r.answer, r.url_base, r.routed, r.held)
+    spawn_routed(
+        ctx, transport, rbuf, r.answer, r.url_base, r.routed, r.held, r.refusals,
+    )
 }
 
 /// Serves a routed connection in a task of its own, sized for its role: the task
 /// that read the upgrade request (its HTTP and handshake state, several KiB) ends
 /// here instead of staying under every long-lived connection.
+#[allow(clippy::too_many_arguments)]
 fn spawn_routed(
     ctx: Rc<ShardCtx>,
     transport: Transport,
@@ -237,24 +292,39 @@ fn spawn_routed(
     url_base: String,
     routed: Routed,
     held: Held,
+    refusals: Refusals,
 ) {
     let accepted = Accepted {
         transport,
         rbuf,
         answer,
         held,
+        refusals,
         role: (),
     };
     match routed {
         Routed::Device { sid, claims } => {
-            glommio::spawn_local(device::serve(ctx, accepted.with_role((sid, claims)))).detach()
+            let device = crate::ids::DeviceKey {
+                domain: claims.domain,
+                serial: claims.serial,
+            };
+            glommio::spawn_local(device::serve(ctx, accepted.with_role((sid, device, None))))
+                .detach()
         }
+        Routed::CertDevice { sid, device, cert } => glommio::spawn_local(device::serve(
+            ctx,
+            accepted.with_role((sid, device, Some(cert))),
+        ))
+        .detach(),
         Routed::Control { claims } => {
             glommio::spawn_local(control::serve(ctx, accepted.with_role((url_base, claims))))
                 .detach()
         }
         Routed::Session { sid, claims } => {
             glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims)))).detach()
+        }
+        Routed::DeviceSession { tsn, claims } => {
+            glommio::spawn_local(one_step::serve(ctx, accepted.with_role((tsn, claims)))).detach()
         }
     };
 }

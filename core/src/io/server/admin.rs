@@ -197,9 +197,12 @@ async fn admin_request(
                 .handle_client_deleted(client.clone(), Instant::now());
             ctx.drive();
         }
-        // No connection is made with a client certificate until the mTLS listener is
-        // served (issue 11, phase 2), so there is nothing to close yet.
-        Some(AdminEffect::CertPinsRemoved { .. }) => {}
+        // §2a: a device connected with an unpinned certificate is closed (1008), wherever
+        // it is served.
+        Some(AdminEffect::CertPinsRemoved { removed, .. }) => {
+            ctx.close_unpinned(removed);
+            ctx.mesh.broadcast_unpinned(removed);
+        }
         None => {}
     }
     let mut headers: Vec<(&str, &str)> = response.headers.clone();

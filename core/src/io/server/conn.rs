@@ -29,6 +29,8 @@ pub(crate) struct ConnEntry {
     pub token_expires_at: Option<u64>,
     /// Base of URLs handed out on this connection (control channels).
     pub url_base: Option<String>,
+    /// §2a: the client certificate a device connection was made with (mTLS listener).
+    pub client_cert: Option<crate::tenancy::CertFingerprint>,
 }
 
 impl ConnEntry {
@@ -39,6 +41,7 @@ impl ConnEntry {
             last_ping: Cell::new(Instant::now()),
             token_expires_at: None,
             url_base: None,
+            client_cert: None,
         }
     }
 }
@@ -243,7 +246,7 @@ pub(crate) async fn serve_ws<H: Handler>(
                     push_transmit(proto, &driver.outbox);
                 }
                 if let Some((code, reason)) = requests.close {
-                    proto.send_close(CloseCode(code), reason);
+                    proto.send_close(CloseCode(code), &reason);
                     push_transmit(proto, &driver.outbox);
                     // Boxed: only a closing connection pays for its state.
                     Box::pin(finish_close(ctx, driver, proto, handler)).await;

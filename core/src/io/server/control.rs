@@ -23,6 +23,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(String, Acc
         answer,
         held: _held,
         role: (url_base, claims),
+        ..
     } = *accepted;
     let Some(Upgraded {
         id,

@@ -2,19 +2,25 @@
 //! POS that holds the claim (or wait in the device → POS queue); the POS's come here.
 
 use super::conn::{answer_upgrade, retire, serve_ws, Ended, Handler, Next, Open};
+use super::login::refuse;
 use super::metrics::{ConnRole, ShardMetrics};
-use super::reply::{self, answer_and_close};
+use super::reply::{self, UNKNOWN_SESSION};
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
-use crate::auth::DeviceClaims;
+use crate::control::LoginDenied;
 use crate::ids::{DeviceKey, SessionId};
 use crate::io::outbox::OutboxRef;
 use crate::proto::Message;
 use crate::relay::{ConnId, Route, SessionError};
+use crate::tenancy::CertFingerprint;
 use std::rc::Rc;
 use std::time::Instant;
 
-pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, DeviceClaims)>>) {
+/// What a device connection is: its session, the device, and the client certificate it
+/// was made with (§2a), if any.
+pub(crate) type DeviceRole = (SessionId, DeviceKey, Option<CertFingerprint>);
+
+pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<DeviceRole>>) {
     // Boxed: the setup's state (the upgrade answer, claims, socket) is freed before the
     // connection's long idle life, whose future holds only the `Open` state.
     let Some(mut open) = Box::pin(open(&ctx, accepted)).await else {
@@ -43,26 +49,34 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
 /// Answers the upgrade and registers the connection; `None` when it was refused.
 async fn open(
     ctx: &Rc<ShardCtx>,
-    accepted: Box<Accepted<(SessionId, DeviceClaims)>>,
+    accepted: Box<Accepted<DeviceRole>>,
 ) -> Option<Open<DeviceHandler>> {
     let Accepted {
         transport,
         rbuf,
         answer,
         held,
-        role: (sid, claims),
+        refusals,
+        role: (sid, device, client_cert),
     } = *accepted;
-    let device = DeviceKey {
-        domain: claims.domain,
-        serial: claims.serial,
-    };
     if ctx.coord.borrow().devices().session_device(&sid).is_none() {
         // The session is gone (relay restarted, device disabled): register again.
         let gone = SessionError::UnknownSession { session_id: sid };
-        answer_and_close(transport, &reply::unknown_session(&gone)).await;
+        let http = reply::unknown_session(&gone);
+        refuse(
+            transport,
+            refusals,
+            &http,
+            LoginDenied::NotFound,
+            UNKNOWN_SESSION,
+        )
+        .await;
         return None;
     }
-    let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;
+    let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |e| {
+        e.client_cert = client_cert
+    })
+    .await?;
     let id = upgraded.id;
     let connected = ctx
         .coord

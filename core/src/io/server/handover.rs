@@ -21,6 +21,17 @@ pub(crate) enum Routed {
         sid: SessionId,
         claims: AccessClaims,
     },
+    /// §2a a device identified by its client certificate, registered already.
+    CertDevice {
+        sid: SessionId,
+        device: crate::ids::DeviceKey,
+        cert: crate::tenancy::CertFingerprint,
+    },
+    /// §5a claim and session in one step (routed to the device's owner).
+    DeviceSession {
+        tsn: crate::auth::TsnInput,
+        claims: AccessClaims,
+    },
 }
 
 /// Everything about a routed connection except its socket.
@@ -35,6 +46,8 @@ pub(crate) struct Routing {
     pub routed: Routed,
     /// Its places under the admission limits, held until it closes.
     pub held: Held,
+    /// How a refusal before it opens is told (§7b: in band after a login by message).
+    pub refusals: super::login::Refusals,
 }
 
 /// The admission slots a connection holds for as long as it is open.

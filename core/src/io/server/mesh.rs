@@ -17,6 +17,9 @@ pub(crate) enum ShardMsg {
     Handover(Box<Handover>),
     /// The coordination layer's conversation.
     Coord(CoordMsg),
+    /// §2a: these client certificates were unpinned (admin API): close the device
+    /// connections made with them (1008).
+    CertsUnpinned(Vec<crate::tenancy::CertFingerprint>),
 }
 
 /// Messages to one shard that waited for room in its channel, in order.
@@ -71,6 +74,13 @@ impl Mesh {
     /// Sends a coordination message to `to` without waiting.
     pub fn send_coord(&self, to: Participant, msg: CoordMsg) {
         self.send(to.0, ShardMsg::Coord(msg));
+    }
+
+    /// Tells every other shard that these client certificates were unpinned.
+    pub fn broadcast_unpinned(&self, certs: &[crate::tenancy::CertFingerprint]) {
+        for shard in (0..self.shards()).filter(|s| *s != self.index) {
+            self.send(shard, ShardMsg::CertsUnpinned(certs.to_vec()));
+        }
     }
 
     /// Sends a message to another shard without waiting. Messages to one shard keep their

@@ -12,12 +12,17 @@ mod answers;
 mod conn;
 mod control;
 mod device;
+mod device_mtls;
+mod devices_api;
 mod drain;
 mod handover;
+mod login;
 mod mesh;
 mod metrics;
 pub mod mtls;
+mod one_step;
 mod path;
+mod pos_login;
 mod registration;
 mod reply;
 mod session;
@@ -108,6 +113,27 @@ pub struct ServerConfig {
     pub hash_cost: HashCost,
     /// Connection and login limits.
     pub admission: admission::AdmissionLimits,
+    /// §2a: the device mTLS listener (`--device-mtls-listen`, `--device-client-ca`); it
+    /// serves `tls`'s certificate, so it needs one.
+    pub device_mtls: Option<DeviceMtlsConfig>,
+}
+
+/// §2a: where devices that authenticate with a client certificate connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMtlsConfig {
+    /// `--device-mtls-listen ADDR`.
+    pub listen: SocketAddr,
+    /// `--device-client-ca FILE`: client certificates must chain to these roots (and be
+    /// pinned); without it, any certificate whose key the client holds (and is pinned).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The device mTLS listener as the shards serve it.
+pub(crate) struct MtlsListener {
+    /// Its address, port 0 resolved.
+    pub addr: SocketAddr,
+    /// Its TLS configuration, kept in step with the relay listener's certificate.
+    pub config: mtls::MtlsConfig,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -212,6 +238,8 @@ pub(crate) struct Shared {
     pub admission: Arc<admission::Admission>,
     /// Recently verified client secrets (registration storms after a restart).
     pub credentials: crate::auth::CredentialCache,
+    /// §2a: the device mTLS listener, if configured.
+    pub mtls: Option<MtlsListener>,
 }
 
 /// Checks what the shards need (locked memory), opens the store, binds both listeners
@@ -251,6 +279,23 @@ pub fn run_server(
         Some((cert, key)) => Some(tls::TlsReloader::load(cert, key)?),
         None => None,
     };
+    let mtls = match &config.device_mtls {
+        None => None,
+        Some(_) if tls.is_none() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--device-mtls-listen serves the relay's certificate: give --tls-cert and --tls-key too",
+            ))
+        }
+        Some(m) => {
+            let [addr] = resolve_ports([m.listen]).map_err(|e| {
+                std::io::Error::new(e.source.kind(), e.explain("--device-mtls-listen"))
+            })?;
+            let config = mtls::MtlsConfig::new(m.client_ca.as_deref())?;
+            tracing::info!(%addr, trust = ?config.trust(), "device mTLS listener");
+            Some(MtlsListener { addr, config })
+        }
+    };
     let shards = config.runtime.shards.max(1);
     let config_admission = config.admission;
     if listeners_overlap(config.listen, config.admin_listen) {
@@ -286,6 +331,7 @@ pub fn run_server(
             cache_key,
             crate::auth::DEFAULT_CREDENTIAL_TTL,
         ),
+        mtls,
     });
     shared.record_cert_expiry();
     let addrs = ServerAddrs {

@@ -1,4 +1,4 @@
-//! The relay listener's paths (PROTOCOL.md §1-§5).
+//! The relay listener's paths (PROTOCOL.md §1-§5a, §10).
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,12 @@ pub(crate) enum Path {
     PosListener,
     /// §5 `/cloud-connector/v1/session/{session_id}`.
     Session(String),
+    /// §10 `/cloud-connector/v1/devices`.
+    Devices,
+    /// §10 `/cloud-connector/v1/devices/{tsn}` (the tsn as sent, not yet checked).
+    Device(String),
+    /// §5a `/cloud-connector/v1/devices/{tsn}/session`.
+    DeviceSession(String),
     /// Anything else: 404.
     Unknown,
 }
@@ -34,6 +40,7 @@ impl Path {
         match path.strip_prefix("/cloud-connector/v1/") {
             Some("device-listener") => Path::DeviceListener,
             Some("pos-listener") => Path::PosListener,
+            Some("devices") => Path::Devices,
             Some(rest) => {
                 let segment = |prefix: &str| {
                     rest.strip_prefix(prefix)
@@ -45,6 +52,16 @@ impl Path {
                 }
                 if let Some(id) = segment("session/") {
                     return Path::Session(id);
+                }
+                if let Some(tsn) = segment("devices/") {
+                    return Path::Device(tsn);
+                }
+                if let Some(tsn) = rest
+                    .strip_prefix("devices/")
+                    .and_then(|r| r.strip_suffix("/session"))
+                    .filter(|tsn| !tsn.is_empty() && !tsn.contains('/'))
+                {
+                    return Path::DeviceSession(tsn.to_owned());
                 }
                 Path::Unknown
             }
@@ -75,6 +92,15 @@ mod tests {
                 p("/cloud-connector/v1/session/abc"),
                 Path::Session("abc".into())
             );
+            assert_eq!(p("/cloud-connector/v1/devices"), Path::Devices);
+            assert_eq!(
+                p("/cloud-connector/v1/devices/12345678"),
+                Path::Device("12345678".into())
+            );
+            assert_eq!(
+                p("/cloud-connector/v1/devices/ingenico-axium-12345678/session"),
+                Path::DeviceSession("ingenico-axium-12345678".into())
+            );
         }
     }
 
@@ -91,6 +117,9 @@ mod tests {
             "/cloud-connector/v1/device-connection",
             "/cloud-connector/v2/pos-listener",
             "/cloud-connector/v1/pos-listenerx",
+            "/cloud-connector/v1/devices//session",
+            "/cloud-connector/v1/devices/a/b",
+            "/cloud-connector/v1/devices/a/session/b",
         ] {
             assert_eq!(Path::parse(path), Path::Unknown, "{path:?}");
         }

@@ -93,13 +93,12 @@ pub(crate) fn auth_refusal(ctx: &ShardCtx, err: &AuthError) -> Vec<u8> {
     json_error(status, headers, message)
 }
 
+/// What a refused unknown session is told (§3, §5).
+pub(crate) const UNKNOWN_SESSION: &str = "unknown session: register the device (or claim it) again";
+
 /// §3, §5: the session id names no live session (404).
 pub(crate) fn unknown_session(err: &SessionError) -> Vec<u8> {
-    json_error(
-        HttpStatus(err.status()),
-        &[],
-        "unknown session: register the device (or claim it) again",
-    )
+    json_error(HttpStatus(err.status()), &[], UNKNOWN_SESSION)
 }
 
 /// §8 "404 unknown path or session": a session id that cannot be one of ours at all.

@@ -4,11 +4,13 @@
 
 use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Open};
 use super::device::{carry, log_end};
+use super::login::refuse;
 use super::metrics::{ConnRole, ShardMetrics};
-use super::reply::{self, answer_and_close, auth_refusal};
+use super::reply::{self, auth_refusal, UNKNOWN_SESSION};
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
 use crate::auth::{AccessClaims, AuthError};
+use crate::control::LoginDenied::{Forbidden, NotFound};
 use crate::ids::{ClientKey, DeviceKey, SessionId};
 use crate::proto::Message;
 use crate::relay::{ConnId, SessionError};
@@ -48,6 +50,7 @@ async fn open(
         rbuf,
         answer,
         held,
+        refusals,
         role: (sid, claims),
     } = *accepted;
     let client: ClientKey = claims.client();
@@ -61,16 +64,19 @@ async fn open(
         (Some(device), Ok(())) => device,
         (None, _) => {
             let gone = SessionError::UnknownSession { session_id: sid };
-            answer_and_close(transport, &reply::unknown_session(&gone)).await;
+            let http = reply::unknown_session(&gone);
+            refuse(transport, refusals, &http, NotFound, UNKNOWN_SESSION).await;
             return None;
         }
         (_, Err(e @ SessionError::UnknownSession { .. })) => {
-            answer_and_close(transport, &reply::unknown_session(&e)).await;
+            let http = reply::unknown_session(&e);
+            refuse(transport, refusals, &http, NotFound, UNKNOWN_SESSION).await;
             return None;
         }
         (_, Err(SessionError::NotClaimHolder { .. })) => {
-            let refusal = auth_refusal(ctx, &AuthError::WrongSession);
-            answer_and_close(transport, &refusal).await;
+            let http = auth_refusal(ctx, &AuthError::WrongSession);
+            let message = "this session's device is claimed by another client";
+            refuse(transport, refusals, &http, Forbidden, message).await;
             return None;
         }
     };

@@ -181,6 +181,14 @@ impl ShardCtx {
             } => self.answer_claim(requester, &serial, op, outcome),
             Output::Answered { ticket, answer } => self.answers.deliver(ticket, answer),
             Output::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
+            Output::CloseUndelivered { conn, count } => {
+                if let Some(ob) = self.outbox(conn) {
+                    let reason =
+                        format!("undelivered frames={} bytes={}", count.frames, count.bytes);
+                    ob.borrow_mut()
+                        .request_close_with(close::UNDELIVERED, reason.into());
+                }
+            }
             Output::CloseClass { class } => self.close_class(class),
         }
     }
@@ -317,6 +325,21 @@ impl ShardCtx {
                     .handle_msg(Participant(from), msg, Instant::now());
                 self.drive();
             }
+            ShardMsg::CertsUnpinned(certs) => self.close_unpinned(&certs),
+        }
+    }
+
+    /// §2a: closes (1008) the device connections made here with these client certificates.
+    pub fn close_unpinned(&self, certs: &[crate::tenancy::CertFingerprint]) {
+        let conns: Vec<ConnId> = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(_, e)| e.client_cert.as_ref().is_some_and(|c| certs.contains(c)))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in conns {
+            self.close_conn(conn, close::POLICY, "client certificate unpinned");
         }
     }
 
@@ -431,6 +454,20 @@ pub(crate) async fn run_shard(
             return Err(err);
         }
     };
+    // §2a: the device mTLS listener, on every shard like the relay listener.
+    let mtls_listener = match shared.mtls.as_ref().map(|m| m.addr) {
+        Some(addr) => match glommio::net::TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let err = std::io::Error::other(format!(
+                    "cannot listen on --device-mtls-listen {addr}: {e}"
+                ));
+                let _ = ready.send(Err(std::io::Error::other(err.to_string())));
+                return Err(err);
+            }
+        },
+        None => None,
+    };
     // The admin listener lives on shard 0 only: provisioning is not load.
     let admin_listener = if index == 0 {
         match glommio::net::TcpListener::bind(admin_addr) {
@@ -461,6 +498,9 @@ pub(crate) async fn run_shard(
     ));
     let admin_task = admin_listener
         .map(|l| glommio::spawn_local(super::accept::accept_loop(ctx.clone(), l, true)));
+    if let Some(l) = mtls_listener {
+        glommio::spawn_local(super::device_mtls::accept_loop(ctx.clone(), l)).detach();
+    }
     // The tick: timers of the relay state, pings, idle timeouts, token expiry, drain.
     let tick = Duration::from_millis(250);
     // One timer, reset each round: the tick allocates nothing once running.

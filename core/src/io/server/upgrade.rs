@@ -86,6 +86,8 @@ pub(crate) struct Accepted<R> {
     pub answer: Vec<u8>,
     /// Admission slots, released when the connection ends.
     pub held: Held,
+    /// How a refusal before the connection opens is told (HTTP, or in band after §7b).
+    pub refusals: super::login::Refusals,
     /// What the role needs (session id, claims...).
     pub role: R,
 }
@@ -97,28 +99,23 @@ impl Accepted<()> {
             rbuf: self.rbuf,
             answer: self.answer,
             held: self.held,
+            refusals: self.refusals,
             role,
         })
     }
 }
 
-/// A POS connection (control channel or session): its access token verified, it stops
+/// A POS connection (control channel or session), its credentials verified
+/// (`pos_login::authenticate`: an access token, or Basic client credentials, §7c): it stops
 /// counting as anonymous and takes a place under the per-client limit. `Err` is the HTTP
 /// answer to write instead.
 pub(crate) fn admit_pos(
     ctx: &ShardCtx,
-    prelude: &Prelude,
+    claims: Result<AccessClaims, Vec<u8>>,
     unauth: UnauthSlot,
     conn: ConnSlot,
 ) -> Result<(AccessClaims, Held), Vec<u8>> {
-    let claims = prelude
-        .bearer()
-        .and_then(|token| {
-            ctx.shared
-                .issuer
-                .verify_access(&*ctx.shared.store, token, super::unix_now())
-        })
-        .map_err(|e| super::reply::auth_refusal(ctx, &e))?;
+    let claims = claims?;
     unauth.authenticated();
     match ctx.shared.admission.admit_client(&claims.client()) {
         Ok(slot) => Ok((

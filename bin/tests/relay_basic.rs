@@ -1,0 +1,455 @@
+//! Issue 11, PROTOCOL.md §7c and §10 on the real binary: POS software that puts its client
+//! credentials on the upgrade (`Authorization: Basic`, seed 003's clients, run as written
+//! in `clients/seed003_server_pos.py`), and the device status over HTTP.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::Message;
+
+const TSN: &str = "12345678";
+const DEVICES: &str = "/cloud-connector/v1/devices";
+
+fn basic(creds: &Creds) -> String {
+    basic_auth(&creds.client_id, &creds.client_secret)
+}
+
+/// A device that answers every message with the same message (the terminal side of seed
+/// 003's heartbeat), until its connection ends.
+fn echo_device(relay: &Relay, tsn: &str, creds: &Creds) -> std::thread::JoinHandle<usize> {
+    let mut device = Device::register_and_connect(relay, tsn, creds);
+    set_read_timeout(&mut device.ws, Some(Duration::from_secs(60)));
+    std::thread::spawn(move || {
+        let mut echoed = 0;
+        loop {
+            match device.ws.read() {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                    if device.ws.send(m).is_err() {
+                        return echoed;
+                    }
+                    echoed += 1;
+                }
+                Ok(Message::Close(_)) | Err(_) => return echoed,
+                Ok(_) => {}
+            }
+        }
+    })
+}
+
+/// A WebSocket upgrade on `path` from source address `src` with extra headers: the socket,
+/// or the refusal's status and headers.
+#[allow(clippy::result_large_err)]
+fn upgrade_from(
+    relay: &Relay,
+    src: IpAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tungstenite::http::Response<Option<Vec<u8>>>> {
+    let mut request = relay.ws_url(path).into_client_request().unwrap();
+    for (k, v) in headers {
+        let name = tungstenite::http::header::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(v).unwrap());
+    }
+    let stream = connect_from(src, relay.relay_addr);
+    match tungstenite::client(request, MaybeTlsStream::Plain(stream)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => Err(resp),
+        Err(e) => panic!("upgrade on {path} from {src}: {e}"),
+    }
+}
+
+/// A §10 `GET` with `headers`: status, headers and JSON body (`Null` when not JSON).
+fn status_request(relay: &Relay, path: &str, headers: &[(&str, &str)]) -> HttpResp {
+    relay.http("GET", &relay.http_url(path), headers, None)
+}
+
+fn assert_bearer_challenge(challenge: Option<&str>, what: &str) {
+    let challenge = challenge.unwrap_or_else(|| panic!("{what}: no WWW-Authenticate"));
+    assert!(
+        challenge.starts_with("Bearer"),
+        "{what}: §7c never a Basic challenge, got {challenge:?}"
+    );
+}
+
+#[test]
+fn seed_003_pos_runs_its_heartbeats_over_a_session_opened_with_basic_credentials() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let device = echo_device(&relay, TSN, &creds);
+    // A control channel opened with Basic credentials claims the device (§4 + §7c).
+    let auth = basic(&creds);
+    let mut pos =
+        Pos::control_from(relay.ws(&relay.ws_url(POS_LISTENER), &[("Authorization", &auth)]));
+    let (_, session_url) = pos.claim_ok(TSN);
+    // Seed 003's client, as written, on the session URL (§5 + §7c).
+    let client = SeedClient::start(
+        "seed003_server_pos.py",
+        &[
+            "--url",
+            &session_url,
+            "--client-id",
+            &creds.client_id,
+            "--client-secret",
+            &creds.client_secret,
+            "--heartbeats",
+            "4",
+            "--tokenize",
+            "--seconds",
+            "30",
+        ],
+    );
+    let (events, status) = client.finish(Duration::from_secs(40));
+    assert!(status.success(), "{events:?}");
+    assert_eq!(events[0]["event"], "open", "{events:?}");
+    assert_eq!(
+        events[0]["subprotocol"],
+        Value::Null,
+        "offered none, selected none"
+    );
+    let replies: Vec<&Value> = events.iter().filter(|e| e["event"] == "reply").collect();
+    assert_eq!(
+        replies.len(),
+        5,
+        "4 heartbeats and a tokenize, each echoed: {events:?}"
+    );
+    for r in &replies {
+        assert_eq!(
+            r["matches"], true,
+            "the device's answer carries the traceId: {r}"
+        );
+    }
+    assert_eq!(
+        events.last().unwrap()["event"],
+        "close",
+        "it closed the session itself: {events:?}"
+    );
+    assert_eq!(events.last().unwrap()["code"], 1000);
+    drop(pos);
+    drop(relay);
+    assert_eq!(device.join().unwrap(), 5, "the device saw every message");
+}
+
+#[test]
+fn basic_refusals_answer_like_the_token_endpoint_with_a_bearer_challenge() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let wrong = basic_auth(&creds.client_id, "not-the-secret");
+    let unknown = basic_auth("no-such-client", &creds.client_secret);
+    let sid_path = "/cloud-connector/v1/session/AAAAAAAAAAAAAAAAAAAAAA";
+    for path in [POS_LISTENER, sid_path] {
+        for (what, header) in [
+            ("a wrong secret", wrong.as_str()),
+            ("an unknown client", unknown.as_str()),
+            ("a malformed Basic header", "Basic !!!not-base64"),
+            ("Basic without a colon", "Basic bm9jb2xvbg=="),
+        ] {
+            let resp = relay.ws_refused(&relay.ws_url(path), &[("Authorization", header)]);
+            let what = format!("{what} on {path}");
+            assert_eq!(resp.status().as_u16(), 401, "{what}");
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok());
+            assert_bearer_challenge(challenge, &what);
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(
+                body,
+                json!({"error": "invalid_client"}),
+                "§1's answer: {what}"
+            );
+        }
+    }
+    // Seed 003's client sees the same refusal.
+    let client = SeedClient::start(
+        "seed003_server_pos.py",
+        &[
+            "--url",
+            &relay.ws_url(POS_LISTENER),
+            "--client-id",
+            &creds.client_id,
+            "--client-secret",
+            "not-the-secret",
+            "--seconds",
+            "20",
+        ],
+    );
+    let (events, _) = client.finish(Duration::from_secs(30));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "refused");
+    assert_eq!(events[0]["status"], 401);
+    assert_bearer_challenge(events[0]["www_authenticate"].as_str(), "seed 003");
+    // The secret is never logged (the wrong one included).
+    let log = relay.stderr_tail(400);
+    assert!(!log.contains(&creds.client_secret) && !log.contains("not-the-secret"));
+    assert!(
+        log.contains("Basic login refused"),
+        "the refusal is logged for the operator"
+    );
+}
+
+#[test]
+fn failed_basic_logins_share_the_address_limit_and_spare_other_addresses() {
+    let relay = Relay::start(&["--failed-logins-per-address", "5"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let attacker: IpAddr = "127.0.0.9".parse().unwrap();
+    for i in 0..5 {
+        let header = basic_auth(&format!("made-up-{i}"), "x");
+        let resp = upgrade_from(
+            &relay,
+            attacker,
+            POS_LISTENER,
+            &[("Authorization", &header)],
+        )
+        .expect_err("refused");
+        assert_eq!(resp.status().as_u16(), 401, "failure {i}");
+    }
+    // Past the limit, the right secret from that address is refused with 429 too...
+    let resp = upgrade_from(
+        &relay,
+        attacker,
+        POS_LISTENER,
+        &[("Authorization", &basic(&creds))],
+    )
+    .expect_err("throttled");
+    assert_eq!(resp.status().as_u16(), 429, "§1 limits on §7c logins");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // ...and so is the token endpoint: one limit for every kind of login.
+    let (head, _) = token_request_from(
+        &relay,
+        attacker,
+        "acme",
+        &creds.client_id,
+        &creds.client_secret,
+    );
+    assert_eq!(head.status, 429);
+    // Another address is served.
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut ws = upgrade_from(
+        &relay,
+        local,
+        POS_LISTENER,
+        &[("Authorization", &basic(&creds))],
+    )
+    .unwrap_or_else(|r| panic!("another address: {}", r.status()));
+    send_json(&mut ws, &json!({"type": "devices", "request_id": "d"}));
+    let answer = recv_json(&mut ws);
+    assert_eq!(answer["type"], "devices", "{answer}");
+}
+
+#[test]
+fn a_connection_opened_with_basic_credentials_never_closes_with_4401() {
+    let relay = Relay::start(&["--access-token-ttl", "3s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let token = relay.token("acme", &creds);
+    let mut bearer = Pos::control(&relay, &token);
+    let auth = basic(&creds);
+    let mut with_basic =
+        Pos::control_from(relay.ws(&relay.ws_url(POS_LISTENER), &[("Authorization", &auth)]));
+    set_read_timeout(&mut bearer.ws, Some(Duration::from_secs(12)));
+    assert_eq!(
+        expect_close(&mut bearer.ws),
+        4401,
+        "the token's connection expires"
+    );
+    // Past the token's expiry, the Basic connection still answers.
+    let devices = with_basic.devices();
+    assert_eq!(devices["type"], "devices", "{devices}");
+    assert_eq!(devices["devices"][0]["tsn"], TSN);
+}
+
+#[test]
+fn basic_credentials_work_over_wss() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let mut relay = Relay::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    relay.trust(cert.cert.der().to_vec());
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let _device = echo_device(&relay, TSN, &creds);
+    let auth = basic(&creds);
+    let mut pos =
+        Pos::control_from(relay.ws(&relay.ws_url(POS_LISTENER), &[("Authorization", &auth)]));
+    let (_, session_url) = pos.claim_ok(TSN);
+    assert!(session_url.starts_with("wss://"), "{session_url}");
+    let client = SeedClient::start(
+        "seed003_server_pos.py",
+        &[
+            "--url",
+            &session_url,
+            "--ca",
+            cert_path.to_str().unwrap(),
+            "--client-id",
+            &creds.client_id,
+            "--client-secret",
+            &creds.client_secret,
+            "--heartbeats",
+            "2",
+            "--seconds",
+            "30",
+        ],
+    );
+    let (events, _) = client.finish(Duration::from_secs(40));
+    let replies = events.iter().filter(|e| e["event"] == "reply").count();
+    assert_eq!(replies, 2, "{events:?}");
+    assert_eq!(events.last().unwrap()["code"], 1000, "{events:?}");
+}
+
+/// A device's §10 entry from a list answer.
+fn entry<'a>(list: &'a Value, tsn: &str) -> &'a Value {
+    list["devices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no devices array: {list}"))
+        .iter()
+        .find(|d| d["tsn"] == tsn)
+        .unwrap_or_else(|| panic!("{tsn} missing: {list}"))
+}
+
+fn seen_at(entry: &Value) -> SystemTime {
+    let text = entry["last_seen"]
+        .as_str()
+        .unwrap_or_else(|| panic!("last_seen is not a string: {entry}"));
+    assert!(
+        text.ends_with('Z') && text.len() == 20,
+        "RFC 3339 UTC to the second: {text}"
+    );
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+#[test]
+fn device_status_over_http_answers_online_last_seen_and_claim_with_bearer_or_basic() {
+    let relay = Relay::start(&[]);
+    let (online, never, gone) = ("11111111", "22222222", "33333333");
+    let creds = relay.provision("acme", "s1", &[online, never, gone]);
+    let other = relay.create_client("acme", Some("s1"));
+    relay.create_domain("globex");
+    relay.create_store("globex", "g1", "m1");
+    relay.create_device("globex", "44444444", "g1");
+
+    let _on = Device::register_and_connect(&relay, online, &creds);
+    let before = SystemTime::now() - Duration::from_secs(1);
+    let mut leaving = Device::register_and_connect(&relay, gone, &creds);
+    // `other` claims `gone`; this client claims `online`.
+    let mut pos = Pos::control(&relay, &relay.token("acme", &creds));
+    pos.claim_ok(online);
+    let mut pos2 = Pos::control(&relay, &relay.token("acme", &other));
+    pos2.claim_ok(gone);
+    leaving.ws.close(None).unwrap();
+    let _ = expect_close(&mut leaving.ws);
+    // The claim holder hears that the device went offline: its last_seen is set by then.
+    let status = pos2.next_event();
+    assert_eq!(
+        (status["type"].as_str(), status["online"].as_bool()),
+        (Some("device_status"), Some(false)),
+        "{status}"
+    );
+    let after = SystemTime::now() + Duration::from_secs(1);
+
+    let token = relay.token("acme", &creds);
+    let bearer = format!("Bearer {token}");
+    let auth = basic(&creds);
+    for (how, header) in [("Bearer", bearer.as_str()), ("Basic", auth.as_str())] {
+        let resp = status_request(&relay, DEVICES, &[("Authorization", header)]);
+        resp.expect_status(200, how);
+        let list = resp.json();
+        let tsns: Vec<&str> = list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["tsn"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            tsns,
+            [online, never, gone],
+            "{how}: the client's scope, by tsn"
+        );
+        let e = entry(&list, online);
+        assert_eq!(
+            (e["online"].as_bool(), e["claim"].as_str()),
+            (Some(true), Some("yours")),
+            "{how}: {e}"
+        );
+        let t = seen_at(e);
+        assert!(
+            t >= before && t <= SystemTime::now() + Duration::from_secs(1),
+            "{how}: online → now: {e}"
+        );
+        let e = entry(&list, never);
+        assert_eq!(
+            *e,
+            json!({"tsn": never, "online": false, "last_seen": null, "claim": "none"}),
+            "{how}"
+        );
+        let e = entry(&list, gone);
+        assert_eq!(
+            (e["online"].as_bool(), e["claim"].as_str()),
+            (Some(false), Some("other")),
+            "{how}: {e}"
+        );
+        let t = seen_at(e);
+        assert!(t >= before && t <= after, "{how}: when it left: {e}");
+        // One device, bare or fully qualified.
+        for form in [online.to_owned(), format!("ingenico-axium-{online}")] {
+            let resp = status_request(
+                &relay,
+                &format!("{DEVICES}/{form}"),
+                &[("Authorization", header)],
+            );
+            resp.expect_status(200, how);
+            let one = resp.json();
+            assert_eq!(
+                (one["tsn"].as_str(), one["claim"].as_str()),
+                (Some(online), Some("yours")),
+                "{how}: {one}"
+            );
+        }
+        // Another tenant's device, an unknown one, a wrong make: 404 alike.
+        for form in ["44444444", "99999999", "verifone-x-11111111"] {
+            let resp = status_request(
+                &relay,
+                &format!("{DEVICES}/{form}"),
+                &[("Authorization", header)],
+            );
+            resp.expect_status(404, &format!("{how} {form}"));
+        }
+    }
+    // Without credentials, with wrong ones: 401 with a Bearer challenge.
+    for headers in [
+        vec![],
+        vec![("Authorization", "Basic Zm9vOmJhcg==")],
+        vec![("Authorization", "Bearer nope")],
+    ] {
+        let resp = status_request(&relay, DEVICES, &headers);
+        resp.expect_status(401, &format!("{headers:?}"));
+        assert_bearer_challenge(resp.header("www-authenticate"), &format!("{headers:?}"));
+    }
+    let resp = relay.http(
+        "POST",
+        &relay.http_url(DEVICES),
+        &[("Authorization", &bearer)],
+        Some(""),
+    );
+    resp.expect_status(405, "POST");
+}

@@ -1,0 +1,221 @@
+//! Issue 11, PROTOCOL.md §5a on the real binary: `GET /cloud-connector/v1/devices/{tsn}/session`
+//! claims and opens the session in one upgrade (Bearer, Basic or a login message); 404 /
+//! 409 / 503 + Retry-After before the upgrade; 4002 with `undelivered frames=N bytes=B`
+//! when the client's frames cannot be delivered and it has no control channel open.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use tungstenite::Message;
+
+const TSN: &str = "12345678";
+
+fn one_step(tsn: &str) -> String {
+    format!("/cloud-connector/v1/devices/{tsn}/session")
+}
+
+/// A device that echoes every message, until its connection ends.
+fn echo_device(relay: &Relay, tsn: &str, creds: &Creds) -> std::thread::JoinHandle<usize> {
+    let mut device = Device::register_and_connect(relay, tsn, creds);
+    set_read_timeout(&mut device.ws, Some(Duration::from_secs(60)));
+    std::thread::spawn(move || {
+        let mut echoed = 0;
+        loop {
+            match device.ws.read() {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                    if device.ws.send(m).is_err() {
+                        return echoed;
+                    }
+                    echoed += 1;
+                }
+                Ok(Message::Close(_)) | Err(_) => return echoed,
+                Ok(_) => {}
+            }
+        }
+    })
+}
+
+#[test]
+fn seed_003_pos_claims_and_opens_its_session_in_one_step_with_basic_credentials() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let _device = echo_device(&relay, TSN, &creds);
+    // Seed 003's client as written, on §5a's URL with the fully qualified tsn.
+    let url = relay.ws_url(&one_step(&format!("ingenico-axium-{TSN}")));
+    let client = SeedClient::start(
+        "seed003_server_pos.py",
+        &[
+            "--url",
+            &url,
+            "--client-id",
+            &creds.client_id,
+            "--client-secret",
+            &creds.client_secret,
+            "--heartbeats",
+            "4",
+            "--tokenize",
+            "--seconds",
+            "30",
+        ],
+    );
+    let (events, status) = client.finish(Duration::from_secs(40));
+    assert!(status.success(), "{events:?}");
+    assert_eq!(events[0]["event"], "open", "{events:?}");
+    let replies: Vec<_> = events.iter().filter(|e| e["event"] == "reply").collect();
+    assert_eq!(replies.len(), 5, "{events:?}");
+    assert!(replies.iter().all(|r| r["matches"] == true), "{events:?}");
+    assert_eq!(events.last().unwrap()["code"], 1000, "{events:?}");
+    // The claim is the client's (§4's claim): the admin API and §10 say so.
+    let devices = relay.admin_devices("acme");
+    assert_eq!(devices[0]["claimed_by"], creds.client_id.as_str());
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let one = relay.http(
+        "GET",
+        &relay.http_url(&format!("/cloud-connector/v1/devices/{TSN}")),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(one.json()["claim"], "yours", "{}", one.body);
+}
+
+#[test]
+fn refusals_before_the_upgrade_are_404_409_and_503_with_retry_after() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN, "22222222", "33333333"]);
+    let other = relay.create_client("acme", Some("s1"));
+    relay.create_domain("globex");
+    relay.create_store("globex", "g1", "m1");
+    relay.create_device("globex", "44444444", "g1");
+    let _device = Device::register_and_connect(&relay, TSN, &creds);
+    let _disabled = register(&relay, "33333333", &creds);
+    relay.set_device_enabled("acme", "33333333", false);
+    let token = relay.token("acme", &creds);
+    let bearer = format!("Bearer {token}");
+    let status = |tsn: &str| {
+        let resp = relay.ws_connect(&relay.ws_url(&one_step(tsn)), &[("Authorization", &bearer)]);
+        match resp {
+            Ok((_, r)) => (r.status().as_u16(), None),
+            Err(tungstenite::Error::Http(r)) => (
+                r.status().as_u16(),
+                r.headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            ),
+            Err(e) => panic!("{tsn}: {e}"),
+        }
+    };
+    for tsn in ["44444444", "99999999", "verifone-x-12345678", "not-a/tsn"] {
+        assert_eq!(status(tsn).0, 404, "{tsn}: not in scope");
+    }
+    let (code, retry) = status("22222222");
+    assert_eq!(
+        (code, retry.as_deref()),
+        (503, Some("5")),
+        "never registered: §4 offline"
+    );
+    assert_eq!(status("33333333").0, 503, "disabled");
+    // Another client holds the claim: 409; the holder gets in (idempotent).
+    let mut holder = Pos::control(&relay, &relay.token("acme", &other));
+    holder.claim_ok(TSN);
+    assert_eq!(status(TSN).0, 409);
+    let other_auth = basic_auth(&other.client_id, &other.client_secret);
+    let (mut first, _) = relay
+        .ws_connect(
+            &relay.ws_url(&one_step(TSN)),
+            &[("Authorization", &other_auth)],
+        )
+        .expect("the holder claims again");
+    // A second one-step session of the holder replaces the first (§5: 4000).
+    let (_second, _) = relay
+        .ws_connect(
+            &relay.ws_url(&one_step(TSN)),
+            &[("Authorization", &other_auth)],
+        )
+        .expect("again");
+    assert_eq!(expect_close(&mut first), 4000);
+}
+
+#[test]
+fn undeliverable_frames_without_a_control_channel_close_the_session_with_4002() {
+    let relay = Relay::start(&["--offline-queue-bytes", "1000"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
+    // The device goes away: what the POS sends now waits in the queue (1000 bytes).
+    device.ws.close(None).unwrap();
+    let _ = expect_close(&mut device.ws);
+    drop(device);
+    send_text(&mut session, &"a".repeat(600));
+    send_text(&mut session, &"b".repeat(700));
+    // The second does not fit: no control channel to tell, so 4002 with the count.
+    let (code, reason) = loop {
+        match session.read() {
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 4002);
+    assert_eq!(reason, "undelivered frames=1 bytes=700");
+}
+
+#[test]
+fn with_a_control_channel_open_the_report_goes_there_and_the_session_stays() {
+    let relay = Relay::start(&["--offline-queue-bytes", "1000"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let token = relay.token("acme", &creds);
+    let mut pos = Pos::control(&relay, &token);
+    // The control channel is known on every shard before the frames go out: a devices
+    // round trip after its presence was announced.
+    pos.devices();
+    let mut session = relay.ws(
+        &relay.ws_url(&one_step(TSN)),
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    device.ws.close(None).unwrap();
+    let _ = expect_close(&mut device.ws);
+    drop(device);
+    let status = pos.next_event();
+    assert_eq!(status["type"], "device_status", "{status}");
+    send_text(&mut session, &"b".repeat(1200));
+    let (frames, bytes) = collect_undelivered(&mut pos, TSN, 1, Duration::from_secs(5));
+    assert_eq!((frames, bytes), (1, 1200));
+    // The session is still open: another frame is queued and delivered later.
+    send_text(&mut session, "still here");
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    match device.recv() {
+        Message::Text(t) => assert_eq!(t, "still here"),
+        other => panic!("{}", show(&other)),
+    }
+}
+
+#[test]
+fn a_one_step_login_by_message_is_told_a_denial_in_band() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN, "22222222"]);
+    let _device = echo_device(&relay, TSN, &creds);
+    let token = relay.token("acme", &creds);
+    // Logged in by its first message, claimed and relaying.
+    let mut ws = relay.ws(&relay.ws_url(&one_step(TSN)), &[]);
+    send_json(&mut ws, &json!({"type": "login", "token": token}));
+    send_text(&mut ws, "after the login");
+    assert_eq!(recv_json(&mut ws)["type"], "logged_in");
+    match recv(&mut ws) {
+        Message::Text(t) => assert_eq!(t, "after the login"),
+        other => panic!("{}", show(&other)),
+    }
+    // A device without a session: error offline, then 1008.
+    let mut ws = relay.ws(&relay.ws_url(&one_step("22222222")), &[]);
+    send_json(&mut ws, &json!({"type": "login", "token": token}));
+    let error = recv_json(&mut ws);
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("offline")),
+        "{error}"
+    );
+    assert_eq!(expect_close(&mut ws), 1008);
+}

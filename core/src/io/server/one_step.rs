@@ -1,0 +1,130 @@
+//! §5a `GET /cloud-connector/v1/devices/{tsn}/session`: claim and session in one upgrade,
+//! for clients without a control channel (seed 003's):
+//!
+//! > [...] claims the device for the client (the same exclusive claim as §4; idempotent
+//! > for its holder) and opens its session in one step. [...] Before the upgrade: `404` no
+//! > such device in the client's scope (or another tenant's), `409` claimed by another
+//! > client, `503` with `Retry-After` when the device has no session yet (§4 `offline`).
+//!
+//! The connection is authenticated where it arrived (Bearer, Basic or a login message) and
+//! routed to the device's owning shard, where the claim is decided by the relay state
+//! there (as a control channel's claim is, on the owner) and the session opens as §5's
+//! (`session::serve`). The 4002 close of §5a is the relay state's
+//! (`Action::CloseUndelivered`).
+
+use super::login::refuse;
+use super::reply;
+use super::session;
+use super::shard::ShardCtx;
+use super::upgrade::Accepted;
+use crate::auth::{resolve_device, AccessClaims, ScopeError, TsnInput};
+use crate::control::LoginDenied;
+use crate::handshake::{json_error, HttpStatus};
+use crate::ids::DeviceKey;
+use crate::relay::{owner_shard, ClaimError};
+use std::rc::Rc;
+use std::time::Instant;
+
+/// `Retry-After` of a `503` for a device that has no session yet: it registers on its own
+/// schedule (seconds).
+const OFFLINE_RETRY_AFTER: &str = "5";
+
+/// The shard that owns the device `tsn` names in the client's domain (where its claim and
+/// session live).
+pub(crate) fn owner(ctx: &ShardCtx, claims: &AccessClaims, tsn: &TsnInput) -> usize {
+    let device = DeviceKey {
+        domain: claims.domain.clone(),
+        serial: tsn.serial().clone(),
+    };
+    let sid = ctx.coord.borrow().devices().session_id(&device);
+    owner_shard(&sid, ctx.shards).0
+}
+
+/// `404` for a device outside the client's scope (or a tsn that is not one).
+pub(crate) fn not_found() -> Vec<u8> {
+    json_error(HttpStatus::NOT_FOUND, &[], NOT_FOUND)
+}
+
+const NOT_FOUND: &str =
+    "no such device in your scope: check the tsn (and that it is provisioned in your store or domain)";
+const OFFLINE: &str = "the device has no session yet (it has not registered since the relay started, or it is disabled): retry later";
+const BUSY: &str = "the device is claimed by another client";
+
+/// Serves a §5a upgrade on the device's owning shard.
+pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(TsnInput, AccessClaims)>>) {
+    let Accepted {
+        transport,
+        rbuf,
+        answer,
+        held,
+        refusals,
+        role: (tsn, claims),
+    } = *accepted;
+    let client = claims.client();
+    let device = match resolve_device(&*ctx.shared.store, &claims, &tsn) {
+        Ok(d) => d,
+        Err(ScopeError::Storage(e)) => {
+            tracing::error!(error = %e, "one-step session: cannot look the device up");
+            let http = reply::internal_error();
+            return refuse(
+                transport,
+                refusals,
+                &http,
+                LoginDenied::Offline,
+                "internal error: retry",
+            )
+            .await;
+        }
+        Err(_) => {
+            return refuse(
+                transport,
+                refusals,
+                &not_found(),
+                LoginDenied::NotFound,
+                NOT_FOUND,
+            )
+            .await
+        }
+    };
+    let key = DeviceKey {
+        domain: device.domain,
+        serial: device.serial,
+    };
+    let claimed = if device.enabled {
+        ctx.coord
+            .borrow_mut()
+            .devices_mut()
+            .handle_claim(&client, &key, Instant::now())
+    } else {
+        // §4 `offline`: a disabled device "has no session yet".
+        Err(ClaimError::Offline {
+            serial: key.serial.clone(),
+        })
+    };
+    ctx.drive();
+    let granted = match claimed {
+        Ok(granted) => granted,
+        Err(ClaimError::DeviceBusy { .. }) => {
+            let http = json_error(HttpStatus::CONFLICT, &[], BUSY);
+            return refuse(transport, refusals, &http, LoginDenied::DeviceBusy, BUSY).await;
+        }
+        Err(_) => {
+            let http = json_error(
+                HttpStatus::SERVICE_UNAVAILABLE,
+                &[("Retry-After", OFFLINE_RETRY_AFTER)],
+                OFFLINE,
+            );
+            return refuse(transport, refusals, &http, LoginDenied::Offline, OFFLINE).await;
+        }
+    };
+    tracing::info!(tsn = %key.serial, domain = %key.domain, client = %client.client_id, online = granted.online, "one-step claim");
+    let accepted = Box::new(Accepted {
+        transport,
+        rbuf,
+        answer,
+        held,
+        refusals,
+        role: (granted.session_id, claims),
+    });
+    session::serve(ctx, accepted).await
+}
