@@ -179,6 +179,9 @@ impl Store for GatedStore {
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         self.inner.load_or_create_signing_key(fresh)
     }
+    fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        self.inner.load_or_create_session_key(fresh)
+    }
 }
 
 fn send_http(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> TcpStream {

@@ -237,8 +237,12 @@ pub fn run_server(
         .load_or_create_signing_key(fresh)
         .map_err(std::io::Error::other)?;
     let issuer = TokenIssuer::new(&SigningKey::from_bytes(key));
-    let mut keyring_key = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut keyring_key);
+    // Stored, so that session ids survive a restart (reliable claims keep theirs, §11).
+    let mut fresh = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut fresh);
+    let keyring_key = store
+        .load_or_create_session_key(fresh)
+        .map_err(std::io::Error::other)?;
     let hasher = Arc::new(SecretHasher::new(config.hash_cost));
     let mut cache_key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut cache_key);
