@@ -284,6 +284,7 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
         send_queue_bytes: 256 * 1024,
         hash_cost: posrelay_core::auth::HashCost::TEST_ONLY,
         admission: Default::default(),
+        reliable_window: posrelay_core::reliable::ReliableLimits::DEFAULT_WINDOW,
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -312,6 +312,7 @@ fn start_node(name: &str, on_shard_start: fn(), devices: usize, tls: bool) -> No
         send_queue_bytes: 256 * 1024,
         hash_cost: posrelay_core::auth::HashCost::TEST_ONLY,
         admission: Default::default(),
+        reliable_window: posrelay_core::reliable::ReliableLimits::DEFAULT_WINDOW,
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

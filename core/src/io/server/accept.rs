@@ -128,7 +128,10 @@ async fn serve_relay_connection(
             return answer_and_close(transport, &error_response(&e)).await;
         }
     };
-    let prelude = Prelude::new(&ctx, &upgrade);
+    let prelude = match path {
+        Path::Session(_) => Prelude::for_session(&ctx, &upgrade),
+        _ => Prelude::new(&ctx, &upgrade),
+    };
     // Each arm authenticates, then picks the shard that serves the connection.
     let (shard, routed, held) = match path {
         Path::DeviceListener => {
@@ -172,7 +175,8 @@ async fn serve_relay_connection(
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
             let owner = owner_shard(&sid, ctx.shards).0;
-            (owner, Routed::Session { sid, claims }, held)
+            let mode = prelude.mode;
+            (owner, Routed::Session { sid, claims, mode }, held)
         }
         Path::Token(_) | Path::Unknown => unreachable!("answered in the request loop"),
     };
@@ -253,8 +257,9 @@ fn spawn_routed(
             glommio::spawn_local(control::serve(ctx, accepted.with_role((url_base, claims))))
                 .detach()
         }
-        Routed::Session { sid, claims } => {
-            glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims)))).detach()
+        Routed::Session { sid, claims, mode } => {
+            glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims, mode))))
+                .detach()
         }
     };
 }

@@ -20,6 +20,8 @@ pub(crate) enum Routed {
     Session {
         sid: SessionId,
         claims: AccessClaims,
+        /// Plain or reliable (§11).
+        mode: super::reliable_session::SessionMode,
     },
 }
 

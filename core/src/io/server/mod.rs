@@ -19,6 +19,7 @@ mod metrics;
 pub mod mtls;
 mod path;
 mod registration;
+mod reliable_session;
 mod reply;
 mod session;
 mod shard;
@@ -38,6 +39,7 @@ use crate::io::runtime::{
 };
 use crate::proto::Limits;
 use crate::relay::RelayLimits;
+use crate::reliable::{ClaimSnapshot, MemReliableLog, ReliableLog};
 use crate::store::{RedbStore, Store};
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -108,6 +110,9 @@ pub struct ServerConfig {
     pub hash_cost: HashCost,
     /// Connection and login limits.
     pub admission: admission::AdmissionLimits,
+    /// `--reliable-window`: payload bytes one reliable claim holds (§11; default 1 MiB,
+    /// [`crate::reliable::ReliableLimits::DEFAULT_WINDOW`]).
+    pub reliable_window: usize,
 }
 
 /// Where the listeners ended up (port 0 resolved).
@@ -212,6 +217,29 @@ pub(crate) struct Shared {
     pub admission: Arc<admission::Admission>,
     /// Recently verified client secrets (registration storms after a restart).
     pub credentials: crate::auth::CredentialCache,
+    /// Where reliable claims are kept (§11): the embedded store, or memory for a store
+    /// the caller opened (the cluster's JetStream log comes with the cluster).
+    pub reliable_log: Arc<dyn ReliableLog + Send + Sync>,
+    /// The reliable claims found in the log at start, until their shards take them.
+    reliable_claims: std::sync::Mutex<Vec<ClaimSnapshot>>,
+}
+
+impl Shared {
+    /// Takes the reliable claims found at start that `mine` picks (by session id).
+    pub(crate) fn take_reliable_claims(
+        &self,
+        mine: impl Fn(&crate::ids::SessionId) -> bool,
+    ) -> Vec<ClaimSnapshot> {
+        let mut all = self
+            .reliable_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (taken, kept) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|s| mine(&s.record.session_id));
+        *all = kept;
+        taken
+    }
 }
 
 /// Checks what the shards need (locked memory), opens the store, binds both listeners
@@ -225,12 +253,25 @@ pub fn run_server(
 ) -> std::io::Result<()> {
     check_memlock(&config.runtime)?;
     crate::store::create_private_dir(&config.data_dir).map_err(std::io::Error::other)?;
-    let store: Arc<dyn Store + Send + Sync> = match &config.store {
+    let (store, reliable_log): (
+        Arc<dyn Store + Send + Sync>,
+        Arc<dyn ReliableLog + Send + Sync>,
+    ) = match &config.store {
         StoreChoice::Embedded => {
-            Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?)
+            let redb = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
+            (redb.clone(), redb)
         }
-        StoreChoice::Given(store) => store.clone(),
+        StoreChoice::Given(store) => {
+            tracing::info!("reliable sessions are kept in memory with this store: they survive a POS reconnect, not a restart");
+            (store.clone(), Arc::new(MemReliableLog::default()))
+        }
     };
+    let reliable_claims = reliable_log.load().map_err(|e| {
+        std::io::Error::other(format!("cannot read the reliable sessions' log: {e}"))
+    })?;
+    if !reliable_claims.is_empty() {
+        tracing::info!(claims = reliable_claims.len(), "restoring reliable claims");
+    }
     let mut fresh = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut fresh);
     let key = store
@@ -290,6 +331,8 @@ pub fn run_server(
             cache_key,
             crate::auth::DEFAULT_CREDENTIAL_TTL,
         ),
+        reliable_log,
+        reliable_claims: std::sync::Mutex::new(reliable_claims),
     });
     shared.record_cert_expiry();
     let addrs = ServerAddrs {
