@@ -10,8 +10,13 @@
 
 mod common;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use tungstenite::Message;
 
 const TSN: &str = "12345678";
@@ -339,4 +344,158 @@ fn a_reliable_claim_survives_kill_9_and_a_restart() {
     relay.kill_9();
     relay.restart_same_data_dir();
     resume_after_restart(&relay, &creds, &before);
+}
+
+/// Sends `text` as the session's next message and expects the relay to close with `code`;
+/// returns the envelopes that came before the close.
+fn closes_with(ws: &mut Ws, text: &str, code: u16) -> Vec<Value> {
+    send_text(ws, text);
+    let (before, got) = drain_until_close(ws);
+    assert_eq!(got, code, "{text} closes with {code}");
+    before
+        .into_iter()
+        .map(|m| match m {
+            Message::Text(t) => serde_json::from_str(&t).expect("an envelope"),
+            other => panic!("not an envelope: {}", show(&other)),
+        })
+        .collect()
+}
+
+#[test]
+fn bad_input_on_a_reliable_session_gets_its_documented_answer_and_the_claim_goes_on() {
+    let relay = Relay::start(&["--shards", "1"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let (mut device, token, url, _control) = claimed(&relay, &creds);
+
+    // §11: the first message of every reliable session is resume.
+    let mut ws = open_reliable(&relay, &url, &token);
+    closes_with(&mut ws, r#"{"type":"ack","seq":0}"#, 1002);
+    // A resume above 0 on a claim that was never resumed names another claim's numbers.
+    let mut ws = open_reliable(&relay, &url, &token);
+    let answer = closes_with(&mut ws, r#"{"type":"resume","seq":3}"#, 4409);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert_eq!(answer[0]["type"], "resume_failed", "{answer:?}");
+
+    let (mut pos, _) = ReliablePos::open(&relay, &url, &token, 0);
+    for n in 1..=3 {
+        device.send_text(&device_text(n));
+    }
+    pos.wait_device(3);
+    pos.processed(2);
+
+    // A malformed envelope: not JSON, then JSON of no §11 type, then a binary message.
+    closes_with(&mut pos.ws, "{not json", 1002);
+    let (mut pos, _) = ReliablePos::open(&relay, &url, &token, 2);
+    pos.wait_device(3);
+    closes_with(&mut pos.ws, r#"{"type":"hello","seq":1}"#, 1002);
+    let (mut pos, _) = ReliablePos::open(&relay, &url, &token, 2);
+    pos.wait_device(3);
+    send_binary(&mut pos.ws, br#"{"type":"ack","seq":3}"#);
+    let (_, code) = drain_until_close(&mut pos.ws);
+    assert_eq!(code, 1002, "§11 envelopes are text");
+
+    // An ack beyond what was sent on this session.
+    let (mut pos, _) = ReliablePos::open(&relay, &url, &token, 2);
+    pos.wait_device(3);
+    closes_with(&mut pos.ws, r#"{"type":"ack","seq":4}"#, 1002);
+
+    // A POS message that skips a number.
+    let (mut pos, _) = ReliablePos::open(&relay, &url, &token, 2);
+    pos.wait_device(3);
+    closes_with(
+        &mut pos.ws,
+        r#"{"type":"data","seq":2,"text":"skips 1"}"#,
+        1002,
+    );
+
+    // Resume from the future: device message 4 was never numbered.
+    let mut ws = open_reliable(&relay, &url, &token);
+    let answer = closes_with(&mut ws, r#"{"type":"resume","seq":4}"#, 4409);
+    assert_eq!(answer[0]["type"], "resume_failed", "{answer:?}");
+    // Resume from before what the POS already acknowledged: no longer held.
+    let mut ws = open_reliable(&relay, &url, &token);
+    let answer = closes_with(&mut ws, r#"{"type":"resume","seq":1}"#, 4409);
+    assert_eq!(answer[0]["type"], "resume_failed", "{answer:?}");
+
+    // None of it broke the claim: the POS resumes where it was, both ways go on.
+    let (mut pos, resumed) = ReliablePos::open(&relay, &url, &token, 2);
+    assert_eq!(resumed, 0, "no POS message was ever accepted");
+    pos.wait_device(3);
+    assert_eq!(pos.received, (3..=3).map(device_text).collect::<Vec<_>>());
+    pos.send(1, &pos_text(1));
+    device_gets(&mut device, &pos_text(1));
+    pos.wait_ack(1);
+    device.send_text(&device_text(4));
+    pos.wait_device(4);
+}
+
+#[test]
+fn a_pos_that_never_acks_stops_the_device_at_the_window_and_memory_stays_bounded() {
+    const MESSAGE: usize = 64 * 1024;
+    const MESSAGES: u64 = 256; // 16 MiB, far beyond the window and the socket buffers
+    let relay = Relay::start(&["--shards", "1", "--reliable-window", "256KiB"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let (device, token, url, _control) = claimed(&relay, &creds);
+    let (mut pos, _) = ReliablePos::open(&relay, &url, &token, 0);
+    let baseline = relay.rss_kib();
+
+    let frames = SeqFrames::new(MESSAGE);
+    let mut dev_ws = device.ws;
+    set_write_timeout(&mut dev_ws, Some(Duration::from_secs(120)));
+    let dev_tcp = tcp_of(&mut dev_ws).try_clone().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let frames = frames.clone();
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            for n in 1..=MESSAGES {
+                send_binary(&mut dev_ws, &frames.make(n));
+                sent.store(n, Ordering::SeqCst);
+            }
+            dev_ws
+        })
+    };
+
+    // The device is stopped: its socket has bytes the relay's kernel has not taken, and
+    // its writer stays where it is while the POS acks nothing.
+    let mut last = u64::MAX;
+    let stuck = wait_for(Duration::from_secs(60), || {
+        let now = sent.load(Ordering::SeqCst);
+        let blocked = now == last && now < MESSAGES && unacked_bytes(&dev_tcp) > 0;
+        last = now;
+        blocked.then_some(now)
+    });
+    let stuck_at = stuck.expect("the device's writes never blocked: the relay read on");
+    let grown = relay.rss_kib().saturating_sub(baseline);
+    eprintln!("device stopped after {stuck_at} messages; relay VmRSS grew {grown} KiB");
+    assert!(
+        stuck_at < MESSAGES,
+        "the relay read everything without an ack"
+    );
+    assert!(
+        grown < 12 * 1024,
+        "the relay holds far more than its window: VmRSS grew {grown} KiB"
+    );
+
+    // The POS now processes what it gets, acking as it goes: every message arrives, in
+    // order, once, and the device finishes.
+    let mut next = 1;
+    while next <= MESSAGES {
+        let v = recv_json(&mut pos.ws);
+        match v["type"].as_str() {
+            Some("data") => {
+                assert_eq!(v["seq"], json!(next), "in order, once each");
+                let payload = STANDARD
+                    .decode(v["binary"].as_str().expect("binary data"))
+                    .expect("base64");
+                assert_eq!(frames.check(&payload), next, "byte-exact");
+                pos.processed(next);
+                next += 1;
+            }
+            Some("ack") => {}
+            _ => panic!("unexpected envelope {v}"),
+        }
+    }
+    let _dev_ws = writer.join().expect("device writer");
+    assert_eq!(sent.load(Ordering::SeqCst), MESSAGES);
 }
