@@ -499,3 +499,44 @@ fn a_pos_that_never_acks_stops_the_device_at_the_window_and_memory_stays_bounded
     let _dev_ws = writer.join().expect("device writer");
     assert_eq!(sent.load(Ordering::SeqCst), MESSAGES);
 }
+
+#[test]
+fn releasing_a_reliable_claim_reports_what_waits_and_the_log_forgets_it() {
+    let mut relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let (device, token, url, mut control) = claimed(&relay, &creds);
+    let (mut pos, _) = ReliablePos::open(&relay, &url, &token, 0);
+    device_goes_offline(device, &mut control);
+    // Two POS messages wait, durably, for the device: acknowledged.
+    pos.send(1, "a");
+    pos.send(2, "bc");
+    pos.wait_ack(2);
+    // §6: "claim released" is a reason to report them; the session closes with 4001.
+    let released = control.release(TSN);
+    assert_eq!(released["type"], "released", "{released}");
+    assert_eq!(expect_close(&mut pos.ws), 4001);
+    let report = loop {
+        let event = control.next_event();
+        if event["type"] == "undelivered" {
+            break event;
+        }
+    };
+    assert_eq!(
+        report,
+        json!({"type": "undelivered", "tsn": TSN, "frames": 2, "bytes": 3})
+    );
+    // The log forgot the claim: after a restart nothing of it comes back (the device has
+    // not registered again, so its session is unknown).
+    relay.kill_9();
+    relay.restart_same_data_dir();
+    let token = relay.token("acme", &creds);
+    let auth = format!("Bearer {token}");
+    let status = relay.ws_status(
+        &url,
+        &[
+            ("Authorization", &auth),
+            ("Sec-WebSocket-Protocol", RELIABLE),
+        ],
+    );
+    assert_eq!(status, 404, "no claim, no session after the restart");
+}

@@ -82,6 +82,11 @@ pub(crate) struct ReliableClaims {
     pending: Vec<(u64, LogBatch)>,
     /// A commit is running (its task takes what is pending when it finishes).
     committing: bool,
+    /// The claims (by entry) whose batches the running commit writes.
+    in_flight: Vec<u64>,
+    /// Reports of ended claims, held until the end is durable: a restart must not bring
+    /// back messages already reported undelivered.
+    deferred: Vec<(u64, ClientKey, DeviceKey, ReliableEvent)>,
     /// Waiting for every batch to be durable (the drain).
     flush_waiters: Vec<Waker>,
     /// [`crate::relay::DeviceShard::claims_ended`] when last looked at.
@@ -97,9 +102,16 @@ impl ReliableClaims {
             next_entry: 0,
             pending: Vec::new(),
             committing: false,
+            in_flight: Vec::new(),
+            deferred: Vec::new(),
             flush_waiters: Vec::new(),
             claims_ended_seen: 0,
         }
+    }
+
+    /// Whether batches of the claim `entry` are not yet durable.
+    fn unwritten(&self, entry: u64) -> bool {
+        self.in_flight.contains(&entry) || self.pending.iter().any(|(e, _)| *e == entry)
     }
 
     fn insert(&mut self, device: DeviceKey, claim: ReliableClaim) {
@@ -136,6 +148,19 @@ struct Work {
 /// started if none runs), its transmits and events into `work`; wakes its flow waiters;
 /// forgets an ended claim once its last batch is durable.
 fn take_outputs(rs: &mut ReliableClaims, device: &DeviceKey, work: &mut Work) {
+    take_claim_outputs(rs, device, work);
+    // Reports go out once everything their claim logged before them is durable.
+    if !rs.deferred.is_empty() {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut rs.deferred)
+            .into_iter()
+            .partition(|(e, ..)| !rs.unwritten(*e));
+        rs.deferred = waiting;
+        work.events
+            .extend(ready.into_iter().map(|(_, c, d, ev)| (c, d, ev)));
+    }
+}
+
+fn take_claim_outputs(rs: &mut ReliableClaims, device: &DeviceKey, work: &mut Work) {
     let Some(slot) = rs.claims.get_mut(device) else {
         return;
     };
@@ -145,16 +170,16 @@ fn take_outputs(rs: &mut ReliableClaims, device: &DeviceKey, work: &mut Work) {
     while let Some(t) = slot.claim.poll_transmit() {
         work.transmits.push((device.clone(), t));
     }
+    let entry = slot.entry;
     while let Some(event) = slot.claim.poll_event() {
         let record = slot.claim.record();
-        work.events
-            .push((record.client.clone(), record.device.clone(), event));
+        rs.deferred
+            .push((entry, record.client.clone(), record.device.clone(), event));
     }
     for w in slot.waiters.drain(..) {
         w.wake();
     }
-    let entry = slot.entry;
-    if slot.claim.is_ended() && !rs.pending.iter().any(|(e, _)| *e == entry) {
+    if slot.claim.is_ended() && !rs.unwritten(entry) {
         rs.claims.remove(device);
     }
 }
@@ -550,7 +575,9 @@ async fn commit_loop(ctx: Rc<ShardCtx>) {
                 }
                 return;
             }
-            (rs.log.clone(), std::mem::take(&mut rs.pending))
+            let taken = std::mem::take(&mut rs.pending);
+            rs.in_flight = taken.iter().map(|(e, _)| *e).collect();
+            (rs.log.clone(), taken)
         };
         let (entries, batches): (Vec<u64>, Vec<LogBatch>) = taken.into_iter().unzip();
         let started = Instant::now();
@@ -571,6 +598,7 @@ async fn commit_loop(ctx: Rc<ShardCtx>) {
                 let mut work = Work::default();
                 {
                     let mut rs = ctx.reliable.borrow_mut();
+                    rs.in_flight.clear();
                     for (entry, batch) in entries.iter().zip(batches) {
                         let device = batch.claim.clone();
                         if let Some(slot) = rs.claims.get_mut(&device) {
@@ -588,6 +616,7 @@ async fn commit_loop(ctx: Rc<ShardCtx>) {
                 let mut work = Work::default();
                 {
                     let mut rs = ctx.reliable.borrow_mut();
+                    rs.in_flight.clear();
                     let mut again: Vec<(u64, LogBatch)> =
                         entries.into_iter().zip(batches).collect();
                     for (_, batch) in &again {
