@@ -540,3 +540,117 @@ fn releasing_a_reliable_claim_reports_what_waits_and_the_log_forgets_it() {
     );
     assert_eq!(status, 404, "no claim, no session after the restart");
 }
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `posrelay device-sim` for `TSN`, once it says it is online.
+fn device_sim(relay: &Relay, creds: &Creds) -> Killed {
+    use std::io::BufRead as _;
+    let mut device = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_posrelay"))
+            .args(["device-sim", "--relay", &relay.ws_url(""), "--tsn", TSN])
+            .env("POSRELAY_CLIENT_ID", &creds.client_id)
+            .env("POSRELAY_CLIENT_SECRET", &creds.client_secret)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("device-sim starts"),
+    );
+    let stdout = device.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let online = format!("[device {TSN}] online");
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("device-sim goes online");
+        if line == online {
+            return device;
+        }
+    }
+}
+
+/// `posrelay pos-sim --reliable` with `input`; (success, stdout).
+fn pos_sim_reliable(relay: &Relay, creds: &Creds, input: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posrelay"))
+        .args(["pos-sim", "--reliable", "--relay", &relay.ws_url("")])
+        .args([
+            "--domain", "acme", "--tsn", TSN, "--split", "blank", "--input",
+        ])
+        .arg(input)
+        .env("POSRELAY_CLIENT_ID", &creds.client_id)
+        .env("POSRELAY_CLIENT_SECRET", &creds.client_secret)
+        .output()
+        .expect("pos-sim runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.success(),
+        format!("{stdout}\n--- stderr ---\n{stderr}"),
+    )
+}
+
+#[test]
+fn pos_sim_reliable_exchanges_numbered_messages_with_device_sim() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let _device = device_sim(&relay, &creds);
+    let input = relay.scratch().join("requests.txt");
+    std::fs::write(
+        &input,
+        "<TRANSACTION>\n<FUNCTION_TYPE>SESSION</FUNCTION_TYPE>\n<COMMAND>START</COMMAND>\n</TRANSACTION>\n\n{\"traceId\":\"t-1\",\"action\":\"heartbeat\",\"payload\":{}}\n",
+    )
+    .unwrap();
+    for run in 1..=2 {
+        let (ok, out) = pos_sim_reliable(&relay, &creds, &input);
+        assert!(ok, "run {run}: {out}");
+        assert!(
+            out.contains("reliable session open (posrelay.reliable.v1)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("< [1] reply #1 in ")
+                && out.contains("<RESPONSE_TEXT>Session Started</RESPONSE_TEXT>"),
+            "run {run}: each run is a claim of its own, numbered from 1: {out}"
+        );
+        assert!(out.contains("< [2] reply #2 in "), "{out}");
+        assert!(out.contains("\"traceId\":\"t-1\""), "{out}");
+        assert!(
+            out.contains("done: 2 sent, 2 answered, 0 without reply"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn the_javascript_client_is_served_on_the_admin_listener() {
+    let relay = Relay::start(&["--shards", "1"]);
+    let url = relay.admin_url("/demo/posrelay-reliable.js");
+    let resp = relay.http("GET", &url, &[], None);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(
+        resp.header("Content-Type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(
+        resp.body,
+        include_str!("../../core/src/io/server/demo/posrelay-reliable.js"),
+        "the file, as tested by core/tests/js"
+    );
+    // No admin token needed, like the page that uses it.
+    assert!(resp.body.contains("posrelay.reliable.v1"));
+}

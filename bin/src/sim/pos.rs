@@ -59,6 +59,9 @@ pub struct PosSimArgs {
     /// PEM file of the CA certificates to trust for wss:// and https:// [default: the public web PKI roots]
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Open a reliable session (posrelay.reliable.v1, PROTOCOL.md §11): messages are numbered, survive breaks and relay restarts, and are resumed after them
+    #[arg(long)]
+    pub reliable: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -261,6 +264,20 @@ impl PosClient {
         WsClient::connect(&url, &opts).context("session")
     }
 
+    /// §11: opens the session of a claim as a reliable one (and resumes it).
+    pub fn open_reliable_session(
+        &self,
+        claim: &Claim,
+    ) -> anyhow::Result<crate::client::reliable::ReliableSession> {
+        let url = WsUrl::parse(&claim.session_url).context("session_url")?;
+        let opts = ConnectOptions {
+            bearer: Some(self.token.clone()),
+            tls: self.tls.clone(),
+            ..ConnectOptions::default()
+        };
+        crate::client::reliable::ReliableSession::open(&url, &opts).context("reliable session")
+    }
+
     /// The next pushed event, waiting up to `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<ControlEvent>> {
         if let Some(e) = self.events.pop_front() {
@@ -380,15 +397,108 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
             "offline: messages wait in the relay's queue"
         }
     ));
-    let mut session = pos.open_session(&claim)?;
-    say("session open: sending messages");
     let kind = if args.binary {
         MessageKind::Binary
     } else {
         MessageKind::Text
     };
-    // Input is read on its own thread, so that the connections keep answering the
-    // relay's pings (and show what the terminal sends unasked) while a person types.
+    if args.reliable {
+        let session = match pos.open_reliable_session(&claim) {
+            Ok(session) => session,
+            Err(e) if is_resume_failed(&e) => {
+                // A reliable claim of an earlier run that this run has no state of: the
+                // relay holds messages this POS cannot name. Start the claim over.
+                say(&format!(
+                    "{e:#}: releasing and claiming {} again",
+                    claim.tsn
+                ));
+                pos.release(&claim.tsn)?;
+                let claim = pos.claim(&claim.tsn)?;
+                pos.open_reliable_session(&claim)?
+            }
+            Err(e) => return Err(e),
+        };
+        say("reliable session open (posrelay.reliable.v1): sending messages");
+        let rx = spawn_input(&args);
+        let (count, answered) =
+            super::pos_reliable::exchange_all(&mut pos, session, kind, &rx, args.reply_timeout)?;
+        // Nothing of this run's state is kept on disk, so its claim could not be resumed
+        // by a later run: release it (everything was settled above).
+        let _ = pos.release(&claim.tsn);
+        pos.close();
+        say(&format!(
+            "done: {count} sent, {answered} answered, {} without reply",
+            count - answered
+        ));
+        if answered < count {
+            anyhow::bail!(
+                "{} got no reply",
+                plural((count - answered) as u64, "message")
+            );
+        }
+        return Ok(());
+    }
+    let mut session = pos.open_session(&claim)?;
+    say("session open: sending messages");
+    let rx = spawn_input(&args);
+    let mut count = 0usize;
+    let mut failed = 0usize;
+    loop {
+        show_events(&mut pos)?;
+        match rx.try_recv() {
+            Ok(msg) => {
+                let msg = msg?;
+                count += 1;
+                if !exchange(
+                    &mut pos,
+                    &mut session,
+                    kind,
+                    &msg,
+                    count,
+                    args.reply_timeout,
+                )? {
+                    failed += 1;
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                if let Some(m) = session.recv(Duration::from_millis(50))? {
+                    say(&format!("< (unasked) {}", shown(&m)));
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        }
+    }
+    session.close(1000, "");
+    let _ = pos.release(&claim.tsn);
+    pos.close();
+    say(&format!(
+        "done: {count} sent, {} answered, {failed} without reply",
+        count - failed
+    ));
+    if failed > 0 {
+        anyhow::bail!("{} got no reply", plural(failed as u64, "message"));
+    }
+    Ok(())
+}
+
+/// Whether opening a reliable session failed because the relay's claim is not this
+/// run's: `resume_failed` (4409), or POS messages this run never sent.
+fn is_resume_failed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::client::reliable::ReliableClientError>(),
+            Some(
+                crate::client::reliable::ReliableClientError::ResumeFailed { .. }
+                    | crate::client::reliable::ReliableClientError::ForeignState { .. }
+            )
+        )
+    })
+}
+
+/// Reads the input messages on a thread of their own, so that the connections keep
+/// answering the relay's pings (and show what the terminal sends unasked) while a person
+/// types.
+fn spawn_input(args: &PosSimArgs) -> std::sync::mpsc::Receiver<anyhow::Result<String>> {
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
     let input = args.input.clone();
     let split = args.split;
@@ -430,49 +540,12 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let mut count = 0usize;
-    let mut failed = 0usize;
-    loop {
-        show_events(&mut pos)?;
-        match rx.try_recv() {
-            Ok(msg) => {
-                let msg = msg?;
-                count += 1;
-                if !exchange(
-                    &mut pos,
-                    &mut session,
-                    kind,
-                    &msg,
-                    count,
-                    args.reply_timeout,
-                )? {
-                    failed += 1;
-                }
-            }
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                if let Some(m) = session.recv(Duration::from_millis(50))? {
-                    say(&format!("< (unasked) {}", shown(&m)));
-                }
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-        }
-    }
-    session.close(1000, "");
-    let _ = pos.release(&claim.tsn);
-    pos.close();
-    say(&format!(
-        "done: {count} sent, {} answered, {failed} without reply",
-        count - failed
-    ));
-    if failed > 0 {
-        anyhow::bail!("{} got no reply", plural(failed as u64, "message"));
-    }
-    Ok(())
+    rx
 }
 
 /// Prints the control channel's pushed events (and answers its pings) without waiting
 /// for more than what has arrived.
-fn show_events(pos: &mut PosClient) -> anyhow::Result<()> {
+pub(crate) fn show_events(pos: &mut PosClient) -> anyhow::Result<()> {
     while let Some(e) = pos.next_event(Duration::from_millis(1))? {
         say(&format!("  event: {}", describe_event(&e)));
     }
@@ -572,7 +645,7 @@ pub fn plural(n: u64, noun: &str) -> String {
     }
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
