@@ -145,6 +145,11 @@ pub struct RunArgs {
     /// Keep the targets' data directories and logs.
     #[arg(long)]
     pub keep: bool,
+    /// posrelay's sessions offer posrelay.reliable.v1 (PROTOCOL.md §11): each message
+    /// travels in a data envelope, is held durably before it goes on, and is acked by
+    /// the POS once checked.
+    #[arg(long)]
+    pub reliable: bool,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,

@@ -28,6 +28,8 @@ pub struct Env {
     pub provisioned: Option<Provisioned>,
     /// `--tls`: connect over TLS with this client configuration.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `--reliable`: sessions speak posrelay.reliable.v1 (PROTOCOL.md §11).
+    pub reliable: bool,
 }
 
 /// The two ends of a pair once it can carry messages.
@@ -203,15 +205,26 @@ pub async fn open_pair(env: &Env, i: usize) -> anyhow::Result<PairConns> {
             let path = claim(env, i).await?;
             let p = provisioned(env)?;
             let auth = format!("Bearer {}", p.access_token);
-            let pos = connect(&Dial {
+            let reliable = [posrelay_core::reliable::SUBPROTOCOL];
+            let mut pos = connect(&Dial {
                 addr: env.ws,
                 path: &path,
-                protocols: &[],
+                protocols: if env.reliable { &reliable } else { &[] },
                 headers: &[("Authorization", &auth)],
                 tls: env.tls.as_ref(),
             })
             .await
             .context("session")?;
+            if env.reliable {
+                // §11: the first message is the POS's resume; a new claim resumes from 0.
+                pos.writer()
+                    .send_text(r#"{"type":"resume","seq":0}"#)
+                    .await?;
+                let answer = next_json(&mut pos).await.context("resume")?;
+                if answer.get("type").and_then(Value::as_str) != Some("resumed") {
+                    bail!("resume answered {answer}");
+                }
+            }
             Ok(PairConns {
                 pos,
                 device: Some(device),

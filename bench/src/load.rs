@@ -99,6 +99,8 @@ pub struct LoadOutcome {
 /// State shared by every task of a run (one executor: `Rc`, `Cell`).
 struct Run {
     size: usize,
+    /// §11 sessions: messages go in data envelopes, and the POS acks each one.
+    reliable: bool,
     recording: Cell<bool>,
     stopping: Cell<bool>,
     /// Signalled (with plenty of units) when the POS side must stop.
@@ -267,6 +269,7 @@ pub async fn run_load(env: Rc<Env>, spec: &LoadSpec, target_pid: u32) -> LoadOut
     let setup = setup_start.elapsed();
     let run = Rc::new(Run {
         size: spec.size.max(payload::MIN_SIZE),
+        reliable: env.reliable,
         recording: Cell::new(false),
         stopping: Cell::new(false),
         pos_stop: Semaphore::new(0),
@@ -436,7 +439,14 @@ async fn pos_writer(
         payload::fill(Stamp { pair, seq }, &mut buf);
         outstanding.borrow_mut().push_back((seq, counts_from));
         run.in_flight.set(run.in_flight.get() + 1);
-        if writer.send(MessageKind::Binary, &buf).await.is_err() {
+        let sent = if run.reliable {
+            // §11: numbered from 1 for the life of the claim.
+            let envelope = reliable::data(seq + 1, &buf);
+            writer.send(MessageKind::Text, envelope.as_bytes()).await
+        } else {
+            writer.send(MessageKind::Binary, &buf).await
+        };
+        if sent.is_err() {
             run.error();
             break;
         }
@@ -481,6 +491,20 @@ async fn pos_reader(
             continue;
         };
         let message = match next {
+            Ok(Incoming::Message(m)) if run.reliable => {
+                match reliable::incoming(&m, &conn.writer()).await {
+                    Ok(Some(payload)) => posrelay_core::proto::Message {
+                        kind: MessageKind::Binary,
+                        payload: posrelay_core::proto::Payload::Single(payload),
+                    },
+                    // An ack of POS messages: nothing to time.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        run.mismatch(&format_args!("pair {pair}: {e}"));
+                        continue;
+                    }
+                }
+            }
             Ok(Incoming::Message(m)) => m,
             Ok(Incoming::Closed(code)) => {
                 eprintln!("pair {pair}: POS side closed by the peer ({code:?})");
@@ -608,5 +632,54 @@ pub fn progress_line(text: &str) {
 pub fn progress_done() {
     if std::io::stderr().is_terminal() {
         eprintln!();
+    }
+}
+
+/// The POS side of §11 for the load: data envelopes out, and, in, the device's messages
+/// unwrapped and acknowledged (the POS has checked them).
+mod reliable {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use posrelay_core::proto::{Message, MessageKind};
+
+    use crate::wsclient::{message_bytes, WsWriter};
+
+    /// `{"type":"data","seq":N,"binary":"…"}`.
+    pub fn data(seq: u64, payload: &[u8]) -> String {
+        format!(
+            r#"{{"type":"data","seq":{seq},"binary":"{}"}}"#,
+            STANDARD.encode(payload)
+        )
+    }
+
+    /// A device message's payload (acknowledged on `writer`), or `None` for an `ack`.
+    pub async fn incoming(m: &Message, writer: &WsWriter) -> Result<Option<Bytes>, String> {
+        if m.kind != MessageKind::Text {
+            return Err("a binary message on a reliable session".into());
+        }
+        let bytes = message_bytes(m);
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("not an envelope: {e}"))?;
+        match v.get("type").and_then(serde_json::Value::as_str) {
+            Some("ack") => Ok(None),
+            Some("data") => {
+                let seq = v.get("seq").and_then(serde_json::Value::as_u64);
+                let payload = v.get("binary").and_then(serde_json::Value::as_str);
+                let (Some(seq), Some(payload)) = (seq, payload) else {
+                    return Err(format!("a data envelope without seq or binary: {v}"));
+                };
+                let payload = STANDARD
+                    .decode(payload)
+                    .map_err(|e| format!("bad base64: {e}"))?;
+                let ack = format!(r#"{{"type":"ack","seq":{seq}}}"#);
+                writer
+                    .send_text(&ack)
+                    .await
+                    .map_err(|e| format!("ack: {e}"))?;
+                Ok(Some(Bytes::from(payload)))
+            }
+            _ => Err(format!("unexpected envelope {v}")),
+        }
     }
 }

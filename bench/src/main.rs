@@ -149,6 +149,7 @@ fn run(mut args: RunArgs) -> ExitCode {
         pairs: args.pairs,
         size: args.size,
         relay_args: args.relay_args.clone(),
+        reliable: args.reliable,
         work_dir: work_dir.clone(),
         progress: !args.quiet,
         tls,
@@ -197,6 +198,18 @@ fn run(mut args: RunArgs) -> ExitCode {
                     eprintln!("{}/{}: {e}", s.name, r.label(sr.tls));
                 }
                 sr.results.push(r);
+                if kind == TargetKind::Posrelay && cfg.reliable {
+                    // The same-run reference for reliable sessions: plain ones.
+                    let plain = RunConfig {
+                        reliable: false,
+                        ..cfg.clone()
+                    };
+                    let r = run_one(&plain, &s, kind);
+                    if let Some(e) = &r.error {
+                        eprintln!("{}/{}: {e}", s.name, r.label(sr.tls));
+                    }
+                    sr.results.push(r);
+                }
                 if kind == TargetKind::Posrelay && cfg.tls.is_some() {
                     // The same-run reference for the wss/ws ratios: posrelay over ws.
                     let plain = RunConfig {

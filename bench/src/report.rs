@@ -58,6 +58,9 @@ pub struct TargetReport {
     pub target: TargetKind,
     /// Whether this target ran over TLS.
     pub tls: bool,
+    /// Whether its sessions were reliable ones (`--reliable`, PROTOCOL.md §11); then the
+    /// same target also runs with plain sessions in the same repetition, as reference.
+    pub reliable: bool,
     /// Where the target's threads ran.
     pub target_placement: String,
     /// Where the generator ran.
@@ -77,10 +80,15 @@ pub struct TargetReport {
 impl TargetReport {
     /// The column name: the target, and `(ws)`/`(wss)` in a TLS run.
     pub fn label(&self, tls_run: bool) -> String {
-        match (tls_run, self.tls) {
+        let base = match (tls_run, self.tls) {
             (false, _) => self.target.name().to_owned(),
             (true, true) => format!("{} wss", self.target.name()),
             (true, false) => format!("{} ws", self.target.name()),
+        };
+        if self.reliable {
+            format!("{base} reliable")
+        } else {
+            base
         }
     }
 }
@@ -195,14 +203,14 @@ impl ScenarioReport {
     fn result(&self, kind: TargetKind) -> Option<&TargetReport> {
         self.results
             .iter()
-            .find(|r| r.target == kind && r.tls == self.tls && r.error.is_none())
+            .find(|r| r.target == kind && r.tls == self.tls && !r.reliable && r.error.is_none())
     }
 
     /// In a TLS run, the same target's reference run over plain ws.
     fn result_ws(&self, kind: TargetKind) -> Option<&TargetReport> {
         self.results
             .iter()
-            .find(|r| r.target == kind && !r.tls && r.error.is_none())
+            .find(|r| r.target == kind && !r.tls && !r.reliable && r.error.is_none())
     }
 
     /// Fills in the ratios from the results.
@@ -624,6 +632,7 @@ mod tests {
         TargetReport {
             target: kind,
             tls: false,
+            reliable: false,
             handshake: None,
             target_placement: "cpu 0".into(),
             generator_placement: "cpu 1".into(),

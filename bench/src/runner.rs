@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub size: Option<usize>,
     /// Extra `posrelay serve` arguments.
     pub relay_args: Vec<String>,
+    /// `--reliable`: posrelay sessions are reliable ones (§11).
+    pub reliable: bool,
     /// Directory for data directories and logs.
     pub work_dir: PathBuf,
     /// Progress lines.
@@ -126,6 +128,7 @@ pub fn run_one(cfg: &RunConfig, s: &Scenario, kind: TargetKind) -> TargetReport 
     let mut report = TargetReport {
         target: kind,
         tls: cfg.tls.is_some(),
+        reliable: cfg.reliable && kind == TargetKind::Posrelay,
         handshake: None,
         target_placement: String::new(),
         generator_placement: String::new(),
@@ -149,11 +152,18 @@ fn run_inner(
     let launch = Launch {
         cpu: Some(cfg.target_cpu),
         listen: ([127, 0, 0, 1], 0).into(),
+        // A data directory per variant: reliable claims survive a restart on theirs
+        // (PROTOCOL.md §11), and would hold the devices of the next run's new client.
         data_dir: cfg.work_dir.join(format!(
-            "{}-{}{}",
+            "{}-{}{}{}",
             s.name,
             kind.name(),
-            if cfg.tls.is_some() { "-tls" } else { "" }
+            if cfg.tls.is_some() { "-tls" } else { "" },
+            if cfg.reliable && kind == TargetKind::Posrelay {
+                "-reliable"
+            } else {
+                ""
+            }
         )),
         admin_token: ADMIN_TOKEN.into(),
         extra_args: cfg.relay_args.clone(),
@@ -183,6 +193,7 @@ fn run_inner(
         ws: target.ws,
         provisioned,
         tls: cfg.tls.as_ref().map(|c| c.client_config(true)),
+        reliable: cfg.reliable && kind == TargetKind::Posrelay,
     };
     let pid = target.pid;
     let label = format!("{}/{}", s.name, kind.name());

@@ -22,6 +22,8 @@ pub mod defaults {
     pub const OFFLINE_QUEUE_BYTES: &str = "1MiB";
     /// `--offline-grace`
     pub const OFFLINE_GRACE: &str = "30s";
+    /// `--reliable-window`
+    pub const RELIABLE_WINDOW: &str = "1MiB";
     /// `--claim-grace`
     pub const CLAIM_GRACE: &str = "60s";
     /// `--max-message-bytes`
@@ -99,6 +101,9 @@ pub struct ServeArgs {
     /// How long frames wait for an offline device [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub offline_grace: Option<String>,
+    /// Device messages a reliable session's claim holds until its POS acknowledges them; a full window stops reading from the device (PROTOCOL.md §11) [default: 1MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub reliable_window: Option<String>,
     /// How long a claim outlives its POS's last control channel and session [default: 60s]
     #[arg(long, value_name = "DURATION")]
     pub claim_grace: Option<String>,
@@ -176,6 +181,7 @@ struct FileConfig {
     subprotocols: Option<Vec<String>>,
     offline_queue_bytes: Option<String>,
     offline_grace: Option<String>,
+    reliable_window: Option<String>,
     claim_grace: Option<String>,
     max_message_bytes: Option<String>,
     max_header_bytes: Option<String>,
@@ -210,6 +216,7 @@ pub struct Settings {
     pub subprotocols: Option<Vec<String>>,
     pub offline_queue_bytes: usize,
     pub offline_grace: Duration,
+    pub reliable_window: usize,
     pub claim_grace: Duration,
     pub max_message_bytes: usize,
     pub max_header_bytes: usize,
@@ -312,6 +319,12 @@ impl ServeArgs {
                 &file.offline_queue_bytes,
                 defaults::OFFLINE_QUEUE_BYTES,
                 "offline_queue_bytes",
+            )?,
+            reliable_window: size(
+                &self.reliable_window,
+                &file.reliable_window,
+                defaults::RELIABLE_WINDOW,
+                "reliable_window",
             )?,
             offline_grace: dur(
                 &self.offline_grace,
@@ -567,6 +580,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9080");
         assert_eq!(s.offline_queue_bytes, 1 << 20);
+        assert_eq!(s.reliable_window, 1 << 20);
         assert_eq!(s.offline_grace, Duration::from_secs(30));
         assert_eq!(s.idle_timeout, Duration::from_secs(60));
         assert_eq!(s.max_header_bytes, 16 << 10);

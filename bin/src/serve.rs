@@ -89,6 +89,7 @@ pub(crate) fn server_config(s: &Settings) -> ServerConfig {
             failed_logins_per_address: s.failed_logins_per_address,
             failed_logins_per_client_total: s.failed_logins_per_client_total,
         },
+        reliable_window: s.reliable_window,
     }
 }
 

@@ -3,6 +3,8 @@
 //! token, claims a terminal run by `posrelay device-sim`, opens the session with the
 //! bearer token as a subprotocol (PROTOCOL.md §7), sends messages and sees the
 //! terminal's replies in the page. A screenshot is saved to `target/browser-demo.png`.
+//! With *Reliable session* ticked (PROTOCOL.md §11), it breaks the connection and checks
+//! the resume.
 //!
 //! Needs Debian's Chromium: `apt-get install -y chromium`.
 
@@ -490,4 +492,105 @@ fn the_demo_page_offers_login_by_first_message() {
             .count()
     });
     assert_eq!(count, 2, "control channel and session logged in: {logged}");
+}
+
+/// Issue 15: the page with "Reliable session" checked speaks `posrelay.reliable.v1`
+/// through `/demo/posrelay-reliable.js`: messages are numbered, and after a break the page
+/// reconnects, resumes, shows what it resumed, and neither loses nor repeats a message.
+#[test]
+fn browser_pos_reliable_session_resumes_after_a_break() {
+    use common::{recv, send_text, Device};
+    use tungstenite::Message;
+    const TSN: &str = "10000002";
+    let relay_proc = Relay::start(&[]);
+    let relay = relay_proc.ws_url("");
+    let admin = relay_proc.admin_url("");
+    let creds = relay_proc.provision("demo", "s1", &[TSN]);
+    // The terminal is the test itself, so that it says exactly when it speaks.
+    let mut device = Device::register_and_connect(&relay_proc, TSN, &creds);
+    let device_gets = |device: &mut Device, want: &str| match recv(&mut device.ws) {
+        Message::Text(t) => assert_eq!(t, want),
+        other => panic!("terminal expected {want}, got {other:?}"),
+    };
+
+    let (_chromium, mut cdp) = chromium(&relay_proc.scratch().join("chromium-profile"));
+    cdp.call("Page.enable", json!({}));
+    let page = format!(
+        "{admin}/demo/?relay={relay}&domain=demo&client_id={}&tsn={TSN}&reliable=1",
+        creds.client_id
+    );
+    cdp.call("Page.navigate", json!({ "url": page }));
+    cdp.wait_for(
+        "document.readyState === 'complete' && typeof PosrelayReliable === 'function'",
+        "document.title",
+        "page and posrelay-reliable.js load",
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('reliable').checked"),
+        true
+    );
+    cdp.eval("document.getElementById('client_secret').focus()");
+    cdp.call("Input.insertText", json!({ "text": creds.client_secret }));
+    cdp.eval("document.getElementById('btn-connect').click()");
+    cdp.wait_for(
+        "window.posrelayDemo.state === 'session'",
+        "window.posrelayDemo.status",
+        "token, claim and reliable session",
+    );
+    assert_eq!(
+        cdp.eval("JSON.stringify(window.posrelayDemo.resumes)"),
+        r#"[{"relaySafe":0,"resent":0}]"#
+    );
+    let send = |cdp: &mut Cdp, text: &str| {
+        cdp.eval(&format!(
+            "(() => {{ document.getElementById('message').value = {}; \
+             document.getElementById('btn-send').click(); }})()",
+            json!(text)
+        ));
+    };
+
+    // A numbered exchange.
+    send(&mut cdp, "first");
+    device_gets(&mut device, "first");
+    send_text(&mut device.ws, "reply 1");
+    cdp.wait_for(
+        "window.posrelayDemo.received.length >= 1",
+        "window.posrelayDemo.status",
+        "first reply",
+    );
+    assert_eq!(cdp.eval("window.posrelayDemo.receivedSeqs[0]"), 1);
+
+    // The break: the terminal answers and the person sends while the page reconnects.
+    cdp.eval("document.getElementById('btn-break').click()");
+    send_text(&mut device.ws, "reply 2, while broken");
+    send(&mut cdp, "second, while broken");
+    device_gets(&mut device, "second, while broken");
+    cdp.wait_for(
+        "window.posrelayDemo.resumes.length >= 2 && window.posrelayDemo.received.length >= 2",
+        "JSON.stringify(window.posrelayDemo)",
+        "resume after the break",
+    );
+    assert_eq!(
+        cdp.eval("JSON.stringify(window.posrelayDemo.received)"),
+        json!(["reply 1", "reply 2, while broken"]).to_string(),
+        "nothing lost, nothing twice"
+    );
+    assert_eq!(
+        cdp.eval("JSON.stringify(window.posrelayDemo.receivedSeqs)"),
+        "[1,2]"
+    );
+    // The page says what it resumed.
+    let resumed = cdp.eval(
+        "[...document.querySelectorAll('#log li.resumed .d')].map(e => e.textContent).join('|')",
+    );
+    assert!(
+        resumed
+            .as_str()
+            .unwrap_or("")
+            .starts_with("resumed: the relay holds your messages up to #"),
+        "{resumed}"
+    );
+    // The terminal got each POS message once: the next one it reads is the next one sent.
+    send(&mut cdp, "third");
+    device_gets(&mut device, "third");
 }

@@ -747,6 +747,7 @@ fn provisioning_and_signing_key_survive_kill_9() {
     let creds = relay.provision("acme", "s1", &[TSN]);
     relay.create_device("acme", "87654321", "s1");
     let old_token = relay.token("acme", &creds);
+    let old_session_id = register(&relay, TSN, &creds).session_id;
     // The last admin calls; the relay is killed the moment they answered.
     relay.set_device_enabled("acme", "87654321", false);
     let late = relay.create_client("acme", None);
@@ -770,9 +771,12 @@ fn provisioning_and_signing_key_survive_kill_9() {
             device_row("87654321", "s1", false, false, Value::Null),
         ]
     );
-    // Registration works with the old credentials after the restart.
-    let _device = Device::register_and_connect(&relay, TSN, &creds);
-    let (_sid, _url) = pos.claim_ok(TSN);
+    // Registration works with the old credentials after the restart, and the device keeps
+    // its session_id: the key that derives it is stored (reliable claims keep theirs, §11).
+    let device = Device::register_and_connect(&relay, TSN, &creds);
+    assert_eq!(device.reg.session_id, old_session_id);
+    let (sid, _url) = pos.claim_ok(TSN);
+    assert_eq!(sid, old_session_id);
 }
 
 #[test]

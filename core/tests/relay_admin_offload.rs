@@ -179,6 +179,9 @@ impl Store for GatedStore {
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         self.inner.load_or_create_signing_key(fresh)
     }
+    fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        self.inner.load_or_create_session_key(fresh)
+    }
 }
 
 fn send_http(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> TcpStream {
@@ -282,6 +285,7 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
         hash_cost: posrelay_core::auth::HashCost::TEST_ONLY,
         admission: Default::default(),
         device_mtls: None,
+        reliable_window: posrelay_core::reliable::ReliableLimits::DEFAULT_WINDOW,
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

@@ -313,6 +313,7 @@ fn start_node(name: &str, on_shard_start: fn(), devices: usize, tls: bool) -> No
         hash_cost: posrelay_core::auth::HashCost::TEST_ONLY,
         admission: Default::default(),
         device_mtls: None,
+        reliable_window: posrelay_core::reliable::ReliableLimits::DEFAULT_WINDOW,
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

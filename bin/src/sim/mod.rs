@@ -6,4 +6,5 @@
 pub mod backoff;
 pub mod device;
 pub mod pos;
+pub mod pos_reliable;
 pub mod responder;

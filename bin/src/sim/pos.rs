@@ -65,6 +65,9 @@ pub struct PosSimArgs {
     /// Claim and open the session in one upgrade (/cloud-connector/v1/devices/{tsn}/session, PROTOCOL.md §5a), without a control channel
     #[arg(long)]
     pub one_step: bool,
+    /// Open a reliable session (posrelay.reliable.v1, PROTOCOL.md §11): messages are numbered, survive breaks and relay restarts, and are resumed after them
+    #[arg(long, conflicts_with = "one_step")]
+    pub reliable: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -282,6 +285,16 @@ impl PosClient {
         WsClient::connect(&url, &self.auth.options(self.tls.clone())).context("session")
     }
 
+    /// §11: opens the session of a claim as a reliable one (and resumes it).
+    pub fn open_reliable_session(
+        &self,
+        claim: &Claim,
+    ) -> anyhow::Result<crate::client::reliable::ReliableSession> {
+        let url = WsUrl::parse(&claim.session_url).context("session_url")?;
+        let opts = self.auth.options(self.tls.clone());
+        crate::client::reliable::ReliableSession::open(&url, &opts).context("reliable session")
+    }
+
     /// The next pushed event, waiting up to `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<ControlEvent>> {
         if let Some(e) = self.events.pop_front() {
@@ -399,6 +412,14 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
         )?;
         PosAuth::Bearer(token.access_token)
     };
+    let kind = if args.binary {
+        MessageKind::Binary
+    } else {
+        MessageKind::Text
+    };
+    if args.reliable {
+        return run_reliable(&args, &relay, auth, tls, kind);
+    }
     let (mut pos, mut session, claimed) = if args.one_step {
         // §5a: claim and session in one upgrade; no control channel.
         let path = format!("/cloud-connector/v1/devices/{}/session", args.tsn);
@@ -413,68 +434,12 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
         let mut pos = PosClient::with_auth(&relay, auth, tls)?;
         say(&format!("control channel open on {}", relay.base()));
         let claim = pos.claim(&args.tsn)?;
-        say(&format!(
-            "claimed {} (session {}, {})",
-            claim.tsn,
-            claim.session_id,
-            if claim.online {
-                "online"
-            } else {
-                "offline: messages wait in the relay's queue"
-            }
-        ));
+        say_claimed(&claim);
         let session = pos.open_session(&claim)?;
         (Some(pos), session, Some(claim.tsn))
     };
     say("session open: sending messages");
-    let kind = if args.binary {
-        MessageKind::Binary
-    } else {
-        MessageKind::Text
-    };
-    // Input is read on its own thread, so that the connections keep answering the
-    // relay's pings (and show what the terminal sends unasked) while a person types.
-    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
-    let input = args.input.clone();
-    let split = args.split;
-    std::thread::spawn(move || {
-        if input.as_os_str() == "-" && split == Split::Lines {
-            use std::io::IsTerminal as _;
-            if std::io::stdin().is_terminal() {
-                eprintln!("type one message per line; Ctrl-D ends");
-            }
-            for line in std::io::stdin().lock().lines() {
-                let msg = line.map(|l| l.trim_end().to_owned()).map_err(Into::into);
-                if matches!(&msg, Ok(l) if l.trim().is_empty()) {
-                    continue;
-                }
-                if tx.send(msg).is_err() {
-                    return;
-                }
-            }
-        } else {
-            let text = if input.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).map(|_| s)
-            } else {
-                std::fs::read_to_string(&input)
-            };
-            match text {
-                Ok(text) => {
-                    for msg in split_messages(&text, split) {
-                        if tx.send(Ok(msg)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx
-                        .send(Err(anyhow::Error::new(e)
-                            .context(format!("cannot read {}", input.display()))));
-                }
-            }
-        }
-    });
+    let rx = spawn_input(&args);
     let mut count = 0usize;
     let mut failed = 0usize;
     loop {
@@ -519,9 +484,132 @@ pub fn run(args: PosSimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn say_claimed(claim: &Claim) {
+    say(&format!(
+        "claimed {} (session {}, {})",
+        claim.tsn,
+        claim.session_id,
+        if claim.online {
+            "online"
+        } else {
+            "offline: messages wait in the relay's queue"
+        }
+    ));
+}
+
+/// `pos-sim --reliable`: control channel, claim, and a §11 session.
+fn run_reliable(
+    args: &PosSimArgs,
+    relay: &WsUrl,
+    auth: PosAuth,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    kind: MessageKind,
+) -> anyhow::Result<()> {
+    let mut pos = PosClient::with_auth(relay, auth, tls)?;
+    say(&format!("control channel open on {}", relay.base()));
+    let claim = pos.claim(&args.tsn)?;
+    say_claimed(&claim);
+    let session = match pos.open_reliable_session(&claim) {
+        Ok(session) => session,
+        Err(e) if is_resume_failed(&e) => {
+            // A reliable claim of an earlier run that this run has no state of: the
+            // relay holds messages this POS cannot name. Start the claim over.
+            say(&format!(
+                "{e:#}: releasing and claiming {} again",
+                claim.tsn
+            ));
+            pos.release(&claim.tsn)?;
+            let claim = pos.claim(&claim.tsn)?;
+            pos.open_reliable_session(&claim)?
+        }
+        Err(e) => return Err(e),
+    };
+    say("reliable session open (posrelay.reliable.v1): sending messages");
+    let rx = spawn_input(args);
+    let (count, answered) =
+        super::pos_reliable::exchange_all(&mut pos, session, kind, &rx, args.reply_timeout)?;
+    // Nothing of this run's state is kept on disk, so its claim could not be resumed
+    // by a later run: release it (everything was settled above).
+    let _ = pos.release(&claim.tsn);
+    pos.close();
+    say(&format!(
+        "done: {count} sent, {answered} answered, {} without reply",
+        count - answered
+    ));
+    if answered < count {
+        anyhow::bail!(
+            "{} got no reply",
+            plural((count - answered) as u64, "message")
+        );
+    }
+    Ok(())
+}
+
+/// Whether opening a reliable session failed because the relay's claim is not this
+/// run's: `resume_failed` (4409), or POS messages this run never sent.
+fn is_resume_failed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::client::reliable::ReliableClientError>(),
+            Some(
+                crate::client::reliable::ReliableClientError::ResumeFailed { .. }
+                    | crate::client::reliable::ReliableClientError::ForeignState { .. }
+            )
+        )
+    })
+}
+
+/// Reads the input messages on a thread of their own, so that the connections keep
+/// answering the relay's pings (and show what the terminal sends unasked) while a person
+/// types.
+fn spawn_input(args: &PosSimArgs) -> std::sync::mpsc::Receiver<anyhow::Result<String>> {
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
+    let input = args.input.clone();
+    let split = args.split;
+    std::thread::spawn(move || {
+        if input.as_os_str() == "-" && split == Split::Lines {
+            use std::io::IsTerminal as _;
+            if std::io::stdin().is_terminal() {
+                eprintln!("type one message per line; Ctrl-D ends");
+            }
+            for line in std::io::stdin().lock().lines() {
+                let msg = line.map(|l| l.trim_end().to_owned()).map_err(Into::into);
+                if matches!(&msg, Ok(l) if l.trim().is_empty()) {
+                    continue;
+                }
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        } else {
+            let text = if input.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).map(|_| s)
+            } else {
+                std::fs::read_to_string(&input)
+            };
+            match text {
+                Ok(text) => {
+                    for msg in split_messages(&text, split) {
+                        if tx.send(Ok(msg)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(anyhow::Error::new(e)
+                            .context(format!("cannot read {}", input.display()))));
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Prints the control channel's pushed events (and answers its pings) without waiting
 /// for more than what has arrived.
-fn show_events(pos: &mut PosClient) -> anyhow::Result<()> {
+pub(crate) fn show_events(pos: &mut PosClient) -> anyhow::Result<()> {
     while let Some(e) = pos.next_event(Duration::from_millis(1))? {
         say(&format!("  event: {}", describe_event(&e)));
     }
@@ -629,7 +717,7 @@ pub fn plural(n: u64, noun: &str) -> String {
     }
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();

@@ -238,13 +238,6 @@ impl JetStreamStore {
         self.shared.applied()
     }
 
-    /// The key that derives `session_id`s (`relay::keyring`): the stored one, or `fresh`
-    /// (32 bytes from a CSPRNG) stored now. Every node of a cluster gets the same key, so
-    /// that a device keeps its `session_id` across nodes (PROTOCOL.md §12).
-    pub fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
-        self.load_or_create_key(MetaKey::SessionKey, fresh)
-    }
-
     fn load_or_create_key(&self, meta: MetaKey, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         let key = KvKey::Meta(meta);
         self.conditional(|r| match r.meta_key(meta) {
@@ -1005,6 +998,12 @@ impl Store for JetStreamStore {
 
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         self.load_or_create_key(MetaKey::SigningKey, fresh)
+    }
+
+    /// Every node of a cluster gets the same key, so that a device keeps its `session_id`
+    /// across nodes (PROTOCOL.md §12).
+    fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        self.load_or_create_key(MetaKey::SessionKey, fresh)
     }
 }
 

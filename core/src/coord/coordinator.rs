@@ -245,6 +245,31 @@ impl<M: QueuedMessage> Coordinator<M> {
         }
     }
 
+    /// POS messages of `client` to `device` that will not be delivered and that no session
+    /// can be told about by number (a reliable claim ended, §11): reported `undelivered`
+    /// (§4) to the client's control channels, wherever its home is.
+    pub fn handle_client_undelivered(
+        &mut self,
+        client: ClientKey,
+        device: &DeviceKey,
+        count: Count,
+        now: Instant,
+    ) {
+        if count.frames == 0 {
+            return;
+        }
+        self.undelivered_frames = self.undelivered_frames.saturating_add(count.frames);
+        self.route_event(
+            client,
+            ClientEventKind::Undelivered {
+                serial: device.serial.clone(),
+                frames: count.frames,
+                bytes: count.bytes,
+            },
+            now,
+        );
+    }
+
     /// §9: the operator disabled `device`: every participant hears of it.
     pub fn handle_device_disabled(&mut self, device: DeviceKey, now: Instant) {
         self.broadcast(|| CoordMsg::DeviceDisabled {

@@ -119,6 +119,7 @@ pub struct DeviceShard<M> {
     actions: VecDeque<Action<M>>,
     shutting_down: bool,
     stats: ShardStats,
+    claims_ended: u64,
 }
 
 fn one(len: usize) -> Count {
@@ -156,6 +157,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             actions: VecDeque::new(),
             shutting_down: false,
             stats: ShardStats::default(),
+            claims_ended: 0,
         }
     }
 
@@ -400,6 +402,18 @@ impl<M: QueuedMessage> DeviceShard<M> {
         let w = wanted(s, &self.limits);
         self.timers.rearm(sid, &mut s.armed, w);
         Ok(())
+    }
+
+    /// Takes the device messages queued for the claim holder's session (§5), oldest first:
+    /// a claim whose session turns reliable (§11) numbers and holds them itself.
+    pub fn take_queued_to_pos(&mut self, sid: &SessionId) -> Vec<M> {
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return Vec::new();
+        };
+        let taken: Vec<M> = s.to_pos.drain().collect();
+        let w = wanted(s, &self.limits);
+        self.timers.rearm(sid, &mut s.armed, w);
+        taken
     }
 
     /// The POS session `conn` closed (whether current, replaced or of an ended claim).
@@ -673,6 +687,13 @@ impl<M: QueuedMessage> DeviceShard<M> {
         self.last_seen.get(device).copied()
     }
 
+    /// The device's live connection, if any.
+    pub fn device_conn(&self, device: &DeviceKey) -> Option<ConnId> {
+        self.sessions
+            .get(&self.keyring.session_id(device))
+            .and_then(|s| s.device_conn)
+    }
+
     /// Whether `device` registered since start (and was not disabled since): claimable.
     pub fn device_registered(&self, device: &DeviceKey) -> bool {
         self.sessions.contains_key(&self.keyring.session_id(device))
@@ -699,6 +720,11 @@ impl<M: QueuedMessage> DeviceShard<M> {
         self.sessions.get(sid).map(|s| &s.device)
     }
 
+    /// How many claims have ended so far (a cheap "did any end?" for the io layer).
+    pub fn claims_ended(&self) -> u64 {
+        self.claims_ended
+    }
+
     /// What left the shard undelivered so far.
     pub fn stats(&self) -> ShardStats {
         self.stats
@@ -719,6 +745,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
         let Some(claim) = s.claim.take() else {
             return;
         };
+        self.claims_ended = self.claims_ended.wrapping_add(1);
         if let Some(conn) = claim.pos_conn {
             self.actions
                 .push_back(Action::CloseConn { conn, code, reason });

@@ -694,6 +694,27 @@ impl ReliableClaim {
         Some(seq)
     }
 
+    /// A device message that arrived before the claim's first reliable session, kept by the
+    /// relay for the claim holder (§5): numbered and held like one from the device now.
+    pub fn handle_device_backlog(&mut self, message: RelayedMessage, _now: Instant) -> Option<Seq> {
+        if self.ended {
+            return None;
+        }
+        let seq = self.device_last.next();
+        self.device_last = seq;
+        self.held_bytes += message.payload_len();
+        let ticket = self.log(LogRecord::DeviceHeld {
+            seq,
+            message: message.clone(),
+        });
+        self.held.push_back(Held {
+            seq,
+            message,
+            pending: Some(ticket),
+        });
+        Some(seq)
+    }
+
     /// The POS message `seq` (and every one before it) was written to the device's socket.
     pub fn handle_device_written(&mut self, conn: ConnId, seq: Seq, _now: Instant) {
         if self.ended || self.device_conn != Some(conn) {

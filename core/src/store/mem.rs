@@ -14,6 +14,7 @@ struct State {
     clients: BTreeMap<(DomainName, ClientId), ClientRecord>,
     devices: BTreeMap<(DomainName, Serial), DeviceRecord>,
     signing_key: Option<[u8; 32]>,
+    session_key: Option<[u8; 32]>,
 }
 
 impl State {
@@ -385,6 +386,10 @@ impl Store for MemStore {
 
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         Ok(*self.lock().signing_key.get_or_insert(fresh))
+    }
+
+    fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        Ok(*self.lock().session_key.get_or_insert(fresh))
     }
 }
 

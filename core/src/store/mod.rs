@@ -145,6 +145,14 @@ pub trait Store {
     /// by the caller) stored now and returned. It survives restarts so that access tokens
     /// stay valid until they expire (PROTOCOL.md §6).
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
+
+    /// The key that derives `session_id`s (`relay::keyring`): the stored one, or `fresh`
+    /// (32 bytes from a CSPRNG, passed in by the caller) stored now and returned. It
+    /// survives restarts so that a reliable claim keeps its `session_id` (PROTOCOL.md §11:
+    /// "the claim (with its `session_id` …) resumes where it was"); in a cluster every node
+    /// gets the same key (§12). A plain device's `session_id` is then also stable across
+    /// restarts, which §2 allows ("for as long as the relay runs" is a minimum).
+    fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
 }
 
 /// `1 store`, `2 stores`: for [`StoreError::NotEmpty`].
@@ -224,6 +232,9 @@ macro_rules! forward_store {
             }
             fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
                 (**self).load_or_create_signing_key(fresh)
+            }
+            fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+                (**self).load_or_create_session_key(fresh)
             }
         }
     )*};
@@ -657,5 +668,10 @@ pub(crate) mod conformance {
         let key = s.load_or_create_signing_key([1; 32]).unwrap();
         assert_eq!(key, [1; 32]);
         assert_eq!(s.load_or_create_signing_key([2; 32]).unwrap(), [1; 32]);
+
+        // The session key is its own: the first one stays, and it is not the signing key.
+        assert_eq!(s.load_or_create_session_key([3; 32]).unwrap(), [3; 32]);
+        assert_eq!(s.load_or_create_session_key([4; 32]).unwrap(), [3; 32]);
+        assert_eq!(s.load_or_create_signing_key([5; 32]).unwrap(), [1; 32]);
     }
 }

@@ -11,7 +11,8 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 
 use super::codec;
 use super::schema::{
-    self, CERT_PINS, CLIENTS, CLIENT_DOMAINS, DEVICES, DOMAINS, META, SIGNING_KEY, STORES,
+    self, CERT_PINS, CLIENTS, CLIENT_DOMAINS, DEVICES, DOMAINS, META, SESSION_KEY, SIGNING_KEY,
+    STORES,
 };
 use super::{ClientRecord, DeviceRecord, Store, StoreError, StoreRecord};
 use crate::ids::{ClientId, DomainName, Serial, StoreName};
@@ -846,19 +847,34 @@ impl Store for RedbStore {
     }
 
     fn load_or_create_signing_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        self.load_or_create_key(SIGNING_KEY, fresh)
+    }
+
+    fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        self.load_or_create_key(SESSION_KEY, fresh)
+    }
+}
+
+impl RedbStore {
+    /// The 32-byte key stored in `meta[name]`, or `fresh` stored now.
+    fn load_or_create_key(
+        &self,
+        name: &'static str,
+        fresh: [u8; 32],
+    ) -> Result<[u8; 32], StoreError> {
         self.write(|txn| {
             let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
-            if let Some(existing) = meta.get(SIGNING_KEY).map_err(StoreError::storage)? {
+            if let Some(existing) = meta.get(name).map_err(StoreError::storage)? {
                 return existing
                     .value()
                     .try_into()
                     .map_err(|_| StoreError::Corrupt {
                         table: "meta",
-                        key: SIGNING_KEY.to_owned(),
+                        key: name.to_owned(),
                         reason: format!("expected 32 bytes, found {}", existing.value().len()),
                     });
             }
-            meta.insert(SIGNING_KEY, fresh.as_slice())
+            meta.insert(name, fresh.as_slice())
                 .map_err(StoreError::storage)?;
             Ok(fresh)
         })
@@ -962,6 +978,7 @@ mod tests {
                 .unwrap();
             s.create_client(&client).unwrap();
             assert_eq!(s.load_or_create_signing_key([7; 32]).unwrap(), [7; 32]);
+            assert_eq!(s.load_or_create_session_key([8; 32]).unwrap(), [8; 32]);
         }
         let s = RedbStore::open(&dir.0).unwrap();
         assert!(s.domain_exists(&d("acme")).unwrap());
@@ -977,6 +994,7 @@ mod tests {
         );
         // The signing key survives the restart: tokens stay valid (PROTOCOL.md §6).
         assert_eq!(s.load_or_create_signing_key([9; 32]).unwrap(), [7; 32]);
+        assert_eq!(s.load_or_create_session_key([9; 32]).unwrap(), [8; 32]);
     }
 
     #[test]

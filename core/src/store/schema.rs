@@ -11,7 +11,8 @@ use super::StoreError;
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u64 = 4;
 
-/// `meta`: `schema_version` (u64 LE) and `signing_key` (32 bytes).
+/// `meta`: `schema_version` (u64 LE), `signing_key` and `session_key` (32 bytes each;
+/// `session_key` is written when first needed, so it needs no migration).
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// `domains`: domain → `{}`.
 pub(super) const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("domains");
@@ -38,6 +39,8 @@ pub(super) const CERT_PINS: TableDefinition<&str, (&str, &str)> = TableDefinitio
 pub(super) const VERSION_KEY: &str = "schema_version";
 /// The `meta` key of the token signing key.
 pub(super) const SIGNING_KEY: &str = "signing_key";
+/// The `meta` key of the key that derives `session_id`s (`relay::keyring`).
+pub(super) const SESSION_KEY: &str = "session_key";
 
 /// One migration: brings a file from version `n` to `n + 1` (index `n` of [`MIGRATIONS`]).
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;

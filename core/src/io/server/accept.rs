@@ -138,7 +138,11 @@ async fn serve_relay_connection(
             return answer_and_close(transport, &error_response(&e)).await;
         }
     };
-    let prelude = Prelude::new(&ctx, &upgrade);
+    // §11: sessions (§5 and §5a) may select posrelay.reliable.v1.
+    let prelude = match path {
+        Path::Session(_) | Path::DeviceSession(_) => Prelude::for_session(&ctx, &upgrade),
+        _ => Prelude::new(&ctx, &upgrade),
+    };
     if login::is_login_by_message(&path, upgrade.authorization.as_deref(), &prelude) {
         // §7b: no credentials at all: 101, then the first message logs in.
         return login::serve(ctx, transport, rbuf, prelude, path, peer, (conn, unauth)).await;
@@ -188,7 +192,8 @@ async fn serve_relay_connection(
                 Err(answer) => return answer_and_close(transport, &answer).await,
             };
             let owner = owner_shard(&sid, ctx.shards).0;
-            (owner, Routed::Session { sid, claims }, held)
+            let mode = prelude.mode;
+            (owner, Routed::Session { sid, claims, mode }, held)
         }
         Path::DeviceSession(tsn) => {
             let claims = pos_login::authenticate(&ctx, pos_credentials(&upgrade, &prelude), peer);
@@ -200,7 +205,8 @@ async fn serve_relay_connection(
                 return answer_and_close(transport, &one_step::not_found()).await;
             };
             let owner = one_step::owner(&ctx, &claims, &tsn);
-            (owner, Routed::DeviceSession { tsn, claims }, held)
+            let mode = prelude.mode;
+            (owner, Routed::DeviceSession { tsn, claims, mode }, held)
         }
         Path::Token(_) | Path::Unknown | Path::Devices | Path::Device(_) => {
             unreachable!("answered in the request loop")
@@ -320,11 +326,14 @@ fn spawn_routed(
             glommio::spawn_local(control::serve(ctx, accepted.with_role((url_base, claims))))
                 .detach()
         }
-        Routed::Session { sid, claims } => {
-            glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims)))).detach()
+        Routed::Session { sid, claims, mode } => {
+            glommio::spawn_local(session::serve(ctx, accepted.with_role((sid, claims, mode))))
+                .detach()
         }
-        Routed::DeviceSession { tsn, claims } => {
-            glommio::spawn_local(one_step::serve(ctx, accepted.with_role((tsn, claims)))).detach()
-        }
+        Routed::DeviceSession { tsn, claims, mode } => glommio::spawn_local(one_step::serve(
+            ctx,
+            accepted.with_role((tsn, claims, mode)),
+        ))
+        .detach(),
     };
 }

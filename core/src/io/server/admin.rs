@@ -111,6 +111,17 @@ async fn admin_request(
                 page,
             );
         }
+        ("GET", "/demo/posrelay-reliable.js") => {
+            // PROTOCOL.md §11's client for browser POS developers, dependency-free.
+            let script = include_bytes!("demo/posrelay-reliable.js");
+            let headers = [("Connection", "keep-alive"), ("Cache-Control", "no-cache")];
+            return http_response(
+                HttpStatus::OK,
+                &headers,
+                Some("text/javascript; charset=utf-8"),
+                script,
+            );
+        }
         ("GET", "/metrics") => {
             let mut text = ctx.shared.metrics.render();
             super::metrics::render(&ctx.shared.shard_metrics, &mut text);

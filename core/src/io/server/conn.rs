@@ -167,6 +167,10 @@ pub(crate) enum Next {
     RoomAt(OutboxRef),
     /// Work that must finish first (a control request that asks other shards).
     Finish(Pin<Box<dyn Future<Output = ()>>>),
+    /// A reliable claim's window to open again (§11 flow control), writing the
+    /// connection's own outbox meanwhile; ends early when the relay asks the connection
+    /// something (a close, a ping), so that a paused peer can still be closed.
+    Until(Pin<Box<dyn Future<Output = ()>>>),
 }
 
 impl Next {
@@ -185,6 +189,20 @@ impl Next {
                 outbox.last_rx = Instant::now();
             }
             Next::Finish(work) => work.await,
+            Next::Until(mut open) => {
+                driver.outbox.borrow_mut().reading_paused = true;
+                std::future::poll_fn(|cx| {
+                    let broken = matches!(driver.poll_flush(cx), std::task::Poll::Ready(Err(_)));
+                    if broken || driver.outbox.borrow().has_requests() {
+                        return std::task::Poll::Ready(());
+                    }
+                    open.as_mut().poll(cx)
+                })
+                .await;
+                let mut outbox = driver.outbox.borrow_mut();
+                outbox.reading_paused = false;
+                outbox.last_rx = Instant::now();
+            }
         }
     }
 }

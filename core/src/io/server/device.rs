@@ -36,6 +36,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<DeviceRole>>
         .devices_mut()
         .handle_device_disconnected(&handler.sid, handler.conn, Instant::now());
     ctx.drive();
+    super::reliable_session::device_disconnected(&ctx, &handler.device, handler.conn);
     open.driver.shutdown().await;
     log_end(
         "device",
@@ -86,6 +87,7 @@ async fn open(
     match connected {
         Ok(()) => {
             ctx.drive();
+            super::reliable_session::device_connected(ctx, &device, id);
             tracing::info!(role = "device", tsn = %device.serial, domain = %device.domain, shard = ctx.index, conn = id.0, "connection opened");
         }
         // The session went away between the check and now (a disable): 4404.
@@ -115,6 +117,15 @@ struct DeviceHandler {
 
 impl Handler for DeviceHandler {
     fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, received: Instant) -> Next {
+        if let Some(next) = super::reliable_session::on_device_message(
+            ctx,
+            &self.device,
+            self.conn,
+            &message,
+            received,
+        ) {
+            return next;
+        }
         let route = ctx
             .coord
             .borrow_mut()

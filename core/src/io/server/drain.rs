@@ -53,6 +53,12 @@ pub(crate) async fn drain(ctx: &Rc<ShardCtx>, relay: Task<()>, admin: Option<Tas
         glommio::timer::sleep(POLL).await;
         ctx.drive();
     }
+    // §11: what reliable claims hold survives the restart: every batch durable first.
+    let _ = crate::io::http::with_timeout(
+        deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5),
+        super::reliable_session::flushed(ctx),
+    )
+    .await;
     let left = ctx.conns.borrow().len();
     tracing::info!(
         shard = ctx.index,

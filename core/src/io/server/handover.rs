@@ -20,6 +20,8 @@ pub(crate) enum Routed {
     Session {
         sid: SessionId,
         claims: AccessClaims,
+        /// Plain or reliable (§11).
+        mode: super::reliable_session::SessionMode,
     },
     /// §2a a device identified by its client certificate, registered already.
     CertDevice {
@@ -31,6 +33,8 @@ pub(crate) enum Routed {
     DeviceSession {
         tsn: crate::auth::TsnInput,
         claims: AccessClaims,
+        /// Plain or reliable (§11: "on §5 and §5a sessions").
+        mode: super::reliable_session::SessionMode,
     },
 }
 

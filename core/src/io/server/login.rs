@@ -20,7 +20,7 @@ use super::admission::{ConnSlot, UnauthSlot};
 use super::handover::{Held, Routed};
 use super::path::Path;
 use super::shard::ShardCtx;
-use super::upgrade::{admit_pos, Prelude};
+use super::upgrade::{admit_pos, Prelude, SessionMode};
 use crate::auth::{AuthError, LoginAttempts};
 use crate::control::login::{login_error, CLOSE_AFTER_LOGIN_FAILURE, MAX_LOGIN_MESSAGE};
 use crate::control::{LoginDenied, LoginGate, LoginToken};
@@ -119,7 +119,7 @@ pub(crate) async fn serve(
         &mut transport,
         &mut rbuf,
         &mut gate,
-        &path,
+        (&path, prelude.mode),
         peer,
         (conn, unauth),
     )
@@ -132,7 +132,9 @@ pub(crate) async fn serve(
                 | Routed::Session { sid, .. }
                 | Routed::CertDevice { sid, .. } => owner_shard(sid, ctx.shards).0,
                 Routed::Control { claims } => client_shard(&claims.client(), ctx.shards).0,
-                Routed::DeviceSession { tsn, claims } => super::one_step::owner(&ctx, claims, tsn),
+                Routed::DeviceSession { tsn, claims, .. } => {
+                    super::one_step::owner(&ctx, claims, tsn)
+                }
             };
             drop(waiting);
             super::accept::route_to(
@@ -185,7 +187,7 @@ async fn wait_for_login(
     transport: &mut Transport,
     rbuf: &mut BytesMut,
     gate: &mut LoginGate,
-    path: &Path,
+    (path, mode): (&Path, SessionMode),
     peer: IpAddr,
     (conn, unauth): (ConnSlot, UnauthSlot),
 ) -> Waited {
@@ -219,7 +221,7 @@ async fn wait_for_login(
         tracing::info!(peer = %peer, retry_after_secs = throttled.retry_after_secs, "login by first message refused: too many failed logins from this address");
         return Waited::Refused;
     }
-    match verify(ctx, path, &token) {
+    match verify(ctx, (path, mode), &token) {
         Ok((routed, expires_in)) => {
             let held = match &routed {
                 Routed::Device { .. } | Routed::CertDevice { .. } => {
@@ -267,7 +269,13 @@ fn failed_login(ctx: &ShardCtx, peer: IpAddr, why: &str) {
 
 /// The token verified as the endpoint's `Authorization: Bearer` would be: where the
 /// connection goes, and the token's remaining lifetime.
-fn verify(ctx: &ShardCtx, path: &Path, token: &LoginToken) -> Result<(Routed, u64), AuthError> {
+/// Checks a login message's token for `path` (a §5 session keeps the `mode` its upgrade
+/// selected, §11).
+fn verify(
+    ctx: &ShardCtx,
+    (path, mode): (&Path, SessionMode),
+    token: &LoginToken,
+) -> Result<(Routed, u64), AuthError> {
     let now = super::unix_now();
     let shared = &ctx.shared;
     let session = |sid: &str| SessionId::new(sid.to_owned()).map_err(|_| AuthError::WrongSession);
@@ -289,11 +297,13 @@ fn verify(ctx: &ShardCtx, path: &Path, token: &LoginToken) -> Result<(Routed, u6
                 Path::Session(sid) => Routed::Session {
                     sid: session(sid)?,
                     claims,
+                    mode,
                 },
                 // A tsn that cannot be one is refused like a bad login (it names nothing).
                 Path::DeviceSession(tsn) => Routed::DeviceSession {
                     tsn: crate::auth::TsnInput::parse(tsn).map_err(|_| AuthError::WrongSession)?,
                     claims,
+                    mode,
                 },
                 _ => Routed::Control { claims },
             };

@@ -24,6 +24,7 @@ mod one_step;
 mod path;
 mod pos_login;
 mod registration;
+mod reliable_session;
 mod reply;
 mod session;
 mod shard;
@@ -43,6 +44,7 @@ use crate::io::runtime::{
 };
 use crate::proto::Limits;
 use crate::relay::RelayLimits;
+use crate::reliable::{ClaimSnapshot, MemReliableLog, ReliableLog};
 use crate::store::{RedbStore, Store};
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -116,6 +118,9 @@ pub struct ServerConfig {
     /// §2a: the device mTLS listener (`--device-mtls-listen`, `--device-client-ca`); it
     /// serves `tls`'s certificate, so it needs one.
     pub device_mtls: Option<DeviceMtlsConfig>,
+    /// `--reliable-window`: payload bytes one reliable claim holds (§11; default 1 MiB,
+    /// [`crate::reliable::ReliableLimits::DEFAULT_WINDOW`]).
+    pub reliable_window: usize,
 }
 
 /// §2a: where devices that authenticate with a client certificate connect.
@@ -240,6 +245,29 @@ pub(crate) struct Shared {
     pub credentials: crate::auth::CredentialCache,
     /// §2a: the device mTLS listener, if configured.
     pub mtls: Option<MtlsListener>,
+    /// Where reliable claims are kept (§11): the embedded store, or memory for a store
+    /// the caller opened (the cluster's JetStream log comes with the cluster).
+    pub reliable_log: Arc<dyn ReliableLog + Send + Sync>,
+    /// The reliable claims found in the log at start, until their shards take them.
+    reliable_claims: std::sync::Mutex<Vec<ClaimSnapshot>>,
+}
+
+impl Shared {
+    /// Takes the reliable claims found at start that `mine` picks (by session id).
+    pub(crate) fn take_reliable_claims(
+        &self,
+        mine: impl Fn(&crate::ids::SessionId) -> bool,
+    ) -> Vec<ClaimSnapshot> {
+        let mut all = self
+            .reliable_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (taken, kept) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|s| mine(&s.record.session_id));
+        *all = kept;
+        taken
+    }
 }
 
 /// Checks what the shards need (locked memory), opens the store, binds both listeners
@@ -253,20 +281,37 @@ pub fn run_server(
 ) -> std::io::Result<()> {
     check_memlock(&config.runtime)?;
     crate::store::create_private_dir(&config.data_dir).map_err(std::io::Error::other)?;
-    let store: Arc<dyn Store + Send + Sync> = match &config.store {
+    let (store, reliable_log): (
+        Arc<dyn Store + Send + Sync>,
+        Arc<dyn ReliableLog + Send + Sync>,
+    ) = match &config.store {
         StoreChoice::Embedded => {
-            Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?)
+            let redb = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
+            (redb.clone(), redb)
         }
-        StoreChoice::Given(store) => store.clone(),
+        StoreChoice::Given(store) => {
+            tracing::info!("reliable sessions are kept in memory with this store: they survive a POS reconnect, not a restart");
+            (store.clone(), Arc::new(MemReliableLog::default()))
+        }
     };
+    let reliable_claims = reliable_log.load().map_err(|e| {
+        std::io::Error::other(format!("cannot read the reliable sessions' log: {e}"))
+    })?;
+    if !reliable_claims.is_empty() {
+        tracing::info!(claims = reliable_claims.len(), "restoring reliable claims");
+    }
     let mut fresh = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut fresh);
     let key = store
         .load_or_create_signing_key(fresh)
         .map_err(std::io::Error::other)?;
     let issuer = TokenIssuer::new(&SigningKey::from_bytes(key));
-    let mut keyring_key = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut keyring_key);
+    // Stored, so that session ids survive a restart (reliable claims keep theirs, §11).
+    let mut fresh = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut fresh);
+    let keyring_key = store
+        .load_or_create_session_key(fresh)
+        .map_err(std::io::Error::other)?;
     let hasher = Arc::new(SecretHasher::new(config.hash_cost));
     let mut cache_key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut cache_key);
@@ -332,6 +377,8 @@ pub fn run_server(
             crate::auth::DEFAULT_CREDENTIAL_TTL,
         ),
         mtls,
+        reliable_log,
+        reliable_claims: std::sync::Mutex::new(reliable_claims),
     });
     shared.record_cert_expiry();
     let addrs = ServerAddrs {

@@ -16,7 +16,7 @@ use super::login::refuse;
 use super::reply;
 use super::session;
 use super::shard::ShardCtx;
-use super::upgrade::Accepted;
+use super::upgrade::{Accepted, SessionMode};
 use crate::auth::{resolve_device, AccessClaims, ScopeError, TsnInput};
 use crate::control::LoginDenied;
 use crate::handshake::{json_error, HttpStatus};
@@ -51,14 +51,17 @@ const OFFLINE: &str = "the device has no session yet (it has not registered sinc
 const BUSY: &str = "the device is claimed by another client";
 
 /// Serves a §5a upgrade on the device's owning shard.
-pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(TsnInput, AccessClaims)>>) {
+pub(crate) async fn serve(
+    ctx: Rc<ShardCtx>,
+    accepted: Box<Accepted<(TsnInput, AccessClaims, SessionMode)>>,
+) {
     let Accepted {
         transport,
         rbuf,
         answer,
         held,
         refusals,
-        role: (tsn, claims),
+        role: (tsn, claims, mode),
     } = *accepted;
     let client = claims.client();
     let device = match resolve_device(&*ctx.shared.store, &claims, &tsn) {
@@ -124,7 +127,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(TsnInput, A
         answer,
         held,
         refusals,
-        role: (granted.session_id, claims),
+        role: (granted.session_id, claims, mode),
     });
     session::serve(ctx, accepted).await
 }

@@ -6,6 +6,7 @@ use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Open};
 use super::device::{carry, log_end};
 use super::login::refuse;
 use super::metrics::{ConnRole, ShardMetrics};
+use super::reliable_session::{self, SessionMode};
 use super::reply::{self, auth_refusal, UNKNOWN_SESSION};
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
@@ -17,7 +18,10 @@ use crate::relay::{ConnId, SessionError};
 use std::rc::Rc;
 use std::time::Instant;
 
-pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, AccessClaims)>>) {
+pub(crate) async fn serve(
+    ctx: Rc<ShardCtx>,
+    accepted: Box<Accepted<(SessionId, AccessClaims, SessionMode)>>,
+) {
     // Boxed: the setup's state is freed before the session's long life (see device.rs).
     let Some(mut open) = Box::pin(open(&ctx, accepted)).await else {
         return;
@@ -26,7 +30,10 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
     // Fields used in place (not moved out), so the future keeps no second copy of them.
     let conn = open.handler.conn;
     let unsent = retire(&ctx, conn, &open.outbox);
-    if unsent.frames > 0 {
+    if open.handler.mode == SessionMode::Reliable {
+        // Envelopes it never wrote: the claim holds its device messages until acked.
+        reliable_session::session_closed(&ctx, &open.handler.device, conn);
+    } else if unsent.frames > 0 {
         // Device messages that never reached the POS: the device cannot be told.
         ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
     }
@@ -43,7 +50,7 @@ pub(crate) async fn serve(ctx: Rc<ShardCtx>, accepted: Box<Accepted<(SessionId, 
 /// refused.
 async fn open(
     ctx: &Rc<ShardCtx>,
-    accepted: Box<Accepted<(SessionId, AccessClaims)>>,
+    accepted: Box<Accepted<(SessionId, AccessClaims, SessionMode)>>,
 ) -> Option<Open<SessionHandler>> {
     let Accepted {
         transport,
@@ -51,7 +58,7 @@ async fn open(
         answer,
         held,
         refusals,
-        role: (sid, claims),
+        role: (sid, claims, mode),
     } = *accepted;
     let client: ClientKey = claims.client();
     let device = ctx.coord.borrow().devices().session_device(&sid).cloned();
@@ -90,6 +97,9 @@ async fn open(
     )
     .await?;
     let id = upgraded.id;
+    if mode == SessionMode::Reliable {
+        reliable_session::session_opening(ctx, &sid, &device, &client);
+    }
     let opened = ctx
         .coord
         .borrow_mut()
@@ -100,6 +110,8 @@ async fn open(
             .outbox
             .borrow_mut()
             .request_close(e.close_code(), "session no longer available");
+    } else if mode == SessionMode::Reliable {
+        reliable_session::session_opened(ctx, &device, id);
     }
     ctx.drive();
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
@@ -107,6 +119,7 @@ async fn open(
         sid,
         conn: id,
         device,
+        mode,
     };
     Some(upgraded.open(handler, held))
 }
@@ -115,10 +128,20 @@ struct SessionHandler {
     sid: SessionId,
     conn: ConnId,
     device: DeviceKey,
+    mode: SessionMode,
 }
 
 impl Handler for SessionHandler {
     fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, received: Instant) -> Next {
+        if self.mode == SessionMode::Reliable {
+            return reliable_session::on_pos_message(
+                ctx,
+                &self.device,
+                self.conn,
+                message,
+                received,
+            );
+        }
         let route = ctx
             .coord
             .borrow_mut()

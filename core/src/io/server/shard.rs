@@ -21,7 +21,7 @@ use crate::coord::{
 use crate::ids::{ClientKey, DeviceKey};
 use crate::io::outbox::OutboxRef;
 use crate::proto::{Message, Payload};
-use crate::relay::{close, ClaimOp, ConnId, DeviceShard, SessionKeyring};
+use crate::relay::{close, owner_shard, ClaimOp, ConnId, DeviceShard, SessionKeyring};
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use std::cell::{Cell, RefCell};
@@ -50,6 +50,8 @@ pub(crate) struct ShardCtx {
     /// Registrations in progress: WebSocket connections that are not in `conns` (they
     /// never relay) but that a drain must close with 1001 and wait for (§6).
     registering: Cell<usize>,
+    /// The reliable claims of the devices this shard owns (§11).
+    pub reliable: RefCell<super::reliable_session::ReliableClaims>,
 }
 
 impl ShardCtx {
@@ -155,6 +157,7 @@ impl ShardCtx {
         if undelivered > 0 {
             ShardMetrics::add(&self.metrics.undelivered_frames, undelivered);
         }
+        super::reliable_session::check_claims(self);
     }
 
     fn carry(self: &Rc<Self>, output: Output<Message>) {
@@ -353,6 +356,7 @@ impl ShardCtx {
             }
         }
         self.drive();
+        super::reliable_session::tick(self);
         let cfg = &self.shared.config;
         let unix = super::unix_now();
         for entry in self.conns.borrow().values() {
@@ -435,8 +439,14 @@ pub(crate) async fn run_shard(
         draining: Cell::new(false),
         drain_waiters: RefCell::new(Vec::new()),
         registering: Cell::new(0),
+        reliable: RefCell::new(super::reliable_session::ReliableClaims::new(
+            shared.reliable_log.clone(),
+            crate::reliable::ReliableLimits::new(&cfg.relay_limits, cfg.reliable_window),
+        )),
         shared: shared.clone(),
     });
+    let restored = shared.take_reliable_claims(|sid| owner_shard(sid, shards).0 == index);
+    super::reliable_session::restore(&ctx, restored);
     super::mesh::spawn_receivers(&mut receivers, {
         let ctx = ctx.clone();
         move |from, msg| ctx.handle_msg(from, msg)

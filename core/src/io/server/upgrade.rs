@@ -6,6 +6,7 @@
 
 use super::admission::{ConnSlot, UnauthSlot};
 use super::handover::Held;
+pub(crate) use super::reliable_session::SessionMode;
 use super::shard::ShardCtx;
 use crate::auth::{AccessClaims, AuthError};
 use crate::handshake::{
@@ -23,10 +24,26 @@ pub(crate) struct Prelude {
     pub bearer: Option<String>,
     /// Base of the URLs handed out (§7a).
     pub url_base: String,
+    /// Whether the 101 selects `posrelay.reliable.v1` (§11; POS sessions only).
+    pub mode: SessionMode,
 }
 
 impl Prelude {
     pub fn new(ctx: &ShardCtx, upgrade: &UpgradeRequest) -> Prelude {
+        Prelude::with_selection(ctx, upgrade, OfferedProtocols::select)
+    }
+
+    /// For a POS session (§5, §5a): `posrelay.reliable.v1`, when offered, is selected before
+    /// anything else and makes the session reliable (§11).
+    pub fn for_session(ctx: &ShardCtx, upgrade: &UpgradeRequest) -> Prelude {
+        Prelude::with_selection(ctx, upgrade, OfferedProtocols::select_for_session)
+    }
+
+    fn with_selection(
+        ctx: &ShardCtx,
+        upgrade: &UpgradeRequest,
+        select: fn(&OfferedProtocols, &SubprotocolPolicy) -> Option<String>,
+    ) -> Prelude {
         let offered = OfferedProtocols::new(upgrade.protocols.clone());
         let from_header = upgrade.authorization.as_deref().and_then(|h| {
             let (scheme, token) = h.trim().split_once(' ')?;
@@ -36,7 +53,8 @@ impl Prelude {
         });
         let bearer = from_header.or_else(|| offered.bearer_token().map(str::to_owned));
         let policy = &ctx.shared.config.subprotocols;
-        let selected = offered.select(policy);
+        let selected = select(&offered, policy);
+        let mode = SessionMode::of(selected.as_deref());
         let has_application_offer = offered
             .entries()
             .iter()
@@ -62,6 +80,7 @@ impl Prelude {
             answer,
             bearer,
             url_base,
+            mode,
         }
     }
 
