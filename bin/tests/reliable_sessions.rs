@@ -40,7 +40,17 @@ impl ReliablePos {
     /// Opens the session offering `posrelay.reliable.v1` and resumes from `processed`
     /// (the last device message it processed); returns it and `resumed`'s `seq`.
     fn open(relay: &Relay, url: &str, token: &str, processed: u64) -> (ReliablePos, u64) {
-        let ws = open_reliable(relay, url, token);
+        ReliablePos::open_auth(relay, url, &format!("Bearer {token}"), processed)
+    }
+
+    /// [`ReliablePos::open`] with `authorization` as the upgrade's `Authorization` header.
+    fn open_auth(
+        relay: &Relay,
+        url: &str,
+        authorization: &str,
+        processed: u64,
+    ) -> (ReliablePos, u64) {
+        let ws = open_reliable_auth(relay, url, authorization);
         let mut pos = ReliablePos {
             ws,
             acked: 0,
@@ -117,12 +127,16 @@ impl ReliablePos {
 
 /// Opens a POS session offering `posrelay.reliable.v1`, which the relay must select.
 fn open_reliable(relay: &Relay, url: &str, token: &str) -> Ws {
-    let auth = format!("Bearer {token}");
+    open_reliable_auth(relay, url, &format!("Bearer {token}"))
+}
+
+/// [`open_reliable`] with `auth` as the upgrade's `Authorization` header.
+fn open_reliable_auth(relay: &Relay, url: &str, auth: &str) -> Ws {
     let (ws, resp) = relay
         .ws_connect(
             url,
             &[
-                ("Authorization", &auth),
+                ("Authorization", auth),
                 ("Sec-WebSocket-Protocol", &format!("posrelay,{RELIABLE}")),
             ],
         )
@@ -241,6 +255,37 @@ fn a_reliable_session_survives_pos_cuts_by_the_client_and_by_the_relay() {
     newer.send(8, &pos_text(8));
     device_gets(&mut device, &pos_text(8));
     assert!(newer.reports.is_empty(), "{:?}", newer.reports);
+}
+
+/// §11: a POS "opens its session (§5 or §5a) offering the subprotocol": a client without a
+/// control channel (seed 003's: Basic credentials on the upgrade) claims, opens and resumes
+/// a reliable session with one §5a upgrade each time.
+#[test]
+fn a_one_step_session_with_basic_credentials_is_reliable_too() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let basic = basic_auth(&creds.client_id, &creds.client_secret);
+    let url = relay.ws_url(&format!("/cloud-connector/v1/devices/{TSN}/session"));
+    let (mut pos, resumed) = ReliablePos::open_auth(&relay, &url, &basic, 0);
+    assert_eq!(resumed, 0, "a new claim");
+    pos.send(1, &pos_text(1));
+    device_gets(&mut device, &pos_text(1));
+    pos.wait_ack(1);
+    device.send_text(&device_text(1));
+    pos.wait_device(1);
+    pos.processed(1);
+    // Cut by the client while the device answers: the answer is held for the resume.
+    reset_ws(pos.ws);
+    device.send_text(&device_text(2));
+    let (mut pos, resumed) = ReliablePos::open_auth(&relay, &url, &basic, 1);
+    assert_eq!(resumed, 1, "the relay made POS message 1 safe");
+    pos.wait_device(2);
+    assert_eq!(pos.received, vec![device_text(2)], "only what came after 1");
+    pos.send(2, &pos_text(2));
+    device_gets(&mut device, &pos_text(2));
+    pos.wait_ack(2);
+    assert!(pos.reports.is_empty(), "{:?}", pos.reports);
 }
 
 #[test]
