@@ -93,6 +93,8 @@ struct Session<M> {
     /// while the claim has a POS session.
     to_pos: OfflineQueue<M>,
     armed: Armed,
+    /// §10 `last_seen`: when the device's connection last opened or closed here.
+    last_seen: Option<Instant>,
 }
 
 /// A POS session connection, known from its open until its close.
@@ -112,9 +114,10 @@ pub struct DeviceShard<M> {
     claims_by_client: HashMap<ClientKey, BTreeSet<SessionId>>,
     present: HashSet<ClientKey>,
     pos_conns: HashMap<ConnId, PosConn>,
-    /// §10 `last_seen`: when each device's connection last opened or closed (kept when its
-    /// session ends, so that a disabled device still says when it was last seen).
-    last_seen: HashMap<DeviceKey, Instant>,
+    /// §10 `last_seen` of devices whose session ended (disabled): kept so that they still
+    /// say when they were last seen. Live sessions keep theirs in the session, so that an
+    /// idle device costs no second map entry (issue 7's 2 KiB per idle connection).
+    last_seen_ended: HashMap<DeviceKey, Instant>,
     timers: TimerSet,
     actions: VecDeque<Action<M>>,
     shutting_down: bool,
@@ -152,7 +155,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             claims_by_client: HashMap::new(),
             present: HashSet::new(),
             pos_conns: HashMap::new(),
-            last_seen: HashMap::new(),
+            last_seen_ended: HashMap::new(),
             timers: TimerSet::default(),
             actions: VecDeque::new(),
             shutting_down: false,
@@ -175,14 +178,21 @@ impl<M: QueuedMessage> DeviceShard<M> {
     /// Creates its session if absent; idempotent. The device connection follows (§3).
     pub fn handle_register(&mut self, device: DeviceKey, _now: Instant) -> SessionId {
         let sid = self.keyring.session_id(&device);
-        self.sessions.entry(sid.clone()).or_insert_with(|| Session {
-            device,
-            device_conn: None,
-            claim: None,
-            to_device: OfflineQueue::default(),
-            to_pos: OfflineQueue::default(),
-            armed: [None; 3],
-        });
+        if !self.sessions.contains_key(&sid) {
+            let last_seen = self.last_seen_ended.remove(&device);
+            self.sessions.insert(
+                sid.clone(),
+                Session {
+                    device,
+                    device_conn: None,
+                    claim: None,
+                    to_device: OfflineQueue::default(),
+                    to_pos: OfflineQueue::default(),
+                    armed: [None; 3],
+                    last_seen,
+                },
+            );
+        }
         sid
     }
 
@@ -203,7 +213,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             .ok_or_else(|| SessionError::UnknownSession {
                 session_id: sid.clone(),
             })?;
-        self.last_seen.insert(s.device.clone(), now);
+        s.last_seen = Some(now);
         let old = s.device_conn.replace(conn);
         if let Some(old) = old.filter(|old| *old != conn) {
             // §3: "the old one is closed with 4000 (replaced)".
@@ -244,7 +254,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             return;
         }
         s.device_conn = None;
-        self.last_seen.insert(s.device.clone(), now);
+        s.last_seen = Some(now);
         if let Some(claim) = &s.claim {
             self.actions.push_back(Action::ClientEvent {
                 client: claim.client.clone(),
@@ -628,6 +638,9 @@ impl<M: QueuedMessage> DeviceShard<M> {
         if let Some(mut s) = self.sessions.remove(&sid) {
             self.stats.dropped(s.to_pos.clear());
             self.timers.rearm(&sid, &mut s.armed, [None; 3]);
+            if let Some(at) = s.last_seen {
+                self.last_seen_ended.insert(s.device, at);
+            }
         }
         self.emit(tally);
     }
@@ -684,7 +697,10 @@ impl<M: QueuedMessage> DeviceShard<M> {
     /// §10 `last_seen`: when `device`'s connection last opened or closed here; `None` if it
     /// has not connected since start. (While it is online, §10 says "now": the caller's.)
     pub fn device_last_seen(&self, device: &DeviceKey) -> Option<Instant> {
-        self.last_seen.get(device).copied()
+        match self.sessions.get(&self.keyring.session_id(device)) {
+            Some(s) => s.last_seen,
+            None => self.last_seen_ended.get(device).copied(),
+        }
     }
 
     /// The device's live connection, if any.

@@ -29,8 +29,6 @@ pub(crate) struct ConnEntry {
     pub token_expires_at: Option<u64>,
     /// Base of URLs handed out on this connection (control channels).
     pub url_base: Option<String>,
-    /// §2a: the client certificate a device connection was made with (mTLS listener).
-    pub client_cert: Option<crate::tenancy::CertFingerprint>,
 }
 
 impl ConnEntry {
@@ -41,7 +39,6 @@ impl ConnEntry {
             last_ping: Cell::new(Instant::now()),
             token_expires_at: None,
             url_base: None,
-            client_cert: None,
         }
     }
 }
@@ -258,13 +255,20 @@ pub(crate) async fn serve_ws<H: Handler>(
             Ok(ReadOutcome::Data) => driver.outbox.borrow_mut().last_rx = Instant::now(),
             Ok(ReadOutcome::Eof) | Err(_) => return Ended::Vanished,
             Ok(ReadOutcome::Requests) => {
-                let requests = driver.outbox.borrow_mut().take_requests();
-                if requests.ping {
-                    proto.send_ping(b"posrelay");
-                    push_transmit(proto, &driver.outbox);
-                }
-                if let Some((code, reason)) = requests.close {
-                    proto.send_close(CloseCode(code), &reason);
+                // The requests (and a close's reason) live only in this block: gone before
+                // the wait below, so that no connection's future keeps room for them.
+                let closing = {
+                    let requests = driver.outbox.borrow_mut().take_requests();
+                    if requests.ping {
+                        proto.send_ping(b"posrelay");
+                        push_transmit(proto, &driver.outbox);
+                    }
+                    requests.close.map(|(code, reason)| {
+                        proto.send_close(CloseCode(code), &reason);
+                        code
+                    })
+                };
+                if let Some(code) = closing {
                     push_transmit(proto, &driver.outbox);
                     // Boxed: only a closing connection pays for its state.
                     Box::pin(finish_close(ctx, driver, proto, handler)).await;

@@ -74,11 +74,11 @@ async fn open(
         .await;
         return None;
     }
-    let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |e| {
-        e.client_cert = client_cert
-    })
-    .await?;
+    let upgraded = answer_upgrade(ctx, transport, rbuf, &answer, ConnRole::Device, |_| {}).await?;
     let id = upgraded.id;
+    if let Some(cert) = client_cert {
+        ctx.cert_conns.borrow_mut().insert(id, cert);
+    }
     let connected = ctx
         .coord
         .borrow_mut()

@@ -41,6 +41,10 @@ pub(crate) struct ShardCtx {
     /// is home to.
     pub coord: RefCell<Coordinator<Message>>,
     pub conns: RefCell<HashMap<ConnId, ConnEntry>>,
+    /// §2a: the client certificate each device connection of the mTLS listener was made
+    /// with (so that an unpin closes it). A map of its own: the other connections, idle by
+    /// the thousand, pay nothing for it in their entry.
+    pub cert_conns: RefCell<HashMap<ConnId, crate::tenancy::CertFingerprint>>,
     next_conn: Cell<u64>,
     pub mesh: Rc<Mesh>,
     answers: Answers,
@@ -105,6 +109,9 @@ impl ShardCtx {
         let entry = self.conns.borrow_mut().remove(&id);
         if let Some(e) = &entry {
             self.metrics.closed(e.role);
+            if e.role == ConnRole::Device {
+                self.cert_conns.borrow_mut().remove(&id);
+            }
         }
         entry
     }
@@ -335,10 +342,10 @@ impl ShardCtx {
     /// §2a: closes (1008) the device connections made here with these client certificates.
     pub fn close_unpinned(&self, certs: &[crate::tenancy::CertFingerprint]) {
         let conns: Vec<ConnId> = self
-            .conns
+            .cert_conns
             .borrow()
             .iter()
-            .filter(|(_, e)| e.client_cert.as_ref().is_some_and(|c| certs.contains(c)))
+            .filter(|(_, cert)| certs.contains(cert))
             .map(|(id, _)| *id)
             .collect();
         for conn in conns {
@@ -433,6 +440,7 @@ pub(crate) async fn run_shard(
         metrics: shared.shard_metrics[index].clone(),
         coord: RefCell::new(coord),
         conns: RefCell::new(HashMap::new()),
+        cert_conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         mesh: mesh.clone(),
         answers: Answers::default(),
