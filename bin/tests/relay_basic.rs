@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 use tungstenite::client::IntoClientRequest;
@@ -15,6 +16,8 @@ use tungstenite::Message;
 
 const TSN: &str = "12345678";
 const DEVICES: &str = "/cloud-connector/v1/devices";
+/// §5a for `TSN`.
+const DEVICES_SESSION: &str = "/cloud-connector/v1/devices/12345678/session";
 
 fn basic(creds: &Creds) -> String {
     basic_auth(&creds.client_id, &creds.client_secret)
@@ -190,6 +193,13 @@ fn basic_refusals_answer_like_the_token_endpoint_with_a_bearer_challenge() {
     // The secret is never logged (the wrong one included).
     let log = relay.stderr_tail(400);
     assert!(!log.contains(&creds.client_secret) && !log.contains("not-the-secret"));
+    for header in [&wrong, &unknown] {
+        let encoded = header.trim_start_matches("Basic ");
+        assert!(
+            !log.contains(encoded),
+            "nor the Basic header that carries it"
+        );
+    }
     assert!(
         log.contains("Basic login refused"),
         "the refusal is logged for the operator"
@@ -452,4 +462,98 @@ fn device_status_over_http_answers_online_last_seen_and_claim_with_bearer_or_bas
         Some(""),
     );
     resp.expect_status(405, "POST");
+}
+
+#[test]
+fn basic_credentials_over_plain_ws_are_refused_from_another_host() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let outside = IpAddr::V4(local_non_loopback_ipv4().expect(
+        "this test needs a non-loopback IPv4 interface address (the connection stays on the machine)",
+    ));
+    let auth = basic(&creds);
+    // §7c: "On a plain ws:// listener Basic credentials are accepted only from a loopback
+    // peer; elsewhere they answer 401 (use wss://)", the right secret included.
+    let resp = upgrade_from(&relay, outside, POS_LISTENER, &[("Authorization", &auth)])
+        .expect_err("Basic over ws:// from another host");
+    assert_eq!(resp.status().as_u16(), 401, "from {outside}");
+    assert_bearer_challenge(
+        resp.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        "from another host",
+    );
+    // §10 alike.
+    let request = format!(
+        "GET {DEVICES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    let mut s = connect_from(outside, relay.relay_addr);
+    s.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert_eq!(head.status, 401, "§10 from another host: {}", head.head);
+    assert_bearer_challenge(head.header("www-authenticate"), "§10 from another host");
+    // The same host is served with a token, and the same credentials from loopback.
+    let bearer = format!("Bearer {}", relay.token("acme", &creds));
+    let mut ws = upgrade_from(&relay, outside, POS_LISTENER, &[("Authorization", &bearer)])
+        .unwrap_or_else(|r| panic!("a token from {outside}: {}", r.status()));
+    send_json(&mut ws, &json!({"type": "devices", "request_id": "d"}));
+    assert_eq!(recv_json(&mut ws)["type"], "devices");
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    upgrade_from(&relay, loopback, POS_LISTENER, &[("Authorization", &auth)])
+        .unwrap_or_else(|r| panic!("Basic from loopback: {}", r.status()));
+    assert!(
+        relay.stderr_tail(400).contains("use wss://"),
+        "the operator is told why"
+    );
+}
+
+#[test]
+fn failed_basic_logins_share_the_per_client_limit_with_the_token_endpoint() {
+    let relay = Relay::start(&["--failed-logins-per-client", "3"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let other = relay.create_client("acme", Some("s1"));
+    let from: IpAddr = "127.0.0.9".parse().unwrap();
+    // Two wrong secrets on upgrades, one at the token endpoint: one count (§7c: "the
+    // limits are those of the token endpoint").
+    for path in [POS_LISTENER, DEVICES_SESSION] {
+        let wrong = basic_auth(&creds.client_id, "wrong");
+        let resp = upgrade_from(&relay, from, path, &[("Authorization", &wrong)])
+            .expect_err("a wrong secret");
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+    }
+    let (head, _) = token_request_from(&relay, from, "acme", &creds.client_id, "wrong");
+    assert_eq!(head.status, 401);
+    // Past the per-client limit: the right secret too, on an upgrade and on §10.
+    let resp = upgrade_from(
+        &relay,
+        from,
+        POS_LISTENER,
+        &[("Authorization", &basic(&creds))],
+    )
+    .expect_err("locked");
+    assert_eq!(resp.status().as_u16(), 429, "--failed-logins-per-client");
+    assert!(resp.headers().contains_key("retry-after"));
+    let request = format!(
+        "GET {DEVICES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic(&creds)
+    );
+    let mut s = connect_from(from, relay.relay_addr);
+    s.write_all(request.as_bytes()).unwrap();
+    assert_eq!(read_head(&mut s).status, 429, "§10 shares it");
+    // Another client from that address, and this client from another, are served.
+    upgrade_from(
+        &relay,
+        from,
+        POS_LISTENER,
+        &[("Authorization", &basic(&other))],
+    )
+    .unwrap_or_else(|r| panic!("another client: {}", r.status()));
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    upgrade_from(
+        &relay,
+        local,
+        POS_LISTENER,
+        &[("Authorization", &basic(&creds))],
+    )
+    .unwrap_or_else(|r| panic!("another address: {}", r.status()));
 }
