@@ -208,14 +208,62 @@ fn a_one_step_login_by_message_is_told_a_denial_in_band() {
         Message::Text(t) => assert_eq!(t, "after the login"),
         other => panic!("{}", show(&other)),
     }
-    // A device without a session: error offline, then 1008.
-    let mut ws = relay.ws(&relay.ws_url(&one_step("22222222")), &[]);
-    send_json(&mut ws, &json!({"type": "login", "token": token}));
-    let error = recv_json(&mut ws);
+    // Each refusal the upgrade would have answered is told in band, then 1008 (§7b): a
+    // device without a session (503: offline), one out of scope (404: not_found), one
+    // another client holds (409: device_busy).
+    let other = relay.create_client("acme", Some("s1"));
+    let other_token = relay.token("acme", &other);
+    for (tsn, token, code) in [
+        ("22222222", &token, "offline"),
+        ("99999999", &token, "not_found"),
+        (TSN, &other_token, "device_busy"),
+    ] {
+        let mut ws = relay.ws(&relay.ws_url(&one_step(tsn)), &[]);
+        send_json(&mut ws, &json!({"type": "login", "token": token}));
+        let error = recv_json(&mut ws);
+        assert_eq!(
+            (error["type"].as_str(), error["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{tsn}: {error}"
+        );
+        assert_eq!(expect_close(&mut ws), 1008, "{tsn}");
+    }
+}
+
+#[test]
+fn a_one_step_claim_ends_with_a_release_or_after_the_claim_grace() {
+    let relay = Relay::start(&["--claim-grace", "1s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let other = relay.create_client("acme", Some("s1"));
+    let _device = echo_device(&relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let other_auth = basic_auth(&other.client_id, &other.client_secret);
+    let url = relay.ws_url(&one_step(TSN));
+    // §5a: "it ends with a release on a control channel": the session is closed (4001)
+    // and the device is free for another client.
+    let mut session = relay.ws(&url, &[("Authorization", &auth)]);
+    let mut control =
+        Pos::control_from(relay.ws(&relay.ws_url(POS_LISTENER), &[("Authorization", &auth)]));
+    assert_eq!(control.release(TSN)["type"], "released");
+    let (_, code) = drain_until_close(&mut session);
+    assert_eq!(code, 4001, "claim released");
+    drop(control);
+    let mut taken = relay.ws(&url, &[("Authorization", &other_auth)]);
     assert_eq!(
-        (error["type"].as_str(), error["code"].as_str()),
-        (Some("error"), Some("offline")),
-        "{error}"
+        relay.ws_status(&url, &[("Authorization", &auth)]),
+        409,
+        "now the other client's"
     );
-    assert_eq!(expect_close(&mut ws), 1008);
+    // "...or when the client's control channels and session stay closed for the claim
+    // grace period": the other client goes away, and after the grace the device is free.
+    taken.close(None).unwrap();
+    let _ = drain_until_close(&mut taken);
+    let freed = wait_for(Duration::from_secs(10), || {
+        match relay.ws_connect(&url, &[("Authorization", &auth)]) {
+            Ok((ws, _)) => Some(ws),
+            Err(tungstenite::Error::Http(r)) if r.status() == 409 => None,
+            Err(e) => panic!("{}", describe_ws_error(&e)),
+        }
+    });
+    assert!(freed.is_some(), "the claim ended after --claim-grace");
 }
