@@ -631,3 +631,40 @@ fn sigterm_closes_certificate_terminals_with_1001() {
     assert_eq!(closed["code"], 1001, "§6: {closed}");
     assert!(r.relay.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_rotation_closes_only_the_connection_whose_certificate_lost_its_pin() {
+    let r = MtlsRelay::start(None, &[]);
+    let creds = r.relay.provision("acme", "s1", &[TSN]);
+    let old = self_signed(r.dir.path(), "old");
+    let new = self_signed(r.dir.path(), "new");
+    pin(&r.relay, TSN, &[&old.fingerprint]);
+    let mut terminal = r.upgrade("/", old.presenting()).expect("old pinned");
+    // The new certificate pinned beside the old: the live connection is not touched.
+    pin(&r.relay, TSN, &[&old.fingerprint, &new.fingerprint]);
+    let token = r.relay.token("acme", &creds);
+    let mut pos = Pos::control(&r.relay, &token);
+    let claimed = pos.claim(TSN);
+    assert_eq!(claimed["online"], true, "{claimed}");
+    let url = claimed["session_url"].as_str().unwrap().to_owned();
+    let mut session = Pos::session(&r.relay, &url, &token);
+    send_text(
+        &mut session,
+        "<TRANSACTION><FUNCTION_TYPE>SESSION</FUNCTION_TYPE><COMMAND>START</COMMAND></TRANSACTION>",
+    );
+    answer_sca(&mut terminal);
+    assert!(matches!(recv(&mut session), tungstenite::Message::Text(_)));
+    // The old one unpinned: its connection is closed (1008), the new one gets in.
+    pin(&r.relay, TSN, &[&new.fingerprint]);
+    assert_eq!(expect_close(&mut terminal), 1008, "§2a: unpinned");
+    assert_eq!(
+        r.upgrade("/", old.presenting()).err(),
+        Some(Refused::Status(403))
+    );
+    let mut terminal = r.upgrade("/", new.presenting()).expect("new pinned");
+    send_text(
+        &mut session,
+        "<TRANSACTION><FUNCTION_TYPE>SESSION</FUNCTION_TYPE><COMMAND>START</COMMAND></TRANSACTION>",
+    );
+    answer_sca(&mut terminal);
+}
