@@ -135,6 +135,11 @@ fn seed_003_pos_runs_its_heartbeats_over_a_session_opened_with_basic_credentials
         "it closed the session itself: {events:?}"
     );
     assert_eq!(events.last().unwrap()["code"], 1000);
+    let log = relay.stderr_tail(400);
+    assert!(
+        !log.contains(&creds.client_secret) && !log.contains(auth.trim_start_matches("Basic ")),
+        "an accepted Basic secret is never logged either"
+    );
     drop(pos);
     drop(relay);
     assert_eq!(device.join().unwrap(), 5, "the device saw every message");

@@ -109,6 +109,10 @@ fn a_pos_logs_in_with_its_first_message_and_goes_on_in_order() {
         Message::Text(t) => assert_eq!(t, "<RESPONSE/>"),
         other => panic!("session got {}", show(&other)),
     }
+    assert!(
+        !relay.stderr_tail(400).contains(&token),
+        "an accepted login token is never logged either"
+    );
 }
 
 #[test]
@@ -128,6 +132,11 @@ fn a_device_logs_in_with_its_device_token() {
     login(&mut wrong, &token);
     set_read_timeout(&mut wrong, Some(Duration::from_secs(15)));
     assert_eq!(expect_close(&mut wrong), 1008);
+    let log = relay.stderr_tail(400);
+    assert!(
+        !log.contains(&reg.token) && !log.contains(&token),
+        "login tokens are never logged"
+    );
 }
 
 #[test]
