@@ -288,20 +288,7 @@ fn a_connection_opened_with_basic_credentials_never_closes_with_4401() {
 
 #[test]
 fn basic_credentials_work_over_wss() {
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let mut relay = Relay::start(&[
-        "--tls-cert",
-        cert_path.to_str().unwrap(),
-        "--tls-key",
-        key_path.to_str().unwrap(),
-    ]);
-    relay.trust(cert.cert.der().to_vec());
+    let (relay, cert_path) = Relay::start_tls(&[]);
     let creds = relay.provision("acme", "s1", &[TSN]);
     let _device = echo_device(&relay, TSN, &creds);
     let auth = basic(&creds);
@@ -330,6 +317,35 @@ fn basic_credentials_work_over_wss() {
     let replies = events.iter().filter(|e| e["event"] == "reply").count();
     assert_eq!(replies, 2, "{events:?}");
     assert_eq!(events.last().unwrap()["code"], 1000, "{events:?}");
+    // §5a over wss://, as seed 003's client is run in production.
+    let client = SeedClient::start(
+        "seed003_server_pos.py",
+        &[
+            "--url",
+            &relay.ws_url(&format!("/cloud-connector/v1/devices/{TSN}/session")),
+            "--ca",
+            cert_path.to_str().unwrap(),
+            "--client-id",
+            &creds.client_id,
+            "--client-secret",
+            &creds.client_secret,
+            "--heartbeats",
+            "2",
+            "--seconds",
+            "30",
+        ],
+    );
+    let (events, _) = client.finish(Duration::from_secs(40));
+    let replies = events.iter().filter(|e| e["event"] == "reply").count();
+    assert_eq!(replies, 2, "one step over wss: {events:?}");
+    // §10 over https://.
+    let resp = status_request(
+        &relay,
+        &format!("{DEVICES}/{TSN}"),
+        &[("Authorization", &auth)],
+    );
+    resp.expect_status(200, "§10 over https");
+    assert_eq!(resp.json()["claim"], "yours", "{}", resp.body);
 }
 
 /// A device's §10 entry from a list answer.

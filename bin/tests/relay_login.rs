@@ -377,3 +377,38 @@ fn a_login_message_of_exactly_4_kib_is_read_and_one_byte_more_is_refused() {
         "at the deadline"
     );
 }
+
+#[test]
+fn login_by_first_message_works_over_wss() {
+    let (relay, _cert) =
+        Relay::start_tls(&["--ping-interval", "300ms", "--handshake-timeout", "2s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let token = relay.token("acme", &creds);
+    let mut control = bare(&relay, POS_LISTENER);
+    assert_silent(&mut control, Duration::from_millis(700), "over wss");
+    login(&mut control, &token);
+    send_json(
+        &mut control,
+        &json!({"type": "claim", "tsn": TSN, "request_id": "c"}),
+    );
+    logged_in(&mut control);
+    let claimed = recv_json(&mut control);
+    let session_url = claimed["session_url"].as_str().unwrap();
+    assert!(session_url.starts_with("wss://"), "{claimed}");
+    let mut session = bare(&relay, session_url);
+    login(&mut session, &token);
+    send_text(&mut session, "<TRANSACTION/>");
+    logged_in(&mut session);
+    match device.recv() {
+        Message::Text(t) => assert_eq!(t, "<TRANSACTION/>"),
+        other => panic!("device got {}", show(&other)),
+    }
+    // A refused login over TLS: silence, then 1008 at the deadline.
+    let upgraded = Instant::now();
+    let mut refused = bare(&relay, POS_LISTENER);
+    login(&mut refused, "not.a.token");
+    set_read_timeout(&mut refused, Some(Duration::from_secs(10)));
+    assert_eq!(expect_close(&mut refused), 1008);
+    assert!(upgraded.elapsed() >= Duration::from_secs(2));
+}
