@@ -180,3 +180,27 @@ fn seed_001_terminal_registers_through_the_trailing_slash_over_wss() {
         other => panic!("expected the POS frame, got {}", show(&other)),
     }
 }
+
+#[test]
+fn custom_registration_data_without_credentials_beside_top_level_ones_is_accepted() {
+    // A terminal's custom_registration_data may carry other things; only credentials in
+    // both places are ambiguous (§2).
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let other = json!({"lane": 3, "merchant_ref": "m-17"});
+    for custom in [other.clone(), json!(other.to_string())] {
+        let message = json!({
+            "type": "register",
+            "tsn": TSN,
+            "client_id": creds.client_id,
+            "client_secret": creds.client_secret,
+            "custom_registration_data": custom,
+        });
+        let (reply, code) = register_on(&relay, DEVICE_LISTENER, &message.to_string());
+        assert_eq!(
+            (reply["type"].as_str(), code),
+            (Some("registered"), 1000),
+            "{custom}: {reply}"
+        );
+    }
+}
