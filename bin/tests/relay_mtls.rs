@@ -668,3 +668,48 @@ fn a_rotation_closes_only_the_connection_whose_certificate_lost_its_pin() {
     );
     answer_sca(&mut terminal);
 }
+
+#[test]
+fn the_mtls_options_without_what_they_need_refuse_the_start_and_say_what_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = self_signed(dir.path(), "not-a-ca");
+    let ca_path = ca.cert.to_str().unwrap().to_owned();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let base = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    for (extra, says) in [
+        // §2a: "TLS only (it needs --tls-cert and --tls-key)".
+        (
+            vec!["--device-mtls-listen", "127.0.0.1:0"],
+            "give tls_cert and tls_key too",
+        ),
+        (
+            vec!["--device-client-ca", ca_path.as_str()],
+            "give device_mtls_listen too",
+        ),
+    ] {
+        let path = dir.path().join("stderr.log");
+        let stderr = std::process::Stdio::from(std::fs::File::create(&path).unwrap());
+        let mut args = base.to_vec();
+        args.extend(extra.iter().copied());
+        match start_serve(&args, "admin-token", stderr, None) {
+            Start::Ready(_) => panic!("{extra:?}: the relay started"),
+            Start::Exited { status, stdout } => {
+                assert!(!status.success(), "{extra:?}: {status}");
+                assert!(
+                    stdout.iter().all(|l| !l.contains("listening")),
+                    "{extra:?}: announced {stdout:?}"
+                );
+                let err = std::fs::read_to_string(&path).unwrap();
+                assert!(err.contains(says), "{extra:?}: {err}");
+            }
+        }
+    }
+}
