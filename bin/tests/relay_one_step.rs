@@ -267,3 +267,32 @@ fn a_one_step_claim_ends_with_a_release_or_after_the_claim_grace() {
     });
     assert!(freed.is_some(), "the claim ended after --claim-grace");
 }
+
+#[test]
+fn frames_that_outlive_the_offline_grace_without_a_control_channel_close_the_session_with_4002() {
+    // §6: "Frames that cannot be delivered — queue full, grace expired, …"; §5a: with no
+    // control channel open, the session is closed with 4002 and the count.
+    let relay = Relay::start(&["--offline-grace", "1s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
+    device.ws.close(None).unwrap();
+    let _ = expect_close(&mut device.ws);
+    drop(device);
+    send_text(&mut session, "héllo");
+    send_binary(&mut session, &[0u8; 10]);
+    set_read_timeout(&mut session, Some(Duration::from_secs(15)));
+    let (code, reason) = loop {
+        match session.read() {
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 4002);
+    assert_eq!(
+        reason, "undelivered frames=2 bytes=16",
+        "UTF-8 bytes of the text"
+    );
+}
