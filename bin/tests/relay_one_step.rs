@@ -296,3 +296,44 @@ fn frames_that_outlive_the_offline_grace_without_a_control_channel_close_the_ses
         "UTF-8 bytes of the text"
     );
 }
+
+#[test]
+fn at_shutdown_queued_frames_without_a_control_channel_close_the_session_with_4002() {
+    // §6: shutdown "forwards or reports what is queued"; "A frame is either delivered or
+    // reported: never dropped in silence". A §5a client has no control channel to hear
+    // `undelivered` on, so its session's close carries the count (4002), not a bare 1001.
+    let mut relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
+    device.ws.close(None).unwrap();
+    let _ = expect_close(&mut device.ws);
+    drop(device);
+    send_text(&mut session, "queued");
+    // The relay has read the frame once it answers a ping sent after it (in order).
+    session
+        .send(Message::Ping(b"after".to_vec().into()))
+        .unwrap();
+    loop {
+        match session.read() {
+            Ok(Message::Pong(p)) if p.as_slice() == b"after" => break,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected the pong, got {other:?}"),
+        }
+    }
+    relay.signal(libc::SIGTERM);
+    let (code, reason) = loop {
+        match session.read() {
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        (code, reason.as_str()),
+        (4002, "undelivered frames=1 bytes=6"),
+        "the queued frame is reported in the close"
+    );
+    assert!(relay.wait_exit(Duration::from_secs(15)).success());
+}
