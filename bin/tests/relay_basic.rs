@@ -578,3 +578,47 @@ fn failed_basic_logins_share_the_per_client_limit_with_the_token_endpoint() {
     )
     .unwrap_or_else(|r| panic!("another address: {}", r.status()));
 }
+
+#[test]
+fn basic_credentials_follow_secret_rotation_and_client_deletion() {
+    // §7c: "The checks ... are those of the token endpoint": a rotated-out secret works for
+    // its grace only, a deleted client not at all, whatever the relay remembered of them.
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let upgrade = |secret: &str| {
+        relay.ws_status(
+            &relay.ws_url(POS_LISTENER),
+            &[("Authorization", &basic_auth(&creds.client_id, secret))],
+        )
+    };
+    assert_eq!(upgrade(&creds.client_secret), 101, "the secret verifies");
+    let rotate = |grace: u64| -> String {
+        let r = relay.admin(
+            "POST",
+            &format!("/admin/v1/domains/acme/clients/{}/secret", creds.client_id),
+            Some(json!({ "grace_seconds": grace })),
+        );
+        r.expect_status(200, "rotate");
+        r.json()["client_secret"].as_str().unwrap().to_owned()
+    };
+    let second = rotate(3600);
+    assert_eq!(upgrade(&second), 101, "the new secret");
+    assert_eq!(
+        upgrade(&creds.client_secret),
+        101,
+        "the old one, within its grace"
+    );
+    let third = rotate(0);
+    assert_eq!(upgrade(&third), 101, "the newest secret");
+    assert_eq!(upgrade(&second), 401, "rotated out without grace");
+    // A deleted client: refused, and its open Basic connection is closed.
+    let mut open = Pos::control_from(relay.ws(
+        &relay.ws_url(POS_LISTENER),
+        &[("Authorization", &basic_auth(&creds.client_id, &third))],
+    ));
+    relay.delete_client("acme", &creds.client_id);
+    assert_eq!(upgrade(&third), 401, "deleted");
+    set_read_timeout(&mut open.ws, Some(Duration::from_secs(10)));
+    let (_, code) = drain_until_close(&mut open.ws);
+    assert_eq!(code, 1008, "a deleted client's connection is closed");
+}
