@@ -412,3 +412,28 @@ fn login_by_first_message_works_over_wss() {
     assert_eq!(expect_close(&mut refused), 1008);
     assert!(upgraded.elapsed() >= Duration::from_secs(2));
 }
+
+#[test]
+fn a_login_by_message_may_offer_an_application_subprotocol() {
+    // §7b: "no credentials at all (no Authorization, no bearer.* entry)": an application
+    // subprotocol is not a credential; it is negotiated as §7 says.
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let token = relay.token("acme", &creds);
+    let (mut ws, resp) = relay
+        .ws_connect(
+            &relay.ws_url(POS_LISTENER),
+            &[("Sec-WebSocket-Protocol", "posrelay")],
+        )
+        .unwrap_or_else(|e| panic!("{}", describe_ws_error(&e)));
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("posrelay")
+    );
+    login(&mut ws, &token);
+    logged_in(&mut ws);
+    send_json(&mut ws, &json!({"type": "devices", "request_id": "d"}));
+    assert_eq!(recv_json(&mut ws)["type"], "devices");
+}
