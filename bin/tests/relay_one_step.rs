@@ -312,9 +312,7 @@ fn at_shutdown_queued_frames_without_a_control_channel_close_the_session_with_40
     drop(device);
     send_text(&mut session, "queued");
     // The relay has read the frame once it answers a ping sent after it (in order).
-    session
-        .send(Message::Ping(b"after".to_vec()))
-        .unwrap();
+    session.send(Message::Ping(b"after".to_vec())).unwrap();
     loop {
         match session.read() {
             Ok(Message::Pong(p)) if p.as_slice() == b"after" => break,
