@@ -616,6 +616,14 @@ fn pins_are_checked_by_the_admin_api_and_a_rotation_lets_either_certificate_in_o
     );
     answer_sca(&mut terminal);
     assert!(matches!(recv(&mut session), tungstenite::Message::Text(_)));
+    // Refused pins, replacements, unpins: the relay's log names none of the fingerprints.
+    let log = r.relay.stderr_tail(1000);
+    for fp in [&old.fingerprint, &new.fingerprint] {
+        assert!(
+            !log.contains(fp.as_str()) && !log.contains(&fp.to_ascii_uppercase()),
+            "a fingerprint is never logged"
+        );
+    }
 }
 
 #[test]
