@@ -49,10 +49,8 @@ fn seed_003_pos_claims_and_opens_its_session_in_one_step_with_basic_credentials(
         &[
             "--url",
             &url,
-            "--client-id",
-            &creds.client_id,
-            "--client-secret",
-            &creds.client_secret,
+            &format!("--client-id={}", creds.client_id),
+            &format!("--client-secret={}", creds.client_secret),
             "--heartbeats",
             "4",
             "--tokenize",
