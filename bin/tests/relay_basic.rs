@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 use tungstenite::client::IntoClientRequest;
@@ -15,6 +16,8 @@ use tungstenite::Message;
 
 const TSN: &str = "12345678";
 const DEVICES: &str = "/cloud-connector/v1/devices";
+/// §5a for `TSN`.
+const DEVICES_SESSION: &str = "/cloud-connector/v1/devices/12345678/session";
 
 fn basic(creds: &Creds) -> String {
     basic_auth(&creds.client_id, &creds.client_secret)
@@ -95,10 +98,8 @@ fn seed_003_pos_runs_its_heartbeats_over_a_session_opened_with_basic_credentials
         &[
             "--url",
             &session_url,
-            "--client-id",
-            &creds.client_id,
-            "--client-secret",
-            &creds.client_secret,
+            &format!("--client-id={}", creds.client_id),
+            &format!("--client-secret={}", creds.client_secret),
             "--heartbeats",
             "4",
             "--tokenize",
@@ -132,6 +133,11 @@ fn seed_003_pos_runs_its_heartbeats_over_a_session_opened_with_basic_credentials
         "it closed the session itself: {events:?}"
     );
     assert_eq!(events.last().unwrap()["code"], 1000);
+    let log = relay.stderr_tail(400);
+    assert!(
+        !log.contains(&creds.client_secret) && !log.contains(auth.trim_start_matches("Basic ")),
+        "an accepted Basic secret is never logged either"
+    );
     drop(pos);
     drop(relay);
     assert_eq!(device.join().unwrap(), 5, "the device saw every message");
@@ -174,10 +180,8 @@ fn basic_refusals_answer_like_the_token_endpoint_with_a_bearer_challenge() {
         &[
             "--url",
             &relay.ws_url(POS_LISTENER),
-            "--client-id",
-            &creds.client_id,
-            "--client-secret",
-            "not-the-secret",
+            &format!("--client-id={}", creds.client_id),
+            "--client-secret=not-the-secret",
             "--seconds",
             "20",
         ],
@@ -190,6 +194,13 @@ fn basic_refusals_answer_like_the_token_endpoint_with_a_bearer_challenge() {
     // The secret is never logged (the wrong one included).
     let log = relay.stderr_tail(400);
     assert!(!log.contains(&creds.client_secret) && !log.contains("not-the-secret"));
+    for header in [&wrong, &unknown] {
+        let encoded = header.trim_start_matches("Basic ");
+        assert!(
+            !log.contains(encoded),
+            "nor the Basic header that carries it"
+        );
+    }
     assert!(
         log.contains("Basic login refused"),
         "the refusal is logged for the operator"
@@ -273,20 +284,7 @@ fn a_connection_opened_with_basic_credentials_never_closes_with_4401() {
 
 #[test]
 fn basic_credentials_work_over_wss() {
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let mut relay = Relay::start(&[
-        "--tls-cert",
-        cert_path.to_str().unwrap(),
-        "--tls-key",
-        key_path.to_str().unwrap(),
-    ]);
-    relay.trust(cert.cert.der().to_vec());
+    let (relay, cert_path) = Relay::start_tls(&[]);
     let creds = relay.provision("acme", "s1", &[TSN]);
     let _device = echo_device(&relay, TSN, &creds);
     let auth = basic(&creds);
@@ -301,10 +299,8 @@ fn basic_credentials_work_over_wss() {
             &session_url,
             "--ca",
             cert_path.to_str().unwrap(),
-            "--client-id",
-            &creds.client_id,
-            "--client-secret",
-            &creds.client_secret,
+            &format!("--client-id={}", creds.client_id),
+            &format!("--client-secret={}", creds.client_secret),
             "--heartbeats",
             "2",
             "--seconds",
@@ -315,6 +311,33 @@ fn basic_credentials_work_over_wss() {
     let replies = events.iter().filter(|e| e["event"] == "reply").count();
     assert_eq!(replies, 2, "{events:?}");
     assert_eq!(events.last().unwrap()["code"], 1000, "{events:?}");
+    // §5a over wss://, as seed 003's client is run in production.
+    let client = SeedClient::start(
+        "seed003_server_pos.py",
+        &[
+            "--url",
+            &relay.ws_url(&format!("/cloud-connector/v1/devices/{TSN}/session")),
+            "--ca",
+            cert_path.to_str().unwrap(),
+            &format!("--client-id={}", creds.client_id),
+            &format!("--client-secret={}", creds.client_secret),
+            "--heartbeats",
+            "2",
+            "--seconds",
+            "30",
+        ],
+    );
+    let (events, _) = client.finish(Duration::from_secs(40));
+    let replies = events.iter().filter(|e| e["event"] == "reply").count();
+    assert_eq!(replies, 2, "one step over wss: {events:?}");
+    // §10 over https://.
+    let resp = status_request(
+        &relay,
+        &format!("{DEVICES}/{TSN}"),
+        &[("Authorization", &auth)],
+    );
+    resp.expect_status(200, "§10 over https");
+    assert_eq!(resp.json()["claim"], "yours", "{}", resp.body);
 }
 
 /// A device's §10 entry from a list answer.
@@ -452,4 +475,142 @@ fn device_status_over_http_answers_online_last_seen_and_claim_with_bearer_or_bas
         Some(""),
     );
     resp.expect_status(405, "POST");
+}
+
+#[test]
+fn basic_credentials_over_plain_ws_are_refused_from_another_host() {
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let outside = IpAddr::V4(local_non_loopback_ipv4().expect(
+        "this test needs a non-loopback IPv4 interface address (the connection stays on the machine)",
+    ));
+    let auth = basic(&creds);
+    // §7c: "On a plain ws:// listener Basic credentials are accepted only from a loopback
+    // peer; elsewhere they answer 401 (use wss://)", the right secret included.
+    let resp = upgrade_from(&relay, outside, POS_LISTENER, &[("Authorization", &auth)])
+        .expect_err("Basic over ws:// from another host");
+    assert_eq!(resp.status().as_u16(), 401, "from {outside}");
+    assert_bearer_challenge(
+        resp.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        "from another host",
+    );
+    // §10 alike.
+    let request = format!(
+        "GET {DEVICES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+    );
+    let mut s = connect_from(outside, relay.relay_addr);
+    s.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert_eq!(head.status, 401, "§10 from another host: {}", head.head);
+    assert_bearer_challenge(head.header("www-authenticate"), "§10 from another host");
+    // The same host is served with a token, and the same credentials from loopback.
+    let bearer = format!("Bearer {}", relay.token("acme", &creds));
+    let mut ws = upgrade_from(&relay, outside, POS_LISTENER, &[("Authorization", &bearer)])
+        .unwrap_or_else(|r| panic!("a token from {outside}: {}", r.status()));
+    send_json(&mut ws, &json!({"type": "devices", "request_id": "d"}));
+    assert_eq!(recv_json(&mut ws)["type"], "devices");
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    upgrade_from(&relay, loopback, POS_LISTENER, &[("Authorization", &auth)])
+        .unwrap_or_else(|r| panic!("Basic from loopback: {}", r.status()));
+    assert!(
+        relay.stderr_tail(400).contains("use wss://"),
+        "the operator is told why"
+    );
+}
+
+#[test]
+fn failed_basic_logins_share_the_per_client_limit_with_the_token_endpoint() {
+    let relay = Relay::start(&["--failed-logins-per-client", "3"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let other = relay.create_client("acme", Some("s1"));
+    let from: IpAddr = "127.0.0.9".parse().unwrap();
+    // Two wrong secrets on upgrades, one at the token endpoint: one count (§7c: "the
+    // limits are those of the token endpoint").
+    for path in [POS_LISTENER, DEVICES_SESSION] {
+        let wrong = basic_auth(&creds.client_id, "wrong");
+        let resp = upgrade_from(&relay, from, path, &[("Authorization", &wrong)])
+            .expect_err("a wrong secret");
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+    }
+    let (head, _) = token_request_from(&relay, from, "acme", &creds.client_id, "wrong");
+    assert_eq!(head.status, 401);
+    // Past the per-client limit: the right secret too, on an upgrade and on §10.
+    let resp = upgrade_from(
+        &relay,
+        from,
+        POS_LISTENER,
+        &[("Authorization", &basic(&creds))],
+    )
+    .expect_err("locked");
+    assert_eq!(resp.status().as_u16(), 429, "--failed-logins-per-client");
+    assert!(resp.headers().contains_key("retry-after"));
+    let request = format!(
+        "GET {DEVICES} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic(&creds)
+    );
+    let mut s = connect_from(from, relay.relay_addr);
+    s.write_all(request.as_bytes()).unwrap();
+    assert_eq!(read_head(&mut s).status, 429, "§10 shares it");
+    // Another client from that address, and this client from another, are served.
+    upgrade_from(
+        &relay,
+        from,
+        POS_LISTENER,
+        &[("Authorization", &basic(&other))],
+    )
+    .unwrap_or_else(|r| panic!("another client: {}", r.status()));
+    let local: IpAddr = "127.0.0.1".parse().unwrap();
+    upgrade_from(
+        &relay,
+        local,
+        POS_LISTENER,
+        &[("Authorization", &basic(&creds))],
+    )
+    .unwrap_or_else(|r| panic!("another address: {}", r.status()));
+}
+
+#[test]
+fn basic_credentials_follow_secret_rotation_and_client_deletion() {
+    // §7c: "The checks ... are those of the token endpoint": a rotated-out secret works for
+    // its grace only, a deleted client not at all, whatever the relay remembered of them.
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let upgrade = |secret: &str| {
+        relay.ws_status(
+            &relay.ws_url(POS_LISTENER),
+            &[("Authorization", &basic_auth(&creds.client_id, secret))],
+        )
+    };
+    assert_eq!(upgrade(&creds.client_secret), 101, "the secret verifies");
+    let rotate = |grace: u64| -> String {
+        let r = relay.admin(
+            "POST",
+            &format!("/admin/v1/domains/acme/clients/{}/secret", creds.client_id),
+            Some(json!({ "grace_seconds": grace })),
+        );
+        r.expect_status(200, "rotate");
+        r.json()["client_secret"].as_str().unwrap().to_owned()
+    };
+    let second = rotate(3600);
+    assert_eq!(upgrade(&second), 101, "the new secret");
+    assert_eq!(
+        upgrade(&creds.client_secret),
+        101,
+        "the old one, within its grace"
+    );
+    let third = rotate(0);
+    assert_eq!(upgrade(&third), 101, "the newest secret");
+    assert_eq!(upgrade(&second), 401, "rotated out without grace");
+    // A deleted client: refused, and its open Basic connection is closed.
+    let mut open = Pos::control_from(relay.ws(
+        &relay.ws_url(POS_LISTENER),
+        &[("Authorization", &basic_auth(&creds.client_id, &third))],
+    ));
+    relay.delete_client("acme", &creds.client_id);
+    assert_eq!(upgrade(&third), 401, "deleted");
+    set_read_timeout(&mut open.ws, Some(Duration::from_secs(10)));
+    let (_, code) = drain_until_close(&mut open.ws);
+    assert_eq!(code, 1008, "a deleted client's connection is closed");
 }

@@ -109,6 +109,10 @@ fn a_pos_logs_in_with_its_first_message_and_goes_on_in_order() {
         Message::Text(t) => assert_eq!(t, "<RESPONSE/>"),
         other => panic!("session got {}", show(&other)),
     }
+    assert!(
+        !relay.stderr_tail(400).contains(&token),
+        "an accepted login token is never logged either"
+    );
 }
 
 #[test]
@@ -128,6 +132,11 @@ fn a_device_logs_in_with_its_device_token() {
     login(&mut wrong, &token);
     set_read_timeout(&mut wrong, Some(Duration::from_secs(15)));
     assert_eq!(expect_close(&mut wrong), 1008);
+    let log = relay.stderr_tail(400);
+    assert!(
+        !log.contains(&reg.token) && !log.contains(&token),
+        "login tokens are never logged"
+    );
 }
 
 #[test]
@@ -288,15 +297,143 @@ fn sigterm_closes_connections_waiting_for_their_login_with_1001() {
     let mut refused = bare(&relay, POS_LISTENER);
     login(&mut refused, "bad.token.here");
     let mut registering = relay.ws(&relay.ws_url(DEVICE_LISTENER), &[]);
-    let _ = creds;
+    // Every endpoint of §7b: a device connection (§3) and a one-step session (§5a) waiting
+    // for their login too.
+    let _device = Device::register_and_connect(&relay, TSN, &creds);
+    let reg = register(&relay, TSN, &creds);
+    let mut device_waiting = bare(&relay, &reg.connection_url);
+    let mut one_step_waiting = bare(
+        &relay,
+        &format!("/cloud-connector/v1/devices/{TSN}/session"),
+    );
     relay.signal(libc::SIGTERM);
     for (what, ws) in [
         ("waiting", &mut waiting),
         ("refused", &mut refused),
         ("registering", &mut registering),
+        ("a device waiting", &mut device_waiting),
+        ("a one-step session waiting", &mut one_step_waiting),
     ] {
         set_read_timeout(ws, Some(Duration::from_secs(10)));
         assert_eq!(expect_close(ws), 1001, "{what}: §6");
     }
     assert!(relay.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn a_connection_logged_in_by_message_closes_with_4401_when_its_token_expires() {
+    // §7b: "the connection goes on exactly as if the token had come with the upgrade
+    // (4401 at expiry included)".
+    let relay = Relay::start(&["--access-token-ttl", "3s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let _device = Device::register_and_connect(&relay, TSN, &creds);
+    let token = relay.token("acme", &creds);
+    let mut control = bare(&relay, POS_LISTENER);
+    login(&mut control, &token);
+    let answer = logged_in(&mut control);
+    assert!(
+        answer["expires_in"].as_u64().is_some_and(|s| s <= 3),
+        "{answer}"
+    );
+    send_json(
+        &mut control,
+        &json!({"type": "claim", "tsn": TSN, "request_id": "c"}),
+    );
+    let claimed = recv_json(&mut control);
+    let mut session = bare(&relay, claimed["session_url"].as_str().unwrap());
+    login(&mut session, &token);
+    logged_in(&mut session);
+    for (what, ws) in [("control channel", &mut control), ("session", &mut session)] {
+        set_read_timeout(ws, Some(Duration::from_secs(12)));
+        let (_, code) = drain_until_close(ws);
+        assert_eq!(code, 4401, "{what}: token expired");
+    }
+}
+
+#[test]
+fn a_login_message_of_exactly_4_kib_is_read_and_one_byte_more_is_refused() {
+    let relay = Relay::start(&["--handshake-timeout", "2s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let token = relay.token("acme", &creds);
+    // The same login, padded with JSON whitespace to 4096 and 4097 bytes.
+    let padded = |len: usize| {
+        let base = json!({"type": "login", "token": token}).to_string();
+        let mut text = base[..base.len() - 1].to_owned();
+        text.push_str(&" ".repeat(len - base.len()));
+        text.push('}');
+        assert_eq!(text.len(), len);
+        text
+    };
+    let mut fits = bare(&relay, POS_LISTENER);
+    send_text(&mut fits, &padded(4096));
+    logged_in(&mut fits);
+    let upgraded = Instant::now();
+    let mut over = bare(&relay, POS_LISTENER);
+    send_text(&mut over, &padded(4097));
+    set_read_timeout(&mut over, Some(Duration::from_secs(10)));
+    assert_eq!(expect_close(&mut over), 1008, "§7b: at most 4 KiB");
+    assert!(
+        upgraded.elapsed() >= Duration::from_secs(2),
+        "at the deadline"
+    );
+}
+
+#[test]
+fn login_by_first_message_works_over_wss() {
+    let (relay, _cert) =
+        Relay::start_tls(&["--ping-interval", "300ms", "--handshake-timeout", "2s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let token = relay.token("acme", &creds);
+    let mut control = bare(&relay, POS_LISTENER);
+    assert_silent(&mut control, Duration::from_millis(700), "over wss");
+    login(&mut control, &token);
+    send_json(
+        &mut control,
+        &json!({"type": "claim", "tsn": TSN, "request_id": "c"}),
+    );
+    logged_in(&mut control);
+    let claimed = recv_json(&mut control);
+    let session_url = claimed["session_url"].as_str().unwrap();
+    assert!(session_url.starts_with("wss://"), "{claimed}");
+    let mut session = bare(&relay, session_url);
+    login(&mut session, &token);
+    send_text(&mut session, "<TRANSACTION/>");
+    logged_in(&mut session);
+    match device.recv() {
+        Message::Text(t) => assert_eq!(t, "<TRANSACTION/>"),
+        other => panic!("device got {}", show(&other)),
+    }
+    // A refused login over TLS: silence, then 1008 at the deadline.
+    let upgraded = Instant::now();
+    let mut refused = bare(&relay, POS_LISTENER);
+    login(&mut refused, "not.a.token");
+    set_read_timeout(&mut refused, Some(Duration::from_secs(10)));
+    assert_eq!(expect_close(&mut refused), 1008);
+    assert!(upgraded.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
+fn a_login_by_message_may_offer_an_application_subprotocol() {
+    // §7b: "no credentials at all (no Authorization, no bearer.* entry)": an application
+    // subprotocol is not a credential; it is negotiated as §7 says.
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let token = relay.token("acme", &creds);
+    let (mut ws, resp) = relay
+        .ws_connect(
+            &relay.ws_url(POS_LISTENER),
+            &[("Sec-WebSocket-Protocol", "posrelay")],
+        )
+        .unwrap_or_else(|e| panic!("{}", describe_ws_error(&e)));
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("posrelay")
+    );
+    login(&mut ws, &token);
+    logged_in(&mut ws);
+    send_json(&mut ws, &json!({"type": "devices", "request_id": "d"}));
+    assert_eq!(recv_json(&mut ws)["type"], "devices");
 }

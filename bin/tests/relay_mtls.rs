@@ -8,10 +8,14 @@ mod common;
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
 
 const TSN: &str = "12345678";
 
@@ -20,6 +24,8 @@ struct MtlsRelay {
     relay: Relay,
     port: u16,
     dir: tempfile::TempDir,
+    /// The relay's own (self-signed) certificate, DER: what a terminal trusts.
+    relay_der: Vec<u8>,
 }
 
 impl MtlsRelay {
@@ -58,7 +64,12 @@ impl MtlsRelay {
         args.extend_from_slice(extra);
         let mut relay = Relay::start(&args);
         relay.trust(cert.cert.der().to_vec());
-        MtlsRelay { relay, port, dir }
+        MtlsRelay {
+            relay,
+            port,
+            dir,
+            relay_der: cert.cert.der().to_vec(),
+        }
     }
 
     fn url(&self) -> String {
@@ -85,6 +96,97 @@ impl MtlsRelay {
             ],
         )
     }
+
+    /// A WebSocket upgrade on `path` of the mTLS listener by a rustls client presenting
+    /// `client` (none: no certificate at all), offering `sci`: the socket, the refusal's
+    /// status, or the TLS/transport error that ended the handshake before any HTTP answer.
+    fn upgrade(&self, path: &str, client: ClientCert) -> Result<Ws, Refused> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.relay_der.clone()))
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client {
+            ClientCert::None => builder.with_no_client_auth(),
+            ClientCert::Presenting { cert, key } => {
+                let key = provider.key_provider.load_private_key(key).unwrap();
+                let certified = rustls::sign::CertifiedKey::new(vec![cert], key);
+                builder.with_client_cert_resolver(Arc::new(Presents(Arc::new(certified))))
+            }
+        };
+        let mut request = format!("wss://127.0.0.1:{}{path}", self.port)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("sci"));
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let connector = tungstenite::Connector::Rustls(Arc::new(config));
+        match tungstenite::client_tls_with_config(request, stream, None, Some(connector)) {
+            Ok((ws, resp)) => {
+                assert_eq!(
+                    resp.headers()
+                        .get("sec-websocket-protocol")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("sci"),
+                    "§7: the terminal's subprotocol is selected"
+                );
+                Ok(ws)
+            }
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                Err(Refused::Status(resp.status().as_u16()))
+            }
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(Refused::Handshake(e.to_string())),
+            Err(tungstenite::HandshakeError::Interrupted(_)) => {
+                Err(Refused::Handshake("interrupted".into()))
+            }
+        }
+    }
+}
+
+/// What a test's rustls client presents in the TLS handshake.
+enum ClientCert {
+    /// No certificate.
+    None,
+    /// This certificate, signing the handshake with this key (its own or not).
+    Presenting {
+        cert: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    },
+}
+
+/// How an upgrade on the mTLS listener failed.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// An HTTP answer other than 101.
+    Status(u16),
+    /// No HTTP answer: the TLS handshake (or the connection) ended first.
+    Handshake(String),
+}
+
+/// A client certificate resolver that always presents the same certificate and key,
+/// whether or not they belong together (rustls' own builder would refuse a mismatch).
+#[derive(Debug)]
+struct Presents(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// A terminal's certificate and key files, and the certificate's SHA-256 fingerprint.
@@ -92,6 +194,24 @@ struct Terminal {
     cert: PathBuf,
     key: PathBuf,
     fingerprint: String,
+    /// The certificate (DER) and its key (PKCS#8 DER), for a rustls client.
+    der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl Terminal {
+    /// Presents this certificate and signs with its own key.
+    fn presenting(&self) -> ClientCert {
+        self.presenting_with_key_of(self)
+    }
+
+    /// Presents this certificate but signs with `other`'s key.
+    fn presenting_with_key_of(&self, other: &Terminal) -> ClientCert {
+        ClientCert::Presenting {
+            cert: self.der.clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(other.key_der.clone())),
+        }
+    }
 }
 
 fn terminal_params(name: &str) -> CertificateParams {
@@ -116,6 +236,8 @@ fn write_terminal(dir: &Path, name: &str, cert: &rcgen::Certificate, key: &KeyPa
         cert: c,
         key: k,
         fingerprint,
+        der: cert.der().clone(),
+        key_der: key.serialize_der(),
     }
 }
 
@@ -237,8 +359,7 @@ fn with_a_client_ca_only_certificates_it_issued_get_in() {
     pin(&r.relay, TSN, &[&t.fingerprint, &stranger.fingerprint]);
     let mut refused = r.terminal(&stranger, "20");
     let e = refused.next_event(Duration::from_secs(20));
-    assert!(e["event"] == "failed" || e["event"] == "refused", "{e}");
-    assert_ne!(e["event"], "open");
+    assert_eq!(e["event"], "failed", "§2a: the TLS handshake fails: {e}");
     // The issued and pinned one relays.
     let mut terminal = r.terminal(&t, "60");
     assert_eq!(expect_event(&mut terminal, "open")["subprotocol"], "sci");
@@ -326,4 +447,277 @@ fn device_sim_connects_with_a_client_certificate() {
         }
     }
     let _pair = pos_exchange(&r.relay, &creds);
+}
+
+/// The terminal side of [`pos_exchange`] on a socket of a test's own: the SCA request
+/// arrives and is answered.
+fn answer_sca(ws: &mut Ws) {
+    match recv(ws) {
+        tungstenite::Message::Text(t) => assert!(t.contains("<COMMAND>START"), "{t}"),
+        other => panic!("{}", show(&other)),
+    }
+    send_text(
+        ws,
+        "<RESPONSE><RESPONSE_TEXT>Session Started</RESPONSE_TEXT></RESPONSE>",
+    );
+}
+
+#[test]
+fn the_listener_requires_a_certificate_and_proof_that_the_terminal_holds_its_key() {
+    // Pin-only mode: the handshake signature is all that ties the client to the pin.
+    let r = MtlsRelay::start(None, &[]);
+    let creds = r.relay.provision("acme", "s1", &[TSN]);
+    let t = self_signed(r.dir.path(), "terminal-1");
+    let thief = self_signed(r.dir.path(), "thief");
+    pin(&r.relay, TSN, &[&t.fingerprint]);
+    // §2a: "requires a client certificate in the TLS handshake".
+    match r.upgrade("/", ClientCert::None) {
+        Err(Refused::Handshake(_)) => {}
+        other => panic!("no client certificate: the TLS handshake must fail, got {other:?}"),
+    }
+    // The pinned certificate, without its key (the handshake signed with another one).
+    match r.upgrade("/", t.presenting_with_key_of(&thief)) {
+        Err(Refused::Handshake(_)) => {}
+        other => panic!("a certificate the client holds no key for must fail, got {other:?}"),
+    }
+    // Neither made the device appear: the claim says it has no session yet.
+    let token = r.relay.token("acme", &creds);
+    let mut pos = Pos::control(&r.relay, &token);
+    let offline = pos.claim(TSN);
+    assert_eq!(offline["code"], "offline", "{offline}");
+    // The certificate with its own key gets in and relays.
+    let mut terminal = r
+        .upgrade("/", t.presenting())
+        .expect("the pinned certificate with its key");
+    let (_pos, mut session) = {
+        let claimed = pos.claim(TSN);
+        assert_eq!(claimed["online"], true, "{claimed}");
+        let url = claimed["session_url"].as_str().unwrap().to_owned();
+        (pos, Pos::session(&r.relay, &url, &token))
+    };
+    send_text(
+        &mut session,
+        "<TRANSACTION><FUNCTION_TYPE>SESSION</FUNCTION_TYPE><COMMAND>START</COMMAND></TRANSACTION>",
+    );
+    answer_sca(&mut terminal);
+    match recv(&mut session) {
+        tungstenite::Message::Text(t) => assert!(t.contains("Session Started"), "{t}"),
+        other => panic!("{}", show(&other)),
+    }
+    let log = r.relay.stderr_tail(400);
+    for fp in [&t.fingerprint, &t.fingerprint.to_ascii_uppercase()] {
+        assert!(!log.contains(fp.as_str()), "a fingerprint is never logged");
+    }
+}
+
+#[test]
+fn pins_are_checked_by_the_admin_api_and_a_rotation_lets_either_certificate_in_on_any_path() {
+    let r = MtlsRelay::start(None, &[]);
+    let creds = r.relay.provision("acme", "s1", &[TSN, "87654321"]);
+    let old = self_signed(r.dir.path(), "old");
+    let new = self_signed(r.dir.path(), "new");
+    let pins_of = |tsn: &str| -> Value {
+        r.relay
+            .admin_devices("acme")
+            .into_iter()
+            .find(|d| d["tsn"] == tsn)
+            .unwrap_or_else(|| panic!("{tsn} listed"))["client_cert_sha256"]
+            .clone()
+    };
+    let patch = |tsn: &str, pins: Value| {
+        r.relay.admin(
+            "PATCH",
+            &format!("/admin/v1/domains/acme/devices/{tsn}"),
+            Some(json!({ "client_cert_sha256": pins })),
+        )
+    };
+    // §9: "A fingerprint that is not 64 hex digits answers 400".
+    let colons = old.fingerprint[..62].to_owned() + ":0";
+    for bad in [
+        json!(["abc"]),
+        json!(["g".repeat(64)]),
+        json!([colons]),
+        json!([7]),
+    ] {
+        patch(TSN, bad.clone()).expect_error(400, &format!("pins {bad}"));
+    }
+    let r400 = r.relay.admin(
+        "POST",
+        "/admin/v1/domains/acme/devices",
+        Some(
+            json!({"tsn": "11112222", "make": "ingenico", "model": "axium", "store": "s1",
+                    "client_cert_sha256": ["abc"]}),
+        ),
+    );
+    r400.expect_error(400, "POST with a malformed pin");
+    assert_eq!(pins_of(TSN), json!([]), "nothing changed");
+    // POST takes pins too, in either case; they are answered in lowercase.
+    r.relay
+        .admin(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            Some(
+                json!({"tsn": "11112222", "make": "ingenico", "model": "axium", "store": "s1",
+                        "client_cert_sha256": [old.fingerprint.to_ascii_uppercase()]}),
+            ),
+        )
+        .expect_status(201, "POST with a pin");
+    assert_eq!(pins_of("11112222"), json!([old.fingerprint]));
+    // "A fingerprint is pinned to at most one device": 409, by PATCH or by POST.
+    patch(TSN, json!([old.fingerprint])).expect_error(409, "PATCH pinned elsewhere");
+    r.relay
+        .admin(
+            "POST",
+            "/admin/v1/domains/acme/devices",
+            Some(
+                json!({"tsn": "33334444", "make": "ingenico", "model": "axium", "store": "s1",
+                        "client_cert_sha256": [old.fingerprint]}),
+            ),
+        )
+        .expect_error(409, "POST pinned elsewhere");
+    assert_eq!(pins_of(TSN), json!([]), "nothing changed");
+    // Freed, both the old and the new certificate are pinned to the terminal (rotation).
+    patch("11112222", json!([])).expect_status(200, "unpin");
+    patch(
+        TSN,
+        json!([old.fingerprint.to_ascii_uppercase(), new.fingerprint]),
+    )
+    .expect_status(200, "rotation");
+    assert_eq!(pins_of(TSN), json!([old.fingerprint, new.fingerprint]));
+    // Either one gets in, on any path; each connection replaces the one before (4000),
+    // wherever the shards accepted them.
+    let paths = [
+        "/",
+        "/sci",
+        "/cloud-connector/v1/device-listener",
+        "/x?pinpad=1",
+    ];
+    let mut previous: Option<Ws> = None;
+    for (i, path) in paths.iter().enumerate() {
+        let cert = if i % 2 == 0 { &new } else { &old };
+        let ws = r
+            .upgrade(path, cert.presenting())
+            .unwrap_or_else(|e| panic!("connection {i} on {path}: {e:?}"));
+        if let Some(mut before) = previous.take() {
+            assert_eq!(expect_close(&mut before), 4000, "connection {i} replaces");
+        }
+        previous = Some(ws);
+    }
+    let mut terminal = previous.unwrap();
+    let token = r.relay.token("acme", &creds);
+    let mut pos = Pos::control(&r.relay, &token);
+    let claimed = pos.claim(TSN);
+    assert_eq!(claimed["online"], true, "{claimed}");
+    let url = claimed["session_url"].as_str().unwrap().to_owned();
+    let mut session = Pos::session(&r.relay, &url, &token);
+    send_text(
+        &mut session,
+        "<TRANSACTION><FUNCTION_TYPE>SESSION</FUNCTION_TYPE><COMMAND>START</COMMAND></TRANSACTION>",
+    );
+    answer_sca(&mut terminal);
+    assert!(matches!(recv(&mut session), tungstenite::Message::Text(_)));
+    // Refused pins, replacements, unpins: the relay's log names none of the fingerprints.
+    let log = r.relay.stderr_tail(1000);
+    for fp in [&old.fingerprint, &new.fingerprint] {
+        assert!(
+            !log.contains(fp.as_str()) && !log.contains(&fp.to_ascii_uppercase()),
+            "a fingerprint is never logged"
+        );
+    }
+}
+
+#[test]
+fn sigterm_closes_certificate_terminals_with_1001() {
+    let mut r = MtlsRelay::start(None, &[]);
+    r.relay.provision("acme", "s1", &[TSN]);
+    let t = self_signed(r.dir.path(), "terminal-1");
+    pin(&r.relay, TSN, &[&t.fingerprint]);
+    let mut terminal = r.terminal(&t, "60");
+    expect_event(&mut terminal, "open");
+    r.relay.signal(libc::SIGTERM);
+    let closed = expect_event(&mut terminal, "close");
+    assert_eq!(closed["code"], 1001, "§6: {closed}");
+    assert!(r.relay.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn a_rotation_closes_only_the_connection_whose_certificate_lost_its_pin() {
+    let r = MtlsRelay::start(None, &[]);
+    let creds = r.relay.provision("acme", "s1", &[TSN]);
+    let old = self_signed(r.dir.path(), "old");
+    let new = self_signed(r.dir.path(), "new");
+    pin(&r.relay, TSN, &[&old.fingerprint]);
+    let mut terminal = r.upgrade("/", old.presenting()).expect("old pinned");
+    // The new certificate pinned beside the old: the live connection is not touched.
+    pin(&r.relay, TSN, &[&old.fingerprint, &new.fingerprint]);
+    let token = r.relay.token("acme", &creds);
+    let mut pos = Pos::control(&r.relay, &token);
+    let claimed = pos.claim(TSN);
+    assert_eq!(claimed["online"], true, "{claimed}");
+    let url = claimed["session_url"].as_str().unwrap().to_owned();
+    let mut session = Pos::session(&r.relay, &url, &token);
+    send_text(
+        &mut session,
+        "<TRANSACTION><FUNCTION_TYPE>SESSION</FUNCTION_TYPE><COMMAND>START</COMMAND></TRANSACTION>",
+    );
+    answer_sca(&mut terminal);
+    assert!(matches!(recv(&mut session), tungstenite::Message::Text(_)));
+    // The old one unpinned: its connection is closed (1008), the new one gets in.
+    pin(&r.relay, TSN, &[&new.fingerprint]);
+    assert_eq!(expect_close(&mut terminal), 1008, "§2a: unpinned");
+    assert_eq!(
+        r.upgrade("/", old.presenting()).err(),
+        Some(Refused::Status(403))
+    );
+    let mut terminal = r.upgrade("/", new.presenting()).expect("new pinned");
+    send_text(
+        &mut session,
+        "<TRANSACTION><FUNCTION_TYPE>SESSION</FUNCTION_TYPE><COMMAND>START</COMMAND></TRANSACTION>",
+    );
+    answer_sca(&mut terminal);
+}
+
+#[test]
+fn the_mtls_options_without_what_they_need_refuse_the_start_and_say_what_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = self_signed(dir.path(), "not-a-ca");
+    let ca_path = ca.cert.to_str().unwrap().to_owned();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let base = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    for (extra, says) in [
+        // §2a: "TLS only (it needs --tls-cert and --tls-key)".
+        (
+            vec!["--device-mtls-listen", "127.0.0.1:0"],
+            "give tls_cert and tls_key too",
+        ),
+        (
+            vec!["--device-client-ca", ca_path.as_str()],
+            "give device_mtls_listen too",
+        ),
+    ] {
+        let path = dir.path().join("stderr.log");
+        let stderr = std::process::Stdio::from(std::fs::File::create(&path).unwrap());
+        let mut args = base.to_vec();
+        args.extend(extra.iter().copied());
+        match start_serve(&args, "admin-token", stderr, None) {
+            Start::Ready(_) => panic!("{extra:?}: the relay started"),
+            Start::Exited { status, stdout } => {
+                assert!(!status.success(), "{extra:?}: {status}");
+                assert!(
+                    stdout.iter().all(|l| !l.contains("listening")),
+                    "{extra:?}: announced {stdout:?}"
+                );
+                let err = std::fs::read_to_string(&path).unwrap();
+                assert!(err.contains(says), "{extra:?}: {err}");
+            }
+        }
+    }
 }

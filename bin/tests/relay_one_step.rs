@@ -49,10 +49,8 @@ fn seed_003_pos_claims_and_opens_its_session_in_one_step_with_basic_credentials(
         &[
             "--url",
             &url,
-            "--client-id",
-            &creds.client_id,
-            "--client-secret",
-            &creds.client_secret,
+            &format!("--client-id={}", creds.client_id),
+            &format!("--client-secret={}", creds.client_secret),
             "--heartbeats",
             "4",
             "--tokenize",
@@ -208,14 +206,130 @@ fn a_one_step_login_by_message_is_told_a_denial_in_band() {
         Message::Text(t) => assert_eq!(t, "after the login"),
         other => panic!("{}", show(&other)),
     }
-    // A device without a session: error offline, then 1008.
-    let mut ws = relay.ws(&relay.ws_url(&one_step("22222222")), &[]);
-    send_json(&mut ws, &json!({"type": "login", "token": token}));
-    let error = recv_json(&mut ws);
+    // Each refusal the upgrade would have answered is told in band, then 1008 (§7b): a
+    // device without a session (503: offline), one out of scope (404: not_found), one
+    // another client holds (409: device_busy).
+    let other = relay.create_client("acme", Some("s1"));
+    let other_token = relay.token("acme", &other);
+    for (tsn, token, code) in [
+        ("22222222", &token, "offline"),
+        ("99999999", &token, "not_found"),
+        (TSN, &other_token, "device_busy"),
+    ] {
+        let mut ws = relay.ws(&relay.ws_url(&one_step(tsn)), &[]);
+        send_json(&mut ws, &json!({"type": "login", "token": token}));
+        let error = recv_json(&mut ws);
+        assert_eq!(
+            (error["type"].as_str(), error["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{tsn}: {error}"
+        );
+        assert_eq!(expect_close(&mut ws), 1008, "{tsn}");
+    }
+}
+
+#[test]
+fn a_one_step_claim_ends_with_a_release_or_after_the_claim_grace() {
+    let relay = Relay::start(&["--claim-grace", "1s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let other = relay.create_client("acme", Some("s1"));
+    let _device = echo_device(&relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let other_auth = basic_auth(&other.client_id, &other.client_secret);
+    let url = relay.ws_url(&one_step(TSN));
+    // §5a: "it ends with a release on a control channel": the session is closed (4001)
+    // and the device is free for another client.
+    let mut session = relay.ws(&url, &[("Authorization", &auth)]);
+    let mut control =
+        Pos::control_from(relay.ws(&relay.ws_url(POS_LISTENER), &[("Authorization", &auth)]));
+    assert_eq!(control.release(TSN)["type"], "released");
+    let (_, code) = drain_until_close(&mut session);
+    assert_eq!(code, 4001, "claim released");
+    drop(control);
+    let mut taken = relay.ws(&url, &[("Authorization", &other_auth)]);
     assert_eq!(
-        (error["type"].as_str(), error["code"].as_str()),
-        (Some("error"), Some("offline")),
-        "{error}"
+        relay.ws_status(&url, &[("Authorization", &auth)]),
+        409,
+        "now the other client's"
     );
-    assert_eq!(expect_close(&mut ws), 1008);
+    // "...or when the client's control channels and session stay closed for the claim
+    // grace period": the other client goes away, and after the grace the device is free.
+    taken.close(None).unwrap();
+    let _ = drain_until_close(&mut taken);
+    let freed = wait_for(Duration::from_secs(10), || {
+        match relay.ws_connect(&url, &[("Authorization", &auth)]) {
+            Ok((ws, _)) => Some(ws),
+            Err(tungstenite::Error::Http(r)) if r.status() == 409 => None,
+            Err(e) => panic!("{}", describe_ws_error(&e)),
+        }
+    });
+    assert!(freed.is_some(), "the claim ended after --claim-grace");
+}
+
+#[test]
+fn frames_that_outlive_the_offline_grace_without_a_control_channel_close_the_session_with_4002() {
+    // §6: "Frames that cannot be delivered — queue full, grace expired, …"; §5a: with no
+    // control channel open, the session is closed with 4002 and the count.
+    let relay = Relay::start(&["--offline-grace", "1s"]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
+    device.ws.close(None).unwrap();
+    let _ = expect_close(&mut device.ws);
+    drop(device);
+    send_text(&mut session, "héllo");
+    send_binary(&mut session, &[0u8; 10]);
+    set_read_timeout(&mut session, Some(Duration::from_secs(15)));
+    let (code, reason) = loop {
+        match session.read() {
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 4002);
+    assert_eq!(
+        reason, "undelivered frames=2 bytes=16",
+        "UTF-8 bytes of the text"
+    );
+}
+
+#[test]
+fn at_shutdown_queued_frames_without_a_control_channel_close_the_session_with_4002() {
+    // §6: shutdown "forwards or reports what is queued"; "A frame is either delivered or
+    // reported: never dropped in silence". A §5a client has no control channel to hear
+    // `undelivered` on, so its session's close carries the count (4002), not a bare 1001.
+    let mut relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(&relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
+    device.ws.close(None).unwrap();
+    let _ = expect_close(&mut device.ws);
+    drop(device);
+    send_text(&mut session, "queued");
+    // The relay has read the frame once it answers a ping sent after it (in order).
+    session.send(Message::Ping(b"after".to_vec())).unwrap();
+    loop {
+        match session.read() {
+            Ok(Message::Pong(p)) if p.as_slice() == b"after" => break,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected the pong, got {other:?}"),
+        }
+    }
+    relay.signal(libc::SIGTERM);
+    let (code, reason) = loop {
+        match session.read() {
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        (code, reason.as_str()),
+        (4002, "undelivered frames=1 bytes=6"),
+        "the queued frame is reported in the close"
+    );
+    assert!(relay.wait_exit(Duration::from_secs(15)).success());
 }

@@ -136,3 +136,71 @@ fn claimed_counts_the_device_messages_waiting_for_the_session() {
     let after = pos.claim(TSN);
     assert_eq!(after["pending_frames"], 0, "delivered: {after}");
 }
+
+#[test]
+fn seed_001_terminal_registers_through_the_trailing_slash_over_wss() {
+    // Seed 001 writes `wss://{base-url}/cloud-connector/v1/device-listener/`.
+    let (relay, _cert) = Relay::start_tls(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let inner = json!({"client_id": creds.client_id, "client_secret": creds.client_secret});
+    let message = json!({
+        "type": "register",
+        "tsn": format!("ingenico-axium-{TSN}"),
+        "custom_registration_data": inner.to_string(),
+    });
+    let (reply, code) = register_on(
+        &relay,
+        "/cloud-connector/v1/device-listener/",
+        &message.to_string(),
+    );
+    assert_eq!(
+        (reply["type"].as_str(), code),
+        (Some("registered"), 1000),
+        "{reply}"
+    );
+    let url = reply["connection_url"].as_str().unwrap();
+    assert!(url.starts_with("wss://"), "{reply}");
+    let reg = Registration {
+        session_id: reply["session_id"].as_str().unwrap().to_owned(),
+        connection_url: url.to_owned(),
+        token: reply["token"].as_str().unwrap().to_owned(),
+        expires_in: reply["expires_in"].as_i64().unwrap(),
+        raw: reply.clone(),
+    };
+    let mut device = Device::connect(&relay, reg);
+    let token = relay.token("acme", &creds);
+    let mut pos = Pos::control_from(
+        relay.ws_bearer(&relay.ws_url("/cloud-connector/v1/pos-listener/"), &token),
+    );
+    let (_, session_url) = pos.claim_ok(TSN);
+    let mut session = Pos::session(&relay, &session_url, &token);
+    send_text(&mut session, "<TRANSACTION/>");
+    match device.recv() {
+        Message::Text(t) => assert_eq!(t, "<TRANSACTION/>"),
+        other => panic!("expected the POS frame, got {}", show(&other)),
+    }
+}
+
+#[test]
+fn custom_registration_data_without_credentials_beside_top_level_ones_is_accepted() {
+    // A terminal's custom_registration_data may carry other things; only credentials in
+    // both places are ambiguous (§2).
+    let relay = Relay::start(&[]);
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let other = json!({"lane": 3, "merchant_ref": "m-17"});
+    for custom in [other.clone(), json!(other.to_string())] {
+        let message = json!({
+            "type": "register",
+            "tsn": TSN,
+            "client_id": creds.client_id,
+            "client_secret": creds.client_secret,
+            "custom_registration_data": custom,
+        });
+        let (reply, code) = register_on(&relay, DEVICE_LISTENER, &message.to_string());
+        assert_eq!(
+            (reply["type"].as_str(), code),
+            (Some("registered"), 1000),
+            "{custom}: {reply}"
+        );
+    }
+}

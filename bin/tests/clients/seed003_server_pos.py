@@ -17,7 +17,9 @@ One JSON line on stdout per event, for the black-box tests to read:
 It stops by itself after --seconds. Needs `websockets` (pinned in .ci/run).
 
   seed003_server_pos.py --url ws://127.0.0.1:8080/cloud-connector/v1/devices/12345678/session \
-      --client-id ID --client-secret SECRET --heartbeats 6 --tokenize
+      --client-id=ID --client-secret=SECRET --heartbeats 6 --tokenize
+
+(`--client-id=ID` in one argument: an id or a secret may start with `-`.)
 """
 
 import argparse

@@ -281,6 +281,35 @@ pub fn connect_from(src: std::net::IpAddr, dst: SocketAddr) -> TcpStream {
     s
 }
 
+/// An IPv4 address of one of this machine's non-loopback interfaces, if it has one: a
+/// connection bound to it and made to 127.0.0.1 never leaves the machine, yet the relay
+/// sees a peer that is not on loopback ("another host", PROTOCOL.md §7c).
+pub fn local_non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    let mut found = None;
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that we only read, then free once.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !ip.is_unspecified() && !ip.is_link_local() {
+                    found = Some(ip);
+                    break;
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
 /// A `POST /oauth2/v1/{domain}/token` (Basic credentials) from source address `src` on
 /// its own connection; returns the head and the body text.
 pub fn token_request_from(

@@ -19,6 +19,8 @@ pub struct Relay {
     generation: u32,
     http: ureq::Agent,
     client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Files the relay's arguments name (its certificate), for as long as it may restart.
+    files: Option<tempfile::TempDir>,
 }
 
 impl Relay {
@@ -41,9 +43,40 @@ impl Relay {
             generation: 0,
             http: plain_agent(),
             client_tls: None,
+            files: None,
         };
         relay.spawn();
         relay
+    }
+
+    /// Starts the relay as [`Relay::start`] does, serving `wss://` and `https://` with a
+    /// self-signed certificate for 127.0.0.1 made now, trusted by this harness; the
+    /// certificate's PEM file (kept as long as the relay) for clients of other processes.
+    pub fn start_tls(args: &[&str]) -> (Relay, PathBuf) {
+        let made = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ])
+        .expect("self-signed certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (
+            dir.path().join("relay.pem"),
+            dir.path().join("relay-key.pem"),
+        );
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+        let mut all = vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let mut relay = Relay::start(&all);
+        assert!(relay.tls, "the relay announced wss://");
+        relay.trust(made.cert.der().to_vec());
+        relay.files = Some(dir);
+        (relay, cert)
     }
 
     /// The data directory (kept across restarts).

@@ -20,6 +20,10 @@ pub struct SeedClient {
 
 impl SeedClient {
     /// Starts `python3 bin/tests/clients/<script> <args…>`.
+    ///
+    /// Give a value that may start with `-` in one argument, `--flag=value`: client ids and
+    /// secrets are base64url, one in 64 starts with `-`, and argparse takes a separate
+    /// `-…` argument for an option (exit status 2, no event at all).
     pub fn start(script: &str, args: &[&str]) -> SeedClient {
         let mut child = Command::new("python3")
             .arg(seed_client(script))

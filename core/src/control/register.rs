@@ -80,8 +80,14 @@ impl RegisterRequest {
         let tsn = required_str(&object, "tsn")?.to_owned();
         let top_id = optional_str(&object, "client_id")?;
         let top_secret = optional_str(&object, "client_secret")?;
+        let top_level = top_id.is_some() || top_secret.is_some();
         let (client_id, client_secret, source) = match object.get(CUSTOM).filter(|v| !v.is_null()) {
-            None => {
+            Some(value) if !top_level => custom_credentials(value)?,
+            // §2: "Credentials both at the top level and in `custom_registration_data`
+            // answer `bad_request`": credentials, not the property itself; whatever else a
+            // terminal carries there beside top-level credentials is its own business.
+            Some(value) if holds_credentials(value) => return Err(ControlError::CredentialsTwice),
+            _ => {
                 let id = top_id.ok_or(ControlError::MissingField { field: "client_id" })?;
                 let secret = top_secret.ok_or(ControlError::MissingField {
                     field: "client_secret",
@@ -92,10 +98,6 @@ impl RegisterRequest {
                     CredentialSource::TopLevel,
                 )
             }
-            Some(_) if top_id.is_some() || top_secret.is_some() => {
-                return Err(ControlError::CredentialsTwice)
-            }
-            Some(value) => custom_credentials(value)?,
         };
         Ok(Self {
             tsn,
@@ -128,6 +130,24 @@ fn custom_credentials(
     })?;
     let (id, secret) = credentials_in(&object)?;
     Ok((id, secret, CredentialSource::CustomString))
+}
+
+/// Whether `custom_registration_data` carries a credential field (`client_id` or
+/// `client_secret`), as an object or as a string holding one; any other value carries none.
+fn holds_credentials(value: &BorrowedValue<'_>) -> bool {
+    let has_one = |object: &BorrowedValue<'_>| {
+        object
+            .as_object()
+            .is_some_and(|o| o.contains_key("client_id") || o.contains_key("client_secret"))
+    };
+    match value.as_str() {
+        Some(text) => {
+            // Within the message's size bound, like the message it came out of.
+            let mut inner = text.as_bytes().to_vec();
+            parse_object(&mut inner).is_ok_and(|object| has_one(&object))
+        }
+        None => has_one(value),
+    }
 }
 
 /// `client_id` and `client_secret` of `custom_registration_data`'s object; the errors name
@@ -272,6 +292,31 @@ mod tests {
             ControlError::CredentialsTwice.code(),
             ControlErrorCode::BadRequest
         );
+    }
+
+    #[test]
+    fn other_custom_registration_data_beside_top_level_credentials_is_the_terminals_own() {
+        for custom in [
+            r#"{"lane":3}"#,
+            r#""{\"lane\":3}""#,
+            r#""lane=3""#,
+            r#"7"#,
+            r#"[]"#,
+        ] {
+            let text = format!(
+                r#"{{"type":"register","tsn":"1","client_id":"c","client_secret":"s","custom_registration_data":{custom}}}"#
+            );
+            let req = parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(
+                (
+                    req.client_id.as_str(),
+                    req.client_secret.expose(),
+                    req.source
+                ),
+                ("c", "s", CredentialSource::TopLevel),
+                "{text}"
+            );
+        }
     }
 
     #[test]

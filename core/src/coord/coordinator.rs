@@ -417,6 +417,14 @@ impl<M: QueuedMessage> Coordinator<M> {
             return;
         }
         self.devices.handle_shutdown(now);
+        // The reports first, as outputs ahead of the drain's first close: §5a's 4002 for a
+        // session whose client has no control channel is requested before the 1001 that
+        // closes every POS session, so its frames are reported, not dropped in silence
+        // (§6: "A frame is either delivered or reported"). A connection's first close
+        // request is the one it sends.
+        while let Some(action) = self.devices.poll_action() {
+            self.carry_device_action(action, now);
+        }
         let steps = self.drain.start();
         self.carry_steps(steps);
     }
