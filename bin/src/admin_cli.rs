@@ -102,7 +102,8 @@ pub enum AdminCommand {
         /// How long the old secret keeps working, so terminals and POS can move over
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace)]
         grace: std::time::Duration,
-        /// The client id
+        /// The client id (it may start with '-': base64url)
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
     /// Delete a POS client (its tokens stop working)
@@ -110,7 +111,8 @@ pub enum AdminCommand {
         /// The domain
         #[arg(long, value_name = "DOMAIN")]
         domain: String,
-        /// The client id
+        /// The client id (it may start with '-': base64url)
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
     /// Provision a terminal

@@ -138,3 +138,54 @@ fn run_echo(args: EchoArgs) -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Client ids and secrets are base64url: one in 64 starts with `-`, and must still be
+    /// taken as a value, not as an unknown option.
+    #[test]
+    fn ids_and_secrets_that_start_with_a_dash_are_values() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("posrelay").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())
+        };
+        let device = parse(&[
+            "device-sim",
+            "--tsn",
+            "12345678",
+            "--client-id",
+            "-abc",
+            "--client-secret",
+            "-def",
+        ])
+        .unwrap();
+        let Command::DeviceSim(d) = device.command else {
+            panic!("{device:?}")
+        };
+        assert_eq!(d.client_id.as_deref(), Some("-abc"));
+        let pos = parse(&[
+            "pos-sim",
+            "--domain",
+            "acme",
+            "--tsn",
+            "12345678",
+            "--client-id",
+            "-abc",
+            "--client-secret",
+            "-def",
+        ])
+        .unwrap();
+        let Command::PosSim(p) = pos.command else {
+            panic!("{pos:?}")
+        };
+        assert_eq!(
+            (p.client_id.as_str(), p.client_secret.as_str()),
+            ("-abc", "-def")
+        );
+        for sub in ["rotate-secret", "delete-client"] {
+            parse(&["admin", sub, "--domain", "acme", "-abc"]).unwrap();
+        }
+    }
+}

@@ -30,6 +30,7 @@ pub struct DeviceSimArgs {
     #[arg(
         long,
         env = "POSRELAY_CLIENT_ID",
+        allow_hyphen_values = true,
         hide_env_values = true,
         value_name = "ID",
         required_unless_present = "client_cert"
@@ -39,6 +40,7 @@ pub struct DeviceSimArgs {
     #[arg(
         long,
         env = "POSRELAY_CLIENT_SECRET",
+        allow_hyphen_values = true,
         hide_env_values = true,
         value_name = "SECRET",
         required_unless_present = "client_cert"

@@ -29,6 +29,7 @@ pub struct PosSimArgs {
     #[arg(
         long,
         env = "POSRELAY_CLIENT_ID",
+        allow_hyphen_values = true,
         hide_env_values = true,
         value_name = "ID"
     )]
@@ -37,6 +38,7 @@ pub struct PosSimArgs {
     #[arg(
         long,
         env = "POSRELAY_CLIENT_SECRET",
+        allow_hyphen_values = true,
         hide_env_values = true,
         value_name = "SECRET"
     )]
