@@ -28,8 +28,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     run_server(config, stop, |addrs| {
         let scheme = if addrs.tls { "wss" } else { "ws" };
         let mut out = std::io::stdout().lock();
-        // Tests and scripts read these two lines to find the ports.
+        // Tests and scripts read these lines to find the ports (the admin line last).
         let _ = writeln!(out, "relay listening on {scheme}://{}", addrs.relay);
+        if let Some(mtls) = addrs.device_mtls {
+            let _ = writeln!(out, "device mTLS listening on wss://{mtls}");
+        }
         let _ = writeln!(out, "admin listening on http://{}", addrs.admin);
         let _ = out.flush();
     })?;

@@ -63,6 +63,11 @@ impl MtlsRelay {
         }
         args.extend_from_slice(extra);
         let mut relay = Relay::start(&args);
+        assert_eq!(
+            relay.mtls_addr,
+            Some(listen.parse().unwrap()),
+            "the mTLS listener is announced on stdout"
+        );
         relay.trust(cert.cert.der().to_vec());
         MtlsRelay {
             relay,

@@ -12,6 +12,8 @@ pub struct Relay {
     pub admin_addr: SocketAddr,
     /// Whether the relay announced `wss://`.
     pub tls: bool,
+    /// The device mTLS listener the relay announced (§2a), if any.
+    pub mtls_addr: Option<SocketAddr>,
     /// The admin token given in `POSRELAY_ADMIN_TOKEN`.
     pub admin_token: String,
     work: tempfile::TempDir,
@@ -36,6 +38,7 @@ impl Relay {
             child: None,
             relay_addr: "127.0.0.1:1".parse().unwrap(),
             admin_addr: "127.0.0.1:1".parse().unwrap(),
+            mtls_addr: None,
             tls: false,
             admin_token: random_hex(16),
             work,
@@ -148,6 +151,10 @@ impl Relay {
                         };
                         self.tls = tls;
                         relay = Some(addr.trim().parse::<SocketAddr>().unwrap_or_else(|e| {
+                            self.fail(&format!("bad address in {line:?}: {e}"))
+                        }));
+                    } else if let Some(rest) = line.strip_prefix("device mTLS listening on wss://") {
+                        self.mtls_addr = Some(rest.trim().parse::<SocketAddr>().unwrap_or_else(|e| {
                             self.fail(&format!("bad address in {line:?}: {e}"))
                         }));
                     } else if let Some(rest) = line.strip_prefix("admin listening on http://") {

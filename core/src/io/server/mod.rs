@@ -150,6 +150,8 @@ pub struct ServerAddrs {
     pub admin: SocketAddr,
     /// Whether the relay listener speaks TLS.
     pub tls: bool,
+    /// §2a: the device mTLS listener, if configured (port 0 resolved).
+    pub device_mtls: Option<SocketAddr>,
 }
 
 /// Lets another thread (a signal handler) stop the relay or reload its certificate.
@@ -385,6 +387,7 @@ pub fn run_server(
         relay: relay_addr,
         admin: admin_addr,
         tls: shared.tls.is_some(),
+        device_mtls: shared.mtls.as_ref().map(|m| m.addr),
     };
     let _ = shared.addrs.set(addrs);
     let mesh = glommio::channels::channel_mesh::MeshBuilder::full(shards, 1024);
