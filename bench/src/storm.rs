@@ -13,7 +13,8 @@
 //! it could not read (a reset, a corrupt TLS record, a timeout); a device that is
 //! still not online at the deadline is a *failed device*.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,10 @@ pub struct StormOutcome {
     /// Failed attempts after the restart that were anything else (a reset, a corrupt
     /// TLS record, a timeout, a refusal without `Retry-After`).
     pub failures_unreadable: u64,
+    /// The unreadable failures by kind: the step that failed (`device-listener`,
+    /// `registration`, `device-connection`, or `attempt` when the attempt timed out)
+    /// and what the device saw there (see [`failure_kind`]).
+    pub unreadable_kinds: BTreeMap<String, u64>,
 }
 
 struct Shared {
@@ -110,6 +115,7 @@ struct Shared {
     failed_before: Cell<u64>,
     refusals_readable: Cell<u64>,
     failures_unreadable: Cell<u64>,
+    unreadable_kinds: RefCell<BTreeMap<String, u64>>,
     mode: StormMode,
     stopping: Cell<bool>,
     /// How long one attempt to come online may take before the device gives up and retries.
@@ -159,6 +165,7 @@ pub async fn run_storm(
         failed_before: Cell::new(0),
         refusals_readable: Cell::new(0),
         failures_unreadable: Cell::new(0),
+        unreadable_kinds: RefCell::new(BTreeMap::new()),
         mode: settings.mode,
         stopping: Cell::new(false),
         attempt_timeout: settings.attempt_timeout,
@@ -234,6 +241,7 @@ pub async fn run_storm(
         mode: settings.mode,
         refusals_readable: shared.refusals_readable.get(),
         failures_unreadable: shared.failures_unreadable.get(),
+        unreadable_kinds: shared.unreadable_kinds.take(),
     };
     (outcome, restarted)
 }
@@ -306,6 +314,11 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
                         shared
                             .failures_unreadable
                             .set(shared.failures_unreadable.get() + 1);
+                        *shared
+                            .unreadable_kinds
+                            .borrow_mut()
+                            .entry(failure_kind(&e))
+                            .or_default() += 1;
                     }
                     &shared.failed_attempts
                 } else if !shared.restarting.get() {
@@ -331,6 +344,42 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
             return;
         }
     }
+}
+
+/// What kind of failure `e` was, as `step: what`: the step is the outermost context
+/// of [`device_online`]'s error (`attempt` if the attempt timed out); what the device
+/// saw is the WebSocket client's error kind (an i/o error by its `ErrorKind`, with the
+/// TLS alert or decoding error spelled out).
+pub fn failure_kind(e: &anyhow::Error) -> String {
+    let step = match e.chain().next().map(|c| c.to_string()) {
+        Some(s) if s.starts_with("no answer") => return "attempt: timed out".into(),
+        Some(s) => s,
+        None => String::new(),
+    };
+    let what = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<WsError>())
+        .map(|w| match w {
+            WsError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                format!("tls error ({io})")
+            }
+            WsError::Io(io) => format!("i/o {:?}", io.kind()),
+            WsError::Refused { status, .. } => format!("{status} without Retry-After"),
+            WsError::Eof => "closed before an answer".into(),
+            WsError::Handshake(h) => format!("bad handshake answer ({h})"),
+            WsError::Protocol(_) => "protocol error".into(),
+            WsError::Closed => "closed".into(),
+        })
+        .unwrap_or_else(|| {
+            let root = e.root_cause().to_string();
+            // An answer the flow did not expect: keep its shape, not its data.
+            root.split([':', '{'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        });
+    format!("{step}: {what}")
 }
 
 /// Waits as the storm's mode says (see [`StormMode::pause`]), or less if the run stops.
