@@ -118,7 +118,15 @@ fn max_connections_answers_503_and_recovers() {
 
 #[test]
 fn max_unauthenticated_answers_503_and_recovers() {
-    let relay = fault_relay(&["--max-unauthenticated", "4", "--handshake-timeout", "30s"]);
+    // Refused at once (no wait for a place): this test is about the refusal itself.
+    let relay = fault_relay(&[
+        "--max-unauthenticated",
+        "4",
+        "--handshake-timeout",
+        "30s",
+        "--max-unauthenticated-wait",
+        "0s",
+    ]);
     let creds = relay.provision(DOMAIN, "s1", &[TSN, PROBE_TSN]);
     let health = Health::warm_up(&relay, DOMAIN, &creds);
     let mut pair = Pair::connect(&relay, DOMAIN, TSN, &creds);
