@@ -23,7 +23,7 @@ use glommio::sync::Semaphore;
 use glommio::timer::{sleep, timeout};
 use serde::Serialize;
 
-use crate::flow::{device_online, Env};
+use crate::flow::{device_online_with, Env};
 use crate::load::{progress_done, progress_line};
 use crate::target::Target;
 use crate::wsclient::{Incoming, WsError};
@@ -247,6 +247,7 @@ pub async fn run_storm(
 }
 
 async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize) {
+    let tls = env.tls.as_deref().map(own_tls_config);
     let mut first = true;
     let mut counted_back = false;
     // Failed attempts since the device was last online (the backoff's exponent).
@@ -254,7 +255,7 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
     loop {
         let try_once = async {
             let r = timeout(shared.attempt_timeout, async {
-                Ok(device_online(&env, i).await)
+                Ok(device_online_with(&env, i, tls.as_ref()).await)
             })
             .await;
             r.unwrap_or_else(|e| Err(anyhow::anyhow!("no answer: {e}")))
@@ -346,6 +347,17 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
     }
 }
 
+/// A device's own TLS client configuration: the run's, with a session ticket store of
+/// its own, as a terminal has. With one configuration for all, the devices would share
+/// rustls' ticket cache, which keeps 8 TLS 1.3 tickets per server name: 8,000 devices
+/// would almost never find their own ticket, and a device would not resume its device
+/// connection with the ticket its registration just got, as a terminal does.
+fn own_tls_config(run: &rustls::ClientConfig) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut own = run.clone();
+    own.resumption = rustls::client::Resumption::in_memory_sessions(4);
+    std::sync::Arc::new(own)
+}
+
 /// What kind of failure `e` was, as `step: what`: the step is the outermost context
 /// of [`device_online`]'s error (`attempt` if the attempt timed out); what the device
 /// saw is the WebSocket client's error kind (an i/o error by its `ErrorKind`, with the
@@ -415,6 +427,35 @@ async fn wait_for(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn unreadable_failures_are_named_by_step_and_what_the_device_saw() {
+        let at = |e: WsError, step: &'static str| anyhow::Error::from(e).context(step);
+        assert_eq!(
+            failure_kind(&at(WsError::Eof, "device-listener")),
+            "device-listener: closed before an answer"
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            failure_kind(&at(WsError::Io(reset), "device-connection")),
+            "device-connection: i/o ConnectionReset"
+        );
+        let refused = WsError::Refused {
+            status: 503,
+            retry_after: None,
+        };
+        assert_eq!(
+            failure_kind(&at(refused, "device-listener")),
+            "device-listener: 503 without Retry-After"
+        );
+        assert_eq!(
+            failure_kind(&anyhow::anyhow!("no answer: timeout")),
+            "attempt: timed out"
+        );
+        let odd =
+            anyhow::anyhow!("registration answered {{\"type\":\"error\"}}").context("registration");
+        assert_eq!(failure_kind(&odd), "registration: registration answered");
+    }
 
     #[test]
     fn backoff_doubles_from_half_a_second_to_thirty_with_full_jitter_and_honours_retry_after() {
