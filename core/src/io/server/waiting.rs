@@ -14,8 +14,9 @@
 //! turned each refusal into a full TLS handshake of its own (the readable `503` needs
 //! one) and into a longer backoff on the terminal, so that an estate came back slower
 //! over wss than the relay could serve it. Waiting turns those refusals into
-//! admissions a little later, at no cost (8,000 wss devices: about 40 s and 19,000
-//! unreadable failures before, about 10 s and none after, BENCHMARKS.md's storm). The
+//! admissions a little later, at no cost (8,000 wss devices on a lightly loaded 2-core
+//! machine: 19 s and 13,000-14,000 unreadable failures before, 4.4-5.5 s and no failed
+//! attempt after; BENCHMARKS.md's storm). The
 //! wait is bounded, so that a relay whose anonymous places are held by connections
 //! that never authenticate (a slow-loris, itself cut off by `--handshake-timeout`)
 //! still answers `503`, and the waiting connections count against `--max-connections`
