@@ -76,6 +76,16 @@ fn str_field<'a>(v: &'a Value, k: &str) -> anyhow::Result<&'a str> {
 
 /// Brings device `i` online and returns its connection.
 pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
+    device_online_with(env, i, env.tls.as_ref()).await
+}
+
+/// Brings device `i` online over `tls` (with `--tls`: the device's own client
+/// configuration, and so its own TLS session tickets) and returns its connection.
+pub async fn device_online_with(
+    env: &Env,
+    i: usize,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<WsReader> {
     match env.kind {
         TargetKind::Posrelay => {
             let p = provisioned(env)?;
@@ -89,7 +99,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
                 path: "/cloud-connector/v1/device-listener",
                 protocols: &[],
                 headers: &[],
-                tls: env.tls.as_ref(),
+                tls,
             })
             .await
             .context("device-listener")?;
@@ -118,7 +128,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
                 path: &path,
                 protocols: &[],
                 headers: &[("Authorization", &auth)],
-                tls: env.tls.as_ref(),
+                tls,
             })
             .await
             .context("device-connection")
@@ -129,7 +139,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
                 path: "/pair",
                 protocols: &[],
                 headers: &[],
-                tls: env.tls.as_ref(),
+                tls,
             })
             .await?;
             conn.writer().send_text(&pair_id(i)).await?;
@@ -140,7 +150,7 @@ pub async fn device_online(env: &Env, i: usize) -> anyhow::Result<WsReader> {
             path: "/",
             protocols: &[],
             headers: &[],
-            tls: env.tls.as_ref(),
+            tls,
         })
         .await?),
     }

@@ -468,6 +468,20 @@ pub fn render(s: &ScenarioReport) -> String {
             row("of which unreadable failures", &|r| {
                 storm(r).map_or("-".into(), |s| s.failures_unreadable.to_string())
             });
+            row("unreadable failures by kind", &|r| {
+                storm(r).map_or("-".into(), |s| {
+                    let kinds: Vec<String> = s
+                        .unreadable_kinds
+                        .iter()
+                        .map(|(k, n)| format!("{k} x{n}"))
+                        .collect();
+                    if kinds.is_empty() {
+                        "-".into()
+                    } else {
+                        kinds.join("; ")
+                    }
+                })
+            });
             row("retry mode", &|r| {
                 storm(r).map_or("-".into(), |s| format!("{:?}", s.mode).to_lowercase())
             });

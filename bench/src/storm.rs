@@ -13,7 +13,8 @@
 //! it could not read (a reset, a corrupt TLS record, a timeout); a device that is
 //! still not online at the deadline is a *failed device*.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use glommio::sync::Semaphore;
 use glommio::timer::{sleep, timeout};
 use serde::Serialize;
 
-use crate::flow::{device_online, Env};
+use crate::flow::{device_online_with, Env};
 use crate::load::{progress_done, progress_line};
 use crate::target::Target;
 use crate::wsclient::{Incoming, WsError};
@@ -96,6 +97,10 @@ pub struct StormOutcome {
     /// Failed attempts after the restart that were anything else (a reset, a corrupt
     /// TLS record, a timeout, a refusal without `Retry-After`).
     pub failures_unreadable: u64,
+    /// The unreadable failures by kind: the step that failed (`device-listener`,
+    /// `registration`, `device-connection`, or `attempt` when the attempt timed out)
+    /// and what the device saw there (see [`failure_kind`]).
+    pub unreadable_kinds: BTreeMap<String, u64>,
 }
 
 struct Shared {
@@ -110,6 +115,7 @@ struct Shared {
     failed_before: Cell<u64>,
     refusals_readable: Cell<u64>,
     failures_unreadable: Cell<u64>,
+    unreadable_kinds: RefCell<BTreeMap<String, u64>>,
     mode: StormMode,
     stopping: Cell<bool>,
     /// How long one attempt to come online may take before the device gives up and retries.
@@ -159,6 +165,7 @@ pub async fn run_storm(
         failed_before: Cell::new(0),
         refusals_readable: Cell::new(0),
         failures_unreadable: Cell::new(0),
+        unreadable_kinds: RefCell::new(BTreeMap::new()),
         mode: settings.mode,
         stopping: Cell::new(false),
         attempt_timeout: settings.attempt_timeout,
@@ -234,11 +241,13 @@ pub async fn run_storm(
         mode: settings.mode,
         refusals_readable: shared.refusals_readable.get(),
         failures_unreadable: shared.failures_unreadable.get(),
+        unreadable_kinds: shared.unreadable_kinds.take(),
     };
     (outcome, restarted)
 }
 
 async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize) {
+    let tls = env.tls.as_deref().map(own_tls_config);
     let mut first = true;
     let mut counted_back = false;
     // Failed attempts since the device was last online (the backoff's exponent).
@@ -246,7 +255,7 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
     loop {
         let try_once = async {
             let r = timeout(shared.attempt_timeout, async {
-                Ok(device_online(&env, i).await)
+                Ok(device_online_with(&env, i, tls.as_ref()).await)
             })
             .await;
             r.unwrap_or_else(|e| Err(anyhow::anyhow!("no answer: {e}")))
@@ -306,6 +315,11 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
                         shared
                             .failures_unreadable
                             .set(shared.failures_unreadable.get() + 1);
+                        *shared
+                            .unreadable_kinds
+                            .borrow_mut()
+                            .entry(failure_kind(&e))
+                            .or_default() += 1;
                     }
                     &shared.failed_attempts
                 } else if !shared.restarting.get() {
@@ -331,6 +345,53 @@ async fn device(env: Rc<Env>, shared: Rc<Shared>, gate: Rc<Semaphore>, i: usize)
             return;
         }
     }
+}
+
+/// A device's own TLS client configuration: the run's, with a session ticket store of
+/// its own, as a terminal has. With one configuration for all, the devices would share
+/// rustls' ticket cache, which keeps 8 TLS 1.3 tickets per server name: 8,000 devices
+/// would almost never find their own ticket, and a device would not resume its device
+/// connection with the ticket its registration just got, as a terminal does.
+fn own_tls_config(run: &rustls::ClientConfig) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut own = run.clone();
+    own.resumption = rustls::client::Resumption::in_memory_sessions(4);
+    std::sync::Arc::new(own)
+}
+
+/// What kind of failure `e` was, as `step: what`: the step is the outermost context
+/// of [`device_online`]'s error (`attempt` if the attempt timed out); what the device
+/// saw is the WebSocket client's error kind (an i/o error by its `ErrorKind`, with the
+/// TLS alert or decoding error spelled out).
+pub fn failure_kind(e: &anyhow::Error) -> String {
+    let step = match e.chain().next().map(|c| c.to_string()) {
+        Some(s) if s.starts_with("no answer") => return "attempt: timed out".into(),
+        Some(s) => s,
+        None => String::new(),
+    };
+    let what = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<WsError>())
+        .map(|w| match w {
+            WsError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                format!("tls error ({io})")
+            }
+            WsError::Io(io) => format!("i/o {:?}", io.kind()),
+            WsError::Refused { status, .. } => format!("{status} without Retry-After"),
+            WsError::Eof => "closed before an answer".into(),
+            WsError::Handshake(h) => format!("bad handshake answer ({h})"),
+            WsError::Protocol(_) => "protocol error".into(),
+            WsError::Closed => "closed".into(),
+        })
+        .unwrap_or_else(|| {
+            let root = e.root_cause().to_string();
+            // An answer the flow did not expect: keep its shape, not its data.
+            root.split([':', '{'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        });
+    format!("{step}: {what}")
 }
 
 /// Waits as the storm's mode says (see [`StormMode::pause`]), or less if the run stops.
@@ -366,6 +427,35 @@ async fn wait_for(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn unreadable_failures_are_named_by_step_and_what_the_device_saw() {
+        let at = |e: WsError, step: &'static str| anyhow::Error::from(e).context(step);
+        assert_eq!(
+            failure_kind(&at(WsError::Eof, "device-listener")),
+            "device-listener: closed before an answer"
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            failure_kind(&at(WsError::Io(reset), "device-connection")),
+            "device-connection: i/o ConnectionReset"
+        );
+        let refused = WsError::Refused {
+            status: 503,
+            retry_after: None,
+        };
+        assert_eq!(
+            failure_kind(&at(refused, "device-listener")),
+            "device-listener: 503 without Retry-After"
+        );
+        assert_eq!(
+            failure_kind(&anyhow::anyhow!("no answer: timeout")),
+            "attempt: timed out"
+        );
+        let odd =
+            anyhow::anyhow!("registration answered {{\"type\":\"error\"}}").context("registration");
+        assert_eq!(failure_kind(&odd), "registration: registration answered");
+    }
 
     #[test]
     fn backoff_doubles_from_half_a_second_to_thirty_with_full_jitter_and_honours_retry_after() {

@@ -44,6 +44,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 16_384;
     /// `--max-unauthenticated`
     pub const MAX_UNAUTHENTICATED: usize = 1_024;
+    /// `--max-unauthenticated-wait` (as long as `--handshake-timeout`: long enough for
+    /// one shard to serve an estate that reconnects at once after a restart, see
+    /// BENCHMARKS.md's storm)
+    pub const MAX_UNAUTHENTICATED_WAIT: &str = "10s";
     /// `--max-connections-per-client` (a domain-wide application holds one session per
     /// terminal, so this is generous; it keeps one leaked credential from taking all)
     pub const MAX_CONNECTIONS_PER_CLIENT: usize = 8_192;
@@ -131,9 +135,12 @@ pub struct ServeArgs {
     /// Connections open at once on the relay listener; beyond: 503 + Retry-After [default: 16384]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Connections not yet authenticated (slow or anonymous clients); beyond: 503 [default: 1024]
+    /// Connections not yet authenticated (slow or anonymous clients); beyond, a connection waits for a place (--max-unauthenticated-wait), then 503 [default: 1024]
     #[arg(long, value_name = "N")]
     pub max_unauthenticated: Option<usize>,
+    /// How long a connection past --max-unauthenticated waits for a place before its 503; 0s refuses at once [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub max_unauthenticated_wait: Option<String>,
     /// POS connections (control channels and sessions) per client id; beyond: 429 [default: 8192]
     #[arg(long, value_name = "N")]
     pub max_connections_per_client: Option<usize>,
@@ -195,6 +202,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     max_connections: Option<usize>,
     max_unauthenticated: Option<usize>,
+    max_unauthenticated_wait: Option<String>,
     max_connections_per_client: Option<usize>,
     max_header_count: Option<usize>,
     failed_logins_per_client: Option<u32>,
@@ -229,6 +237,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub max_connections: usize,
     pub max_unauthenticated: usize,
+    pub max_unauthenticated_wait: Duration,
     pub max_connections_per_client: usize,
     pub max_header_count: usize,
     pub failed_logins_per_client: u32,
@@ -398,6 +407,12 @@ impl ServeArgs {
                 .max_unauthenticated
                 .or(file.max_unauthenticated)
                 .unwrap_or(defaults::MAX_UNAUTHENTICATED),
+            max_unauthenticated_wait: dur(
+                &self.max_unauthenticated_wait,
+                &file.max_unauthenticated_wait,
+                defaults::MAX_UNAUTHENTICATED_WAIT,
+                "max_unauthenticated_wait",
+            )?,
             max_connections_per_client: self
                 .max_connections_per_client
                 .or(file.max_connections_per_client)

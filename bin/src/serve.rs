@@ -87,6 +87,7 @@ pub(crate) fn server_config(s: &Settings) -> ServerConfig {
         admission: AdmissionLimits {
             max_connections: s.max_connections,
             max_unauthenticated: s.max_unauthenticated,
+            max_unauthenticated_wait: s.max_unauthenticated_wait,
             max_per_client: s.max_connections_per_client,
             failed_logins_per_client: s.failed_logins_per_client,
             failed_logins_per_address: s.failed_logins_per_address,

@@ -118,7 +118,15 @@ fn max_connections_answers_503_and_recovers() {
 
 #[test]
 fn max_unauthenticated_answers_503_and_recovers() {
-    let relay = fault_relay(&["--max-unauthenticated", "4", "--handshake-timeout", "30s"]);
+    // Refused at once (no wait for a place): this test is about the refusal itself.
+    let relay = fault_relay(&[
+        "--max-unauthenticated",
+        "4",
+        "--handshake-timeout",
+        "30s",
+        "--max-unauthenticated-wait",
+        "0s",
+    ]);
     let creds = relay.provision(DOMAIN, "s1", &[TSN, PROBE_TSN]);
     let health = Health::warm_up(&relay, DOMAIN, &creds);
     let mut pair = Pair::connect(&relay, DOMAIN, TSN, &creds);
@@ -151,6 +159,52 @@ fn max_unauthenticated_answers_503_and_recovers() {
     assert_eq!(resp.status, 101, "recovered: {}", resp.head);
     drop(pair);
     health.check(&relay, "max unauthenticated", RSS_SLACK_KIB);
+}
+
+/// `--max-unauthenticated-wait`: a connection past `--max-unauthenticated` waits for a
+/// place instead of a 503, and does not hold up a drain: SIGTERM closes it without an
+/// answer and the relay exits 0, long before the wait would have ended.
+#[test]
+fn a_connection_waiting_for_an_anonymous_place_does_not_hold_up_a_drain() {
+    use std::io::{Read, Write};
+    let mut relay = fault_relay(&[
+        "--max-unauthenticated",
+        "1",
+        "--max-unauthenticated-wait",
+        "300s",
+        "--handshake-timeout",
+        "300s",
+        "--drain-timeout",
+        "5s",
+    ]);
+    let held = raw_connect(relay.relay_addr);
+    wait_open_connections(&relay, 1.0);
+    let mut waiter = raw_connect(relay.relay_addr);
+    waiter
+        .write_all(&upgrade_request(DEVICE_LISTENER, &[]))
+        .unwrap();
+    let waiting = wait_for(Duration::from_secs(10), || {
+        let n = metric_sum(&relay.metrics(), "posrelay_unauthenticated_waiting", &[]);
+        (n == 1.0).then_some(())
+    });
+    assert!(waiting.is_some(), "the second connection waits for a place");
+    assert_eq!(
+        refused_count(&relay, "max_unauthenticated"),
+        0.0,
+        "waiting is not a refusal"
+    );
+    // `sigterm` gives the relay 30 s: far less than the 300 s wait.
+    let status = relay.sigterm();
+    assert!(status.success(), "drained and exited 0: {status:?}");
+    let mut answer = [0u8; 64];
+    let n = waiter.read(&mut answer).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "closed without an answer: {:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    drop(held);
 }
 
 #[test]

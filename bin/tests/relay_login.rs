@@ -224,6 +224,8 @@ fn waiting_logins_count_as_unauthenticated_and_refusals_as_failed_logins() {
     let relay = Relay::start(&[
         "--max-unauthenticated",
         "2",
+        "--max-unauthenticated-wait",
+        "0s",
         "--handshake-timeout",
         "30s",
         "--failed-logins-per-address",

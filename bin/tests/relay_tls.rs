@@ -205,13 +205,20 @@ fn open_connections(relay: &Relay) -> f64 {
 
 /// Issue 12's defect: past `--max-unauthenticated` on a TLS listener the 503 was written
 /// in plaintext before the TLS handshake, and a wss client saw a corrupt record. Now the
-/// refusal completes the handshake and answers over TLS: a readable 503 whose
+/// refusal (once the connection has waited `--max-unauthenticated-wait` for a place in
+/// vain) completes the handshake and answers over TLS: a readable 503 whose
 /// `Retry-After` the client can honour, then a clean TLS close.
 #[test]
 fn a_refusal_on_a_tls_listener_is_a_readable_503_over_tls() {
     use std::io::{Read, Write};
-    let (relay, client, _cert, _dir) =
-        tls_relay(&["--max-unauthenticated", "1", "--handshake-timeout", "30s"]);
+    let (relay, client, _cert, _dir) = tls_relay(&[
+        "--max-unauthenticated",
+        "1",
+        "--handshake-timeout",
+        "30s",
+        "--max-unauthenticated-wait",
+        "200ms",
+    ]);
     let before = metric_sum(
         &relay.metrics(),
         "posrelay_refused_total",
@@ -267,6 +274,74 @@ fn a_refusal_on_a_tls_listener_is_a_readable_503_over_tls() {
         .unwrap();
     let resp = read_head(&mut tls);
     assert_eq!(resp.status, 101, "{}", resp.head);
+}
+
+/// Issue 12's storm: 8,000 wss devices reconnecting after a restart took twice the 10 s
+/// goal, and most of their failures were unreadable. Every connection past
+/// `--max-unauthenticated` was refused at once: each refusal cost a TLS handshake (or,
+/// past 256 refusals in progress, was closed without a word: a reset no device can read)
+/// and doubled the device's backoff. Now such a connection first waits for a place
+/// (`--max-unauthenticated-wait`), costing nothing while it waits: a TLS client is
+/// served as soon as the place frees, and nothing is refused.
+#[test]
+fn a_tls_client_past_max_unauthenticated_waits_for_a_place_and_is_served() {
+    use std::io::Write;
+    let (relay, client, _cert, _dir) = tls_relay(&[
+        "--max-unauthenticated",
+        "1",
+        "--handshake-timeout",
+        "30s",
+        "--max-unauthenticated-wait",
+        "30s",
+    ]);
+    let refused = |relay: &Relay| {
+        metric_sum(
+            &relay.metrics(),
+            "posrelay_refused_total",
+            &[("reason", "max_unauthenticated")],
+        )
+    };
+    let waiting =
+        |relay: &Relay| metric_sum(&relay.metrics(), "posrelay_unauthenticated_waiting", &[]);
+    let before = refused(&relay);
+    // One connection that never says anything holds the only anonymous place.
+    let held = raw_connect(relay.relay_addr);
+    let settled = wait_for(std::time::Duration::from_secs(10), || {
+        (open_connections(&relay) == 1.0).then_some(())
+    });
+    assert!(settled.is_some(), "the held connection is counted");
+
+    // A TLS device comes: its handshake and upgrade wait with it.
+    let addr = relay.relay_addr;
+    let config = client.clone();
+    let device = std::thread::spawn(move || {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tls = TlsStream::new(conn, raw_connect(addr));
+        tls.write_all(&upgrade_request(DEVICE_LISTENER, &[]))
+            .expect("the waiting client's TLS handshake and request");
+        read_head(&mut tls)
+    });
+    let queued = wait_for(std::time::Duration::from_secs(10), || {
+        (waiting(&relay) == 1.0).then_some(())
+    });
+    assert!(
+        queued.is_some(),
+        "the connection past --max-unauthenticated waits for a place instead of a 503"
+    );
+    assert_eq!(
+        open_connections(&relay),
+        2.0,
+        "it counts as open while it waits"
+    );
+    assert_eq!(refused(&relay), before, "nothing refused while it waits");
+
+    // The place frees: the waiting device gets it, and is upgraded.
+    drop(held);
+    let resp = device.join().expect("the device's thread");
+    assert_eq!(resp.status, 101, "{}", resp.head);
+    assert_eq!(refused(&relay), before, "served, never refused");
+    assert_eq!(waiting(&relay), 0.0, "no one waits any more");
 }
 
 fn read_body_from(s: &mut impl std::io::Read, resp: &RawResp) -> Vec<u8> {

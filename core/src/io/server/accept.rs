@@ -4,13 +4,14 @@
 //! connection over when that is another shard). Answers live in `reply.rs`, the common
 //! upgrade work in `upgrade.rs`, each role in its own file.
 
-use super::admission::{ConnSlot, UnauthSlot};
+use super::admission::{ConnSlot, Refusal, UnauthSlot};
 use super::handover::{Handover, Held, Routed, Routing};
 use super::login::{self, Refusals};
 use super::path::Path;
 use super::reply::{self, answer_and_close};
 use super::shard::ShardCtx;
 use super::upgrade::{admit_pos, Accepted, Prelude};
+use super::waiting::WaitQueue;
 use super::{
     admin, control, device, devices_api, one_step, pos_login, registration, session, token,
 };
@@ -25,8 +26,10 @@ use glommio::net::{TcpListener, TcpStream};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Accepts until the shard drains.
+/// Accepts until the shard drains. A connection past `--max-unauthenticated` waits for
+/// an anonymous place (`waiting.rs`) before it is refused.
 pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin: bool) {
+    let queue = (!admin).then(|| WaitQueue::start(ctx.clone()));
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -41,28 +44,47 @@ pub(crate) async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, admin:
             continue;
         }
         let ctx = ctx.clone();
-        if admin {
+        let Some(queue) = &queue else {
             glommio::spawn_local(admin::serve_connection(ctx, stream)).detach();
             continue;
-        }
-        let admitted = ctx.shared.admission.admit();
-        glommio::spawn_local(async move {
-            match admitted {
-                Ok((conn, unauth)) => serve_relay_connection(ctx, stream, conn, unauth).await,
-                Err(why) => {
-                    let answer =
-                        reply::refusal(why, "the relay is at its connection limit: retry later");
-                    super::tls::refuse_connection(&ctx, stream, &answer).await
-                }
+        };
+        let admission = &ctx.shared.admission;
+        let conn = match admission.admit_connection() {
+            Ok(conn) => conn,
+            Err(why) => {
+                glommio::spawn_local(async move { refuse(&ctx, stream, why).await }).detach();
+                continue;
             }
-        })
-        .detach();
+        };
+        // First come, first admitted: behind connections already waiting, a new one waits.
+        let wait = admission.unauthenticated_wait();
+        match queue
+            .is_empty()
+            .then(|| admission.try_unauthenticated())
+            .flatten()
+        {
+            Some(unauth) => {
+                glommio::spawn_local(serve_relay_connection(ctx, stream, conn, unauth)).detach();
+            }
+            None if wait.is_zero() => {
+                let why = admission.refuse_unauthenticated();
+                drop(conn);
+                glommio::spawn_local(async move { refuse(&ctx, stream, why).await }).detach();
+            }
+            None => queue.push(stream, conn, wait),
+        }
     }
+}
+
+/// Refuses a connection that an admission limit keeps out (503 with `Retry-After`).
+pub(crate) async fn refuse(ctx: &ShardCtx, stream: TcpStream, why: Refusal) {
+    let answer = reply::refusal(why, "the relay is at its connection limit: retry later");
+    super::tls::refuse_connection(ctx, stream, &answer).await
 }
 
 /// Serves one connection of the relay listener up to its upgrade (or its last plain
 /// HTTP answer).
-async fn serve_relay_connection(
+pub(crate) async fn serve_relay_connection(
     ctx: Rc<ShardCtx>,
     stream: TcpStream,
     conn: ConnSlot,

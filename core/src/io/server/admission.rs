@@ -38,6 +38,9 @@ pub struct AdmissionLimits {
     pub max_connections: usize,
     /// Connections that have not authenticated yet.
     pub max_unauthenticated: usize,
+    /// How long a connection past `max_unauthenticated` waits for a place before it is
+    /// refused (`waiting.rs`); zero refuses at once.
+    pub max_unauthenticated_wait: Duration,
     /// POS connections (control channels and sessions) per client.
     pub max_per_client: usize,
     /// Failed logins per client id from one source address per [`LOGIN_WINDOW`].
@@ -54,6 +57,7 @@ impl Default for AdmissionLimits {
         AdmissionLimits {
             max_connections: 16_384,
             max_unauthenticated: 1_024,
+            max_unauthenticated_wait: Duration::from_secs(10),
             max_per_client: 8_192,
             failed_logins_per_client: 10,
             failed_logins_per_address: 30,
@@ -187,6 +191,8 @@ pub struct Admission {
     limits: AdmissionLimits,
     open: AtomicUsize,
     unauthenticated: AtomicUsize,
+    /// Connections waiting for an anonymous place (`waiting.rs`).
+    waiting: AtomicUsize,
     per_client: Mutex<HashMap<ClientKey, usize>>,
     failures: Mutex<LoginFailures>,
     refused: [AtomicU64; 6],
@@ -211,6 +217,7 @@ impl Admission {
             limits,
             open: AtomicUsize::new(0),
             unauthenticated: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
             failures: Mutex::new(LoginFailures::default()),
             refused: Default::default(),
@@ -224,17 +231,54 @@ impl Admission {
 
     /// A new connection on the relay listener: counts against both connection limits.
     pub fn admit(self: &Arc<Self>) -> Result<(ConnSlot, UnauthSlot), Refusal> {
+        let conn = self.admit_connection()?;
+        match self.try_unauthenticated() {
+            Some(unauth) => Ok((conn, unauth)),
+            None => Err(self.refuse_unauthenticated()),
+        }
+    }
+
+    /// A new connection on the relay listener, counted against `--max-connections`
+    /// only: it has yet to find an anonymous place ([`Self::try_unauthenticated`]).
+    pub fn admit_connection(self: &Arc<Self>) -> Result<ConnSlot, Refusal> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
         let conn = ConnSlot(self.clone());
         if open >= self.limits.max_connections {
             return Err(self.refuse(Refusal::MaxConnections));
         }
-        let anonymous = self.unauthenticated.fetch_add(1, Ordering::AcqRel);
-        let unauth = UnauthSlot(Some(self.clone()));
-        if anonymous >= self.limits.max_unauthenticated {
-            return Err(self.refuse(Refusal::MaxUnauthenticated));
+        Ok(conn)
+    }
+
+    /// An anonymous place (`--max-unauthenticated`) if one is free now. Not finding
+    /// one is not a refusal yet: the connection may wait for a place
+    /// ([`Self::refuse_unauthenticated`] counts the refusal when it gives up).
+    pub fn try_unauthenticated(self: &Arc<Self>) -> Option<UnauthSlot> {
+        let limit = self.limits.max_unauthenticated;
+        self.unauthenticated
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| UnauthSlot(Some(self.clone())))
+    }
+
+    /// How long a connection past `--max-unauthenticated` waits for a place.
+    pub fn unauthenticated_wait(&self) -> Duration {
+        self.limits.max_unauthenticated_wait
+    }
+
+    /// A connection starts (`true`) or stops waiting for an anonymous place.
+    pub fn set_waiting(&self, started: bool) {
+        if started {
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
-        Ok((conn, unauth))
+    }
+
+    /// A connection found no anonymous place in time: counts the refusal.
+    pub fn refuse_unauthenticated(&self) -> Refusal {
+        self.refuse(Refusal::MaxUnauthenticated)
     }
 
     /// A POS connection of `client`.
@@ -379,6 +423,13 @@ impl Admission {
             "posrelay_unauthenticated_connections {}",
             self.unauthenticated.load(Ordering::Relaxed)
         );
+        let _ = writeln!(out, "# HELP posrelay_unauthenticated_waiting Connections waiting for a place under --max-unauthenticated.");
+        let _ = writeln!(out, "# TYPE posrelay_unauthenticated_waiting gauge");
+        let _ = writeln!(
+            out,
+            "posrelay_unauthenticated_waiting {}",
+            self.waiting.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -469,6 +520,7 @@ mod tests {
         AdmissionLimits {
             max_connections: 2,
             max_unauthenticated: 1,
+            max_unauthenticated_wait: Duration::ZERO,
             max_per_client: 1,
             failed_logins_per_client: 2,
             failed_logins_per_address: 3,
@@ -490,6 +542,33 @@ mod tests {
         a.render(&mut text);
         assert!(text.contains("posrelay_refused_total{reason=\"max_connections\"} 1"));
         assert!(text.contains("posrelay_refused_total{reason=\"max_unauthenticated\"} 2"));
+    }
+
+    #[test]
+    fn looking_for_an_anonymous_place_is_not_a_refusal() {
+        let a = Admission::new(limits());
+        let (_c1, u1) = a.admit().unwrap();
+        let _c2 = a.admit_connection().unwrap();
+        assert!(a.try_unauthenticated().is_none(), "the only place is taken");
+        let mut text = String::new();
+        a.render(&mut text);
+        assert!(text.contains("posrelay_refused_total{reason=\"max_unauthenticated\"} 0"));
+        assert!(text.contains("posrelay_unauthenticated_connections 1"));
+        a.set_waiting(true);
+        let mut text = String::new();
+        a.render(&mut text);
+        assert!(text.contains("posrelay_unauthenticated_waiting 1"));
+        // The place frees: the waiting connection takes it.
+        drop(u1);
+        let u2 = a.try_unauthenticated().expect("the freed place");
+        a.set_waiting(false);
+        assert_eq!(a.refuse_unauthenticated(), Refusal::MaxUnauthenticated);
+        let mut text = String::new();
+        a.render(&mut text);
+        assert!(text.contains("posrelay_refused_total{reason=\"max_unauthenticated\"} 1"));
+        assert!(text.contains("posrelay_unauthenticated_waiting 0"));
+        assert!(text.contains("posrelay_unauthenticated_connections 1"));
+        drop(u2);
     }
 
     #[test]

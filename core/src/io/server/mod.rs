@@ -31,6 +31,7 @@ mod shard;
 mod tls;
 mod token;
 mod upgrade;
+mod waiting;
 
 pub use metrics::ShardMetrics;
 pub use tls::load_server_config;
