@@ -227,18 +227,7 @@ impl<M: QueuedMessage> Coordinator<M> {
             return;
         }
         match self.devices.claimed_by(device).cloned() {
-            Some(client) => {
-                self.undelivered_frames = self.undelivered_frames.saturating_add(count.frames);
-                self.route_event(
-                    client,
-                    ClientEventKind::Undelivered {
-                        serial: device.serial.clone(),
-                        frames: count.frames,
-                        bytes: count.bytes,
-                    },
-                    now,
-                );
-            }
+            Some(client) => self.handle_client_undelivered(client, device, count, now),
             None => {
                 tracing::warn!(tsn = %device.serial, frames = count.frames, "unsent messages for a device nobody claims any more");
             }

@@ -679,19 +679,7 @@ impl ReliableClaim {
         if self.ended || self.device_conn != Some(conn) {
             return None;
         }
-        let seq = self.device_last.next();
-        self.device_last = seq;
-        self.held_bytes += message.payload_len();
-        let ticket = self.log(LogRecord::DeviceHeld {
-            seq,
-            message: message.clone(),
-        });
-        self.held.push_back(Held {
-            seq,
-            message,
-            pending: Some(ticket),
-        });
-        Some(seq)
+        Some(self.hold(message))
     }
 
     /// A device message that arrived before the claim's first reliable session, kept by the
@@ -700,6 +688,11 @@ impl ReliableClaim {
         if self.ended {
             return None;
         }
+        Some(self.hold(message))
+    }
+
+    /// Numbers a device message, logs it and holds it until the POS acks it.
+    fn hold(&mut self, message: RelayedMessage) -> Seq {
         let seq = self.device_last.next();
         self.device_last = seq;
         self.held_bytes += message.payload_len();
@@ -712,7 +705,7 @@ impl ReliableClaim {
             message,
             pending: Some(ticket),
         });
-        Some(seq)
+        seq
     }
 
     /// The POS message `seq` (and every one before it) was written to the device's socket.
