@@ -193,30 +193,23 @@ fn run(mut args: RunArgs) -> ExitCode {
                 ratios: Vec::new(),
             };
             for &kind in &targets {
-                let r = run_one(&cfg, &s, kind);
-                if let Some(e) = &r.error {
-                    eprintln!("{}/{}: {e}", s.name, r.label(sr.tls));
-                }
-                sr.results.push(r);
+                // The target as asked, then posrelay's same-run references: plain sessions
+                // for reliable ones, plain ws for the wss/ws ratios.
+                let mut configs = vec![cfg.clone()];
                 if kind == TargetKind::Posrelay && cfg.reliable {
-                    // The same-run reference for reliable sessions: plain ones.
-                    let plain = RunConfig {
+                    configs.push(RunConfig {
                         reliable: false,
                         ..cfg.clone()
-                    };
-                    let r = run_one(&plain, &s, kind);
-                    if let Some(e) = &r.error {
-                        eprintln!("{}/{}: {e}", s.name, r.label(sr.tls));
-                    }
-                    sr.results.push(r);
+                    });
                 }
                 if kind == TargetKind::Posrelay && cfg.tls.is_some() {
-                    // The same-run reference for the wss/ws ratios: posrelay over ws.
-                    let plain = RunConfig {
+                    configs.push(RunConfig {
                         tls: None,
                         ..cfg.clone()
-                    };
-                    let r = run_one(&plain, &s, kind);
+                    });
+                }
+                for c in &configs {
+                    let r = run_one(c, &s, kind);
                     if let Some(e) = &r.error {
                         eprintln!("{}/{}: {e}", s.name, r.label(sr.tls));
                     }
