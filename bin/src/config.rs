@@ -449,12 +449,12 @@ impl ServeArgs {
         }
         if settings.device_mtls_listen.is_some() && settings.tls.is_none() {
             bail!(
-                "device_mtls_listen serves the relay's certificate: give tls_cert and tls_key too"
+                "--device-mtls-listen (device_mtls_listen) serves the relay's certificate: give --tls-cert and --tls-key (tls_cert, tls_key) too"
             );
         }
         if settings.device_client_ca.is_some() && settings.device_mtls_listen.is_none() {
             bail!(
-                "device_client_ca applies to the device mTLS listener: give device_mtls_listen too"
+                "--device-client-ca (device_client_ca) applies to the device mTLS listener: give --device-mtls-listen (device_mtls_listen) too"
             );
         }
         if let Some(url) = &settings.public_url {

@@ -701,11 +701,11 @@ fn the_mtls_options_without_what_they_need_refuse_the_start_and_say_what_to_add(
         // §2a: "TLS only (it needs --tls-cert and --tls-key)".
         (
             vec!["--device-mtls-listen", "127.0.0.1:0"],
-            "give tls_cert and tls_key too",
+            "give --tls-cert and --tls-key (tls_cert, tls_key) too",
         ),
         (
             vec!["--device-client-ca", ca_path.as_str()],
-            "give device_mtls_listen too",
+            "give --device-mtls-listen (device_mtls_listen) too",
         ),
     ] {
         let path = dir.path().join("stderr.log");
