@@ -292,42 +292,31 @@ fn basic_credentials_work_over_wss() {
         Pos::control_from(relay.ws(&relay.ws_url(POS_LISTENER), &[("Authorization", &auth)]));
     let (_, session_url) = pos.claim_ok(TSN);
     assert!(session_url.starts_with("wss://"), "{session_url}");
-    let client = SeedClient::start(
-        "seed003_server_pos.py",
-        &[
-            "--url",
-            &session_url,
-            "--ca",
-            cert_path.to_str().unwrap(),
-            &format!("--client-id={}", creds.client_id),
-            &format!("--client-secret={}", creds.client_secret),
-            "--heartbeats",
-            "2",
-            "--seconds",
-            "30",
-        ],
-    );
-    let (events, _) = client.finish(Duration::from_secs(40));
+    // Seed 003's client over wss://, two heartbeats: its events.
+    let seed003 = |url: &str| {
+        let client = SeedClient::start(
+            "seed003_server_pos.py",
+            &[
+                "--url",
+                url,
+                "--ca",
+                cert_path.to_str().unwrap(),
+                &format!("--client-id={}", creds.client_id),
+                &format!("--client-secret={}", creds.client_secret),
+                "--heartbeats",
+                "2",
+                "--seconds",
+                "30",
+            ],
+        );
+        client.finish(Duration::from_secs(40)).0
+    };
+    let events = seed003(&session_url);
     let replies = events.iter().filter(|e| e["event"] == "reply").count();
     assert_eq!(replies, 2, "{events:?}");
     assert_eq!(events.last().unwrap()["code"], 1000, "{events:?}");
     // §5a over wss://, as seed 003's client is run in production.
-    let client = SeedClient::start(
-        "seed003_server_pos.py",
-        &[
-            "--url",
-            &relay.ws_url(&format!("/cloud-connector/v1/devices/{TSN}/session")),
-            "--ca",
-            cert_path.to_str().unwrap(),
-            &format!("--client-id={}", creds.client_id),
-            &format!("--client-secret={}", creds.client_secret),
-            "--heartbeats",
-            "2",
-            "--seconds",
-            "30",
-        ],
-    );
-    let (events, _) = client.finish(Duration::from_secs(40));
+    let events = seed003(&relay.ws_url(&format!("/cloud-connector/v1/devices/{TSN}/session")));
     let replies = events.iter().filter(|e| e["event"] == "reply").count();
     assert_eq!(replies, 2, "one step over wss: {events:?}");
     // §10 over https://.

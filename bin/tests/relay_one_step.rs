@@ -16,6 +16,18 @@ fn one_step(tsn: &str) -> String {
     format!("/cloud-connector/v1/devices/{tsn}/session")
 }
 
+/// A §5a session (Basic credentials, no control channel) for a device that then went
+/// away: what the session sends now waits in the device's queue.
+fn one_step_session_of_a_device_gone(relay: &Relay) -> Ws {
+    let creds = relay.provision("acme", "s1", &[TSN]);
+    let mut device = Device::register_and_connect(relay, TSN, &creds);
+    let auth = basic_auth(&creds.client_id, &creds.client_secret);
+    let session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
+    device.ws.close(None).unwrap();
+    let _ = expect_close(&mut device.ws);
+    session
+}
+
 /// A device that echoes every message, until its connection ends.
 fn echo_device(relay: &Relay, tsn: &str, creds: &Creds) -> std::thread::JoinHandle<usize> {
     let mut device = Device::register_and_connect(relay, tsn, creds);
@@ -138,14 +150,8 @@ fn refusals_before_the_upgrade_are_404_409_and_503_with_retry_after() {
 #[test]
 fn undeliverable_frames_without_a_control_channel_close_the_session_with_4002() {
     let relay = Relay::start(&["--offline-queue-bytes", "1000"]);
-    let creds = relay.provision("acme", "s1", &[TSN]);
-    let mut device = Device::register_and_connect(&relay, TSN, &creds);
-    let auth = basic_auth(&creds.client_id, &creds.client_secret);
-    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
     // The device goes away: what the POS sends now waits in the queue (1000 bytes).
-    device.ws.close(None).unwrap();
-    let _ = expect_close(&mut device.ws);
-    drop(device);
+    let mut session = one_step_session_of_a_device_gone(&relay);
     send_text(&mut session, &"a".repeat(600));
     send_text(&mut session, &"b".repeat(700));
     // The second does not fit: no control channel to tell, so 4002 with the count.
@@ -271,13 +277,7 @@ fn frames_that_outlive_the_offline_grace_without_a_control_channel_close_the_ses
     // §6: "Frames that cannot be delivered — queue full, grace expired, …"; §5a: with no
     // control channel open, the session is closed with 4002 and the count.
     let relay = Relay::start(&["--offline-grace", "1s"]);
-    let creds = relay.provision("acme", "s1", &[TSN]);
-    let mut device = Device::register_and_connect(&relay, TSN, &creds);
-    let auth = basic_auth(&creds.client_id, &creds.client_secret);
-    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
-    device.ws.close(None).unwrap();
-    let _ = expect_close(&mut device.ws);
-    drop(device);
+    let mut session = one_step_session_of_a_device_gone(&relay);
     send_text(&mut session, "héllo");
     send_binary(&mut session, &[0u8; 10]);
     set_read_timeout(&mut session, Some(Duration::from_secs(15)));
@@ -301,13 +301,7 @@ fn at_shutdown_queued_frames_without_a_control_channel_close_the_session_with_40
     // reported: never dropped in silence". A §5a client has no control channel to hear
     // `undelivered` on, so its session's close carries the count (4002), not a bare 1001.
     let mut relay = Relay::start(&[]);
-    let creds = relay.provision("acme", "s1", &[TSN]);
-    let mut device = Device::register_and_connect(&relay, TSN, &creds);
-    let auth = basic_auth(&creds.client_id, &creds.client_secret);
-    let mut session = relay.ws(&relay.ws_url(&one_step(TSN)), &[("Authorization", &auth)]);
-    device.ws.close(None).unwrap();
-    let _ = expect_close(&mut device.ws);
-    drop(device);
+    let mut session = one_step_session_of_a_device_gone(&relay);
     send_text(&mut session, "queued");
     // The relay has read the frame once it answers a ping sent after it (in order).
     session.send(Message::Ping(b"after".to_vec())).unwrap();

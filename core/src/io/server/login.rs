@@ -268,9 +268,8 @@ fn failed_login(ctx: &ShardCtx, peer: IpAddr, why: &str) {
 }
 
 /// The token verified as the endpoint's `Authorization: Bearer` would be: where the
-/// connection goes, and the token's remaining lifetime.
-/// Checks a login message's token for `path` (a §5 session keeps the `mode` its upgrade
-/// selected, §11).
+/// connection goes (a §5 or §5a session keeping the `mode` its upgrade selected, §11), and
+/// the token's remaining lifetime.
 fn verify(
     ctx: &ShardCtx,
     (path, mode): (&Path, SessionMode),
