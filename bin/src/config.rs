@@ -61,6 +61,11 @@ pub mod defaults {
     /// a ceiling against guessing from many addresses; client secrets are 256 random
     /// bits, so it is high)
     pub const FAILED_LOGINS_PER_CLIENT_TOTAL: u32 = 1_000;
+    /// `--lease-ttl` (PROTOCOL.md §12)
+    pub const LEASE_TTL: &str = "6s";
+    /// `--cluster-replicas`: copies of the cluster's buckets and streams (three NATS
+    /// servers in production: a quorum of two stores each write)
+    pub const CLUSTER_REPLICAS: usize = 3;
 }
 
 /// Flags of `posrelay serve` (each also a key of the configuration file).
@@ -170,6 +175,21 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Run as a node of a cluster on these NATS JetStream servers (PROTOCOL.md §12; nats-server 2.11+) instead of the embedded store [default: one node, embedded store]
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub cluster: Option<Vec<String>>,
+    /// This node's name in the cluster: letters, digits, '-' and '_' (required with --cluster)
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// This node's own URL (ws:// or wss://), named in `session_url` for devices it serves [default: --public-url]
+    #[arg(long, value_name = "URL")]
+    pub node_url: Option<String>,
+    /// How long a node's lease outlives its last renewal; a node renews it every third of that [default: 6s]
+    #[arg(long, value_name = "DURATION")]
+    pub lease_ttl: Option<String>,
+    /// Copies the cluster keeps of its buckets and streams, when this node creates them [default: 3]
+    #[arg(long, value_name = "N")]
+    pub cluster_replicas: Option<usize>,
 }
 
 /// The configuration file: the same keys as the flags.
@@ -208,6 +228,21 @@ struct FileConfig {
     failed_logins_per_client: Option<u32>,
     failed_logins_per_address: Option<u32>,
     failed_logins_per_client_total: Option<u32>,
+    cluster: Option<Vec<String>>,
+    node_id: Option<String>,
+    node_url: Option<String>,
+    lease_ttl: Option<String>,
+    cluster_replicas: Option<usize>,
+}
+
+/// `--cluster` and what goes with it, resolved (PROTOCOL.md §12).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub servers: Vec<String>,
+    pub node_id: String,
+    pub node_url: Option<String>,
+    pub lease_ttl: Duration,
+    pub replicas: usize,
 }
 
 /// Everything `serve` needs, resolved.
@@ -243,6 +278,7 @@ pub struct Settings {
     pub failed_logins_per_client: u32,
     pub failed_logins_per_address: u32,
     pub failed_logins_per_client_total: u32,
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl ServeArgs {
@@ -295,6 +331,14 @@ impl ServeArgs {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => bail!("tls_cert and tls_key go together: give both or neither"),
+        };
+        // The cluster's keys, flags over file (resolved once the rest is).
+        let cluster_keys = ClusterKeys {
+            servers: self.cluster.clone().or(file.cluster.clone()),
+            node_id: self.node_id.clone().or(file.node_id.clone()),
+            node_url: self.node_url.clone().or(file.node_url.clone()),
+            lease_ttl: self.lease_ttl.clone().or(file.lease_ttl.clone()),
+            replicas: self.cluster_replicas.or(file.cluster_replicas),
         };
         let shards = self
             .shards
@@ -433,7 +477,10 @@ impl ServeArgs {
                 .failed_logins_per_client_total
                 .or(file.failed_logins_per_client_total)
                 .unwrap_or(defaults::FAILED_LOGINS_PER_CLIENT_TOTAL),
+            cluster: None,
         };
+        let mut settings = settings;
+        settings.cluster = resolve_cluster(cluster_keys, settings.public_url.as_deref())?;
         for (name, value) in [
             ("max_connections", settings.max_connections),
             ("max_unauthenticated", settings.max_unauthenticated),
@@ -464,6 +511,79 @@ impl ServeArgs {
         }
         Ok(settings)
     }
+}
+
+/// The cluster's keys as given (flag, else file key).
+struct ClusterKeys {
+    servers: Option<Vec<String>>,
+    node_id: Option<String>,
+    node_url: Option<String>,
+    lease_ttl: Option<String>,
+    replicas: Option<usize>,
+}
+
+/// `--cluster` with its companions; each companion without `--cluster` is refused (it
+/// would be ignored, and an operator would believe the node clustered).
+fn resolve_cluster(
+    keys: ClusterKeys,
+    public_url: Option<&str>,
+) -> anyhow::Result<Option<ClusterSettings>> {
+    let ClusterKeys {
+        servers,
+        node_id,
+        node_url,
+        lease_ttl,
+        replicas,
+    } = keys;
+    let Some(servers) = servers else {
+        for (given, flag) in [
+            (node_id.is_some(), "--node-id (node_id)"),
+            (node_url.is_some(), "--node-url (node_url)"),
+            (lease_ttl.is_some(), "--lease-ttl (lease_ttl)"),
+            (replicas.is_some(), "--cluster-replicas (cluster_replicas)"),
+        ] {
+            if given {
+                bail!("{flag} applies to a cluster node: give --cluster nats://HOST:4222[,...] (cluster) too");
+            }
+        }
+        return Ok(None);
+    };
+    let servers: Vec<String> = servers
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        bail!("--cluster (cluster) names no NATS server: give nats://HOST:4222[,...]");
+    }
+    let Some(node_id) = node_id else {
+        bail!("--cluster needs --node-id (node_id): a name of its own for this node, e.g. --node-id a");
+    };
+    if let Err(e) = posrelay_core::ownership::NodeId::new(node_id.clone()) {
+        bail!("--node-id (node_id): {e}");
+    }
+    let node_url = node_url.or_else(|| public_url.map(str::to_owned));
+    if let Some(url) = &node_url {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            bail!("node_url must start with ws:// or wss://, got {url:?}");
+        }
+    }
+    let lease_ttl = parse_duration(lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))
+        .map_err(|e| anyhow::anyhow!("lease_ttl: {e}"))?;
+    if let Err(e) = posrelay_core::ownership::LeaseTerms::new(lease_ttl) {
+        bail!("{e}");
+    }
+    let replicas = replicas.unwrap_or(defaults::CLUSTER_REPLICAS);
+    if !(1..=5).contains(&replicas) {
+        bail!("cluster_replicas must be between 1 and 5 (JetStream's limit), got {replicas}");
+    }
+    Ok(Some(ClusterSettings {
+        servers,
+        node_id,
+        node_url,
+        lease_ttl,
+        replicas,
+    }))
 }
 
 /// The admin token: a flag (or `POSRELAY_ADMIN_TOKEN`) or a flag's file first, then the
@@ -587,6 +707,60 @@ mod tests {
         let out = f();
         std::env::remove_var("CREDENTIALS_DIRECTORY");
         out
+    }
+
+    #[test]
+    fn cluster_flags_resolve_with_their_defaults_and_are_refused_alone() {
+        let alone = ServeArgs {
+            node_id: Some("a".into()),
+            ..ServeArgs::default()
+        };
+        let err = alone.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("--node-id") && err.contains("--cluster"),
+            "{err}"
+        );
+
+        let no_id = ServeArgs {
+            cluster: Some(vec!["nats://127.0.0.1:4222".into()]),
+            ..ServeArgs::default()
+        };
+        let err = no_id.resolve().unwrap_err().to_string();
+        assert!(err.contains("--node-id"), "{err}");
+
+        let bad_id = ServeArgs {
+            cluster: Some(vec!["nats://127.0.0.1:4222".into()]),
+            node_id: Some("a.b".into()),
+            ..ServeArgs::default()
+        };
+        assert!(bad_id.resolve().is_err());
+
+        let short = ServeArgs {
+            cluster: Some(vec!["nats://127.0.0.1:4222".into()]),
+            node_id: Some("a".into()),
+            lease_ttl: Some("500ms".into()),
+            ..ServeArgs::default()
+        };
+        let err = short.resolve().unwrap_err().to_string();
+        assert!(err.contains("--lease-ttl"), "{err}");
+
+        let node = ServeArgs {
+            cluster: Some(vec![
+                "nats://10.0.0.1:4222".into(),
+                "nats://10.0.0.2:4222".into(),
+            ]),
+            node_id: Some("a".into()),
+            public_url: Some("wss://relay.example.com".into()),
+            ..ServeArgs::default()
+        };
+        let c = node.resolve().unwrap().cluster.expect("a cluster node");
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.node_id, "a");
+        assert_eq!(c.lease_ttl, Duration::from_secs(6));
+        assert_eq!(c.replicas, 3);
+        // Without --node-url, the node is reached at the public URL.
+        assert_eq!(c.node_url.as_deref(), Some("wss://relay.example.com"));
+        assert!(ServeArgs::default().resolve().unwrap().cluster.is_none());
     }
 
     #[test]

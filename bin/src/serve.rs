@@ -6,7 +6,10 @@ use crate::config::Settings;
 use posrelay_core::handshake::{HeadLimits, SubprotocolPolicy};
 use posrelay_core::io::runtime::RuntimeConfig;
 use posrelay_core::io::server::admission::AdmissionLimits;
-use posrelay_core::io::server::{run_server, DeviceMtlsConfig, ServerConfig, StopHandle};
+use posrelay_core::io::server::{
+    run_server, ClusterConfig, DeviceMtlsConfig, ServerConfig, StopHandle,
+};
+use posrelay_core::ownership::{LeaseTerms, NodeId};
 use posrelay_core::proto::Limits;
 use posrelay_core::relay::RelayLimits;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -94,6 +97,14 @@ pub(crate) fn server_config(s: &Settings) -> ServerConfig {
             failed_logins_per_client_total: s.failed_logins_per_client_total,
         },
         reliable_window: s.reliable_window,
+        cluster: s.cluster.as_ref().map(|c| ClusterConfig {
+            servers: c.servers.clone(),
+            node_id: NodeId::new(c.node_id.clone())
+                .expect("checked when the settings were resolved"),
+            node_url: c.node_url.clone(),
+            lease: LeaseTerms::new(c.lease_ttl).expect("checked when the settings were resolved"),
+            replicas: c.replicas,
+        }),
     }
 }
 

@@ -30,6 +30,7 @@ fn device(serial: usize) -> DeviceRecord {
         model: DeviceModelName::new("axium").unwrap(),
         store: StoreName::new("s1").unwrap(),
         enabled: true,
+        client_cert_sha256: Vec::new(),
     }
 }
 

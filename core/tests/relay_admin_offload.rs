@@ -286,6 +286,7 @@ fn relaying_on_the_admin_shard_continues_during_a_burst_of_admin_calls() {
         admission: Default::default(),
         device_mtls: None,
         reliable_window: posrelay_core::reliable::ReliableLimits::DEFAULT_WINDOW,
+        cluster: None,
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

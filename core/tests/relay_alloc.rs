@@ -314,6 +314,7 @@ fn start_node(name: &str, on_shard_start: fn(), devices: usize, tls: bool) -> No
         admission: Default::default(),
         device_mtls: None,
         reliable_window: posrelay_core::reliable::ReliableLimits::DEFAULT_WINDOW,
+        cluster: None,
     };
     let stop = StopHandle::default();
     let (tx, rx) = std::sync::mpsc::channel();

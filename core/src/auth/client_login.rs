@@ -269,10 +269,12 @@ impl<S: Store + ?Sized> ClientLogin<'_, S> {
         }
         let domain_name = match (domain, id.as_ref()) {
             (LoginDomain::Named(name), _) => name.to_owned(),
-            (LoginDomain::OfClient, Some(id)) => match self.store.find_client(id)? {
-                Some(client) => client.domain.to_string(),
-                None => UNKNOWN_DOMAIN.to_owned(),
-            },
+            (LoginDomain::OfClient, Some(id)) => {
+                match super::find_client_caught_up(self.store, id)? {
+                    Some(client) => client.domain.to_string(),
+                    None => UNKNOWN_DOMAIN.to_owned(),
+                }
+            }
             (LoginDomain::OfClient, None) => UNKNOWN_DOMAIN.to_owned(),
         };
         let mut guard = self.rng.borrow_mut();

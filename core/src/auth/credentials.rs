@@ -25,7 +25,9 @@ use crate::tenancy::SecretHash;
 /// secret for such a client costs an argon2 verification where one for an unknown client
 /// costs an HMAC: the client's existence shows in the time, for a 128-bit random client
 /// id that a prober would have to know already. (Only the current hash migrates: a
-/// rotated-out one is good for its grace period and then gone.)
+/// rotated-out one is good for its grace period and then gone.) On a cluster node an
+/// unknown client id also costs a round trip to NATS ([`Store::read_latest`]), which
+/// shows in the time the same way.
 pub fn verify_client<S: Store + ?Sized>(
     store: &S,
     hasher: &SecretHasher,
@@ -36,7 +38,16 @@ pub fn verify_client<S: Store + ?Sized>(
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<ClientRecord, AuthError> {
     let record = match (DomainName::new(domain), ClientId::new(client_id)) {
-        (Ok(domain), Ok(client_id)) => store.get_client(&domain, &client_id)?,
+        (Ok(domain), Ok(client_id)) => match store.get_client(&domain, &client_id)? {
+            Some(record) => Some(record),
+            // §12: a client created through another node a moment ago may not have
+            // reached this one's replica yet: catch up before calling it unknown (a
+            // cluster is then unreachable only if the answer was going to be 401 anyway).
+            None => match store.read_latest() {
+                Ok(()) => store.get_client(&domain, &client_id)?,
+                Err(_) => None,
+            },
+        },
         _ => None,
     };
     let hash: &SecretHash = match &record {
@@ -68,6 +79,23 @@ pub fn verify_client<S: Store + ?Sized>(
             Ok(record)
         }
         _ => Err(AuthError::InvalidClient),
+    }
+}
+
+/// The client with this id in any domain, looked up again after catching up with the
+/// store's last write if it is not found at once (a client created through another node
+/// of a cluster a moment ago, PROTOCOL.md §12). Off the shards only: it may wait on the
+/// network.
+pub fn find_client_caught_up<S: Store + ?Sized>(
+    store: &S,
+    client_id: &ClientId,
+) -> Result<Option<ClientRecord>, crate::store::StoreError> {
+    match store.find_client(client_id)? {
+        Some(record) => Ok(Some(record)),
+        None => match store.read_latest() {
+            Ok(()) => store.find_client(client_id),
+            Err(_) => Ok(None),
+        },
     }
 }
 

@@ -18,7 +18,7 @@ pub use client_login::{
     basic_allowed, BasicAuth, ClientLogin, LoginAttempts, LoginDomain, LoginError, LoginThrottled,
     PresentedCredentials, UPGRADE_CHALLENGE,
 };
-pub use credentials::{new_client_credentials, verify_client};
+pub use credentials::{find_client_caught_up, new_client_credentials, verify_client};
 pub use error::AuthError;
 pub use scope::{devices_in_scope, resolve_device, Principal, ScopeError};
 pub use secrets::{

@@ -1002,6 +1002,10 @@ impl Store for JetStreamStore {
 
     /// Every node of a cluster gets the same key, so that a device keeps its `session_id`
     /// across nodes (PROTOCOL.md §12).
+    fn read_latest(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
+
     fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         self.load_or_create_key(MetaKey::SessionKey, fresh)
     }

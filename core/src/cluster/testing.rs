@@ -413,6 +413,14 @@ impl NatsCluster {
             .collect()
     }
 
+    /// Server `i`'s monitoring URL (`http://127.0.0.1:PORT`: `/connz`, `/healthz`).
+    pub fn monitor_url(&self, i: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.servers[i].monitor_port.unwrap_or(0)
+        )
+    }
+
     /// Server `i`'s pid while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.servers[i].pid

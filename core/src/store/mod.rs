@@ -153,6 +153,15 @@ pub trait Store {
     /// gets the same key (§12). A plain device's `session_id` is then also stable across
     /// restarts, which §2 allows ("for as long as the relay runs" is a minimum).
     fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
+
+    /// Brings this process's view up to the store's last write, wherever it was made
+    /// (PROTOCOL.md §12: "an admin call answered by any node … holds on every node"): a
+    /// cluster node's replica catches up with the bucket's last revision; a local store
+    /// has nothing to do. May wait on the network: call it off the shards, before
+    /// concluding that something a client presents does not exist.
+    fn read_latest(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// `1 store`, `2 stores`: for [`StoreError::NotEmpty`].
@@ -235,6 +244,9 @@ macro_rules! forward_store {
             }
             fn load_or_create_session_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
                 (**self).load_or_create_session_key(fresh)
+            }
+            fn read_latest(&self) -> Result<(), StoreError> {
+                (**self).read_latest()
             }
         }
     )*};

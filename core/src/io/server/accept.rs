@@ -169,6 +169,17 @@ pub(crate) async fn serve_relay_connection(
         // §7b: no credentials at all: 101, then the first message logs in.
         return login::serve(ctx, transport, rbuf, prelude, path, peer, (conn, unauth)).await;
     }
+    // §12: registrations, device connections and one-step sessions (a claim) need the
+    // cluster; a node cut off from it refuses them while its open connections relay on.
+    let needs_cluster = match path {
+        Path::DeviceListener => Some("registration"),
+        Path::DeviceConnection(_) => Some("device connection"),
+        Path::DeviceSession(_) => Some("one-step session"),
+        _ => None,
+    };
+    if let Some(answer) = needs_cluster.and_then(|what| reply::cluster_refusal(&ctx, what)) {
+        return answer_and_close(transport, &answer).await;
+    }
     // Each arm authenticates, then picks the shard that serves the connection.
     let (shard, routed, held) = match path {
         Path::DeviceListener => {

@@ -91,7 +91,21 @@ async fn admin_request(
     let keep = [("Connection", "keep-alive")];
     match (method, head.path.as_str()) {
         ("GET", "/healthz") => {
-            return http_response(HttpStatus::OK, &keep, Some("text/plain"), b"ok\n");
+            // §12: a cluster node is healthy when it can do what needs the cluster.
+            let Some(node) = ctx.shared.cluster.as_ref() else {
+                return http_response(HttpStatus::OK, &keep, Some("text/plain"), b"ok\n");
+            };
+            let health = node.health(std::time::Instant::now());
+            let (status, first) = if health.ok {
+                (HttpStatus::OK, "ok")
+            } else {
+                (
+                    HttpStatus::SERVICE_UNAVAILABLE,
+                    "unavailable: relaying open connections, refusing registrations and claims",
+                )
+            };
+            let body = format!("{first}\n{}", health.lines);
+            return http_response(status, &keep, Some("text/plain"), body.as_bytes());
         }
         // Browsers ask for it beside /demo/: nothing to show, and no admin token needed.
         ("GET", "/favicon.ico") => {
@@ -126,6 +140,9 @@ async fn admin_request(
             let mut text = ctx.shared.metrics.render();
             super::metrics::render(&ctx.shared.shard_metrics, &mut text);
             ctx.shared.admission.render(&mut text);
+            if let Some(node) = ctx.shared.cluster.as_ref() {
+                node.render_metrics(std::time::Instant::now(), &mut text);
+            }
             return http_response(
                 HttpStatus::OK,
                 &keep,

@@ -143,6 +143,17 @@ impl ControlHandler {
             );
             return ctx.send_text(self.conn, json);
         }
+        // §12: a claim is the cluster's; a node cut off from it refuses, and says why.
+        if let Some(Err(why)) = ctx.shared.cluster_availability() {
+            if let Some(node) = ctx.shared.cluster.as_ref() {
+                node.count_refusal();
+            }
+            let refusal = ClaimError::Unavailable {
+                serial: device.serial,
+            };
+            let json = event::error(request_id.as_ref(), refusal.code(), why.explain());
+            return ctx.send_text(self.conn, json);
+        }
         let key = DeviceKey {
             domain: device.domain,
             serial: device.serial,

@@ -104,6 +104,9 @@ async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, conn: ConnSlot, unauth: Una
             return answer_and_close(transport, &error_response(&e)).await;
         }
     };
+    if let Some(answer) = reply::cluster_refusal(&ctx, "mTLS registration") {
+        return answer_and_close(transport, &answer).await;
+    }
     let fingerprint = match &transport {
         Transport::Tls(t) => t.session().peer_fingerprint(),
         Transport::Plain(_) => None,

@@ -9,6 +9,7 @@ mod accept;
 mod admin;
 pub mod admission;
 mod answers;
+mod cluster;
 mod conn;
 mod control;
 mod device;
@@ -33,6 +34,7 @@ mod token;
 mod upgrade;
 mod waiting;
 
+pub use cluster::ClusterConfig;
 pub use metrics::ShardMetrics;
 pub use tls::load_server_config;
 
@@ -122,6 +124,9 @@ pub struct ServerConfig {
     /// `--reliable-window`: payload bytes one reliable claim holds (§11; default 1 MiB,
     /// [`crate::reliable::ReliableLimits::DEFAULT_WINDOW`]).
     pub reliable_window: usize,
+    /// `--cluster`: run as a node of a cluster on NATS JetStream (PROTOCOL.md §12); its
+    /// store replaces `store`.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// §2a: where devices that authenticate with a client certificate connect.
@@ -253,9 +258,19 @@ pub(crate) struct Shared {
     pub reliable_log: Arc<dyn ReliableLog + Send + Sync>,
     /// The reliable claims found in the log at start, until their shards take them.
     reliable_claims: std::sync::Mutex<Vec<ClaimSnapshot>>,
+    /// §12: this node's cluster, when it runs as a node of one.
+    pub cluster: Option<cluster::ClusterNode>,
 }
 
 impl Shared {
+    /// §12: `None` on a single node; on a cluster node, whether what needs the cluster
+    /// (registrations, device connections, claims) may be done now.
+    pub(crate) fn cluster_availability(&self) -> Option<Result<(), cluster::Unavailable>> {
+        self.cluster
+            .as_ref()
+            .map(|node| node.availability(std::time::Instant::now()))
+    }
+
     /// Takes the reliable claims found at start that `mine` picks (by session id).
     pub(crate) fn take_reliable_claims(
         &self,
@@ -284,15 +299,24 @@ pub fn run_server(
 ) -> std::io::Result<()> {
     check_memlock(&config.runtime)?;
     crate::store::create_private_dir(&config.data_dir).map_err(std::io::Error::other)?;
+    // §12: the cluster's store, streams and lease, before anything is bound.
+    let cluster = match &config.cluster {
+        Some(c) => Some(cluster::ClusterNode::start(c)?),
+        None => None,
+    };
     let (store, reliable_log): (
         Arc<dyn Store + Send + Sync>,
         Arc<dyn ReliableLog + Send + Sync>,
-    ) = match &config.store {
-        StoreChoice::Embedded => {
+    ) = match (&config.store, &cluster) {
+        (_, Some(node)) => {
+            tracing::info!("reliable sessions are kept in memory on a cluster node for now: they survive a POS reconnect, not the loss of the node");
+            (node.store(), Arc::new(MemReliableLog::default()))
+        }
+        (StoreChoice::Embedded, None) => {
             let redb = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
             (redb.clone(), redb)
         }
-        StoreChoice::Given(store) => {
+        (StoreChoice::Given(store), None) => {
             tracing::info!("reliable sessions are kept in memory with this store: they survive a POS reconnect, not a restart");
             (store.clone(), Arc::new(MemReliableLog::default()))
         }
@@ -382,6 +406,7 @@ pub fn run_server(
         mtls,
         reliable_log,
         reliable_claims: std::sync::Mutex::new(reliable_claims),
+        cluster,
     });
     shared.record_cert_expiry();
     let addrs = ServerAddrs {

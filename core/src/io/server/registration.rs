@@ -6,7 +6,9 @@ use super::admission::{ConnSlot, UnauthSlot};
 use super::metrics::ConnRole;
 use super::shard::ShardCtx;
 use super::upgrade::Prelude;
-use crate::auth::{resolve_device, verify_client, ScopeError, TsnInput, DEVICE_TOKEN_TTL};
+use crate::auth::{
+    find_client_caught_up, resolve_device, verify_client, ScopeError, TsnInput, DEVICE_TOKEN_TTL,
+};
 use crate::control::register::{connection_url, error_reply, registered_reply};
 use crate::control::{ControlErrorCode, RegisterRequest};
 use crate::coord::Answer;
@@ -15,7 +17,6 @@ use crate::io::http::with_timeout;
 use crate::io::transport::Transport;
 use crate::io::ws::{WsIoError, WsStream};
 use crate::proto::{CloseCode, Connection, Event, Limits, MessageKind, Role};
-use crate::store::Store;
 use bytes::BytesMut;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -227,7 +228,7 @@ async fn registration(
                 .spawn_blocking(move || {
                     let domain = ClientId::new(client_id.as_str())
                         .ok()
-                        .and_then(|id| shared.store.find_client(&id).ok().flatten())
+                        .and_then(|id| find_client_caught_up(&*shared.store, &id).ok().flatten())
                         .map(|c| c.domain.to_string())
                         .unwrap_or_else(|| "-".to_owned());
                     let verify = || {

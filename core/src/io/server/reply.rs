@@ -26,6 +26,26 @@ pub(crate) fn refusal(why: Refusal, message: &str) -> Vec<u8> {
     )
 }
 
+/// §12: the 503 for what needs the cluster (a registration, a device connection, a
+/// one-step session's claim) on a node cut off from it, or `None` if it may go ahead (and
+/// on a single node). The refusal is logged (once per refusal, it names no peer data).
+pub(crate) fn cluster_refusal(ctx: &ShardCtx, what: &'static str) -> Option<Vec<u8>> {
+    let node = ctx.shared.cluster.as_ref()?;
+    let why = node.availability(std::time::Instant::now()).err()?;
+    node.count_refusal();
+    tracing::warn!(
+        what,
+        reason = why.explain(),
+        "refused with 503: the cluster is not reachable from this node"
+    );
+    let retry = super::cluster::Unavailable::RETRY_AFTER_SECS.to_string();
+    Some(json_error(
+        HttpStatus::SERVICE_UNAVAILABLE,
+        &[("Retry-After", &retry), ("Connection", "close")],
+        why.explain(),
+    ))
+}
+
 /// Writes a whole answer and closes.
 pub(crate) async fn answer_and_close(mut transport: Transport, bytes: &[u8]) {
     let _ = transport.write_all_vectored(&[bytes]).await;

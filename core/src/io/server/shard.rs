@@ -364,6 +364,11 @@ impl ShardCtx {
         }
         self.drive();
         super::reliable_session::tick(self);
+        if self.index == 0 {
+            if let Some(node) = self.shared.cluster.as_ref() {
+                node.handle_tick(now);
+            }
+        }
         let cfg = &self.shared.config;
         let unix = super::unix_now();
         for entry in self.conns.borrow().values() {

@@ -1,0 +1,265 @@
+//! PROTOCOL.md §12 from outside: three real nats-server processes with JetStream and
+//! posrelay nodes started with `--cluster` on loopback, driven as an operator and their
+//! clients would. Each test starts its own servers and nodes (distinct ports) and stops
+//! exactly those, by pid, when it ends; every wait is bounded.
+
+mod common;
+use common::*;
+use posrelay_core::cluster::testing::NatsCluster;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tungstenite::Message;
+
+/// Leases short enough that a lost one is noticed within a test's bounds.
+const LEASE_TTL: &str = "3s";
+
+/// How long a node may take to notice its NATS server went away and reconnect, or to
+/// notice the cluster is gone (two missed pings at 2 s, reconnect attempts), and to get
+/// it back (JetStream elects its leaders again, the lease is acquired again).
+const CLUSTER_CHANGE: Duration = Duration::from_secs(40);
+
+struct Cluster {
+    // Nodes drop (stop) before the NATS servers they talk to.
+    nodes: Vec<Relay>,
+    nats: NatsCluster,
+}
+
+/// Three NATS servers and `n` posrelay nodes named a, b, c…, one shard each.
+fn cluster(n: usize) -> Cluster {
+    let nats = NatsCluster::start(3);
+    let urls = nats.client_urls().join(",");
+    let nodes = (0..n)
+        .map(|i| {
+            let id = ((b'a' + i as u8) as char).to_string();
+            Relay::start(&[
+                "--cluster",
+                &urls,
+                "--node-id",
+                &id,
+                "--lease-ttl",
+                LEASE_TTL,
+                "--shards",
+                "1",
+            ])
+        })
+        .collect();
+    Cluster { nodes, nats }
+}
+
+/// The value of the unlabelled series `name` (panics if absent).
+fn metric(text: &str, name: &str) -> f64 {
+    parse_metrics(text)
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .value
+}
+
+fn healthz(node: &Relay) -> HttpResp {
+    node.http("GET", &node.admin_url("/healthz"), &[], None)
+}
+
+/// The NATS server (index) node `name`'s connection is on, from the servers' `/connz`.
+fn server_of(nats: &NatsCluster, name: &str) -> Option<usize> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build();
+    (0..nats.len()).find(|&i| {
+        nats.pid(i).is_some()
+            && agent
+                .get(&format!("{}/connz", nats.monitor_url(i)))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["connections"].as_array().cloned())
+                .is_some_and(|conns| conns.iter().any(|c| c["name"] == name))
+    })
+}
+
+/// §12: "an admin call answered by any node is durable when it answers … and holds on
+/// every node"; "a token from one node works on another"; `session_id`s are the
+/// cluster's.
+#[test]
+fn provisioning_through_one_node_holds_on_the_others_at_once() {
+    let c = cluster(3);
+    let (a, b, node_c) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    for node in &c.nodes {
+        let h = healthz(node);
+        assert_eq!(h.status, 200, "healthz: {}", h.body);
+        assert!(h.body.contains("nats: connected"), "{}", h.body);
+        assert!(h.body.contains("lease: held"), "{}", h.body);
+    }
+
+    // Provisioned through a, used at once on b and c (no waiting between the calls).
+    let creds = a.provision("acme.com", "store-1", &["1001"]);
+    let token = b.token("acme.com", &creds);
+    let reg = register(node_c, "1001", &creds);
+
+    // Uniqueness is the cluster's: the device a created cannot be created again through c.
+    let again = node_c.admin(
+        "POST",
+        "/admin/v1/domains/acme.com/devices",
+        Some(json!({ "tsn": "1001", "make": "ingenico", "model": "axium", "store": "store-1" })),
+    );
+    assert_eq!(
+        again.status, 409,
+        "duplicate device through another node: {}",
+        again.body
+    );
+    // And b lists what a provisioned.
+    let listed = b.admin_devices("acme.com");
+    assert!(
+        listed.iter().any(|d| d["tsn"] == "1001"),
+        "b lists the device a provisioned: {listed:?}"
+    );
+
+    // The session key is the cluster's: registering through a gives the same session_id.
+    let reg_a = register(a, "1001", &creds);
+    assert_eq!(
+        reg_a.session_id, reg.session_id,
+        "one session_id per device across nodes"
+    );
+
+    // The token b signed opens a control channel on c; the device registered on c
+    // connects there and the two exchange messages, verbatim.
+    let mut device = Device::connect(node_c, reg);
+    let mut pos = Pos::control(node_c, &token);
+    let (session_id, session_url) = pos.claim_ok("1001");
+    assert_eq!(session_id, device.reg.session_id);
+    let mut session = Pos::session(node_c, &session_url, &token);
+    send_text(&mut session, "ping from the POS");
+    match device.recv() {
+        Message::Text(t) => assert_eq!(t, "ping from the POS"),
+        other => panic!("device got {}", show(&other)),
+    }
+    device.send_binary(&[0, 1, 2, 255]);
+    match recv(&mut session) {
+        Message::Binary(b) => assert_eq!(b.as_slice(), &[0, 1, 2, 255]),
+        other => panic!("POS got {}", show(&other)),
+    }
+
+    // The metrics say the node is in its cluster.
+    let metrics = b.metrics();
+    assert_eq!(
+        metric(&metrics, "posrelay_cluster_connected"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "posrelay_cluster_lease_held"),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// §12: the NATS server a node is connected to dies: the node reconnects to another and
+/// keeps serving. All of them gone: the node keeps its open connections relaying, refuses
+/// registrations and claims with 503 (and `unavailable` on a control channel) and says so
+/// in `/healthz` and its log; when NATS is back, so is the node.
+#[test]
+fn a_node_rides_out_the_loss_of_its_nats_server_and_of_all_of_them() {
+    let mut c = cluster(1);
+    let creds = c.nodes[0].provision("acme.com", "store-1", &["1001", "1002"]);
+    let token = c.nodes[0].token("acme.com", &creds);
+    let mut pair = Pair::connect(&c.nodes[0], "acme.com", "1001", &creds);
+    pair.exchange_text("before");
+
+    // The server the node is on dies: the node reconnects to one of the others.
+    let on = server_of(&c.nats, "posrelay a").expect("node a is connected to one server");
+    c.nats.kill(on);
+    let node = &c.nodes[0];
+    let reconnected = wait_for(CLUSTER_CHANGE, || {
+        let m = node.metrics();
+        (metric(&m, "posrelay_cluster_connections_total") >= 2.0
+            && metric(&m, "posrelay_cluster_connected") == 1.0)
+            .then_some(())
+    });
+    assert!(
+        reconnected.is_some(),
+        "node a did not reconnect to another NATS server: {}",
+        node.metrics()
+    );
+    let moved = server_of(&c.nats, "posrelay a").expect("node a is connected again");
+    assert_ne!(moved, on);
+    // It keeps serving what needs the cluster: a registration, a claim.
+    let reg = wait_for(CLUSTER_CHANGE, || {
+        let (reply, _) = try_register(node, "1002", &creds)?;
+        Some(reply)
+    })
+    .unwrap_or_else(|| node.fail("registration after a NATS server was lost"));
+    assert_eq!(reg["type"], "registered", "{reg}");
+    pair.exchange_text("after one server died");
+
+    // Every server gone.
+    for i in 0..c.nats.len() {
+        c.nats.kill(i);
+    }
+    let down = wait_for(CLUSTER_CHANGE, || {
+        let h = healthz(node);
+        (h.status == 503).then_some(h)
+    })
+    .unwrap_or_else(|| node.fail("healthz did not turn 503 with every NATS server gone"));
+    assert!(down.body.contains("nats: disconnected"), "{}", down.body);
+    // Open connections keep relaying.
+    pair.exchange_text("with no NATS at all");
+    // Registrations and one-step sessions are refused with 503 and Retry-After.
+    let refused = node.ws_refused(&node.ws_url(DEVICE_LISTENER), &[]);
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(refused.headers().get("retry-after").is_some());
+    let body = String::from_utf8_lossy(refused.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains("lost its cluster"), "{body}");
+    // A claim on an open control channel is refused, saying why.
+    let answer = pair.pos.claim("1002");
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap_or("").contains("cluster"),
+        "{answer}"
+    );
+    let metrics = node.metrics();
+    assert_eq!(
+        metric(&metrics, "posrelay_cluster_connected"),
+        0.0,
+        "{metrics}"
+    );
+    // The registration and the claim above, at least.
+    assert!(
+        metric(&metrics, "posrelay_cluster_refusals_total") >= 2.0,
+        "{metrics}"
+    );
+
+    // NATS back: so is the node, with a lease (a new one if the old lapsed).
+    for i in 0..c.nats.len() {
+        c.nats.start_again(i).expect("start a NATS server again");
+    }
+    c.nats
+        .wait_ready(CLUSTER_CHANGE)
+        .expect("NATS cluster ready again");
+    let node = &c.nodes[0];
+    let up = wait_for(CLUSTER_CHANGE, || {
+        let h = healthz(node);
+        (h.status == 200).then_some(h)
+    })
+    .unwrap_or_else(|| node.fail("healthz did not turn 200 with NATS back"));
+    assert!(up.body.contains("lease: held"), "{}", up.body);
+    let mut pos = Pos::control(node, &token);
+    let answer = pos.claim("1002");
+    assert_eq!(answer["type"], "claimed", "{answer}");
+    pair.exchange_text("NATS back");
+}
+
+/// A registration that may be refused: the reply and close code, or `None` on a refused
+/// upgrade (503 while the node is between NATS servers).
+fn try_register(node: &Relay, tsn: &str, creds: &Creds) -> Option<(Value, u16)> {
+    let (mut ws, _) = node.ws_connect(&node.ws_url(DEVICE_LISTENER), &[]).ok()?;
+    let msg = json!({
+        "type": "register",
+        "tsn": tsn,
+        "client_id": creds.client_id,
+        "client_secret": creds.client_secret,
+    });
+    send_text(&mut ws, &msg.to_string());
+    let reply = recv_json(&mut ws);
+    let code = expect_close(&mut ws);
+    Some((reply, code))
+}

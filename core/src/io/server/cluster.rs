@@ -1,0 +1,278 @@
+//! This node's membership of a cluster (PROTOCOL.md §12), as the shards see it: the NATS
+//! bridge, the cluster's store (provisioning, the token signing key and the session key,
+//! in a replicated JetStream bucket read from a local replica), the ownership streams and
+//! the node's lease.
+//!
+//! What it answers the shards, without waiting on the network:
+//! - [`ClusterNode::availability`]: whether the node may do what needs the cluster
+//!   (registrations, device connections, claims): connected to NATS and holding its lease.
+//!   Otherwise those are refused with 503 and `Retry-After` (§12: "refuses what needs the
+//!   cluster … with 503 until NATS is back"), while connections already open keep
+//!   relaying.
+//! - [`ClusterNode::health`]: the lines `/healthz` shows, and its status.
+//! - [`ClusterNode::render_metrics`]: the link's and the lease's series.
+//!
+//! A lease lost for good (the node was cut off or paused for longer than `--lease-ttl`,
+//! or another process took its node id) is logged, and a new incarnation acquires a new
+//! lease: [`ClusterNode::handle_tick`], called by shard 0's tick.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+
+use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
+use crate::cluster::{BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseKeeper};
+use crate::cluster::{ClusterError, NatsBridge};
+use crate::ownership::{Incarnation, LeaseStatus, LeaseTerms, LostReason, NodeId};
+
+/// `--cluster` and its companions (PROTOCOL.md §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `--cluster`: the NATS servers, tried in turn.
+    pub servers: Vec<String>,
+    /// `--node-id`.
+    pub node_id: NodeId,
+    /// `--node-url`: named in `session_url` for the devices this node serves.
+    pub node_url: Option<String>,
+    /// `--lease-ttl`.
+    pub lease: LeaseTerms,
+    /// `--cluster-replicas`: copies of the bucket and streams this node creates.
+    pub replicas: usize,
+}
+
+/// How long `serve` waits at start for NATS, the store and the lease.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the node cannot do what needs the cluster right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// No NATS server is connected.
+    Disconnected,
+    /// The lease is not held (being acquired again after it was lost).
+    NoLease,
+}
+
+impl Unavailable {
+    /// What the refused client (and the log) is told.
+    pub(crate) fn explain(self) -> &'static str {
+        match self {
+            Unavailable::Disconnected => {
+                "this relay node has lost its cluster (NATS unreachable): retry, or connect to another node"
+            }
+            Unavailable::NoLease => {
+                "this relay node is rejoining its cluster (lease not held): retry, or connect to another node"
+            }
+        }
+    }
+
+    /// `Retry-After` seconds for a 503 that says this.
+    pub(crate) const RETRY_AFTER_SECS: u64 = 2;
+}
+
+/// `/healthz` in cluster mode.
+pub(crate) struct Health {
+    /// Whether everything needing the cluster works.
+    pub ok: bool,
+    /// One line each: the NATS link, the lease.
+    pub lines: String,
+}
+
+/// The node's side of the cluster. Lives in `Shared` for the life of the process.
+pub(crate) struct ClusterNode {
+    // Dropped last (fields drop in order): the store's watch and the lease task run on it.
+    config: ClusterConfig,
+    store: Arc<JetStreamStore>,
+    streams: OwnershipStreams,
+    lease: Mutex<LeaseKeeper>,
+    /// Incarnations started after the first (each one a lease lost for good).
+    reacquired: AtomicU64,
+    /// Requests refused with 503 because the cluster was not reachable.
+    refusals: AtomicU64,
+    handle: BridgeHandle,
+    _bridge: NatsBridge,
+}
+
+impl ClusterNode {
+    /// Connects to NATS, opens the store (loading its replica), creates the ownership
+    /// streams if needed and acquires the lease. Blocks for up to [`START_TIMEOUT`] per
+    /// step; the error says what to check.
+    pub(crate) fn start(config: &ClusterConfig) -> std::io::Result<Self> {
+        let name = format!("posrelay {}", config.node_id);
+        let bridge = NatsBridge::start(BridgeConfig::new(config.servers.clone(), name))
+            .map_err(|e| start_error("start the NATS client", e))?;
+        let handle = bridge.handle();
+        let store = JetStreamStore::open(
+            &handle,
+            &KvStoreConfig {
+                replicas: config.replicas,
+                load_timeout: START_TIMEOUT,
+                ..KvStoreConfig::default()
+            },
+        )
+        .map_err(std::io::Error::other)?;
+        let replicas = config.replicas;
+        let streams = handle
+            .call(move |nats| async move { ensure_streams(&nats, replicas).await })
+            .wait()
+            .and_then(|r| r)
+            .map_err(|e| start_error("create the ownership streams", e))?;
+        let lease = Self::keep_lease(&handle, &streams, config)?;
+        match lease.wait_held(START_TIMEOUT + config.lease.ttl()) {
+            LeaseStatus::Held { .. } => {}
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "cannot acquire the lease of node {:?} ({other:?}): another process may run with this --node-id; \
+                     give each node its own",
+                    config.node_id.as_str()
+                )))
+            }
+        }
+        tracing::info!(
+            node = %config.node_id,
+            servers = %handle.servers(),
+            lease_ttl = ?config.lease.ttl(),
+            replicas = config.replicas,
+            "cluster joined: store loaded, lease held"
+        );
+        Ok(Self {
+            config: config.clone(),
+            store: Arc::new(store),
+            streams,
+            lease: Mutex::new(lease),
+            reacquired: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            handle,
+            _bridge: bridge,
+        })
+    }
+
+    fn keep_lease(
+        handle: &BridgeHandle,
+        streams: &OwnershipStreams,
+        config: &ClusterConfig,
+    ) -> std::io::Result<LeaseKeeper> {
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        LeaseKeeper::start(
+            handle,
+            streams.clone(),
+            config.node_id.clone(),
+            Incarnation::from_random(bytes),
+            config.lease,
+        )
+        .map_err(|e| start_error("start keeping the lease", e))
+    }
+
+    /// The cluster's store.
+    pub(crate) fn store(&self) -> Arc<JetStreamStore> {
+        self.store.clone()
+    }
+
+    fn lease_status(&self, now: Instant) -> LeaseStatus {
+        self.lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .status(now)
+    }
+
+    /// Whether what needs the cluster may be done at `now`.
+    pub(crate) fn availability(&self, now: Instant) -> Result<(), Unavailable> {
+        if !self.handle.link().is_up() {
+            return Err(Unavailable::Disconnected);
+        }
+        match self.lease_status(now) {
+            LeaseStatus::Held { until } if until > now => Ok(()),
+            _ => Err(Unavailable::NoLease),
+        }
+    }
+
+    /// Counts a request refused because the cluster was not reachable.
+    pub(crate) fn count_refusal(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `/healthz`: 200 only when NATS is connected and the lease held.
+    pub(crate) fn health(&self, now: Instant) -> Health {
+        let link = self.handle.link();
+        let lease = match self.lease_status(now) {
+            LeaseStatus::Held { until } => format!(
+                "lease: held by node {} for {}ms more unless renewed",
+                self.config.node_id,
+                until.saturating_duration_since(now).as_millis()
+            ),
+            LeaseStatus::Acquiring => format!("lease: node {} acquiring", self.config.node_id),
+            LeaseStatus::Lost(why) => format!(
+                "lease: node {} lost it ({}); acquiring a new one",
+                self.config.node_id,
+                lost(why)
+            ),
+        };
+        Health {
+            ok: self.availability(now).is_ok(),
+            lines: format!("{}\n{lease}\n", link.describe(now, self.handle.servers())),
+        }
+    }
+
+    /// Prometheus series: the link's, `posrelay_cluster_lease_held` and
+    /// `posrelay_cluster_leases_lost_total`.
+    pub(crate) fn render_metrics(&self, now: Instant, out: &mut String) {
+        use std::fmt::Write as _;
+        self.handle.link().render_metrics(out);
+        let held = matches!(self.lease_status(now), LeaseStatus::Held { until } if until > now);
+        let _ = writeln!(
+            out,
+            "# HELP posrelay_cluster_lease_held Whether this node holds its cluster lease (1) or not (0).\n\
+             # TYPE posrelay_cluster_lease_held gauge\n\
+             posrelay_cluster_lease_held {}\n\
+             # HELP posrelay_cluster_leases_lost_total Leases this node lost for good and acquired again.\n\
+             # TYPE posrelay_cluster_leases_lost_total counter\n\
+             posrelay_cluster_leases_lost_total {}\n\
+             # HELP posrelay_cluster_refusals_total Registrations, device connections and claims refused with 503 because the cluster was not reachable.\n\
+             # TYPE posrelay_cluster_refusals_total counter\n\
+             posrelay_cluster_refusals_total {}",
+            u8::from(held),
+            self.reacquired.load(Ordering::Relaxed),
+            self.refusals.load(Ordering::Relaxed)
+        );
+    }
+
+    /// Shard 0's tick: a lease lost for good is logged and a new incarnation starts
+    /// acquiring a new one.
+    pub(crate) fn handle_tick(&self, now: Instant) {
+        let mut keeper = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        let LeaseStatus::Lost(why) = keeper.status(now) else {
+            return;
+        };
+        tracing::error!(
+            node = %self.config.node_id,
+            reason = lost(why),
+            "cluster lease lost: registrations and claims are refused with 503 until a new lease is held"
+        );
+        match Self::keep_lease(&self.handle, &self.streams, &self.config) {
+            Ok(fresh) => {
+                *keeper = fresh;
+                self.reacquired.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start acquiring a new lease"),
+        }
+    }
+}
+
+fn lost(why: LostReason) -> &'static str {
+    match why {
+        LostReason::Expired => {
+            "no renewal acknowledged within --lease-ttl: NATS unreachable or the process paused"
+        }
+        LostReason::Superseded => {
+            "its record was replaced: another process may run with this --node-id"
+        }
+    }
+}
+
+fn start_error(what: &str, e: ClusterError) -> std::io::Error {
+    std::io::Error::other(format!(
+        "cannot {what}: {e}; check that nats-server 2.11+ runs with JetStream at the --cluster addresses"
+    ))
+}
