@@ -24,26 +24,42 @@ struct Cluster {
     nats: NatsCluster,
 }
 
-/// Three NATS servers and `n` posrelay nodes named a, b, c…, one shard each.
+/// Three NATS servers and `n` posrelay nodes named a, b, c…, one shard each, each with
+/// its `--node-url` (its own relay port, picked free beforehand).
 fn cluster(n: usize) -> Cluster {
     let nats = NatsCluster::start(3);
     let urls = nats.client_urls().join(",");
     let nodes = (0..n)
         .map(|i| {
             let id = ((b'a' + i as u8) as char).to_string();
-            Relay::start(&[
+            let listen = free_loopback_addr();
+            let node_url = format!("ws://{listen}");
+            let listen = listen.to_string();
+            let node = Relay::start(&[
                 "--cluster",
                 &urls,
                 "--node-id",
                 &id,
+                "--node-url",
+                &node_url,
+                "--listen",
+                &listen,
                 "--lease-ttl",
                 LEASE_TTL,
                 "--shards",
                 "1",
-            ])
+            ]);
+            assert_eq!(node.relay_addr.to_string(), listen);
+            node
         })
         .collect();
     Cluster { nodes, nats }
+}
+
+/// A loopback address whose port was free a moment ago.
+fn free_loopback_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("its address")
 }
 
 /// The value of the unlabelled series `name` (panics if absent).
@@ -249,7 +265,7 @@ fn a_node_rides_out_the_loss_of_its_nats_server_and_of_all_of_them() {
 }
 
 /// A registration that may be refused: the reply and close code, or `None` on a refused
-/// upgrade (503 while the node is between NATS servers).
+/// upgrade (503 while the node is between NATS servers) or a 1011 close without reply.
 fn try_register(node: &Relay, tsn: &str, creds: &Creds) -> Option<(Value, u16)> {
     let (mut ws, _) = node.ws_connect(&node.ws_url(DEVICE_LISTENER), &[]).ok()?;
     let msg = json!({
@@ -259,7 +275,101 @@ fn try_register(node: &Relay, tsn: &str, creds: &Creds) -> Option<(Value, u16)> 
         "client_secret": creds.client_secret,
     });
     send_text(&mut ws, &msg.to_string());
-    let reply = recv_json(&mut ws);
+    // While JetStream elects new leaders, the cluster may not record the device's node
+    // yet: the relay closes with 1011 and no reply, and the device tries again.
+    let reply = match recv_any(&mut ws) {
+        Message::Text(t) => serde_json::from_str::<Value>(&t).ok()?,
+        _ => return None,
+    };
     let code = expect_close(&mut ws);
     Some((reply, code))
+}
+
+/// §12: "a device on node B claimed from a control channel on node C … messages both ways,
+/// verbatim, in order"; "two clients on different nodes claim one tsn at the same
+/// instant: exactly one `claimed`"; "a newer connection of the device on another node
+/// takes it over, and the older connection is closed with 4000".
+#[test]
+fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_nodes() {
+    let c = cluster(3);
+    let (a, b, node_c) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let creds = a.provision("acme.com", "store-1", &["1001", "1002"]);
+    let other = a.create_client("acme.com", Some("store-1"));
+    let token = node_c.token("acme.com", &creds);
+    let other_token = a.token("acme.com", &other);
+
+    // The device is on b; its POS's control channel on c.
+    let mut device = Device::register_and_connect(b, "1001", &creds);
+    let mut pos = Pos::control(node_c, &token);
+    let (sid, url) = pos.claim_ok("1001");
+    assert_eq!(sid, device.reg.session_id);
+    let b_url = format!("ws://{}", b.relay_addr);
+    assert!(
+        url.starts_with(&b_url),
+        "session_url names the owning node b: {url}"
+    );
+    let mut session = Pos::session(b, &url, &token);
+    for i in 0..20 {
+        send_text(&mut session, &format!("to device {i}"));
+    }
+    for i in 0..20 {
+        device.send_binary(format!("to pos {i}").as_bytes());
+    }
+    for i in 0..20 {
+        match device.recv() {
+            Message::Text(t) => assert_eq!(t, format!("to device {i}")),
+            other => panic!("device got {}", show(&other)),
+        }
+        match recv(&mut session) {
+            Message::Binary(bytes) => {
+                assert_eq!(bytes.as_slice(), format!("to pos {i}").as_bytes())
+            }
+            other => panic!("POS got {}", show(&other)),
+        }
+    }
+
+    // Two clients, on a and on c, claim 1002 (on b) at the same instant: one wins.
+    let _device2 = Device::register_and_connect(b, "1002", &creds);
+    let mut pos_a = Pos::control(a, &other_token);
+    let (id_a, id_c) = (pos_a.new_request_id(), pos.new_request_id());
+    send_json(
+        &mut pos_a.ws,
+        &json!({ "type": "claim", "tsn": "1002", "request_id": id_a }),
+    );
+    send_json(
+        &mut pos.ws,
+        &json!({ "type": "claim", "tsn": "1002", "request_id": id_c }),
+    );
+    let answers = [pos_a.answer_to(&id_a), pos.answer_to(&id_c)];
+    let claimed = answers.iter().filter(|v| v["type"] == "claimed").count();
+    assert_eq!(claimed, 1, "exactly one claimed: {answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|v| v["type"] == "error" && v["code"] == "device_busy"),
+        "the other is busy: {answers:?}"
+    );
+
+    // The device moves to a: its connection on b closes with 4000, the POS session on
+    // b with 1012; the POS claims again from c and reaches it through a.
+    let mut moved = Device::register_and_connect(a, "1001", &creds);
+    assert_eq!(
+        expect_close(&mut device.ws),
+        4000,
+        "the older connection on b"
+    );
+    assert_eq!(expect_close(&mut session), 1012, "the session on b");
+    let (sid2, url2) = pos.claim_ok("1001");
+    assert_eq!(sid2, sid, "a device keeps its session_id across nodes");
+    let a_url = format!("ws://{}", a.relay_addr);
+    assert!(
+        url2.starts_with(&a_url),
+        "session_url names the new node a: {url2}"
+    );
+    let mut session = Pos::session(a, &url2, &token);
+    send_text(&mut session, "after the move");
+    match moved.recv() {
+        Message::Text(t) => assert_eq!(t, "after the move"),
+        other => panic!("device got {}", show(&other)),
+    }
 }

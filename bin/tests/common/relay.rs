@@ -100,10 +100,11 @@ impl Relay {
         self.generation += 1;
         let stderr = File::create(self.stderr_path(self.generation)).expect("create stderr log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_posrelay"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--admin-listen")
+        cmd.arg("serve");
+        if !self.args.iter().any(|a| a == "--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.arg("--admin-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(self.data_dir());

@@ -21,6 +21,7 @@ mod error;
 mod kv_store;
 mod lease;
 pub mod ownership;
+pub mod remote;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -267,6 +267,15 @@ impl<M: QueuedMessage> Coordinator<M> {
         self.apply(self.me, CoordMsg::DeviceDisabled { device }, now);
     }
 
+    /// §12: `device` connected to another node, which owns it now: its owner here closes
+    /// what it had of it (every participant hears of it, as of a disabled device).
+    pub fn handle_device_moved(&mut self, device: DeviceKey, now: Instant) {
+        self.broadcast(|| CoordMsg::DeviceMoved {
+            device: device.clone(),
+        });
+        self.apply(self.me, CoordMsg::DeviceMoved { device }, now);
+    }
+
     /// §9: the operator deleted `client`: every participant hears of it.
     pub fn handle_client_deleted(&mut self, client: ClientKey, now: Instant) {
         self.broadcast(|| CoordMsg::ClientDeleted {
@@ -342,6 +351,9 @@ impl<M: QueuedMessage> Coordinator<M> {
             }
             CoordMsg::DeviceDisabled { device } => {
                 self.devices.handle_device_disabled(&device);
+            }
+            CoordMsg::DeviceMoved { device } => {
+                self.devices.handle_device_moved(&device);
             }
             CoordMsg::ClientDeleted { client } => {
                 self.devices.handle_client_deleted(&client);

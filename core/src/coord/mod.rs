@@ -16,6 +16,7 @@
 //! | [`CoordMsg::ClientEvent`] | a device's owner | the client's home | §4 `device_status`, `undelivered` |
 //! | [`CoordMsg::ClientPresence`] | a client's home | every participant | §4 claim grace |
 //! | [`CoordMsg::DeviceDisabled`], [`CoordMsg::ClientDeleted`] | the admin API's participant | every participant | §9 |
+//! | [`CoordMsg::DeviceMoved`] | the shard that heard another node took the device over | every participant | §12 |
 //! | [`CoordMsg::DataClosed`] | every participant, draining | every participant | §6 shutdown order |
 //!
 //! What the io layer must guarantee: messages from one participant to another arrive in

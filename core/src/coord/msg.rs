@@ -76,6 +76,11 @@ pub enum CoordMsg {
         /// Which.
         device: DeviceKey,
     },
+    /// §12: the device connected to another node of the cluster, which owns it now.
+    DeviceMoved {
+        /// Which.
+        device: DeviceKey,
+    },
     /// §9: the operator deleted a client; its tokens stop working.
     ClientDeleted {
         /// Which.

@@ -10,6 +10,9 @@ pub const REPLACED: u16 = 4000;
 pub const CLAIM_ENDED: u16 = 4001;
 /// §8 4002: undelivered frames and no control channel to report them to (§5a).
 pub const UNDELIVERED: u16 = 4002;
+/// §8 1012 (RFC 6455 §7.4.1's registry: service restart): §12, a node that lost its
+/// lease, or a session whose device moved to another node; reconnect (claim again).
+pub const SERVICE_RESTART: u16 = 1012;
 /// §8 4404: unknown session.
 pub const UNKNOWN_SESSION: u16 = 4404;
 /// §8 1002: protocol error (also: a `posrelay.reliable.v1` envelope that breaks §11).

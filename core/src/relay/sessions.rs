@@ -613,6 +613,40 @@ impl<M: QueuedMessage> DeviceShard<M> {
     /// is offline, ends its claim and its session (§4: it answers `offline` until it
     /// registers again, and its session id answers 4404).
     pub fn handle_device_disabled(&mut self, device: &DeviceKey) {
+        self.end_session(
+            device,
+            (close::POLICY, "device disabled"),
+            (close::CLAIM_ENDED, "device disabled"),
+        );
+    }
+
+    /// §12: the device connected to another node of the cluster, which owns its tsn now.
+    /// Its connection here closes with 4000, the claim holder hears it went offline here,
+    /// and the claim and session here end: their POS session closes with 1012 (its
+    /// queued messages reported `undelivered`), and the POS claims again, from wherever
+    /// it is, on the device's new node.
+    pub fn handle_device_moved(&mut self, device: &DeviceKey) {
+        self.end_session(
+            device,
+            (
+                close::REPLACED,
+                "replaced: the device connected to another relay node",
+            ),
+            (
+                close::SERVICE_RESTART,
+                "the device moved to another relay node: claim it again",
+            ),
+        );
+    }
+
+    /// Ends `device`'s session here: its connection closes with `device_close`, the claim
+    /// holder is told it is offline, its claim ends with `claim_close` on the POS session.
+    fn end_session(
+        &mut self,
+        device: &DeviceKey,
+        device_close: (u16, &'static str),
+        claim_close: (u16, &'static str),
+    ) {
         let sid = self.keyring.session_id(device);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
@@ -620,8 +654,8 @@ impl<M: QueuedMessage> DeviceShard<M> {
         if let Some(conn) = s.device_conn.take() {
             self.actions.push_back(Action::CloseConn {
                 conn,
-                code: close::POLICY,
-                reason: "device disabled",
+                code: device_close.0,
+                reason: device_close.1,
             });
             if let Some(claim) = &s.claim {
                 self.actions.push_back(Action::ClientEvent {
@@ -634,7 +668,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
             }
         }
         let mut tally = UndeliveredTally::default();
-        self.end_claim(&sid, close::CLAIM_ENDED, "device disabled", &mut tally);
+        self.end_claim(&sid, claim_close.0, claim_close.1, &mut tally);
         if let Some(mut s) = self.sessions.remove(&sid) {
             self.stats.dropped(s.to_pos.clear());
             self.timers.rearm(&sid, &mut s.armed, [None; 3]);

@@ -15,9 +15,9 @@ use super::waiting::WaitQueue;
 use super::{
     admin, control, device, devices_api, one_step, pos_login, registration, session, token,
 };
-use crate::auth::TsnInput;
+use crate::auth::{DeviceClaims, TsnInput};
 use crate::handshake::{error_response, json_error, HttpStatus, UpgradeRequest};
-use crate::ids::SessionId;
+use crate::ids::{DeviceKey, SessionId};
 use crate::io::http::{read_request, ReadRequestError};
 use crate::io::transport::Transport;
 use crate::relay::{client_shard, owner_shard};
@@ -198,6 +198,9 @@ pub(crate) async fn serve_relay_connection(
                 Ok(c) => c,
                 Err(e) => return answer_and_close(transport, &reply::auth_refusal(&ctx, &e)).await,
             };
+            if let Some(answer) = take_over(&ctx, &claims).await {
+                return answer_and_close(transport, &answer).await;
+            }
             unauth.authenticated();
             let held = Held {
                 _conn: conn,
@@ -260,6 +263,30 @@ pub(crate) async fn serve_relay_connection(
         Refusals::Http,
     )
     .await
+}
+
+/// §12: a device connects here: this node takes its tsn over (its previous node closes
+/// the older connection with 4000) and makes sure the session exists here (the device
+/// may have registered through another node). The 503 to answer when that fails.
+async fn take_over(ctx: &Rc<ShardCtx>, claims: &DeviceClaims) -> Option<Vec<u8>> {
+    let node = ctx.shared.cluster.as_ref()?;
+    let device = DeviceKey {
+        domain: claims.domain.clone(),
+        serial: claims.serial.clone(),
+    };
+    let refused = |why: String| {
+        tracing::warn!(tsn = %device.serial, error = %why, "device connection refused: the cluster did not record the device's new node");
+        reply::cluster_call_failed()
+    };
+    if let Err(e) = node.take_over(&device).await {
+        return Some(refused(e.to_string()));
+    }
+    if ctx.register_device(device.clone()).await != crate::coord::Answer::Registered {
+        return Some(refused(
+            "the shard that owns the device did not answer".into(),
+        ));
+    }
+    None
 }
 
 /// What a POS upgrade carries to prove who it is (§7, §7c).

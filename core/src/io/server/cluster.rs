@@ -23,8 +23,11 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
+use crate::cluster::remote::{self, ClaimReply, ClaimRequest, NodeInbox};
 use crate::cluster::{BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseKeeper};
 use crate::cluster::{ClusterError, NatsBridge};
+use crate::ids::DeviceKey;
+use crate::ownership::{Epoch, OwnershipRecord};
 use crate::ownership::{Incarnation, LeaseStatus, LeaseTerms, LostReason, NodeId};
 
 /// `--cluster` and its companions (PROTOCOL.md §12).
@@ -41,6 +44,9 @@ pub struct ClusterConfig {
     /// `--cluster-replicas`: copies of the bucket and streams this node creates.
     pub replicas: usize,
 }
+
+/// How long a claim put to another node may wait for its decision.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long `serve` waits at start for NATS, the store and the lease.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,6 +92,11 @@ pub(crate) struct ClusterNode {
     store: Arc<JetStreamStore>,
     streams: OwnershipStreams,
     lease: Mutex<LeaseKeeper>,
+    /// This node and its incarnation (a new one with each lease), as ownership records
+    /// name it.
+    me: Mutex<OwnershipRecord>,
+    /// What other nodes say to this one, until shard 0 takes it.
+    inbox: Mutex<Option<NodeInbox>>,
     /// Incarnations started after the first (each one a lease lost for good).
     reacquired: AtomicU64,
     /// Requests refused with 503 because the cluster was not reachable.
@@ -118,7 +129,9 @@ impl ClusterNode {
             .wait()
             .and_then(|r| r)
             .map_err(|e| start_error("create the ownership streams", e))?;
-        let lease = Self::keep_lease(&handle, &streams, config)?;
+        let (lease, me) = Self::keep_lease(&handle, &streams, config)?;
+        let inbox = NodeInbox::serve(&handle, &config.node_id)
+            .map_err(|e| start_error("subscribe to this node's subjects", e))?;
         match lease.wait_held(START_TIMEOUT + config.lease.ttl()) {
             LeaseStatus::Held { .. } => {}
             other => {
@@ -141,6 +154,8 @@ impl ClusterNode {
             store: Arc::new(store),
             streams,
             lease: Mutex::new(lease),
+            me: Mutex::new(me),
+            inbox: Mutex::new(Some(inbox)),
             reacquired: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             handle,
@@ -152,17 +167,60 @@ impl ClusterNode {
         handle: &BridgeHandle,
         streams: &OwnershipStreams,
         config: &ClusterConfig,
-    ) -> std::io::Result<LeaseKeeper> {
+    ) -> std::io::Result<(LeaseKeeper, OwnershipRecord)> {
         let mut bytes = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        LeaseKeeper::start(
+        let incarnation = Incarnation::from_random(bytes);
+        let keeper = LeaseKeeper::start(
             handle,
             streams.clone(),
             config.node_id.clone(),
-            Incarnation::from_random(bytes),
+            incarnation.clone(),
             config.lease,
         )
-        .map_err(|e| start_error("start keeping the lease", e))
+        .map_err(|e| start_error("start keeping the lease", e))?;
+        let me = OwnershipRecord {
+            node: config.node_id.clone(),
+            incarnation,
+        };
+        Ok((keeper, me))
+    }
+
+    /// This node's `--node-url`.
+    pub(crate) fn node_url(&self) -> Option<&str> {
+        self.config.node_url.as_deref()
+    }
+
+    /// What other nodes say to this one (taken once, by shard 0).
+    pub(crate) fn take_inbox(&self) -> Option<NodeInbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// §12: a device arrived here (registered or connected): this node takes its tsn
+    /// over, and its previous node is told to close its older connection.
+    pub(crate) async fn take_over(&self, device: &DeviceKey) -> Result<Epoch, ClusterError> {
+        let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        remote::take_over(&self.handle, &self.streams, device, &me).await
+    }
+
+    /// The node that owns `device`, if it is another one than this (`None`: decide here).
+    pub(crate) async fn other_owner(
+        &self,
+        device: &DeviceKey,
+    ) -> Result<Option<NodeId>, ClusterError> {
+        let owner = remote::owner_of(&self.handle, &self.streams, device).await?;
+        Ok(owner
+            .map(|(node, _)| node)
+            .filter(|node| *node != self.config.node_id))
+    }
+
+    /// Puts a claim or release to the node that owns the tsn.
+    pub(crate) async fn ask_claim(
+        &self,
+        owner: &NodeId,
+        request: &ClaimRequest,
+    ) -> Result<ClaimReply, ClusterError> {
+        remote::ask_claim(&self.handle, owner, request, CLAIM_TIMEOUT).await
     }
 
     /// The cluster's store.
@@ -251,8 +309,9 @@ impl ClusterNode {
             "cluster lease lost: registrations and claims are refused with 503 until a new lease is held"
         );
         match Self::keep_lease(&self.handle, &self.streams, &self.config) {
-            Ok(fresh) => {
+            Ok((fresh, me)) => {
                 *keeper = fresh;
+                *self.me.lock().unwrap_or_else(|p| p.into_inner()) = me;
                 self.reacquired.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(error = %e, "cannot start acquiring a new lease"),

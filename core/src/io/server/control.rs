@@ -162,7 +162,21 @@ impl ControlHandler {
             conn: self.conn,
             request_id,
         };
-        ctx.claim(op, self.client.clone(), key, requester);
+        if ctx.shared.cluster.is_none() {
+            return ctx.claim(op, self.client.clone(), key, requester);
+        }
+        // §12: the node that owns the tsn decides (a round trip to read its ownership
+        // record, and one to that node when it is another).
+        let (ctx, client) = (ctx.clone(), self.client.clone());
+        glommio::spawn_local(async move {
+            let rid = requester.request_id.as_ref();
+            if !super::remote_claims::claim_elsewhere(&ctx, requester.conn, op, &client, &key, rid)
+                .await
+            {
+                ctx.claim(op, client, key, requester);
+            }
+        })
+        .detach();
     }
 }
 

@@ -142,6 +142,13 @@ async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, conn: ConnSlot, unauth: Una
         domain: device.domain,
         serial: device.serial,
     };
+    // §12: the device arrived at this node: the tsn is this node's now.
+    if let Some(node) = ctx.shared.cluster.as_ref() {
+        if let Err(e) = node.take_over(&key).await {
+            tracing::warn!(tsn = %key.serial, error = %e, "device mTLS: cannot take the device over in the cluster");
+            return answer_and_close(transport, &reply::cluster_call_failed()).await;
+        }
+    }
     // §2a: registers and connects in one step: the owner makes sure the session exists.
     match ctx.register_device(key.clone()).await {
         Answer::Registered => {}

@@ -26,6 +26,7 @@ mod path;
 mod pos_login;
 mod registration;
 mod reliable_session;
+mod remote_claims;
 mod reply;
 mod session;
 mod shard;

@@ -320,6 +320,16 @@ async fn registration(
             coord.placement().owner_of(&key),
         )
     };
+    // §12: the device arrived at this node: the tsn is this node's now (a claim anywhere
+    // in the cluster is decided here), and the node it was on closes its connection.
+    if let Some(node) = ctx.shared.cluster.as_ref() {
+        if let Err(e) = node.take_over(&key).await {
+            tracing::warn!(tsn = %key.serial, error = %e, "registration: cannot take the device over in the cluster");
+            return Err(Refusal::Internal(
+                "the cluster did not record the device's new node",
+            ));
+        }
+    }
     // The owner knows the session before the device is answered: a claim right after
     // the `registered` reply must not find the device `offline`.
     if ctx.register_device(key).await != Answer::Registered {

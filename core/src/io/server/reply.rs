@@ -46,6 +46,17 @@ pub(crate) fn cluster_refusal(ctx: &ShardCtx, what: &'static str) -> Option<Vec<
     ))
 }
 
+/// §12: the 503 for something the cluster had to record and did not (no quorum, a
+/// timeout): retry.
+pub(crate) fn cluster_call_failed() -> Vec<u8> {
+    let retry = super::cluster::Unavailable::RETRY_AFTER_SECS.to_string();
+    json_error(
+        HttpStatus::SERVICE_UNAVAILABLE,
+        &[("Retry-After", &retry), ("Connection", "close")],
+        "the relay's cluster did not answer in time: retry",
+    )
+}
+
 /// Writes a whole answer and closes.
 pub(crate) async fn answer_and_close(mut transport: Transport, bytes: &[u8]) {
     let _ = transport.write_all_vectored(&[bytes]).await;

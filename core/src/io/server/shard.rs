@@ -56,6 +56,9 @@ pub(crate) struct ShardCtx {
     registering: Cell<usize>,
     /// The reliable claims of the devices this shard owns (§11).
     pub reliable: RefCell<super::reliable_session::ReliableClaims>,
+    /// §12: claims other nodes put to this one, by the stand-in connection id they were
+    /// asked for (shard 0 only).
+    pub remote_claims: RefCell<HashMap<ConnId, crate::cluster::remote::Replier>>,
 }
 
 impl ShardCtx {
@@ -226,15 +229,13 @@ impl ShardCtx {
         op: ClaimOp,
         outcome: ClaimOutcome,
     ) {
+        if super::remote_claims::answer(self, &requester, &outcome) {
+            return;
+        }
         let rid = requester.request_id.as_ref();
         let json = match outcome {
             ClaimOutcome::Claimed(granted) => {
-                let base = self
-                    .conns
-                    .borrow()
-                    .get(&requester.conn)
-                    .and_then(|e| e.url_base.clone())
-                    .unwrap_or_default();
+                let base = self.url_base_of(requester.conn);
                 let url = event::session_url(&base, &granted.session_id);
                 event::claimed(
                     rid,
@@ -249,6 +250,15 @@ impl ShardCtx {
             ClaimOutcome::Refused(err) => event::error(rid, err.code(), err.message(op)),
         };
         self.send_text(requester.conn, json);
+    }
+
+    /// The URL base a connection here was given (for the URLs its answers carry).
+    pub fn url_base_of(&self, conn: ConnId) -> String {
+        self.conns
+            .borrow()
+            .get(&conn)
+            .and_then(|e| e.url_base.clone())
+            .unwrap_or_default()
     }
 
     /// §6 drain: asks every connection of `class` to close with 1001.
@@ -456,6 +466,7 @@ pub(crate) async fn run_shard(
             shared.reliable_log.clone(),
             crate::reliable::ReliableLimits::new(&cfg.relay_limits, cfg.reliable_window),
         )),
+        remote_claims: RefCell::new(HashMap::new()),
         shared: shared.clone(),
     });
     let restored = shared.take_reliable_claims(|sid| owner_shard(sid, shards).0 == index);
@@ -523,6 +534,10 @@ pub(crate) async fn run_shard(
         .map(|l| glommio::spawn_local(super::accept::accept_loop(ctx.clone(), l, true)));
     if let Some(l) = mtls_listener {
         glommio::spawn_local(super::device_mtls::accept_loop(ctx.clone(), l)).detach();
+    }
+    if index == 0 && shared.cluster.is_some() {
+        // §12: what other nodes put to this one (claims of tsns it owns, moves).
+        glommio::spawn_local(super::remote_claims::serve_inbox(ctx.clone())).detach();
     }
     // The tick: timers of the relay state, pings, idle timeouts, token expiry, drain.
     let tick = Duration::from_millis(250);

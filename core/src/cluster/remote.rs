@@ -1,0 +1,425 @@
+//! What nodes say to each other directly (PROTOCOL.md §12), on core NATS subjects
+//! addressed to one node, `posrelay.node.<node>.<kind>`:
+//!
+//! | subject | sent by | answered | what |
+//! |---|---|---|---|
+//! | `posrelay.node.<owner>.claim` | a node whose control channel claims or releases a tsn owned by `<owner>` | yes: the owner's decision | §12 "claims are exclusive across the cluster": the owner decides, as the owning shard does within a node |
+//! | `posrelay.node.<old>.moved` | the node a device just connected to, when the tsn's last owner was `<old>` | no | §12 "a newer connection of the device on another node takes it over, and the older connection is closed with 4000" |
+//!
+//! The node's subscription runs on the bridge's thread and hands what arrives to the
+//! shards over a channel ([`NodeInbox`]); the owner of a tsn is read from its ownership
+//! record ([`super::ownership::current_owner`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::ownership::{current_owner, take_over_tsn, OwnershipStreams};
+use super::{BridgeHandle, ClusterError};
+use crate::ids::{ClientId, ClientKey, DeviceKey, DomainName, Serial, SessionId};
+use crate::ownership::{Epoch, NodeId, OwnershipRecord};
+use crate::relay::{ClaimError, ClaimGranted, ClaimOp};
+
+/// `posrelay.node.<node>.<kind>`.
+pub fn node_subject(node: &NodeId, kind: &str) -> String {
+    format!("posrelay.node.{}.{kind}", node.as_str())
+}
+
+/// A claim or release put to a tsn's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// `claim` or `release`.
+    pub op: String,
+    /// The client's (and the device's) domain.
+    pub domain: String,
+    /// The client.
+    pub client_id: String,
+    /// The device.
+    pub serial: String,
+}
+
+impl ClaimRequest {
+    /// The request for `op` by `client` on `device`.
+    pub fn new(op: ClaimOp, client: &ClientKey, device: &DeviceKey) -> Self {
+        Self {
+            op: match op {
+                ClaimOp::Claim => "claim",
+                ClaimOp::Release => "release",
+            }
+            .into(),
+            domain: device.domain.to_string(),
+            client_id: client.client_id.to_string(),
+            serial: device.serial.to_string(),
+        }
+    }
+
+    /// What it asks, checked: `None` if any part is malformed.
+    pub fn parts(&self) -> Option<(ClaimOp, ClientKey, DeviceKey)> {
+        let op = match self.op.as_str() {
+            "claim" => ClaimOp::Claim,
+            "release" => ClaimOp::Release,
+            _ => return None,
+        };
+        let domain = DomainName::new(self.domain.as_str()).ok()?;
+        let client = ClientKey {
+            domain: domain.clone(),
+            client_id: ClientId::new(self.client_id.as_str()).ok()?,
+        };
+        let device = DeviceKey {
+            domain,
+            serial: Serial::new(self.serial.as_str()).ok()?,
+        };
+        Some((op, client, device))
+    }
+}
+
+/// The owner's decision, as it travels back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimReply {
+    /// `claimed`, `released`, `device_busy`, `offline` or `unavailable`.
+    pub outcome: String,
+    /// `claimed`: the device's session.
+    pub session_id: Option<String>,
+    /// `claimed`: whether the device is connected.
+    pub online: bool,
+    /// `claimed`: device messages waiting for the session.
+    pub pending_frames: u64,
+    /// The owner's `--node-url`, for the `session_url` (§12: it names the owning node).
+    pub node_url: Option<String>,
+}
+
+/// A [`ClaimReply`] read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    /// Claimed, with the owner's URL base when it has one.
+    Claimed(ClaimGranted, Option<String>),
+    /// Released.
+    Released,
+    /// Refused.
+    Refused(ClaimError),
+}
+
+impl ClaimReply {
+    /// The reply for an outcome decided here.
+    pub fn of(outcome: &RemoteOutcome) -> Self {
+        let mut reply = Self {
+            outcome: String::new(),
+            session_id: None,
+            online: false,
+            pending_frames: 0,
+            node_url: None,
+        };
+        reply.outcome = match outcome {
+            RemoteOutcome::Claimed(g, url) => {
+                reply.session_id = Some(g.session_id.to_string());
+                reply.online = g.online;
+                reply.pending_frames = g.pending_frames;
+                reply.node_url = url.clone();
+                "claimed"
+            }
+            RemoteOutcome::Released => "released",
+            RemoteOutcome::Refused(ClaimError::DeviceBusy { .. }) => "device_busy",
+            RemoteOutcome::Refused(ClaimError::Offline { .. }) => "offline",
+            RemoteOutcome::Refused(ClaimError::Unavailable { .. }) => "unavailable",
+        }
+        .into();
+        reply
+    }
+
+    /// The outcome it carries for `serial`; a malformed reply is `unavailable`.
+    pub fn outcome(&self, serial: &Serial) -> RemoteOutcome {
+        let refused = |e| RemoteOutcome::Refused(e);
+        let serial = serial.clone();
+        match self.outcome.as_str() {
+            "claimed" => match self.session_id.clone().and_then(|s| SessionId::new(s).ok()) {
+                Some(session_id) => RemoteOutcome::Claimed(
+                    ClaimGranted {
+                        session_id,
+                        online: self.online,
+                        pending_frames: self.pending_frames,
+                    },
+                    self.node_url.clone(),
+                ),
+                None => refused(ClaimError::Unavailable { serial }),
+            },
+            "released" => RemoteOutcome::Released,
+            "device_busy" => refused(ClaimError::DeviceBusy { serial }),
+            "offline" => refused(ClaimError::Offline { serial }),
+            _ => refused(ClaimError::Unavailable { serial }),
+        }
+    }
+}
+
+/// A device that connected to another node: the tsn's older connection here must go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedNotice {
+    /// The device's domain.
+    pub domain: String,
+    /// The device.
+    pub serial: String,
+    /// The node it connected to.
+    pub node: String,
+    /// The epoch it owns the tsn at now.
+    pub epoch: u64,
+}
+
+impl MovedNotice {
+    /// The device, checked.
+    pub fn device(&self) -> Option<DeviceKey> {
+        Some(DeviceKey {
+            domain: DomainName::new(self.domain.as_str()).ok()?,
+            serial: Serial::new(self.serial.as_str()).ok()?,
+        })
+    }
+}
+
+/// Something another node said to this one.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Decide this claim or release (this node owns the tsn); answer with the replier.
+    Claim(ClaimRequest, Replier),
+    /// This device connected to another node.
+    Moved(MovedNotice),
+}
+
+/// Answers one [`Inbound::Claim`] (dropping it unanswered makes the asker time out).
+#[derive(Debug)]
+pub struct Replier {
+    bridge: BridgeHandle,
+    reply: Option<async_nats::Subject>,
+}
+
+impl Replier {
+    /// Sends the decision back to the asking node.
+    pub fn send(self, reply: &ClaimReply) {
+        let Some(subject) = self.reply else { return };
+        let Ok(payload) = simd_json::to_vec(reply) else {
+            return;
+        };
+        let _ = self.bridge.spawn(move |nats| async move {
+            if let Err(e) = nats.client.publish(subject, Bytes::from(payload)).await {
+                tracing::warn!(error = %e, "cannot answer a claim put by another node");
+            }
+        });
+    }
+}
+
+/// What other nodes say to this one, received on the bridge's thread. Read it from one
+/// shard (`next` is executor-agnostic).
+pub struct NodeInbox {
+    rx: mpsc::UnboundedReceiver<Inbound>,
+}
+
+impl std::fmt::Debug for NodeInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeInbox")
+    }
+}
+
+impl NodeInbox {
+    /// Subscribes to `posrelay.node.<node>.>` (again after every reconnect, as the client
+    /// does by itself) and starts handing what arrives over.
+    pub fn serve(bridge: &BridgeHandle, node: &NodeId) -> Result<Self, ClusterError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let subject = format!("posrelay.node.{}.>", node.as_str());
+        let claim_subject = node_subject(node, "claim");
+        let moved_subject = node_subject(node, "moved");
+        let for_replies = bridge.clone();
+        bridge.spawn(move |nats| async move {
+            let mut sub = match nats.client.subscribe(subject.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, %subject, "cannot subscribe to this node's subjects: claims from other nodes will time out");
+                    return;
+                }
+            };
+            while let Some(msg) = sub.next().await {
+                let mut payload = msg.payload.to_vec();
+                let inbound = if msg.subject.as_str() == claim_subject {
+                    match simd_json::from_slice::<ClaimRequest>(&mut payload) {
+                        Ok(req) => Inbound::Claim(
+                            req,
+                            Replier {
+                                bridge: for_replies.clone(),
+                                reply: msg.reply,
+                            },
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed claim from another node");
+                            continue;
+                        }
+                    }
+                } else if msg.subject.as_str() == moved_subject {
+                    match simd_json::from_slice::<MovedNotice>(&mut payload) {
+                        Ok(notice) => Inbound::Moved(notice),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed move notice from another node");
+                            continue;
+                        }
+                    }
+                } else {
+                    continue;
+                };
+                if tx.send(inbound).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(Self { rx })
+    }
+
+    /// The next message, `None` once the bridge has stopped.
+    pub async fn next(&mut self) -> Option<Inbound> {
+        self.rx.recv().await
+    }
+}
+
+/// The node that owns `device` now, and its epoch; `None` if no node ever did.
+pub async fn owner_of(
+    bridge: &BridgeHandle,
+    streams: &OwnershipStreams,
+    device: &DeviceKey,
+) -> Result<Option<(NodeId, Epoch)>, ClusterError> {
+    bridge.require_connected()?;
+    let (streams, device) = (streams.clone(), device.clone());
+    bridge
+        .call(move |nats| async move { current_owner(&nats, &streams, &device).await })
+        .await?
+        .map(|o| o.map(|o| (o.record.node, o.epoch)))
+}
+
+/// Puts a claim or release to `owner` and waits (at most `timeout`) for its decision.
+pub async fn ask_claim(
+    bridge: &BridgeHandle,
+    owner: &NodeId,
+    request: &ClaimRequest,
+    timeout: Duration,
+) -> Result<ClaimReply, ClusterError> {
+    bridge.require_connected()?;
+    let subject = node_subject(owner, "claim");
+    let payload = simd_json::to_vec(request).map_err(|e| ClusterError::JetStream(e.to_string()))?;
+    bridge
+        .call(move |nats| async move {
+            let answer =
+                tokio::time::timeout(timeout, nats.client.request(subject, Bytes::from(payload)))
+                    .await
+                    .map_err(|_| ClusterError::Timeout(timeout))?
+                    .map_err(|e| ClusterError::other(e, timeout))?;
+            let mut bytes = answer.payload.to_vec();
+            simd_json::from_slice::<ClaimReply>(&mut bytes)
+                .map_err(|e| ClusterError::JetStream(format!("malformed claim answer: {e}")))
+        })
+        .await?
+}
+
+/// §12: the device connected here: this node takes the tsn over (an ownership record
+/// fenced on the last one), and the node that owned it before is told to close its older
+/// connection (4000). The epoch this node owns the tsn at.
+pub async fn take_over(
+    bridge: &BridgeHandle,
+    streams: &OwnershipStreams,
+    device: &DeviceKey,
+    me: &OwnershipRecord,
+) -> Result<Epoch, ClusterError> {
+    bridge.require_connected()?;
+    let (streams, device, me) = (streams.clone(), device.clone(), me.clone());
+    bridge
+        .call(move |nats| async move {
+            let before = current_owner(&nats, &streams, &device).await?;
+            let epoch = take_over_tsn(&nats, &streams, &device, &me).await?;
+            if let Some(before) = before.filter(|b| b.record.node != me.node) {
+                let notice = MovedNotice {
+                    domain: device.domain.to_string(),
+                    serial: device.serial.to_string(),
+                    node: me.node.as_str().to_owned(),
+                    epoch: epoch.sequence(),
+                };
+                if let Ok(payload) = simd_json::to_vec(&notice) {
+                    let subject = node_subject(&before.record.node, "moved");
+                    if let Err(e) = nats.client.publish(subject, Bytes::from(payload)).await {
+                        tracing::warn!(error = %e, "cannot tell the device's previous node that it moved");
+                    }
+                }
+            }
+            Ok(epoch)
+        })
+        .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> DeviceKey {
+        DeviceKey {
+            domain: DomainName::new("acme.com").unwrap(),
+            serial: Serial::new("1001").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_claim_request_and_its_reply_travel_and_come_back_as_they_were() {
+        let client = ClientKey {
+            domain: DomainName::new("acme.com").unwrap(),
+            client_id: ClientId::new("c1").unwrap(),
+        };
+        let req = ClaimRequest::new(ClaimOp::Claim, &client, &device());
+        let mut bytes = simd_json::to_vec(&req).unwrap();
+        let back: ClaimRequest = simd_json::from_slice(&mut bytes).unwrap();
+        assert_eq!(back.parts(), Some((ClaimOp::Claim, client, device())));
+
+        let granted = ClaimGranted {
+            session_id: SessionId::new("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap(),
+            online: true,
+            pending_frames: 3,
+        };
+        let serial = device().serial;
+        for outcome in [
+            RemoteOutcome::Claimed(granted, Some("wss://b.example.com".into())),
+            RemoteOutcome::Released,
+            RemoteOutcome::Refused(ClaimError::DeviceBusy {
+                serial: serial.clone(),
+            }),
+            RemoteOutcome::Refused(ClaimError::Offline {
+                serial: serial.clone(),
+            }),
+            RemoteOutcome::Refused(ClaimError::Unavailable {
+                serial: serial.clone(),
+            }),
+        ] {
+            let mut bytes = simd_json::to_vec(&ClaimReply::of(&outcome)).unwrap();
+            let reply: ClaimReply = simd_json::from_slice(&mut bytes).unwrap();
+            assert_eq!(reply.outcome(&serial), outcome);
+        }
+        // Nonsense from a node is an unavailable owner, never a claim.
+        let odd = ClaimReply {
+            outcome: "claimed".into(),
+            session_id: Some("not a session id!".into()),
+            online: true,
+            pending_frames: 0,
+            node_url: None,
+        };
+        assert!(matches!(
+            odd.outcome(&serial),
+            RemoteOutcome::Refused(ClaimError::Unavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_part_by_part() {
+        let mut req = ClaimRequest {
+            op: "steal".into(),
+            domain: "acme.com".into(),
+            client_id: "c1".into(),
+            serial: "1001".into(),
+        };
+        assert_eq!(req.parts(), None);
+        req.op = "release".into();
+        assert!(req.parts().is_some());
+        req.serial = String::new();
+        assert_eq!(req.parts(), None);
+    }
+}
