@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use posrelay_core::cluster::testing::NatsCluster;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tungstenite::Message;
 
 /// Leases short enough that a lost one is noticed within a test's bounds.
@@ -372,4 +372,50 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
         Message::Text(t) => assert_eq!(t, "after the move"),
         other => panic!("device got {}", show(&other)),
     }
+}
+
+/// §12: "`kill -9` the owning node: the device re-registers on a surviving node and the
+/// POS, claiming again, exchanges messages within the lease TTL plus 5 s".
+#[test]
+fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_claims_it_again() {
+    let mut c = cluster(3);
+    let creds = c.nodes[0].provision("acme.com", "store-1", &["1001"]);
+    let token = c.nodes[2].token("acme.com", &creds);
+    let mut device = Device::register_and_connect(&c.nodes[1], "1001", &creds);
+    let mut pos = Pos::control(&c.nodes[2], &token);
+    let (sid, url) = pos.claim_ok("1001");
+    let mut session = Pos::session(&c.nodes[1], &url, &token);
+    send_text(&mut session, "before");
+    assert!(matches!(device.recv(), Message::Text(t) if t == "before"));
+
+    // b dies with the device's connection and the POS session.
+    c.nodes[1].kill_9();
+    let killed = Instant::now();
+    let ttl = Duration::from_secs(3);
+    // The device sees its connection break and registers again, on a (as a device
+    // behind a load balancer would land on a surviving node).
+    assert!(
+        device.ws.read().is_err(),
+        "the device's connection breaks with b"
+    );
+    let a = &c.nodes[0];
+    let mut device = Device::register_and_connect(a, "1001", &creds);
+    // The POS, whose session broke, claims again: same session_id, on a.
+    let (sid2, url2) = pos.claim_ok("1001");
+    assert_eq!(sid2, sid);
+    assert!(
+        url2.starts_with(&format!("ws://{}", a.relay_addr)),
+        "{url2}"
+    );
+    let mut session = Pos::session(a, &url2, &token);
+    send_text(&mut session, "after");
+    assert!(matches!(device.recv(), Message::Text(t) if t == "after"));
+    device.send_text("answer");
+    assert!(matches!(recv(&mut session), Message::Text(t) if t == "answer"));
+    let took = killed.elapsed();
+    eprintln!("failover: {took:?} from kill -9 to a message exchanged through another node");
+    assert!(
+        took < ttl + Duration::from_secs(5),
+        "within the lease TTL plus 5 s: {took:?}"
+    );
 }
