@@ -71,6 +71,23 @@ fn metric(text: &str, name: &str) -> f64 {
         .value
 }
 
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // `pid (comm) S …`: the state follows the last ')'.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|state| state == "T")
+            })
+            .unwrap_or(false)
+    })
+}
+
 fn healthz(node: &Relay) -> HttpResp {
     node.http("GET", &node.admin_url("/healthz"), &[], None)
 }
@@ -418,4 +435,69 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
         took < ttl + Duration::from_secs(5),
         "within the lease TTL plus 5 s: {took:?}"
     );
+}
+
+/// §12 fencing: "`SIGSTOP` the owner for three lease periods while the device moves, then
+/// `SIGCONT`: the old node delivers nothing more and closes the stale connection".
+#[test]
+fn a_node_paused_past_its_lease_delivers_nothing_more_and_closes_the_stale_connection() {
+    let c = cluster(2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let creds = a.provision("acme.com", "store-1", &["1001"]);
+    let token = a.token("acme.com", &creds);
+    let mut pair = Pair::connect(a, "acme.com", "1001", &creds);
+    for i in 0..5 {
+        pair.exchange_text(&format!("message {i}"));
+    }
+
+    // a stops (a long GC pause, a frozen VM) while its POS goes on sending.
+    a.signal(libc::SIGSTOP);
+    // kill(2) returns before every thread has stopped: wait until they all have, so that
+    // what follows is sent to a stopped process.
+    let stopped = wait_for(Duration::from_secs(10), || {
+        all_threads_stopped(a.pid()).then_some(())
+    });
+    assert!(stopped.is_some(), "node a did not stop");
+    for i in 5..10 {
+        send_text(&mut pair.session, &format!("message {i}"));
+    }
+    // The device gives up on a and connects to b, which takes the tsn over.
+    let mut moved = Device::register_and_connect(b, "1001", &creds);
+    // The fault itself: a stays stopped for three lease periods.
+    std::thread::sleep(3 * Duration::from_secs(3));
+    a.signal(libc::SIGCONT);
+
+    // a delivers nothing of what it read after its lease lapsed, and closes the stale
+    // connection: 4000 if it learnt of the move first, 1012 if it noticed its lease first.
+    let (late, code) = drain_until_close(&mut pair.device.ws);
+    let data: Vec<String> = late
+        .iter()
+        .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
+        .map(show)
+        .collect();
+    assert!(
+        data.is_empty(),
+        "the paused node delivered after its lease: {data:?}"
+    );
+    assert!(
+        code == 4000 || code == 1012,
+        "stale connection closed with {code}"
+    );
+    // The device, on b, is reachable again through a claim.
+    let mut pos = Pos::control(b, &token);
+    let (_, url) = pos.claim_ok("1001");
+    let mut session = Pos::session(b, &url, &token);
+    send_text(&mut session, "message 10");
+    assert!(matches!(moved.recv(), Message::Text(t) if t == "message 10"));
+    // a holds a lease again (a new incarnation) and serves again.
+    let up = wait_for(CLUSTER_CHANGE, || {
+        let h = healthz(a);
+        (h.status == 200).then_some(h)
+    });
+    assert!(
+        up.is_some(),
+        "a did not acquire a new lease: {}",
+        healthz(a).body
+    );
+    assert!(metric(&a.metrics(), "posrelay_cluster_leases_lost_total") >= 1.0);
 }

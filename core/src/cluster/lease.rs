@@ -10,6 +10,7 @@
 //! renewals are not acknowledged (NATS away, the process paused) learns it from its own
 //! clock, counted from when it sent the last acknowledged write.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,46 @@ use crate::ownership::{
     acquisition, lease_subject, Incarnation, Lease, LeaseRecord, LeaseSlot, LeaseStatus,
     LeaseTerms, LostReason, NodeId,
 };
+
+/// Until when the lease holds, readable without a lock by every shard on the data path
+/// (one atomic load): a node whose lease lapsed "forwards nothing more for the devices it
+/// held" (PROTOCOL.md §12), even for a message it reads in the instant it wakes up from
+/// a pause, before anything else has noticed.
+#[derive(Debug)]
+pub struct LeaseClock {
+    base: Instant,
+    /// Nanoseconds after `base` at which the lease ends; 0 when it does not hold.
+    until: AtomicU64,
+}
+
+impl Default for LeaseClock {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            until: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaseClock {
+    /// Whether the lease holds at `now`.
+    pub fn holds_at(&self, now: Instant) -> bool {
+        let until = self.until.load(Ordering::Acquire);
+        until != 0 && now.saturating_duration_since(self.base).as_nanos() < u128::from(until)
+    }
+
+    fn set(&self, status: LeaseStatus) {
+        let until = match status {
+            LeaseStatus::Held { until } => {
+                u64::try_from(until.saturating_duration_since(self.base).as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .max(1)
+            }
+            _ => 0,
+        };
+        self.until.store(until, Ordering::Release);
+    }
+}
 
 struct Shared {
     lease: Lease,
@@ -48,13 +89,16 @@ impl std::fmt::Debug for LeaseKeeper {
 impl LeaseKeeper {
     /// Starts acquiring and keeping `node`'s lease for this `incarnation`. Returns at once;
     /// [`LeaseKeeper::status`] says when it is held.
+    /// `clock` says, lock-free, until when the lease holds (it does not while acquiring).
     pub fn start(
         bridge: &BridgeHandle,
         streams: OwnershipStreams,
         node: NodeId,
         incarnation: Incarnation,
         terms: LeaseTerms,
+        clock: Arc<LeaseClock>,
     ) -> Result<Self, ClusterError> {
+        clock.set(LeaseStatus::Acquiring);
         let shared = Arc::new(Mutex::new(Shared {
             lease: Lease::new(terms),
             paused: false,
@@ -66,6 +110,7 @@ impl LeaseKeeper {
             record: Bytes::from(LeaseRecord::new(&incarnation).encode()),
             incarnation,
             shared: shared.clone(),
+            clock,
         };
         bridge.spawn(move |nats| async move {
             futures_lite::future::or(task.run(nats), async {
@@ -108,6 +153,7 @@ impl LeaseKeeper {
 }
 
 struct Task {
+    clock: Arc<LeaseClock>,
     streams: OwnershipStreams,
     node: NodeId,
     incarnation: Incarnation,
@@ -118,6 +164,12 @@ struct Task {
 impl Task {
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes where the lease stands to the lock-free clock (after every change).
+    fn sync_clock(&self) {
+        let status = self.lock().lease.status(Instant::now());
+        self.clock.set(status);
     }
 
     async fn write(
@@ -179,6 +231,7 @@ impl Task {
                     match self.write(&nats, expected, terms.renew_every()).await {
                         Ok(revision) => {
                             self.lock().lease.handle_acquired(sent_at, revision);
+                            self.sync_clock();
                             tracing::info!(node = %self.node, incarnation = %self.incarnation.as_str(),
                                 ttl = ?terms.ttl(), "node lease acquired");
                             break;
@@ -218,6 +271,7 @@ impl Task {
                 (shared.lease.status(now), write, paused)
             };
             if let LeaseStatus::Lost(reason) = status {
+                self.clock.set(status);
                 match reason {
                     LostReason::Expired => tracing::error!(node = %self.node,
                         "node lease expired: no renewal was acknowledged within the lease TTL; \
@@ -230,8 +284,14 @@ impl Task {
             }
             if let Some(write) = write {
                 match self.write(&nats, write.expected, terms.renew_every()).await {
-                    Ok(revision) => self.lock().lease.handle_renewed(write.sent_at, revision),
-                    Err(ClusterError::WrongLastSequence) => self.lock().lease.handle_refused(),
+                    Ok(revision) => {
+                        self.lock().lease.handle_renewed(write.sent_at, revision);
+                        self.sync_clock();
+                    }
+                    Err(ClusterError::WrongLastSequence) => {
+                        self.lock().lease.handle_refused();
+                        self.sync_clock();
+                    }
                     Err(e) => {
                         tracing::warn!(node = %self.node, error = %e, "lease renewal failed; retrying");
                         self.lock().lease.handle_failed(Instant::now());
@@ -299,6 +359,7 @@ mod tests {
             .unwrap();
         let node = NodeId::new("a").unwrap();
         let terms = LeaseTerms::new(Duration::from_secs(2)).unwrap();
+        let clock = Arc::new(LeaseClock::default());
         let keeper = |incarnation: u8| {
             LeaseKeeper::start(
                 &bridge.handle(),
@@ -306,6 +367,7 @@ mod tests {
                 node.clone(),
                 Incarnation::from_random([incarnation; 16]),
                 terms,
+                clock.clone(),
             )
             .unwrap()
         };
@@ -315,6 +377,8 @@ mod tests {
             first.wait_held(Duration::from_secs(10)),
             LeaseStatus::Held { .. }
         ));
+        // The shards' lock-free view agrees.
+        assert!(clock.holds_at(Instant::now()));
         // Renewed: the record is written again (its sequence moves) and stays live.
         let (seq, live) = on_server(&bridge, &streams, &node).unwrap();
         assert!(live);
@@ -399,6 +463,7 @@ mod tests {
             node.clone(),
             Incarnation::from_random([7; 16]),
             LeaseTerms::new(Duration::from_secs(1)).unwrap(),
+            Arc::new(LeaseClock::default()),
         )
         .unwrap();
         assert!(matches!(

@@ -28,4 +28,4 @@ pub mod testing;
 pub use bridge::{BridgeConfig, BridgeHandle, LinkState, LinkStatus, Nats, NatsBridge, Reply};
 pub use error::ClusterError;
 pub use kv_store::{JetStreamStore, KvStoreConfig};
-pub use lease::LeaseKeeper;
+pub use lease::{LeaseClock, LeaseKeeper};

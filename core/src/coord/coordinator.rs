@@ -276,6 +276,13 @@ impl<M: QueuedMessage> Coordinator<M> {
         self.apply(self.me, CoordMsg::DeviceMoved { device }, now);
     }
 
+    /// §12: this node lost its lease: this participant ends what it had of its devices
+    /// (each participant of the node is told by the io layer, not by message: the loss
+    /// is the node's, seen by all of them at once).
+    pub fn handle_lease_lost(&mut self, _now: Instant) {
+        self.devices.handle_lease_lost();
+    }
+
     /// §9: the operator deleted `client`: every participant hears of it.
     pub fn handle_client_deleted(&mut self, client: ClientKey, now: Instant) {
         self.broadcast(|| CoordMsg::ClientDeleted {

@@ -639,6 +639,28 @@ impl<M: QueuedMessage> DeviceShard<M> {
         );
     }
 
+    /// §12: this node lost its lease (cut off or paused past `--lease-ttl`): it acts for
+    /// none of its devices any more. Every device connection and POS session closes with
+    /// 1012, queued POS messages are reported `undelivered`, and every session ends: the
+    /// devices connect again (here once the node holds a new lease, or on another node)
+    /// and their POS claim again.
+    pub fn handle_lease_lost(&mut self) {
+        let devices: Vec<DeviceKey> = self.sessions.values().map(|s| s.device.clone()).collect();
+        for device in devices {
+            self.end_session(
+                &device,
+                (
+                    close::SERVICE_RESTART,
+                    "this relay node lost its cluster lease: reconnect",
+                ),
+                (
+                    close::SERVICE_RESTART,
+                    "this relay node lost its cluster lease: claim again",
+                ),
+            );
+        }
+    }
+
     /// Ends `device`'s session here: its connection closes with `device_close`, the claim
     /// holder is told it is offline, its claim ends with `claim_close` on the POS session.
     fn end_session(
@@ -719,6 +741,11 @@ impl<M: QueuedMessage> DeviceShard<M> {
     /// The next output, in the order produced.
     pub fn poll_action(&mut self) -> Option<Action<M>> {
         self.actions.pop_front()
+    }
+
+    /// Whether any device has a session here.
+    pub fn has_sessions(&self) -> bool {
+        !self.sessions.is_empty()
     }
 
     /// Whether `device` has a live connection.

@@ -24,7 +24,9 @@ use rand::RngCore;
 
 use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
 use crate::cluster::remote::{self, ClaimReply, ClaimRequest, NodeInbox};
-use crate::cluster::{BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseKeeper};
+use crate::cluster::{
+    BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseClock, LeaseKeeper,
+};
 use crate::cluster::{ClusterError, NatsBridge};
 use crate::ids::DeviceKey;
 use crate::ownership::{Epoch, OwnershipRecord};
@@ -97,7 +99,10 @@ pub(crate) struct ClusterNode {
     me: Mutex<OwnershipRecord>,
     /// What other nodes say to this one, until shard 0 takes it.
     inbox: Mutex<Option<NodeInbox>>,
-    /// Incarnations started after the first (each one a lease lost for good).
+    /// Until when the lease holds, for the data path (lock-free).
+    clock: Arc<LeaseClock>,
+    /// Incarnations started after the first (each one a lease lost for good): each shard
+    /// ends what it had of its devices once per loss.
     reacquired: AtomicU64,
     /// Requests refused with 503 because the cluster was not reachable.
     refusals: AtomicU64,
@@ -129,7 +134,8 @@ impl ClusterNode {
             .wait()
             .and_then(|r| r)
             .map_err(|e| start_error("create the ownership streams", e))?;
-        let (lease, me) = Self::keep_lease(&handle, &streams, config)?;
+        let clock = Arc::new(LeaseClock::default());
+        let (lease, me) = Self::keep_lease(&handle, &streams, config, &clock)?;
         let inbox = NodeInbox::serve(&handle, &config.node_id)
             .map_err(|e| start_error("subscribe to this node's subjects", e))?;
         match lease.wait_held(START_TIMEOUT + config.lease.ttl()) {
@@ -156,6 +162,7 @@ impl ClusterNode {
             lease: Mutex::new(lease),
             me: Mutex::new(me),
             inbox: Mutex::new(Some(inbox)),
+            clock,
             reacquired: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             handle,
@@ -167,6 +174,7 @@ impl ClusterNode {
         handle: &BridgeHandle,
         streams: &OwnershipStreams,
         config: &ClusterConfig,
+        clock: &Arc<LeaseClock>,
     ) -> std::io::Result<(LeaseKeeper, OwnershipRecord)> {
         let mut bytes = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -177,6 +185,7 @@ impl ClusterNode {
             config.node_id.clone(),
             incarnation.clone(),
             config.lease,
+            clock.clone(),
         )
         .map_err(|e| start_error("start keeping the lease", e))?;
         let me = OwnershipRecord {
@@ -184,6 +193,17 @@ impl ClusterNode {
             incarnation,
         };
         Ok((keeper, me))
+    }
+
+    /// Whether the lease holds at `now` (lock-free: the data path asks before it
+    /// forwards a message, §12 "forwards nothing more").
+    pub(crate) fn lease_holds(&self, now: Instant) -> bool {
+        self.clock.holds_at(now)
+    }
+
+    /// How many times the lease was lost for good so far.
+    pub(crate) fn leases_lost(&self) -> u64 {
+        self.reacquired.load(Ordering::Relaxed)
     }
 
     /// This node's `--node-url`.
@@ -308,7 +328,7 @@ impl ClusterNode {
             reason = lost(why),
             "cluster lease lost: registrations and claims are refused with 503 until a new lease is held"
         );
-        match Self::keep_lease(&self.handle, &self.streams, &self.config) {
+        match Self::keep_lease(&self.handle, &self.streams, &self.config, &self.clock) {
             Ok((fresh, me)) => {
                 *keeper = fresh;
                 *self.me.lock().unwrap_or_else(|p| p.into_inner()) = me;

@@ -59,6 +59,8 @@ pub(crate) struct ShardCtx {
     /// §12: claims other nodes put to this one, by the stand-in connection id they were
     /// asked for (shard 0 only).
     pub remote_claims: RefCell<HashMap<ConnId, crate::cluster::remote::Replier>>,
+    /// §12: the node's lease losses this shard has acted on.
+    leases_seen: Cell<u64>,
 }
 
 impl ShardCtx {
@@ -252,6 +254,24 @@ impl ShardCtx {
         self.send_text(requester.conn, json);
     }
 
+    /// §12: once per lease this node lost (or as soon as the data path finds it lapsed),
+    /// this shard ends what it had of its devices: 1012 on their connections and sessions.
+    pub fn check_lease(self: &Rc<Self>, now: Instant) {
+        let Some(node) = self.shared.cluster.as_ref() else {
+            return;
+        };
+        let lost = node.leases_lost();
+        let new_loss = lost != self.leases_seen.get();
+        let lapsed = !node.lease_holds(now) && self.coord.borrow().devices().has_sessions();
+        if !new_loss && !lapsed {
+            return;
+        }
+        self.leases_seen.set(lost);
+        tracing::warn!(shard = self.index, "cluster lease not held: closing this shard's device connections and POS sessions with 1012");
+        self.coord.borrow_mut().handle_lease_lost(now);
+        self.drive();
+    }
+
     /// The URL base a connection here was given (for the URLs its answers carry).
     pub fn url_base_of(&self, conn: ConnId) -> String {
         self.conns
@@ -374,10 +394,11 @@ impl ShardCtx {
         }
         self.drive();
         super::reliable_session::tick(self);
-        if self.index == 0 {
-            if let Some(node) = self.shared.cluster.as_ref() {
+        if let Some(node) = self.shared.cluster.as_ref() {
+            if self.index == 0 {
                 node.handle_tick(now);
             }
+            self.check_lease(now);
         }
         let cfg = &self.shared.config;
         let unix = super::unix_now();
@@ -467,6 +488,7 @@ pub(crate) async fn run_shard(
             crate::reliable::ReliableLimits::new(&cfg.relay_limits, cfg.reliable_window),
         )),
         remote_claims: RefCell::new(HashMap::new()),
+        leases_seen: Cell::new(0),
         shared: shared.clone(),
     });
     let restored = shared.take_reliable_claims(|sid| owner_shard(sid, shards).0 == index);
