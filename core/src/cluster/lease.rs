@@ -33,6 +33,8 @@ pub struct LeaseClock {
     base: Instant,
     /// Nanoseconds after `base` at which the lease ends; 0 when it does not hold.
     until: AtomicU64,
+    /// The last end it had while it held (kept once it lapsed); 0 if it never held.
+    last_until: AtomicU64,
 }
 
 impl Default for LeaseClock {
@@ -40,6 +42,7 @@ impl Default for LeaseClock {
         Self {
             base: Instant::now(),
             until: AtomicU64::new(0),
+            last_until: AtomicU64::new(0),
         }
     }
 }
@@ -51,6 +54,15 @@ impl LeaseClock {
         until != 0 && now.saturating_duration_since(self.base).as_nanos() < u128::from(until)
     }
 
+    /// When the lease last held until (the instant it lapsed, once it has); `None` if it
+    /// never held.
+    pub fn last_until(&self) -> Option<Instant> {
+        match self.last_until.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(self.base + std::time::Duration::from_nanos(nanos)),
+        }
+    }
+
     fn set(&self, status: LeaseStatus) {
         let until = match status {
             LeaseStatus::Held { until } => {
@@ -60,6 +72,9 @@ impl LeaseClock {
             }
             _ => 0,
         };
+        if until != 0 {
+            self.last_until.store(until, Ordering::Release);
+        }
         self.until.store(until, Ordering::Release);
     }
 }
@@ -166,6 +181,22 @@ impl Task {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The revision of the lease record if it is this incarnation's (not a marker, not
+    /// another process's), read from the stream's leader.
+    async fn own_record(&self, nats: &Nats) -> Option<u64> {
+        let (sequence, headers, payload) = last_on_subject(
+            &self.streams.leases,
+            &lease_subject(&self.node),
+            nats.timeout,
+        )
+        .await
+        .ok()??;
+        let record = (!is_marker(&headers))
+            .then(|| LeaseRecord::decode(&payload))
+            .flatten()?;
+        (record == LeaseRecord::new(&self.incarnation)).then_some(sequence)
+    }
+
     /// Publishes where the lease stands to the lock-free clock (after every change).
     fn sync_clock(&self) {
         let status = self.lock().lease.status(Instant::now());
@@ -257,7 +288,10 @@ impl Task {
                 }
             }
         }
-        // Renew.
+        // Renew. `unacknowledged`: when the earliest renewal since the last acknowledged
+        // one was sent, if one went unanswered (the server may have stored it: its ack
+        // can be lost with the server that sent it).
+        let mut unacknowledged: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let (status, write, paused) = {
@@ -287,13 +321,27 @@ impl Task {
                     Ok(revision) => {
                         self.lock().lease.handle_renewed(write.sent_at, revision);
                         self.sync_clock();
+                        unacknowledged = None;
                     }
                     Err(ClusterError::WrongLastSequence) => {
-                        self.lock().lease.handle_refused();
+                        // Refused: either another process wrote the record, or an earlier
+                        // renewal of ours was stored and only its ack was lost (a server
+                        // failover). The record says which; ours counts from the earliest
+                        // unanswered send (the server stored it after that).
+                        let since = unacknowledged.unwrap_or(write.sent_at);
+                        match self.own_record(&nats).await {
+                            Some(revision) => {
+                                tracing::info!(node = %self.node, "lease renewal found already stored (its acknowledgement was lost)");
+                                self.lock().lease.handle_renewed(since, revision);
+                            }
+                            None => self.lock().lease.handle_refused(),
+                        }
                         self.sync_clock();
+                        unacknowledged = None;
                     }
                     Err(e) => {
                         tracing::warn!(node = %self.node, error = %e, "lease renewal failed; retrying");
+                        unacknowledged.get_or_insert(write.sent_at);
                         self.lock().lease.handle_failed(Instant::now());
                     }
                 }
