@@ -349,6 +349,30 @@ pub async fn take_over(
         .await?
 }
 
+/// §12, after a lease that lapsed while NATS was gone ([`crate::ownership::Lapse::Offline`]):
+/// whether `device` is still this node's. If no other node took it over meanwhile, the
+/// node takes it again under its new incarnation (`true`); if one did, `false` (its
+/// connection here closes with 4000).
+pub async fn still_mine(
+    bridge: &BridgeHandle,
+    streams: &OwnershipStreams,
+    device: &DeviceKey,
+    me: &OwnershipRecord,
+) -> Result<bool, ClusterError> {
+    bridge.require_connected()?;
+    let (streams, device, me) = (streams.clone(), device.clone(), me.clone());
+    bridge
+        .call(move |nats| async move {
+            match current_owner(&nats, &streams, &device).await? {
+                Some(owner) if owner.record.node != me.node => Ok(false),
+                _ => take_over_tsn(&nats, &streams, &device, &me)
+                    .await
+                    .map(|_| true),
+            }
+        })
+        .await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

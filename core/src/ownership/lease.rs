@@ -404,3 +404,49 @@ mod tests {
         assert_eq!(LeaseRecord::decode(&r.encode()), Some(r));
     }
 }
+
+/// What a node whose lease lapsed does with the devices it holds (PROTOCOL.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapse {
+    /// The lease ran out while the node could reach NATS (its renewals were refused or
+    /// went unanswered), or while it was paused: other nodes may have taken its devices
+    /// over. It forwards nothing more for them and closes their connections (1012).
+    Fence,
+    /// The node had lost every NATS server before its lease ran out: the cluster cannot
+    /// be asked, so it keeps its local connections relaying (§12: "all three NATS servers
+    /// gone: the node keeps its local connections relaying"), and checks each device's
+    /// ownership once it is back: a device that connected elsewhere meanwhile has its
+    /// connection here closed with 4000, the others are taken over again under the new
+    /// lease. A node cut off from NATS alone cannot tell this from a NATS outage; its
+    /// devices' stale connections live until it reconnects.
+    Offline,
+}
+
+/// Which [`Lapse`] a lease that held until `lapsed_at` is, given since when the node has
+/// had no NATS connection (`None`: it has one now).
+pub fn classify_lapse(lapsed_at: Instant, disconnected_since: Option<Instant>) -> Lapse {
+    match disconnected_since {
+        Some(since) if since <= lapsed_at => Lapse::Offline,
+        _ => Lapse::Fence,
+    }
+}
+
+#[cfg(test)]
+mod lapse_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_lease_is_fenced_unless_nats_was_gone_before_it_lapsed() {
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        // Connected when it lapsed (refused renewals, no quorum, a pause): fenced.
+        assert_eq!(classify_lapse(t, None), Lapse::Fence);
+        // The connection dropped after the lapse (a paused process whose client noticed
+        // its missed pings on waking): fenced.
+        assert_eq!(classify_lapse(t, Some(t + s)), Lapse::Fence);
+        // Every server gone first: keep relaying, check ownership on return.
+        assert_eq!(classify_lapse(t + s, Some(t)), Lapse::Offline);
+        assert_eq!(classify_lapse(t, Some(t)), Lapse::Offline);
+    }
+}

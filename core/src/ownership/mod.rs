@@ -22,8 +22,8 @@ mod subjects;
 
 pub use epoch::{take_over, Epoch, Ownership, OwnershipRecord, TakeOver};
 pub use lease::{
-    acquisition, Lease, LeaseError, LeaseRecord, LeaseSlot, LeaseStatus, LeaseTerms, LeaseWrite,
-    LostReason,
+    acquisition, classify_lapse, Lapse, Lease, LeaseError, LeaseRecord, LeaseSlot, LeaseStatus,
+    LeaseTerms, LeaseWrite, LostReason,
 };
 pub use node::{Incarnation, NodeId};
 pub use subjects::{

@@ -645,8 +645,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
     /// devices connect again (here once the node holds a new lease, or on another node)
     /// and their POS claim again.
     pub fn handle_lease_lost(&mut self) {
-        let devices: Vec<DeviceKey> = self.sessions.values().map(|s| s.device.clone()).collect();
-        for device in devices {
+        for device in self.devices() {
             self.end_session(
                 &device,
                 (
@@ -741,6 +740,11 @@ impl<M: QueuedMessage> DeviceShard<M> {
     /// The next output, in the order produced.
     pub fn poll_action(&mut self) -> Option<Action<M>> {
         self.actions.pop_front()
+    }
+
+    /// The devices that have a session here.
+    pub fn devices(&self) -> Vec<DeviceKey> {
+        self.sessions.values().map(|s| s.device.clone()).collect()
     }
 
     /// Whether any device has a session here.

@@ -16,7 +16,7 @@
 //! or another process took its node id) is logged, and a new incarnation acquires a new
 //! lease: [`ClusterNode::handle_tick`], called by shard 0's tick.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,16 @@ use rand::RngCore;
 
 use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
 use crate::cluster::remote::{self, ClaimReply, ClaimRequest, NodeInbox};
+use crate::cluster::LinkState;
 use crate::cluster::{
     BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseClock, LeaseKeeper,
 };
 use crate::cluster::{ClusterError, NatsBridge};
 use crate::ids::DeviceKey;
+use crate::ownership::{
+    classify_lapse, Incarnation, Lapse, LeaseStatus, LeaseTerms, LostReason, NodeId,
+};
 use crate::ownership::{Epoch, OwnershipRecord};
-use crate::ownership::{Incarnation, LeaseStatus, LeaseTerms, LostReason, NodeId};
 
 /// `--cluster` and its companions (PROTOCOL.md §12).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +104,17 @@ pub(crate) struct ClusterNode {
     inbox: Mutex<Option<NodeInbox>>,
     /// Until when the lease holds, for the data path (lock-free).
     clock: Arc<LeaseClock>,
-    /// Incarnations started after the first (each one a lease lost for good): each shard
-    /// ends what it had of its devices once per loss.
+    /// Incarnations started after the first (each one a lease lost for good).
     reacquired: AtomicU64,
+    /// Losses that fence ([`Lapse::Fence`]): each shard ends what it had of its devices
+    /// once per loss.
+    fences: AtomicU64,
+    /// A lapse while NATS was gone ([`Lapse::Offline`]) is in progress: the local
+    /// connections keep relaying until a new lease holds and ownership is checked again.
+    offline_lapse: AtomicBool,
+    /// Offline lapses ended (a new lease held): each shard checks its devices' ownership
+    /// once per end.
+    revalidations: AtomicU64,
     /// Requests refused with 503 because the cluster was not reachable.
     refusals: AtomicU64,
     handle: BridgeHandle,
@@ -164,6 +175,9 @@ impl ClusterNode {
             inbox: Mutex::new(Some(inbox)),
             clock,
             reacquired: AtomicU64::new(0),
+            fences: AtomicU64::new(0),
+            offline_lapse: AtomicBool::new(false),
+            revalidations: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             handle,
             _bridge: bridge,
@@ -195,15 +209,46 @@ impl ClusterNode {
         Ok((keeper, me))
     }
 
-    /// Whether the lease holds at `now` (lock-free: the data path asks before it
-    /// forwards a message, §12 "forwards nothing more").
-    pub(crate) fn lease_holds(&self, now: Instant) -> bool {
-        self.clock.holds_at(now)
+    /// Whether this node may forward a relayed message read at `now` (§12 "forwards
+    /// nothing more"): its lease holds (one atomic load, the data path's case), or it
+    /// lapsed while NATS was gone ([`Lapse::Offline`]).
+    pub(crate) fn may_forward(&self, now: Instant) -> bool {
+        self.clock.holds_at(now) || self.lapse() == Lapse::Offline
     }
 
-    /// How many times the lease was lost for good so far.
-    pub(crate) fn leases_lost(&self) -> u64 {
-        self.reacquired.load(Ordering::Relaxed)
+    /// What the lapse of the lease is, once it has lapsed (latched when offline, until
+    /// the node holds a new lease).
+    fn lapse(&self) -> Lapse {
+        if self.offline_lapse.load(Ordering::Acquire) {
+            return Lapse::Offline;
+        }
+        let Some(lapsed_at) = self.clock.last_until() else {
+            return Lapse::Fence;
+        };
+        let link = self.handle.link();
+        let down_since = (link.state != LinkState::Connected).then_some(link.since);
+        let lapse = classify_lapse(lapsed_at, down_since);
+        if lapse == Lapse::Offline {
+            self.offline_lapse.store(true, Ordering::Release);
+        }
+        lapse
+    }
+
+    /// How many fencing losses so far (each shard acts once per loss).
+    pub(crate) fn fences(&self) -> u64 {
+        self.fences.load(Ordering::Relaxed)
+    }
+
+    /// How many offline lapses ended so far (each shard checks its devices once per end).
+    pub(crate) fn revalidations(&self) -> u64 {
+        self.revalidations.load(Ordering::Relaxed)
+    }
+
+    /// After an offline lapse: whether `device` is still this node's (taken again under
+    /// the new incarnation if so).
+    pub(crate) async fn still_mine(&self, device: &DeviceKey) -> Result<bool, ClusterError> {
+        let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        remote::still_mine(&self.handle, &self.streams, device, &me).await
     }
 
     /// This node's `--node-url`.
@@ -316,25 +361,44 @@ impl ClusterNode {
         );
     }
 
-    /// Shard 0's tick: a lease lost for good is logged and a new incarnation starts
-    /// acquiring a new one.
+    /// Shard 0's tick: a lease lost for good is logged, classified ([`Lapse`]) and a new
+    /// incarnation starts acquiring a new one; an offline lapse ends once the new lease
+    /// holds.
     pub(crate) fn handle_tick(&self, now: Instant) {
         let mut keeper = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        let LeaseStatus::Lost(why) = keeper.status(now) else {
-            return;
-        };
-        tracing::error!(
-            node = %self.config.node_id,
-            reason = lost(why),
-            "cluster lease lost: registrations and claims are refused with 503 until a new lease is held"
-        );
-        match Self::keep_lease(&self.handle, &self.streams, &self.config, &self.clock) {
-            Ok((fresh, me)) => {
-                *keeper = fresh;
-                *self.me.lock().unwrap_or_else(|p| p.into_inner()) = me;
-                self.reacquired.fetch_add(1, Ordering::Relaxed);
+        match keeper.status(now) {
+            LeaseStatus::Lost(why) => {
+                match self.lapse() {
+                    Lapse::Fence => {
+                        tracing::error!(
+                            node = %self.config.node_id,
+                            reason = lost(why),
+                            "cluster lease lost: closing this node's device connections and POS sessions (1012); \
+                             registrations and claims are refused with 503 until a new lease is held"
+                        );
+                        self.fences.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Lapse::Offline => tracing::warn!(
+                        node = %self.config.node_id,
+                        "cluster lease lapsed while no NATS server was reachable: open connections keep relaying; \
+                         each device's ownership is checked once NATS is back (4000 for those that moved)"
+                    ),
+                }
+                match Self::keep_lease(&self.handle, &self.streams, &self.config, &self.clock) {
+                    Ok((fresh, me)) => {
+                        *keeper = fresh;
+                        *self.me.lock().unwrap_or_else(|p| p.into_inner()) = me;
+                        self.reacquired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot start acquiring a new lease"),
+                }
             }
-            Err(e) => tracing::error!(error = %e, "cannot start acquiring a new lease"),
+            LeaseStatus::Held { .. } if self.offline_lapse.load(Ordering::Acquire) => {
+                tracing::info!(node = %self.config.node_id, "new lease held after NATS came back: checking each device's ownership");
+                self.offline_lapse.store(false, Ordering::Release);
+                self.revalidations.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 }

@@ -59,8 +59,10 @@ pub(crate) struct ShardCtx {
     /// §12: claims other nodes put to this one, by the stand-in connection id they were
     /// asked for (shard 0 only).
     pub remote_claims: RefCell<HashMap<ConnId, crate::cluster::remote::Replier>>,
-    /// §12: the node's lease losses this shard has acted on.
-    leases_seen: Cell<u64>,
+    /// §12: the node's fencing lease losses this shard has acted on.
+    fences_seen: Cell<u64>,
+    /// §12: the node's ended offline lapses this shard has checked its devices after.
+    revalidations_seen: Cell<u64>,
 }
 
 impl ShardCtx {
@@ -254,19 +256,26 @@ impl ShardCtx {
         self.send_text(requester.conn, json);
     }
 
-    /// §12: once per lease this node lost (or as soon as the data path finds it lapsed),
-    /// this shard ends what it had of its devices: 1012 on their connections and sessions.
+    /// §12: once per fencing loss of the lease (or as soon as the data path finds it
+    /// lapsed while NATS was reachable), this shard ends what it had of its devices: 1012
+    /// on their connections and sessions. Once per offline lapse that ended, it checks
+    /// each device's ownership again.
     pub fn check_lease(self: &Rc<Self>, now: Instant) {
         let Some(node) = self.shared.cluster.as_ref() else {
             return;
         };
-        let lost = node.leases_lost();
-        let new_loss = lost != self.leases_seen.get();
-        let lapsed = !node.lease_holds(now) && self.coord.borrow().devices().has_sessions();
-        if !new_loss && !lapsed {
+        let revalidations = node.revalidations();
+        if revalidations != self.revalidations_seen.get() {
+            self.revalidations_seen.set(revalidations);
+            glommio::spawn_local(revalidate(self.clone())).detach();
+        }
+        let fences = node.fences();
+        let new_fence = fences != self.fences_seen.get();
+        let lapsed = !node.may_forward(now) && self.coord.borrow().devices().has_sessions();
+        if !new_fence && !lapsed {
             return;
         }
-        self.leases_seen.set(lost);
+        self.fences_seen.set(fences);
         tracing::warn!(shard = self.index, "cluster lease not held: closing this shard's device connections and POS sessions with 1012");
         self.coord.borrow_mut().handle_lease_lost(now);
         self.drive();
@@ -427,6 +436,38 @@ impl ShardCtx {
     }
 }
 
+/// §12, after a lease that lapsed while NATS was gone: each device this shard serves is
+/// taken again under the new lease, unless it connected to another node meanwhile (then
+/// its connection here closes with 4000, as for a move notice).
+async fn revalidate(ctx: Rc<ShardCtx>) {
+    let Some(node) = ctx.shared.cluster.as_ref() else {
+        return;
+    };
+    let devices = ctx.coord.borrow().devices().devices();
+    let (mut kept, mut moved) = (0usize, 0usize);
+    for device in devices {
+        match node.still_mine(&device).await {
+            Ok(true) => kept += 1,
+            Ok(false) => {
+                moved += 1;
+                ctx.coord
+                    .borrow_mut()
+                    .handle_device_moved(device, Instant::now());
+                ctx.drive();
+            }
+            Err(e) => {
+                tracing::warn!(tsn = %device.serial, error = %e, "cannot check the device's ownership after NATS came back: keeping it");
+            }
+        }
+    }
+    tracing::info!(
+        shard = ctx.index,
+        kept,
+        moved,
+        "devices checked after the cluster came back"
+    );
+}
+
 /// A registration in progress (see [`ShardCtx::registering`]).
 pub(crate) struct Registering(Rc<ShardCtx>);
 
@@ -488,7 +529,8 @@ pub(crate) async fn run_shard(
             crate::reliable::ReliableLimits::new(&cfg.relay_limits, cfg.reliable_window),
         )),
         remote_claims: RefCell::new(HashMap::new()),
-        leases_seen: Cell::new(0),
+        fences_seen: Cell::new(0),
+        revalidations_seen: Cell::new(0),
         shared: shared.clone(),
     });
     let restored = shared.take_reliable_claims(|sid| owner_shard(sid, shards).0 == index);
