@@ -35,6 +35,9 @@ pub struct LeaseClock {
     until: AtomicU64,
     /// The last end it had while it held (kept once it lapsed); 0 if it never held.
     last_until: AtomicU64,
+    /// Since when renewals have gone unanswered (sent while connected, no JetStream
+    /// answer: no quorum, a stream leader being elected); 0 while they are answered.
+    troubled: AtomicU64,
 }
 
 impl Default for LeaseClock {
@@ -43,6 +46,7 @@ impl Default for LeaseClock {
             base: Instant::now(),
             until: AtomicU64::new(0),
             last_until: AtomicU64::new(0),
+            troubled: AtomicU64::new(0),
         }
     }
 }
@@ -61,6 +65,29 @@ impl LeaseClock {
             0 => None,
             nanos => Some(self.base + std::time::Duration::from_nanos(nanos)),
         }
+    }
+
+    /// Since when renewals have gone unanswered, if they do now.
+    pub fn troubled_since(&self) -> Option<Instant> {
+        match self.troubled.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(self.base + std::time::Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// A renewal sent at `sent_at` got no answer (the first of a run counts).
+    fn mark_troubled(&self, sent_at: Instant) {
+        let nanos = u64::try_from(sent_at.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self
+            .troubled
+            .compare_exchange(0, nanos, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A renewal was answered.
+    fn clear_troubled(&self) {
+        self.troubled.store(0, Ordering::Release);
     }
 
     fn set(&self, status: LeaseStatus) {
@@ -321,6 +348,7 @@ impl Task {
                     Ok(revision) => {
                         self.lock().lease.handle_renewed(write.sent_at, revision);
                         self.sync_clock();
+                        self.clock.clear_troubled();
                         unacknowledged = None;
                     }
                     Err(ClusterError::WrongLastSequence) => {
@@ -337,9 +365,11 @@ impl Task {
                             None => self.lock().lease.handle_refused(),
                         }
                         self.sync_clock();
+                        self.clock.clear_troubled();
                         unacknowledged = None;
                     }
                     Err(e) => {
+                        self.clock.mark_troubled(write.sent_at);
                         tracing::warn!(node = %self.node, error = %e, "lease renewal failed; retrying");
                         unacknowledged.get_or_insert(write.sent_at);
                         self.lock().lease.handle_failed(Instant::now());

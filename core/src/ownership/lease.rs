@@ -408,24 +408,27 @@ mod tests {
 /// What a node whose lease lapsed does with the devices it holds (PROTOCOL.md §12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lapse {
-    /// The lease ran out while the node could reach NATS (its renewals were refused or
-    /// went unanswered), or while it was paused: other nodes may have taken its devices
-    /// over. It forwards nothing more for them and closes their connections (1012).
+    /// The lease ran out while the cluster was answering it — its renewal was refused
+    /// (another process holds the node id), or the node did not even try (it was paused):
+    /// other nodes may have taken its devices over and it may not have heard. It forwards
+    /// nothing more for them and closes their connections (1012).
     Fence,
-    /// The node had lost every NATS server before its lease ran out: the cluster cannot
-    /// be asked, so it keeps its local connections relaying (§12: "all three NATS servers
-    /// gone: the node keeps its local connections relaying"), and checks each device's
-    /// ownership once it is back: a device that connected elsewhere meanwhile has its
-    /// connection here closed with 4000, the others are taken over again under the new
-    /// lease. A node cut off from NATS alone cannot tell this from a NATS outage; its
-    /// devices' stale connections live until it reconnects.
+    /// The lease ran out because the cluster could not be reached or could not store
+    /// anything (every NATS server gone, or JetStream without a quorum or electing a
+    /// stream leader: renewals went unanswered) since before it lapsed. Taking a device
+    /// over needs the same JetStream, so the node keeps its local connections relaying
+    /// (§12: "all three NATS servers gone: the node keeps its local connections
+    /// relaying") and checks each device's ownership once it holds a new lease: a device
+    /// that connected elsewhere meanwhile has its connection here closed with 4000, the
+    /// others are taken over again. A node cut off alone cannot tell this from a cluster
+    /// outage; its devices' stale connections live until it is back.
     Offline,
 }
 
-/// Which [`Lapse`] a lease that held until `lapsed_at` is, given since when the node has
-/// had no NATS connection (`None`: it has one now).
-pub fn classify_lapse(lapsed_at: Instant, disconnected_since: Option<Instant>) -> Lapse {
-    match disconnected_since {
+/// Which [`Lapse`] a lease that held until `lapsed_at` is, given since when the cluster
+/// has been unreachable or unanswering for this node (`None`: it answers now).
+pub fn classify_lapse(lapsed_at: Instant, unreachable_since: Option<Instant>) -> Lapse {
+    match unreachable_since {
         Some(since) if since <= lapsed_at => Lapse::Offline,
         _ => Lapse::Fence,
     }
@@ -437,15 +440,16 @@ mod lapse_tests {
     use std::time::Duration;
 
     #[test]
-    fn a_lease_is_fenced_unless_nats_was_gone_before_it_lapsed() {
+    fn a_lease_is_fenced_unless_the_cluster_was_unreachable_before_it_lapsed() {
         let t = Instant::now();
         let s = Duration::from_secs(1);
-        // Connected when it lapsed (refused renewals, no quorum, a pause): fenced.
+        // The cluster answered up to the lapse (a pause, a refused renewal): fenced.
         assert_eq!(classify_lapse(t, None), Lapse::Fence);
-        // The connection dropped after the lapse (a paused process whose client noticed
-        // its missed pings on waking): fenced.
+        // Trouble began after the lapse (a paused process whose client noticed its
+        // missed pings, or whose first renewal failed, on waking): fenced.
         assert_eq!(classify_lapse(t, Some(t + s)), Lapse::Fence);
-        // Every server gone first: keep relaying, check ownership on return.
+        // Every server gone, or renewals unanswered, first: keep relaying, check
+        // ownership on return.
         assert_eq!(classify_lapse(t + s, Some(t)), Lapse::Offline);
         assert_eq!(classify_lapse(t, Some(t)), Lapse::Offline);
     }
