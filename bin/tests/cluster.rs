@@ -406,6 +406,18 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
         "the older connection on b"
     );
     assert_eq!(expect_close(&mut session), 1012, "the session on b");
+    // §12: "device_status … reach[es] the claim holder's control channels on whichever
+    // nodes they are": b's event reaches the POS's channel on c.
+    let event = pos.next_event();
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["tsn"].as_str(),
+            event["online"].as_bool()
+        ),
+        (Some("device_status"), Some("1001"), Some(false)),
+        "{event}"
+    );
     let (sid2, url2) = pos.claim_ok("1001");
     assert_eq!(sid2, sid, "a device keeps its session_id across nodes");
     let a_url = format!("ws://{}", a.relay_addr);

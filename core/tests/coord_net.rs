@@ -150,6 +150,7 @@ impl Net {
                     DeviceShard::new(keyring.clone(), RelayLimits::default()),
                     CoordConfig {
                         answer_timeout: TIMEOUT,
+                        ..CoordConfig::default()
                     },
                 )
             })
@@ -287,7 +288,8 @@ impl Net {
             Output::SendToConn { .. }
             | Output::CloseConn { .. }
             | Output::CloseUndelivered { .. }
-            | Output::CloseClass { .. } => {}
+            | Output::CloseClass { .. }
+            | Output::ToOtherNodes { .. } => {}
         }
     }
 
@@ -683,4 +685,106 @@ fn a_release_and_a_new_claim_delivered_in_one_flush_are_two_steps() {
             Op::Advance { millis: 1 },
         ],
     );
+}
+
+/// §12: on a cluster node, an event a device's owner produces for a client is also handed
+/// out for the other nodes (once, by the participant that produced it); on another node
+/// it reaches the client's open control channels there, and is not kept when there are
+/// none. A single node hands nothing out.
+#[test]
+fn a_cluster_nodes_events_reach_the_clients_channels_on_other_nodes() {
+    use posrelay_core::coord::Nodes;
+    let keyring = SessionKeyring::new([7; 32]);
+    let node = |nodes: Nodes| -> Coord {
+        Coordinator::new(
+            Participant(0),
+            Placement::new(keyring.clone(), 1),
+            DeviceShard::new(keyring.clone(), RelayLimits::default()),
+            CoordConfig {
+                answer_timeout: TIMEOUT,
+                nodes,
+            },
+        )
+    };
+    let drain = |c: &mut Coord, now: Instant| -> Vec<Output<RelayedMessage>> {
+        std::iter::from_fn(|| c.poll_output(now)).collect()
+    };
+    let now = Instant::now();
+    let (dev, pos) = (device(0), client(0));
+    let offline = ClientEventKind::DeviceStatus {
+        serial: dev.serial.clone(),
+        online: false,
+    };
+    for nodes in [Nodes::Cluster, Nodes::Alone] {
+        // The device's node: registered, claimed by a client whose channel is elsewhere,
+        // connected, then gone.
+        let mut owner = node(nodes);
+        let _ = owner.handle_register(dev.clone(), now);
+        owner.handle_claim(
+            ClaimOp::Claim,
+            pos.clone(),
+            dev.clone(),
+            Requester {
+                conn: ConnId(1),
+                request_id: None,
+            },
+            now,
+        );
+        let sid = owner.devices().session_id(&dev);
+        owner
+            .devices_mut()
+            .handle_device_connected(&sid, ConnId(2), now)
+            .expect("connected");
+        drain(&mut owner, now);
+        owner
+            .devices_mut()
+            .handle_device_disconnected(&sid, ConnId(2), now);
+        let handed_out: Vec<_> = drain(&mut owner, now)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::ToOtherNodes { client, event } => Some((client, event)),
+                _ => None,
+            })
+            .collect();
+        match nodes {
+            Nodes::Cluster => assert_eq!(handed_out, vec![(pos.clone(), offline.clone())]),
+            Nodes::Alone => assert!(handed_out.is_empty(), "{handed_out:?}"),
+        }
+    }
+
+    // Another node, where the client has two control channels open: each gets it.
+    let mut other = node(Nodes::Cluster);
+    other.handle_control_opened(&pos, ConnId(10), now);
+    other.handle_control_opened(&pos, ConnId(11), now);
+    drain(&mut other, now);
+    other.handle_remote_client_event(pos.clone(), offline.clone(), now);
+    let mut sent: Vec<ConnId> = drain(&mut other, now)
+        .into_iter()
+        .map(|o| match o {
+            Output::SendEvent { conn, event } => {
+                assert_eq!(event, offline);
+                conn
+            }
+            other => panic!("unexpected output {other:?}"),
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(sent, vec![ConnId(10), ConnId(11)]);
+    // A node where the client has no channel: nothing sent, nothing handed out again.
+    let mut empty = node(Nodes::Cluster);
+    empty.handle_remote_client_event(
+        pos.clone(),
+        ClientEventKind::Undelivered {
+            serial: dev.serial.clone(),
+            frames: 2,
+            bytes: 10,
+        },
+        now,
+    );
+    assert!(drain(&mut empty, now).is_empty());
+    // And it keeps nothing for a channel that opens later.
+    empty.handle_control_opened(&pos, ConnId(12), now);
+    assert!(!drain(&mut empty, now)
+        .iter()
+        .any(|o| matches!(o, Output::SendEvent { .. })));
 }

@@ -186,15 +186,28 @@ pub async fn take_over_tsn(
     device: &DeviceKey,
     me: &OwnershipRecord,
 ) -> Result<Epoch, ClusterError> {
+    take_over_tsn_from(nats, streams, device, me)
+        .await
+        .map(|(epoch, _)| epoch)
+}
+
+/// [`take_over_tsn`], also returning the owner it took the tsn from (the last one it read
+/// before its write went through; `None` if there was none, or if it was already `me`).
+pub async fn take_over_tsn_from(
+    nats: &Nats,
+    streams: &OwnershipStreams,
+    device: &DeviceKey,
+    me: &OwnershipRecord,
+) -> Result<(Epoch, Option<Ownership>), ClusterError> {
     for _ in 0..TAKE_OVER_ATTEMPTS {
         let current = current_owner(nats, streams, device).await?;
         let expected = match take_over(current.as_ref(), me) {
-            TakeOver::AlreadyMine { epoch } => return Ok(epoch),
+            TakeOver::AlreadyMine { epoch } => return Ok((epoch, None)),
             TakeOver::Write { expected } => expected,
         };
         // A record that does not decode still has a sequence: fence on the subject's
         // last sequence, whatever it holds.
-        let expected = match (current, expected) {
+        let expected = match (current.as_ref(), expected) {
             (None, _) => {
                 last_on_subject(&streams.ownership, &ownership_subject(device), nats.timeout)
                     .await?
@@ -203,7 +216,7 @@ pub async fn take_over_tsn(
             (Some(_), expected) => expected,
         };
         match append_ownership(nats, device, me, expected).await {
-            Ok(epoch) => return Ok(epoch),
+            Ok(epoch) => return Ok((epoch, current)),
             Err(ClusterError::WrongLastSequence) => continue,
             Err(e) => return Err(e),
         }

@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | `posrelay.node.<owner>.claim` | a node whose control channel claims or releases a tsn owned by `<owner>` | yes: the owner's decision | §12 "claims are exclusive across the cluster": the owner decides, as the owning shard does within a node |
 //! | `posrelay.node.<old>.moved` | the node a device just connected to, when the tsn's last owner was `<old>` | no | §12 "a newer connection of the device on another node takes it over, and the older connection is closed with 4000" |
+//! | `posrelay.events` (every node) | the node that owns a claimed device | no | §12 "`device_status` and `undelivered` reach the claim holder's control channels on whichever nodes they are" |
 //!
 //! The node's subscription runs on the bridge's thread and hands what arrives to the
 //! shards over a channel ([`NodeInbox`]); the owner of a tsn is read from its ownership
@@ -17,11 +18,14 @@ use futures_lite::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::ownership::{current_owner, take_over_tsn, OwnershipStreams};
+use super::ownership::{current_owner, take_over_tsn, take_over_tsn_from, OwnershipStreams};
 use super::{BridgeHandle, ClusterError};
 use crate::ids::{ClientId, ClientKey, DeviceKey, DomainName, Serial, SessionId};
 use crate::ownership::{Epoch, NodeId, OwnershipRecord};
-use crate::relay::{ClaimError, ClaimGranted, ClaimOp};
+use crate::relay::{ClaimError, ClaimGranted, ClaimOp, ClientEventKind};
+
+/// Where every node hears the §4 events of claimed devices.
+pub const EVENTS_SUBJECT: &str = "posrelay.events";
 
 /// `posrelay.node.<node>.<kind>`.
 pub fn node_subject(node: &NodeId, kind: &str) -> String {
@@ -176,9 +180,105 @@ impl MovedNotice {
     }
 }
 
+/// A §4 event for a client, from the node that owns the device, for the client's control
+/// channels on every other node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventNotice {
+    /// The node it comes from (which delivered it to its own channels already).
+    pub node: String,
+    /// The client's domain.
+    pub domain: String,
+    /// The client.
+    pub client_id: String,
+    /// `device_status` or `undelivered`.
+    pub kind: String,
+    /// The device.
+    pub serial: String,
+    /// `device_status`: online or not.
+    pub online: bool,
+    /// `undelivered`: messages.
+    pub frames: u64,
+    /// `undelivered`: their payload bytes.
+    pub bytes: u64,
+}
+
+impl EventNotice {
+    /// The notice of `event` for `client`, sent by `node`.
+    pub fn new(node: &NodeId, client: &ClientKey, event: &ClientEventKind) -> Self {
+        let mut notice = Self {
+            node: node.as_str().to_owned(),
+            domain: client.domain.to_string(),
+            client_id: client.client_id.to_string(),
+            kind: String::new(),
+            serial: String::new(),
+            online: false,
+            frames: 0,
+            bytes: 0,
+        };
+        match event {
+            ClientEventKind::DeviceStatus { serial, online } => {
+                notice.kind = "device_status".into();
+                notice.serial = serial.to_string();
+                notice.online = *online;
+            }
+            ClientEventKind::Undelivered {
+                serial,
+                frames,
+                bytes,
+            } => {
+                notice.kind = "undelivered".into();
+                notice.serial = serial.to_string();
+                notice.frames = *frames;
+                notice.bytes = *bytes;
+            }
+        }
+        notice
+    }
+
+    /// The client and the event, checked: `None` if any part is malformed.
+    pub fn parts(&self) -> Option<(ClientKey, ClientEventKind)> {
+        let client = ClientKey {
+            domain: DomainName::new(self.domain.as_str()).ok()?,
+            client_id: ClientId::new(self.client_id.as_str()).ok()?,
+        };
+        let serial = Serial::new(self.serial.as_str()).ok()?;
+        let event = match self.kind.as_str() {
+            "device_status" => ClientEventKind::DeviceStatus {
+                serial,
+                online: self.online,
+            },
+            "undelivered" => ClientEventKind::Undelivered {
+                serial,
+                frames: self.frames,
+                bytes: self.bytes,
+            },
+            _ => return None,
+        };
+        Some((client, event))
+    }
+}
+
+/// Publishes `notice` to every node (fire and forget: core NATS).
+pub fn publish_event(bridge: &BridgeHandle, notice: &EventNotice) {
+    let Ok(payload) = simd_json::to_vec(notice) else {
+        return;
+    };
+    let _ = bridge.spawn(move |nats| async move {
+        if let Err(e) = nats
+            .client
+            .publish(EVENTS_SUBJECT, Bytes::from(payload))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish a client event to the other nodes");
+        }
+    });
+}
+
 /// Something another node said to this one.
 #[derive(Debug)]
 pub enum Inbound {
+    /// A §4 event for a client whose control channels may be here too.
+    Event(EventNotice),
     /// Decide this claim or release (this node owns the tsn); answer with the replier.
     Claim(ClaimRequest, Replier),
     /// This device connected to another node.
@@ -228,14 +328,21 @@ impl NodeInbox {
         let claim_subject = node_subject(node, "claim");
         let moved_subject = node_subject(node, "moved");
         let for_replies = bridge.clone();
+        let me = node.clone();
         bridge.spawn(move |nats| async move {
-            let mut sub = match nats.client.subscribe(subject.clone()).await {
+            let subscribed = async {
+                let mine = nats.client.subscribe(subject.clone()).await?;
+                let events = nats.client.subscribe(EVENTS_SUBJECT).await?;
+                Ok::<_, async_nats::SubscribeError>(futures_lite::stream::or(mine, events))
+            };
+            let mut sub = match subscribed.await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, %subject, "cannot subscribe to this node's subjects: claims from other nodes will time out");
                     return;
                 }
             };
+            let me = me.as_str().to_owned();
             while let Some(msg) = sub.next().await {
                 let mut payload = msg.payload.to_vec();
                 let inbound = if msg.subject.as_str() == claim_subject {
@@ -249,6 +356,16 @@ impl NodeInbox {
                         ),
                         Err(e) => {
                             tracing::warn!(error = %e, "malformed claim from another node");
+                            continue;
+                        }
+                    }
+                } else if msg.subject.as_str() == EVENTS_SUBJECT {
+                    match simd_json::from_slice::<EventNotice>(&mut payload) {
+                        // Its own events, a node delivered already.
+                        Ok(notice) if notice.node == me => continue,
+                        Ok(notice) => Inbound::Event(notice),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed client event from another node");
                             continue;
                         }
                     }
@@ -328,8 +445,7 @@ pub async fn take_over(
     let (streams, device, me) = (streams.clone(), device.clone(), me.clone());
     bridge
         .call(move |nats| async move {
-            let before = current_owner(&nats, &streams, &device).await?;
-            let epoch = take_over_tsn(&nats, &streams, &device, &me).await?;
+            let (epoch, before) = take_over_tsn_from(&nats, &streams, &device, &me).await?;
             if let Some(before) = before.filter(|b| b.record.node != me.node) {
                 let notice = MovedNotice {
                     domain: device.domain.to_string(),
@@ -430,6 +546,41 @@ mod tests {
             odd.outcome(&serial),
             RemoteOutcome::Refused(ClaimError::Unavailable { .. })
         ));
+    }
+
+    #[test]
+    fn an_event_notice_carries_its_event_and_refuses_nonsense() {
+        let client = ClientKey {
+            domain: DomainName::new("acme.com").unwrap(),
+            client_id: ClientId::new("c1").unwrap(),
+        };
+        let node = NodeId::new("b").unwrap();
+        for event in [
+            ClientEventKind::DeviceStatus {
+                serial: device().serial,
+                online: false,
+            },
+            ClientEventKind::Undelivered {
+                serial: device().serial,
+                frames: 3,
+                bytes: 300,
+            },
+        ] {
+            let mut bytes = simd_json::to_vec(&EventNotice::new(&node, &client, &event)).unwrap();
+            let back: EventNotice = simd_json::from_slice(&mut bytes).unwrap();
+            assert_eq!(back.node, "b");
+            assert_eq!(back.parts(), Some((client.clone(), event)));
+        }
+        let mut odd = EventNotice::new(
+            &node,
+            &client,
+            &ClientEventKind::DeviceStatus {
+                serial: device().serial,
+                online: true,
+            },
+        );
+        odd.kind = "claimed".into();
+        assert_eq!(odd.parts(), None);
     }
 
     #[test]

@@ -28,12 +28,27 @@ pub struct CoordConfig {
     /// process always answer within microseconds; this bounds what a stopped or wedged
     /// participant can cost a client.
     pub answer_timeout: Duration,
+    /// Whether other nodes share the cluster (PROTOCOL.md §12): then every event this
+    /// participant produces for a client is also handed out for them
+    /// ([`Output::ToOtherNodes`]), since the client's control channels may be there too.
+    pub nodes: Nodes,
+}
+
+/// Whether a coordinator's process is alone or a node of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nodes {
+    /// One node: every control channel is on one of this process's participants.
+    #[default]
+    Alone,
+    /// A node of a cluster (§12).
+    Cluster,
 }
 
 impl Default for CoordConfig {
     fn default() -> Self {
         Self {
             answer_timeout: Duration::from_secs(5),
+            nodes: Nodes::Alone,
         }
     }
 }
@@ -283,6 +298,23 @@ impl<M: QueuedMessage> Coordinator<M> {
         self.devices.handle_lease_lost();
     }
 
+    /// §12: an event for `client` from another node (which owns the device): to the
+    /// client's control channels here, if it has any (the other node keeps what it must
+    /// keep for a client with no channel open).
+    pub fn handle_remote_client_event(
+        &mut self,
+        client: ClientKey,
+        event: ClientEventKind,
+        now: Instant,
+    ) {
+        let home = self.placement.home_of(&client);
+        if home == self.me {
+            self.hub.handle_remote_client_event(&client, event, now);
+        } else {
+            self.transmit(home, CoordMsg::RemoteClientEvent { client, event });
+        }
+    }
+
     /// §9: the operator deleted `client`: every participant hears of it.
     pub fn handle_client_deleted(&mut self, client: ClientKey, now: Instant) {
         self.broadcast(|| CoordMsg::ClientDeleted {
@@ -352,6 +384,9 @@ impl<M: QueuedMessage> Coordinator<M> {
             }
             CoordMsg::ClientEvent { client, event } => {
                 self.hub.handle_client_event(&client, event, now);
+            }
+            CoordMsg::RemoteClientEvent { client, event } => {
+                self.hub.handle_remote_client_event(&client, event, now);
             }
             CoordMsg::ClientPresence { client, online } => {
                 self.devices.handle_client_presence(&client, online, now);
@@ -538,8 +573,15 @@ impl<M: QueuedMessage> Coordinator<M> {
             .collect()
     }
 
-    /// An event for `client`: to its hub here, or to its home.
+    /// An event for `client`: to its hub here, or to its home (and, on a cluster node, to
+    /// the other nodes).
     fn route_event(&mut self, client: ClientKey, event: ClientEventKind, now: Instant) {
+        if self.config.nodes == Nodes::Cluster {
+            self.outputs.push_back(Output::ToOtherNodes {
+                client: client.clone(),
+                event: event.clone(),
+            });
+        }
         let home = self.placement.home_of(&client);
         if home == self.me {
             self.hub.handle_client_event(&client, event, now);

@@ -17,6 +17,7 @@
 //! | [`CoordMsg::ClientPresence`] | a client's home | every participant | §4 claim grace |
 //! | [`CoordMsg::DeviceDisabled`], [`CoordMsg::ClientDeleted`] | the admin API's participant | every participant | §9 |
 //! | [`CoordMsg::DeviceMoved`] | the shard that heard another node took the device over | every participant | §12 |
+//! | [`CoordMsg::RemoteClientEvent`] | the shard that heard another node's event | the client's home | §12 events reach every node's channels |
 //! | [`CoordMsg::DataClosed`] | every participant, draining | every participant | §6 shutdown order |
 //!
 //! What the io layer must guarantee: messages from one participant to another arrive in
@@ -39,7 +40,7 @@ mod pending;
 mod presence;
 
 pub use claim::{ClaimOutcome, Requester};
-pub use coordinator::{CoordConfig, Coordinator};
+pub use coordinator::{CoordConfig, Coordinator, Nodes};
 pub use drain::{ConnClass, DrainPhase};
 pub use msg::CoordMsg;
 pub use output::{Answer, Output};

@@ -64,6 +64,13 @@ pub enum CoordMsg {
         /// What.
         event: ClientEventKind,
     },
+    /// §12: an event for a client from another node: for its open channels only.
+    RemoteClientEvent {
+        /// To whom.
+        client: ClientKey,
+        /// What.
+        event: ClientEventKind,
+    },
     /// §4 claim grace: the client's control-channel count on its home went 0 ↔ >0.
     ClientPresence {
         /// Which client.

@@ -47,6 +47,14 @@ pub enum Output<M> {
         /// The event.
         event: ClientEventKind,
     },
+    /// §12: hand this event for `client` to the other nodes of the cluster (its control
+    /// channels there); only on a cluster node, beside its delivery here.
+    ToOtherNodes {
+        /// To whom.
+        client: crate::ids::ClientKey,
+        /// What.
+        event: ClientEventKind,
+    },
     /// The decision on a claim or release a control channel here asked for.
     ClaimAnswered {
         /// Who asked.

@@ -137,6 +137,25 @@ impl ClientHub {
         }
     }
 
+    /// §12: an event for `client` from another node: sent on every open channel of the
+    /// client here; nothing is kept when none is open (the node that owns the device
+    /// keeps the client's undelivered reports).
+    pub fn handle_remote_client_event(
+        &mut self,
+        client: &ClientKey,
+        event: ClientEventKind,
+        _now: Instant,
+    ) {
+        if let Some(set) = self.channels.get(client) {
+            for &conn in set {
+                self.actions.push_back(HubAction::SendEvent {
+                    conn,
+                    event: event.clone(),
+                });
+            }
+        }
+    }
+
     /// §9: the client was deleted. Its channels are closed (1008) and its kept reports
     /// dropped. No `Presence` follows: every shard hears of the deletion itself.
     pub fn handle_client_deleted(&mut self, client: &ClientKey) {

@@ -13,8 +13,10 @@
 //! - [`ClusterNode::render_metrics`]: the link's and the lease's series.
 //!
 //! A lease lost for good (the node was cut off or paused for longer than `--lease-ttl`,
-//! or another process took its node id) is logged, and a new incarnation acquires a new
-//! lease: [`ClusterNode::handle_tick`], called by shard 0's tick.
+//! or another process took its node id) is logged and classified
+//! ([`crate::ownership::Lapse`]: fence the devices, or keep relaying because NATS itself
+//! was gone), and a new incarnation acquires a new lease: [`ClusterNode::handle_tick`],
+//! called by shard 0's tick. The data path asks [`ClusterNode::may_forward`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,17 +25,18 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
-use crate::cluster::remote::{self, ClaimReply, ClaimRequest, NodeInbox};
+use crate::cluster::remote::{self, ClaimReply, ClaimRequest, EventNotice, NodeInbox};
 use crate::cluster::LinkState;
 use crate::cluster::{
     BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseClock, LeaseKeeper,
 };
 use crate::cluster::{ClusterError, NatsBridge};
-use crate::ids::DeviceKey;
+use crate::ids::{ClientKey, DeviceKey};
 use crate::ownership::{
     classify_lapse, Incarnation, Lapse, LeaseStatus, LeaseTerms, LostReason, NodeId,
 };
 use crate::ownership::{Epoch, OwnershipRecord};
+use crate::relay::ClientEventKind;
 
 /// `--cluster` and its companions (PROTOCOL.md §12).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +230,11 @@ impl ClusterNode {
         };
         let link = self.handle.link();
         let down_since = (link.state != LinkState::Connected).then_some(link.since);
-        let lapse = classify_lapse(lapsed_at, down_since);
+        let unreachable_since = [down_since, self.clock.troubled_since()]
+            .into_iter()
+            .flatten()
+            .min();
+        let lapse = classify_lapse(lapsed_at, unreachable_since);
         if lapse == Lapse::Offline {
             self.offline_lapse.store(true, Ordering::Release);
         }
@@ -249,6 +256,12 @@ impl ClusterNode {
     pub(crate) async fn still_mine(&self, device: &DeviceKey) -> Result<bool, ClusterError> {
         let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
         remote::still_mine(&self.handle, &self.streams, device, &me).await
+    }
+
+    /// §12: hands an event for `client` to the other nodes (its control channels there).
+    pub(crate) fn publish_event(&self, client: &ClientKey, event: &ClientEventKind) {
+        let notice = EventNotice::new(&self.config.node_id, client, event);
+        remote::publish_event(&self.handle, &notice);
     }
 
     /// This node's `--node-url`.
@@ -380,8 +393,8 @@ impl ClusterNode {
                     }
                     Lapse::Offline => tracing::warn!(
                         node = %self.config.node_id,
-                        "cluster lease lapsed while no NATS server was reachable: open connections keep relaying; \
-                         each device's ownership is checked once NATS is back (4000 for those that moved)"
+                        "cluster lease lapsed while the cluster could not be reached or store anything: open connections \
+                         keep relaying; each device's ownership is checked once a new lease holds (4000 for those that moved)"
                     ),
                 }
                 match Self::keep_lease(&self.handle, &self.streams, &self.config, &self.clock) {

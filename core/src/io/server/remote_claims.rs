@@ -10,7 +10,8 @@
 //!   is asked of the coordinator for a stand-in requester (a connection id no connection
 //!   has), whose answer goes back to the asking node instead of onto a control channel
 //!   ([`answer`]); a move notice ends what this node had of the device (4000 on its
-//!   connection, §12).
+//!   connection, §12); another node's event for a client goes to the client's control
+//!   channels here (§12: they reach the claim holder "on whichever nodes they are").
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -30,6 +31,15 @@ pub(crate) async fn serve_inbox(ctx: Rc<ShardCtx>) {
     while let Some(inbound) = inbox.next().await {
         match inbound {
             Inbound::Claim(request, replier) => decide(&ctx, request, replier),
+            Inbound::Event(notice) => {
+                let Some((client, event)) = notice.parts() else {
+                    continue;
+                };
+                ctx.coord
+                    .borrow_mut()
+                    .handle_remote_client_event(client, event, Instant::now());
+                ctx.drive();
+            }
             Inbound::Moved(notice) => {
                 let Some(device) = notice.device() else {
                     continue;

@@ -15,8 +15,8 @@ use super::Shared;
 use crate::auth::AuthError;
 use crate::control::event;
 use crate::coord::{
-    Answer, ClaimOutcome, ConnClass, CoordConfig, Coordinator, Output, Participant, Placement,
-    Requester, Ticket,
+    Answer, ClaimOutcome, ConnClass, CoordConfig, Coordinator, Nodes, Output, Participant,
+    Placement, Requester, Ticket,
 };
 use crate::ids::{ClientKey, DeviceKey};
 use crate::io::outbox::OutboxRef;
@@ -207,6 +207,11 @@ impl ShardCtx {
                 }
             }
             Output::CloseClass { class } => self.close_class(class),
+            Output::ToOtherNodes { client, event } => {
+                if let Some(node) = self.shared.cluster.as_ref() {
+                    node.publish_event(&client, &event);
+                }
+            }
         }
     }
 
@@ -509,7 +514,14 @@ pub(crate) async fn run_shard(
         Participant(index),
         Placement::new(keyring.clone(), shards),
         DeviceShard::new(keyring, cfg.relay_limits),
-        CoordConfig::default(),
+        CoordConfig {
+            nodes: if shared.cluster.is_some() {
+                Nodes::Cluster
+            } else {
+                Nodes::Alone
+            },
+            ..CoordConfig::default()
+        },
     );
     let ctx = Rc::new(ShardCtx {
         index,
