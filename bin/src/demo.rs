@@ -434,7 +434,7 @@ fn run_flow(
     let sessions = report.step("terminals registered and online", || {
         for (tsn, _, _, _) in TERMINALS {
             let config = DeviceConfig {
-                relay: demo.relay.clone(),
+                relays: vec![demo.relay.clone()],
                 tsn: tsn.to_owned(),
                 client_id: demo.client_id.clone(),
                 client_secret: demo.client_secret.clone(),

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use posrelay_core::cluster::testing::NatsCluster;
 use serde_json::{json, Value};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
@@ -37,9 +38,8 @@ fn cluster_with(n: usize, lease_ttl: &str) -> Cluster {
     let nodes = (0..n)
         .map(|i| {
             let id = ((b'a' + i as u8) as char).to_string();
-            let listen = free_loopback_addr();
+            let listen = format!("127.0.0.1:{}", free_port());
             let node_url = format!("ws://{listen}");
-            let listen = listen.to_string();
             let node = Relay::start(&[
                 "--cluster",
                 &urls,
@@ -59,12 +59,6 @@ fn cluster_with(n: usize, lease_ttl: &str) -> Cluster {
         })
         .collect();
     Cluster { nodes, nats }
-}
-
-/// A loopback address whose port was free a moment ago.
-fn free_loopback_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("its address")
 }
 
 /// The value of the unlabelled series `name` (panics if absent).
@@ -434,43 +428,59 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
 }
 
 /// §12: "`kill -9` the owning node: the device re-registers on a surviving node and the
-/// POS, claiming again, exchanges messages within the lease TTL plus 5 s".
+/// POS, claiming again, exchanges messages within the lease TTL plus 5 s". The terminal
+/// is `posrelay device-sim` given two nodes (as behind DNS round robin), with its real
+/// backoff (0.5 s, full jitter).
 #[test]
 fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_claims_it_again() {
     let mut c = cluster(3);
     let creds = c.nodes[0].provision("acme.com", "store-1", &["1001"]);
     let token = c.nodes[2].token("acme.com", &creds);
-    let mut device = Device::register_and_connect(&c.nodes[1], "1001", &creds);
+    let (a_url, b_url) = (
+        format!("ws://{}", c.nodes[0].relay_addr),
+        format!("ws://{}", c.nodes[1].relay_addr),
+    );
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_posrelay"));
+    sim.args([
+        "device-sim",
+        "--relay",
+        &b_url,
+        "--relay",
+        &a_url,
+        "--tsn",
+        "1001",
+        "--echo",
+    ])
+    .env("POSRELAY_CLIENT_ID", &creds.client_id)
+    .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
+    let (_sim, lines) = spawn_lines(sim);
+    wait_line(&lines, "device-sim online on b", |l| {
+        l.ends_with("] online")
+    });
     let mut pos = Pos::control(&c.nodes[2], &token);
     let (sid, url) = pos.claim_ok("1001");
+    assert!(url.starts_with(&b_url), "{url}");
     let mut session = Pos::session(&c.nodes[1], &url, &token);
     send_text(&mut session, "before");
-    assert!(matches!(device.recv(), Message::Text(t) if t == "before"));
+    assert!(matches!(recv(&mut session), Message::Text(t) if t == "before"));
 
     // b dies with the device's connection and the POS session.
     c.nodes[1].kill_9();
     let killed = Instant::now();
     let ttl = Duration::from_secs(3);
-    // The device sees its connection break and registers again, on a (as a device
-    // behind a load balancer would land on a surviving node).
-    assert!(
-        device.ws.read().is_err(),
-        "the device's connection breaks with b"
-    );
-    let a = &c.nodes[0];
-    let mut device = Device::register_and_connect(a, "1001", &creds);
-    // The POS, whose session broke, claims again: same session_id, on a.
+    assert!(session.read().is_err(), "the POS session breaks with b");
+    // The terminal notices, backs off, and comes back through a.
+    wait_line(&lines, "device-sim offline", |l| l.contains("] offline"));
+    wait_line(&lines, "device-sim online again", |l| {
+        l.ends_with("] online")
+    });
+    // The POS, whose session broke, claims again: same session_id, now on a.
     let (sid2, url2) = pos.claim_ok("1001");
     assert_eq!(sid2, sid);
-    assert!(
-        url2.starts_with(&format!("ws://{}", a.relay_addr)),
-        "{url2}"
-    );
-    let mut session = Pos::session(a, &url2, &token);
+    assert!(url2.starts_with(&a_url), "{url2}");
+    let mut session = Pos::session(&c.nodes[0], &url2, &token);
     send_text(&mut session, "after");
-    assert!(matches!(device.recv(), Message::Text(t) if t == "after"));
-    device.send_text("answer");
-    assert!(matches!(recv(&mut session), Message::Text(t) if t == "answer"));
+    assert!(matches!(recv(&mut session), Message::Text(t) if t == "after"));
     let took = killed.elapsed();
     eprintln!("failover: {took:?} from kill -9 to a message exchanged through another node");
     assert!(

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 /// Flags of `posrelay device-sim`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeviceSimArgs {
-    /// Relay URL (ws:// or wss://)
+    /// Relay URL (ws:// or wss://); repeat to give the nodes of a cluster (PROTOCOL.md §12): a terminal whose connection fails tries the next one, as behind DNS round robin
     #[arg(long, default_value = "ws://127.0.0.1:8080", value_name = "URL")]
-    pub relay: String,
+    pub relay: Vec<String>,
     /// Terminal serial number, bare or <make>-<model>-<serial>; repeat to run several terminals
     #[arg(long, value_name = "TSN", required = true)]
     pub tsn: Vec<String>,
@@ -73,8 +73,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// One terminal's settings.
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
-    /// The relay listener.
-    pub relay: WsUrl,
+    /// The relay listener, or the nodes of a cluster (at least one): after a failed
+    /// attempt the terminal tries the next.
+    pub relays: Vec<WsUrl>,
     /// The tsn it registers with.
     pub tsn: String,
     /// Registration credentials.
@@ -202,12 +203,22 @@ pub fn run_device(
 ) {
     let mut rng = rand::thread_rng();
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    // Which of `relays` the next attempt goes to.
+    let mut at = 0usize;
     while !control.is_stopped() {
+        let relay = &config.relays[at % config.relays.len()];
         if control.is_offline() {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
-        match connect_once(config, control, &mut backoff, &mut rng, &mut on_event) {
+        match connect_once(
+            config,
+            relay,
+            control,
+            &mut backoff,
+            &mut rng,
+            &mut on_event,
+        ) {
             Ok(Ended::Stopped) => return,
             Ok(Ended::TakenOffline) => {
                 on_event(&DeviceEvent::Offline {
@@ -232,6 +243,7 @@ pub fn run_device(
                 on_event(&DeviceEvent::Offline {
                     reason: format!("{e:#}"),
                 });
+                at = at.wrapping_add(1);
                 let delay = backoff.next_delay(&mut rng);
                 on_event(&DeviceEvent::Retrying { delay });
                 let until = Instant::now() + delay;
@@ -246,11 +258,10 @@ pub fn run_device(
 /// §2 registration: the session and the token for §3.
 fn register(
     config: &DeviceConfig,
+    relay: &WsUrl,
     opts: &ConnectOptions,
 ) -> anyhow::Result<(String, WsUrl, String)> {
-    let url = config
-        .relay
-        .with_path("/cloud-connector/v1/device-listener");
+    let url = relay.with_path("/cloud-connector/v1/device-listener");
     let mut ws = WsClient::connect(&url, opts).context("registration connection")?;
     let msg = json!({
         "type": "register",
@@ -283,6 +294,7 @@ fn register(
 
 fn connect_once(
     config: &DeviceConfig,
+    relay: &WsUrl,
     control: &DeviceControl,
     backoff: &mut Backoff,
     rng: &mut impl rand::Rng,
@@ -295,10 +307,9 @@ fn connect_once(
     let mut ws = if config.client_cert {
         // §2a: the certificate names the device; seed 000's terminals offer `sci`.
         opts.protocols = vec!["sci".to_owned()];
-        WsClient::connect(&config.relay, &opts)
-            .context("device connection with a client certificate")?
+        WsClient::connect(relay, &opts).context("device connection with a client certificate")?
     } else {
-        let (session_id, url, token) = register(config, &opts)?;
+        let (session_id, url, token) = register(config, relay, &opts)?;
         on_event(&DeviceEvent::Registered { session_id });
         opts.bearer = Some(token);
         WsClient::connect(&url, &opts).context("device connection")?
@@ -347,7 +358,17 @@ fn connect_once(
 
 /// `posrelay device-sim`: runs the terminals until interrupted.
 pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
-    let relay = WsUrl::parse(&args.relay)?;
+    let relays = args
+        .relay
+        .iter()
+        .map(|r| WsUrl::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(relay) = relays.first().cloned() else {
+        anyhow::bail!("give at least one --relay URL");
+    };
+    if relays.iter().any(|r| r.secure != relay.secure) {
+        anyhow::bail!("--relay URLs must all be ws:// or all wss://");
+    }
     let client_cert = args.client_cert.as_deref().zip(args.client_key.as_deref());
     if client_cert.is_some() && !relay.secure {
         anyhow::bail!("--client-cert needs a wss:// --relay (the relay's --device-mtls-listen)");
@@ -368,7 +389,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     for tsn in &args.tsn {
         let config = DeviceConfig {
-            relay: relay.clone(),
+            relays: relays.clone(),
             tsn: tsn.clone(),
             client_id: args.client_id.clone().unwrap_or_default(),
             client_secret: args.client_secret.clone().unwrap_or_default(),

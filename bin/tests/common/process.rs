@@ -156,3 +156,49 @@ pub fn free_port() -> u16 {
         .expect("bind a free port")
         .port()
 }
+
+/// A child process killed (by its own handle) when the test ends, pass or fail.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` and returns it with a channel of its stdout lines.
+pub fn spawn_lines(mut cmd: Command) -> (Killed, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Killed(child), rx)
+}
+
+/// Waits (30 s at most) for a line `pred` accepts; panics naming `what` otherwise.
+pub fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    mut pred: impl FnMut(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("{what}: not seen within 30 s"),
+        }
+    }
+}
