@@ -9,7 +9,9 @@
 # installs one) and a posrelay binary ($POSRELAY, else the newer of target/release and
 # target/debug: `cargo build --release -p posrelay`).
 # Ports: NATS 4222-4224, relay 8081-8083, admin 9081-9083. Stops everything it started
-# when it ends (KEEP=1 keeps the cluster running until Ctrl-C).
+# when it ends (KEEP=1 keeps the cluster running until Ctrl-C). TERMINALS=N runs N
+# terminals on node b (1001, 1002, …) and reports when all are back (BENCHMARKS.md's
+# failover figure is TERMINALS=1000).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$(mktemp -d)}"
@@ -53,17 +55,35 @@ step "provisioning through node a (it holds on b and c at once)"
 ADMIN=(--admin-url http://127.0.0.1:9081)
 "$POSRELAY" admin "${ADMIN[@]}" create-domain demo >/dev/null
 "$POSRELAY" admin "${ADMIN[@]}" create-store --domain demo --merchant demo store-1 >/dev/null
-"$POSRELAY" admin "${ADMIN[@]}" create-device --domain demo --store store-1 --make ingenico --model axium 1001 >/dev/null
+TERMINALS="${TERMINALS:-1}"
+# Through the admin API in one process (a CLI call per terminal is slow for thousands).
+python3 - "$TERMINALS" <<'PY'
+import json, os, sys, urllib.request
+for i in range(int(sys.argv[1])):
+    body = json.dumps({"tsn": str(1001 + i), "make": "ingenico", "model": "axium", "store": "store-1"})
+    req = urllib.request.Request("http://127.0.0.1:9081/admin/v1/domains/demo/devices", body.encode(),
+        {"Authorization": "Bearer " + os.environ["POSRELAY_ADMIN_TOKEN"], "Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
+PY
+echo "$TERMINALS terminal(s) provisioned"
 CLIENT_JSON="$("$POSRELAY" admin "${ADMIN[@]}" --json create-client --domain demo --store store-1)"
 export POSRELAY_CLIENT_ID="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_id"])' <<<"$CLIENT_JSON")"
 export POSRELAY_CLIENT_SECRET="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])' <<<"$CLIENT_JSON")"
 echo "client $POSRELAY_CLIENT_ID"
 
-step "terminal 1001 on node b (device-sim --relay b --relay a)"
-"$POSRELAY" device-sim --relay ws://127.0.0.1:8082 --relay ws://127.0.0.1:8081 --tsn 1001 --echo \
+# Waits (120 s at most) until "] online" appears at least $1 times in device.out.
+wait_online() {
+  for _ in $(seq 1 1200); do [ "$(grep -c '] online' "$WORK/device.out")" -ge "$1" ] && return 0; sleep 0.1; done
+  echo "only $(grep -c '] online' "$WORK/device.out") of $1 terminal connections came online" >&2
+  tail "$WORK/device.out" >&2; exit 1
+}
+step "$TERMINALS terminal(s) from 1001 on node b (device-sim --relay b --relay a)"
+TSNS=()
+for i in $(seq 0 $((TERMINALS - 1))); do TSNS+=(--tsn $((1001 + i))); done
+"$POSRELAY" device-sim --relay ws://127.0.0.1:8082 --relay ws://127.0.0.1:8081 "${TSNS[@]}" --echo \
   >"$WORK/device.out" 2>&1 &
 PIDS+=($!)
-wait_for_line "$WORK/device.out" "] online"
+wait_online "$TERMINALS"
 
 pos() {
   echo "$1" | "$POSRELAY" pos-sim --relay ws://127.0.0.1:8083 --domain demo --tsn 1001 --reply-timeout 5s
@@ -75,12 +95,10 @@ step "kill -9 node b"
 KILLED_AT=$(date +%s.%N)
 kill -9 "${NODE_PID[b]}"
 wait "${NODE_PID[b]}" 2>/dev/null || true
-wait_for_line "$WORK/device.out" "offline"
-# The second "online" line: the terminal is back, on node a.
-for _ in $(seq 1 300); do [ "$(grep -c '] online' "$WORK/device.out")" -ge 2 ] && break; sleep 0.1; done
-[ "$(grep -c '] online' "$WORK/device.out")" -ge 2 ] || { echo "the terminal did not come back" >&2; tail "$WORK/device.out" >&2; exit 1; }
+# Each terminal's second "online" line: it is back, on node a.
+wait_online $((2 * TERMINALS))
 BACK_AT=$(date +%s.%N)
-echo "terminal back online on node a $(python3 -c "print(round(($BACK_AT - $KILLED_AT) * 1000))") ms after kill -9"
+echo "$TERMINALS terminal(s) back online on node a $(python3 -c "print(round(($BACK_AT - $KILLED_AT) * 1000))") ms after kill -9"
 
 step "the POS on node c claims again (same session_id, now on a) and sends"
 pos "hello again, through node a"
