@@ -109,13 +109,7 @@ pub enum RemoteOutcome {
 impl ClaimReply {
     /// The reply for an outcome decided here.
     pub fn of(outcome: &RemoteOutcome) -> Self {
-        let mut reply = Self {
-            outcome: String::new(),
-            session_id: None,
-            online: false,
-            pending_frames: 0,
-            node_url: None,
-        };
+        let mut reply = Self::unavailable();
         reply.outcome = match outcome {
             RemoteOutcome::Claimed(g, url) => {
                 reply.session_id = Some(g.session_id.to_string());
@@ -131,6 +125,17 @@ impl ClaimReply {
         }
         .into();
         reply
+    }
+
+    /// `unavailable`: the owner cannot decide (a request it could not read).
+    pub fn unavailable() -> Self {
+        Self {
+            outcome: "unavailable".into(),
+            session_id: None,
+            online: false,
+            pending_frames: 0,
+            node_url: None,
+        }
     }
 
     /// The outcome it carries for `serial`; a malformed reply is `unavailable`.

@@ -20,7 +20,7 @@ use super::shard::ShardCtx;
 use crate::cluster::remote::{ClaimReply, ClaimRequest, Inbound, RemoteOutcome, Replier};
 use crate::control::{event, RequestId};
 use crate::coord::{ClaimOutcome, Requester};
-use crate::ids::{ClientKey, DeviceKey, Serial};
+use crate::ids::{ClientKey, DeviceKey};
 use crate::relay::{ClaimError, ClaimOp, ConnId};
 
 /// Shard 0's task: serves what other nodes put to this one, until the bridge stops.
@@ -59,12 +59,7 @@ pub(crate) async fn serve_inbox(ctx: Rc<ShardCtx>) {
 fn decide(ctx: &Rc<ShardCtx>, request: ClaimRequest, replier: Replier) {
     let Some((op, client, device)) = request.parts() else {
         tracing::warn!("malformed claim from another node: refused");
-        let serial = Serial::new("-").ok();
-        if let Some(serial) = serial {
-            replier.send(&ClaimReply::of(&RemoteOutcome::Refused(
-                ClaimError::Unavailable { serial },
-            )));
-        }
+        replier.send(&ClaimReply::unavailable());
         return;
     };
     let stand_in = ctx.new_conn_id();
