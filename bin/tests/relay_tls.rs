@@ -383,4 +383,17 @@ fn a_reconnecting_client_resumes_its_tls_session() {
     tls.write_all(request).unwrap();
     assert_eq!(read_head(&mut tls).status, 404);
     assert_eq!(tls.conn.handshake_kind(), Some(Full));
+    // The relay counts them as the clients saw them: two full, two resumed.
+    let metrics = parse_metrics(&relay.metrics());
+    let handshakes = |kind: &str| {
+        metrics
+            .iter()
+            .find(|s| {
+                s.name == "posrelay_tls_handshakes_total"
+                    && s.labels.get("kind").map(String::as_str) == Some(kind)
+            })
+            .map(|s| s.value)
+    };
+    assert_eq!(handshakes("full"), Some(2.0));
+    assert_eq!(handshakes("resumed"), Some(2.0));
 }

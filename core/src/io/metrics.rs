@@ -74,6 +74,10 @@ pub struct Metrics {
     pub admin_calls: Counter,
     /// Admin API calls refused for a missing or wrong admin token.
     pub admin_unauthorized: Counter,
+    /// TLS handshakes completed on the relay listener in full (certificate, signature).
+    pub tls_handshakes_full: Counter,
+    /// TLS handshakes completed by resuming a session (a ticket: no certificate sent).
+    pub tls_handshakes_resumed: Counter,
     /// The served TLS certificate's `notAfter` (unix seconds); 0 without TLS.
     pub tls_not_after: AtomicU64,
 }
@@ -121,6 +125,14 @@ impl Metrics {
                 ),
                 ("reason=\"timeout\"", self.http_handshake_timeout.get()),
                 ("reason=\"not_found\"", self.http_not_found.get()),
+            ],
+        );
+        counter(
+            "posrelay_tls_handshakes_total",
+            "TLS handshakes completed on the relay listener, full or resumed (a session ticket: no certificate, no signature).",
+            &[
+                ("kind=\"full\"", self.tls_handshakes_full.get()),
+                ("kind=\"resumed\"", self.tls_handshakes_resumed.get()),
             ],
         );
         counter(

@@ -320,6 +320,12 @@ impl TlsSession {
         self.conn.is_handshaking()
     }
 
+    /// Whether the finished handshake was a full one or resumed a session (a ticket, TLS
+    /// 1.3 PSK); `None` while it is still going on.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.conn.handshake_kind()
+    }
+
     /// Whether ciphertext waits to be sent.
     pub fn has_output(&self) -> bool {
         self.cout_start < self.cout_end

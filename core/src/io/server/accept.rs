@@ -108,6 +108,7 @@ pub(crate) async fn serve_relay_connection(
     let mut rbuf = BytesMut::with_capacity(2048);
     // Plain HTTP requests (the token endpoint, unknown paths) may share a connection
     // (HTTP/1.1 keep-alive); a WebSocket upgrade ends the loop.
+    let mut first = true;
     let (head, path) = loop {
         let limits = reply::request_limits(&ctx);
         let request = match read_request(&mut transport, &mut rbuf, &limits).await {
@@ -118,6 +119,9 @@ pub(crate) async fn serve_relay_connection(
             }
             Err(e) => return reply::refuse_unreadable(&ctx, transport, e).await,
         };
+        if std::mem::take(&mut first) {
+            count_handshake(&ctx, &transport);
+        }
         let mut keep_alive = reply::wants_keep_alive(&request.head);
         let answer = match Path::parse(&request.head.path) {
             Path::Token(domain) => {
@@ -287,6 +291,19 @@ async fn take_over(ctx: &Rc<ShardCtx>, claims: &DeviceClaims) -> Option<Vec<u8>>
         ));
     }
     None
+}
+
+/// Counts a TLS connection's handshake, full or resumed, once it has finished.
+fn count_handshake(ctx: &ShardCtx, transport: &Transport) {
+    let Transport::Tls(tls) = transport else {
+        return;
+    };
+    let m = &ctx.shared.metrics;
+    match tls.session().handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => m.tls_handshakes_resumed.inc(),
+        Some(_) => m.tls_handshakes_full.inc(),
+        None => {}
+    }
 }
 
 /// What a POS upgrade carries to prove who it is (§7, §7c).
