@@ -291,11 +291,12 @@ impl<M: QueuedMessage> Coordinator<M> {
         self.apply(self.me, CoordMsg::DeviceMoved { device }, now);
     }
 
-    /// §12: this node lost its lease: this participant ends what it had of its devices
-    /// (each participant of the node is told by the io layer, not by message: the loss
-    /// is the node's, seen by all of them at once).
-    pub fn handle_lease_lost(&mut self, _now: Instant) {
-        self.devices.handle_lease_lost();
+    /// §12: this node lost its lease and `device` (owned here) did not connect elsewhere as
+    /// far as the cluster says: its connection and session end with 1012 (a device that
+    /// did goes through [`Self::handle_device_moved`], 4000). Each participant of the node
+    /// is told by the io layer, not by message: the loss is the node's.
+    pub fn handle_lease_lost(&mut self, device: &DeviceKey, _now: Instant) {
+        self.devices.handle_lease_lost(device);
     }
 
     /// §12: an event for `client` from another node (which owns the device): to the

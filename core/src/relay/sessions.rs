@@ -639,25 +639,23 @@ impl<M: QueuedMessage> DeviceShard<M> {
         );
     }
 
-    /// §12: this node lost its lease (cut off or paused past `--lease-ttl`): it acts for
-    /// none of its devices any more. Every device connection and POS session closes with
-    /// 1012, queued POS messages are reported `undelivered`, and every session ends: the
-    /// devices connect again (here once the node holds a new lease, or on another node)
-    /// and their POS claim again.
-    pub fn handle_lease_lost(&mut self) {
-        for device in self.devices() {
-            self.end_session(
-                &device,
-                (
-                    close::SERVICE_RESTART,
-                    "this relay node lost its cluster lease: reconnect",
-                ),
-                (
-                    close::SERVICE_RESTART,
-                    "this relay node lost its cluster lease: claim again",
-                ),
-            );
-        }
+    /// §12: this node lost its lease (paused past `--lease-ttl`, or its record was taken)
+    /// and `device` is not known to have connected elsewhere: this node acts for it no
+    /// more. Its connection and POS session close with 1012 (queued POS messages
+    /// reported `undelivered`) and its session ends: the device connects again (here once
+    /// the node holds a new lease, or on another node) and its POS claims again.
+    pub fn handle_lease_lost(&mut self, device: &DeviceKey) {
+        self.end_session(
+            device,
+            (
+                close::SERVICE_RESTART,
+                "this relay node lost its cluster lease: reconnect",
+            ),
+            (
+                close::SERVICE_RESTART,
+                "this relay node lost its cluster lease: claim again",
+            ),
+        );
     }
 
     /// Ends `device`'s session here: its connection closes with `device_close`, the claim

@@ -184,7 +184,7 @@ pub(crate) fn forward(
         .shared
         .cluster
         .as_ref()
-        .is_some_and(|node| !node.may_forward(received));
+        .is_some_and(|node| ctx.fencing.get() || !node.may_forward(received));
     if fenced {
         match to_device {
             Some(device) => ctx.report_unsent_to_device(

@@ -61,6 +61,8 @@ pub(crate) struct ShardCtx {
     pub remote_claims: RefCell<HashMap<ConnId, crate::cluster::remote::Replier>>,
     /// §12: the node's fencing lease losses this shard has acted on.
     fences_seen: Cell<u64>,
+    /// §12: a fence is closing this shard's devices: nothing is forwarded meanwhile.
+    pub fencing: Cell<bool>,
     /// §12: the node's ended offline lapses this shard has checked its devices after.
     revalidations_seen: Cell<u64>,
 }
@@ -274,6 +276,9 @@ impl ShardCtx {
             self.revalidations_seen.set(revalidations);
             glommio::spawn_local(revalidate(self.clone())).detach();
         }
+        if self.fencing.get() {
+            return;
+        }
         let fences = node.fences();
         let new_fence = fences != self.fences_seen.get();
         let lapsed = !node.may_forward(now) && self.coord.borrow().devices().has_sessions();
@@ -281,9 +286,9 @@ impl ShardCtx {
             return;
         }
         self.fences_seen.set(fences);
-        tracing::warn!(shard = self.index, "cluster lease not held: closing this shard's device connections and POS sessions with 1012");
-        self.coord.borrow_mut().handle_lease_lost(now);
-        self.drive();
+        // Nothing is forwarded on this shard until every device it held is closed.
+        self.fencing.set(true);
+        glommio::spawn_local(fence(self.clone())).detach();
     }
 
     /// The URL base a connection here was given (for the URLs its answers carry).
@@ -473,6 +478,56 @@ async fn revalidate(ctx: Rc<ShardCtx>) {
     );
 }
 
+/// How long a fence may spend asking the cluster where its devices are before it closes
+/// the rest with 1012.
+const FENCE_LOOKUPS: Duration = Duration::from_secs(2);
+
+/// §12 fence: every device this shard held is closed, "4000 where the device is connected
+/// elsewhere by then, 1012 otherwise" (its ownership record says which; a device whose
+/// record cannot be read in time gets 1012). Nothing is forwarded on this shard until it
+/// is done ([`ShardCtx::fencing`]).
+async fn fence(ctx: Rc<ShardCtx>) {
+    let Some(node) = ctx.shared.cluster.as_ref() else {
+        ctx.fencing.set(false);
+        return;
+    };
+    let devices = ctx.coord.borrow().devices().devices();
+    tracing::warn!(shard = ctx.index, devices = devices.len(), "cluster lease lost: closing this shard's device connections (4000 for devices now on another node, else 1012)");
+    let deadline = Instant::now() + FENCE_LOOKUPS;
+    let (mut moved, mut closed) = (0usize, 0usize);
+    for device in devices {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Asked again while the node's NATS client reconnects (a paused process's often
+        // does on waking), until the deadline.
+        let lookup = async {
+            loop {
+                match node.other_owner(&device).await {
+                    Ok(owner) => return owner.is_some(),
+                    Err(_) => {
+                        glommio::timer::Timer::new(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        };
+        let elsewhere = futures_lite::future::or(lookup, async {
+            glommio::timer::Timer::new(left).await;
+            false
+        })
+        .await;
+        let now = Instant::now();
+        if elsewhere {
+            moved += 1;
+            ctx.coord.borrow_mut().handle_device_moved(device, now);
+        } else {
+            closed += 1;
+            ctx.coord.borrow_mut().handle_lease_lost(&device, now);
+        }
+        ctx.drive();
+    }
+    ctx.fencing.set(false);
+    tracing::info!(shard = ctx.index, moved, closed, "fence done");
+}
+
 /// A registration in progress (see [`ShardCtx::registering`]).
 pub(crate) struct Registering(Rc<ShardCtx>);
 
@@ -542,6 +597,7 @@ pub(crate) async fn run_shard(
         )),
         remote_claims: RefCell::new(HashMap::new()),
         fences_seen: Cell::new(0),
+        fencing: Cell::new(false),
         revalidations_seen: Cell::new(0),
         shared: shared.clone(),
     });
