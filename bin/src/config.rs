@@ -181,7 +181,7 @@ pub struct ServeArgs {
     /// This node's name in the cluster: letters, digits, '-' and '_' (required with --cluster)
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
-    /// This node's own URL (ws:// or wss://), named in `session_url` for devices it serves [default: --public-url]
+    /// This node's own URL (ws:// or wss://), reachable by POS software, named in `session_url` for the devices it serves (required with --cluster)
     #[arg(long, value_name = "URL")]
     pub node_url: Option<String>,
     /// How long a node's lease outlives its last renewal; a node renews it every third of that [default: 6s]
@@ -562,12 +562,19 @@ fn resolve_cluster(
     if let Err(e) = posrelay_core::ownership::NodeId::new(node_id.clone()) {
         bail!("--node-id (node_id): {e}");
     }
-    let node_url = node_url.or_else(|| public_url.map(str::to_owned));
-    if let Some(url) = &node_url {
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-            bail!("node_url must start with ws:// or wss://, got {url:?}");
-        }
+    // §12: `session_url` names the node that serves the device, and sessions are not
+    // forwarded between nodes yet: a node without its own URL would hand out URLs that
+    // lead elsewhere (its --public-url is the load balancer's).
+    let Some(node_url) = node_url else {
+        let hint = public_url.map_or(String::new(), |p| {
+            format!(" (not --public-url {p}: that is every node's address)")
+        });
+        bail!("--cluster needs --node-url (node_url): the ws:// or wss:// URL at which POS software reaches this very node{hint}; claims name it in session_url");
+    };
+    if !(node_url.starts_with("ws://") || node_url.starts_with("wss://")) {
+        bail!("node_url must start with ws:// or wss://, got {node_url:?}");
     }
+    let node_url = Some(node_url);
     let lease_ttl = parse_duration(lease_ttl.as_deref().unwrap_or(defaults::LEASE_TTL))
         .map_err(|e| anyhow::anyhow!("lease_ttl: {e}"))?;
     if let Err(e) = posrelay_core::ownership::LeaseTerms::new(lease_ttl) {
@@ -731,20 +738,23 @@ mod tests {
         let bad_id = ServeArgs {
             cluster: Some(vec!["nats://127.0.0.1:4222".into()]),
             node_id: Some("a.b".into()),
+            node_url: Some("ws://127.0.0.1:8080".into()),
             ..ServeArgs::default()
         };
-        assert!(bad_id.resolve().is_err());
+        let err = bad_id.resolve().unwrap_err().to_string();
+        assert!(err.contains("--node-id"), "{err}");
 
         let short = ServeArgs {
             cluster: Some(vec!["nats://127.0.0.1:4222".into()]),
             node_id: Some("a".into()),
+            node_url: Some("ws://127.0.0.1:8080".into()),
             lease_ttl: Some("500ms".into()),
             ..ServeArgs::default()
         };
         let err = short.resolve().unwrap_err().to_string();
         assert!(err.contains("--lease-ttl"), "{err}");
 
-        let node = ServeArgs {
+        let mut node = ServeArgs {
             cluster: Some(vec![
                 "nats://10.0.0.1:4222".into(),
                 "nats://10.0.0.2:4222".into(),
@@ -753,13 +763,19 @@ mod tests {
             public_url: Some("wss://relay.example.com".into()),
             ..ServeArgs::default()
         };
+        // Without --node-url: refused, saying why the public URL will not do.
+        let err = node.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("--node-url") && err.contains("--public-url"),
+            "{err}"
+        );
+        node.node_url = Some("wss://a.relay.example.com".into());
         let c = node.resolve().unwrap().cluster.expect("a cluster node");
         assert_eq!(c.servers.len(), 2);
         assert_eq!(c.node_id, "a");
         assert_eq!(c.lease_ttl, Duration::from_secs(6));
         assert_eq!(c.replicas, 3);
-        // Without --node-url, the node is reached at the public URL.
-        assert_eq!(c.node_url.as_deref(), Some("wss://relay.example.com"));
+        assert_eq!(c.node_url.as_deref(), Some("wss://a.relay.example.com"));
         assert!(ServeArgs::default().resolve().unwrap().cluster.is_none());
     }
 
