@@ -113,13 +113,7 @@ impl ClientHub {
         event: ClientEventKind,
         _now: Instant,
     ) {
-        if let Some(set) = self.channels.get(client) {
-            for &conn in set {
-                self.actions.push_back(HubAction::SendEvent {
-                    conn,
-                    event: event.clone(),
-                });
-            }
+        if self.send_to_channels(client, &event) {
             return;
         }
         if let ClientEventKind::Undelivered {
@@ -146,14 +140,21 @@ impl ClientHub {
         event: ClientEventKind,
         _now: Instant,
     ) {
-        if let Some(set) = self.channels.get(client) {
-            for &conn in set {
-                self.actions.push_back(HubAction::SendEvent {
-                    conn,
-                    event: event.clone(),
-                });
-            }
+        let _sent = self.send_to_channels(client, &event);
+    }
+
+    /// Sends `event` on every open channel of `client`; `false` if it has none.
+    fn send_to_channels(&mut self, client: &ClientKey, event: &ClientEventKind) -> bool {
+        let Some(set) = self.channels.get(client) else {
+            return false;
+        };
+        for &conn in set {
+            self.actions.push_back(HubAction::SendEvent {
+                conn,
+                event: event.clone(),
+            });
         }
+        true
     }
 
     /// §9: the client was deleted. Its channels are closed (1008) and its kept reports

@@ -179,27 +179,16 @@ pub(crate) fn forward(
     let len = message.payload.len() as u64;
     // §12: a node whose lease lapsed forwards nothing more, even what it reads in the
     // instant it wakes from a pause: the message is reported as not written (a POS's, to
-    // its claim holder), and this shard ends what it had of its devices at once (1012).
+    // its claim holder), and this shard ends what it had of its devices (4000 or 1012).
     let fenced = ctx
         .shared
         .cluster
         .as_ref()
         .is_some_and(|node| ctx.fencing.get() || !node.may_forward(received));
     if fenced {
-        match to_device {
-            Some(device) => ctx.report_unsent_to_device(
-                device,
-                crate::relay::Count {
-                    frames: 1,
-                    bytes: len,
-                },
-            ),
-            None => ShardMetrics::add(&ctx.metrics.dropped_device_frames, 1),
-        }
         ctx.check_lease(received);
-        return None;
     }
-    let outbox = ctx.outbox(target);
+    let outbox = ctx.outbox(target).filter(|_| !fenced);
     let pushed = outbox
         .as_ref()
         .is_some_and(|ob| ShardCtx::push_message(ob, &message, Some(received)).is_ok());
