@@ -427,6 +427,118 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
     }
 }
 
+/// The value of `name{label="value"}` (0 if absent).
+fn labelled(text: &str, name: &str, label: (&str, &str)) -> f64 {
+    parse_metrics(text)
+        .into_iter()
+        .filter(|s| s.name == name && s.labels.get(label.0).map(String::as_str) == Some(label.1))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// §12: "a device on node B claimed from a control channel on node C, its session opened
+/// on node A: messages both ways, verbatim, in order"; "a session opened on any other
+/// node works as well, its frames forwarded between nodes".
+#[test]
+fn a_session_opened_on_a_node_without_the_device_is_forwarded_to_the_node_that_has_it() {
+    let c = cluster(3);
+    let (a, b, node_c) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let creds = a.provision("acme.com", "store-1", &["2001"]);
+    let other = a.create_client("acme.com", Some("store-1"));
+    let token = node_c.token("acme.com", &creds);
+    let mut device = Device::register_and_connect(b, "2001", &creds);
+    let mut pos = Pos::control(node_c, &token);
+    let (sid, url) = pos.claim_ok("2001");
+
+    // Before the claim holder's session: another client's is refused on a (403), as it
+    // would be on b, and an unknown session is 404.
+    let path = format!("/cloud-connector/v1/session/{sid}");
+    let other_token = a.token("acme.com", &other);
+    match a.ws_connect(
+        &a.ws_url(&path),
+        &[("Authorization", &format!("Bearer {other_token}"))],
+    ) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
+        other => panic!("another client's session on a: {:?}", other.map(|_| ())),
+    }
+    let unknown = "/cloud-connector/v1/session/AAAAAAAAAAAAAAAAAAAAAA";
+    match a.ws_connect(
+        &a.ws_url(unknown),
+        &[("Authorization", &format!("Bearer {token}"))],
+    ) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 404),
+        other => panic!("an unknown session on a: {:?}", other.map(|_| ())),
+    }
+
+    // §5: "frames a device sends while the claim holder has no session open are queued
+    // … and delivered when the session opens", wherever it opens.
+    device.send_text("before the session");
+    // The session on a (the URL the claim gave names b; the POS connects to a).
+    let mut session = Pos::session(a, &url, &token);
+    match recv(&mut session) {
+        Message::Text(t) => assert_eq!(t, "before the session"),
+        other => panic!("POS got {}", show(&other)),
+    }
+    // Larger than one NATS message: cut on the way, whole on arrival.
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    for i in 0..50 {
+        send_text(&mut session, &format!("to device {i} \u{e9}"));
+    }
+    send_binary(&mut session, &big);
+    for i in 0..50 {
+        device.send_binary(format!("to pos {i}").as_bytes());
+    }
+    device.send_binary(&big);
+    for i in 0..50 {
+        match device.recv() {
+            Message::Text(t) => assert_eq!(t, format!("to device {i} \u{e9}")),
+            other => panic!("device got {}", show(&other)),
+        }
+    }
+    match device.recv() {
+        Message::Binary(bytes) => assert!(bytes == big, "the large message, verbatim"),
+        other => panic!("device got {}", show(&other)),
+    }
+    for i in 0..50 {
+        match recv(&mut session) {
+            Message::Binary(bytes) => {
+                assert_eq!(bytes.as_slice(), format!("to pos {i}").as_bytes())
+            }
+            other => panic!("POS got {}", show(&other)),
+        }
+    }
+    match recv(&mut session) {
+        Message::Binary(bytes) => assert!(bytes == big, "the large message, verbatim"),
+        other => panic!("POS got {}", show(&other)),
+    }
+    assert_eq!(
+        labelled(
+            &a.metrics(),
+            "posrelay_forwarded_sessions_total",
+            ("end", "edge")
+        ),
+        1.0
+    );
+    assert_eq!(
+        labelled(
+            &b.metrics(),
+            "posrelay_forwarded_sessions_total",
+            ("end", "owner")
+        ),
+        1.0
+    );
+
+    // §5: "a newer POS session for the same claim replaces the older one (closed with
+    // 4000)", across nodes too: a session on c replaces the one forwarded from a.
+    let mut newer = Pos::session(node_c, &url, &token);
+    assert_eq!(expect_close(&mut session), 4000, "the older session on a");
+    device.send_binary(b"to the newer session");
+    match recv(&mut newer) {
+        Message::Binary(bytes) => assert_eq!(bytes.as_slice(), b"to the newer session"),
+        other => panic!("POS got {}", show(&other)),
+    }
+}
+
 /// §12: "`kill -9` the owning node: the device re-registers on a surviving node and the
 /// POS, claiming again, exchanges messages within the lease TTL plus 5 s". The terminal
 /// is `posrelay device-sim` given two nodes (as behind DNS round robin), with its real

@@ -18,6 +18,7 @@
 
 mod bridge;
 mod error;
+pub mod forward;
 mod kv_store;
 mod lease;
 pub mod ownership;

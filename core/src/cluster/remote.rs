@@ -18,6 +18,7 @@ use futures_lite::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::forward::{open_subject, ForwardAddress, OpenRefusal, OpenReply, OpenRequest};
 use super::ownership::{current_owner, take_over_tsn, take_over_tsn_from, OwnershipStreams};
 use super::{BridgeHandle, ClusterError};
 use crate::ids::{ClientId, ClientKey, DeviceKey, DomainName, Serial, SessionId};
@@ -290,6 +291,13 @@ pub enum Inbound {
     Moved(MovedNotice),
 }
 
+impl Replier {
+    /// A replier to the reply subject of a request.
+    pub(super) fn new(bridge: BridgeHandle, reply: Option<async_nats::Subject>) -> Self {
+        Self { bridge, reply }
+    }
+}
+
 /// Answers one [`Inbound::Claim`] (dropping it unanswered makes the asker time out).
 #[derive(Debug)]
 pub struct Replier {
@@ -298,15 +306,15 @@ pub struct Replier {
 }
 
 impl Replier {
-    /// Sends the decision back to the asking node.
-    pub fn send(self, reply: &ClaimReply) {
+    /// Sends the answer back to the asking node.
+    pub fn send<T: Serialize>(self, reply: &T) {
         let Some(subject) = self.reply else { return };
         let Ok(payload) = simd_json::to_vec(reply) else {
             return;
         };
         let _ = self.bridge.spawn(move |nats| async move {
             if let Err(e) = nats.client.publish(subject, Bytes::from(payload)).await {
-                tracing::warn!(error = %e, "cannot answer a claim put by another node");
+                tracing::warn!(error = %e, "cannot answer a request from another node");
             }
         });
     }
@@ -327,8 +335,20 @@ impl std::fmt::Debug for NodeInbox {
 impl NodeInbox {
     /// Subscribes to `posrelay.node.<node>.>` (again after every reconnect, as the client
     /// does by itself) and starts handing what arrives over.
-    pub fn serve(bridge: &BridgeHandle, node: &NodeId) -> Result<Self, ClusterError> {
+    ///
+    /// Forwarded sessions' subjects (`posrelay.node.<node>.fwd.…`, [`super::forward`]) go to
+    /// the shard they address instead: an open to the shard that owns its session id
+    /// among `shards`, a frame to the shard its subject names. One inbox per shard.
+    pub fn serve(
+        bridge: &BridgeHandle,
+        node: &NodeId,
+        shards: usize,
+    ) -> Result<(Self, Vec<ForwardInbox>), ClusterError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (forward_tx, forward_rx): (Vec<_>, Vec<_>) = (0..shards.max(1))
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
+        let forward_prefix = format!("posrelay.node.{}.fwd.", node.as_str());
         let subject = format!("posrelay.node.{}.>", node.as_str());
         let claim_subject = node_subject(node, "claim");
         let moved_subject = node_subject(node, "moved");
@@ -349,6 +369,10 @@ impl NodeInbox {
             };
             let me = me.as_str().to_owned();
             while let Some(msg) = sub.next().await {
+                if let Some(tail) = msg.subject.as_str().strip_prefix(&forward_prefix) {
+                    route_forward(tail, msg.payload, msg.reply, &for_replies, &forward_tx);
+                    continue;
+                }
                 let mut payload = msg.payload.to_vec();
                 let inbound = if msg.subject.as_str() == claim_subject {
                     match simd_json::from_slice::<ClaimRequest>(&mut payload) {
@@ -390,13 +414,117 @@ impl NodeInbox {
                 }
             }
         })?;
-        Ok(Self { rx })
+        let forward = forward_rx
+            .into_iter()
+            .map(|rx| ForwardInbox { rx })
+            .collect();
+        Ok((Self { rx }, forward))
     }
 
     /// The next message, `None` once the bridge has stopped.
     pub async fn next(&mut self) -> Option<Inbound> {
         self.rx.recv().await
     }
+}
+
+/// Hands a forwarded session's message to the shard it is for (see [`NodeInbox::serve`]).
+fn route_forward(
+    tail: &str,
+    payload: Bytes,
+    reply: Option<async_nats::Subject>,
+    bridge: &BridgeHandle,
+    shards: &[mpsc::UnboundedSender<ForwardInbound>],
+) {
+    match ForwardAddress::parse(tail) {
+        Some(ForwardAddress::Open) => {
+            let mut bytes = payload.to_vec();
+            let replier = Replier::new(bridge.clone(), reply);
+            let request = match simd_json::from_slice::<OpenRequest>(&mut bytes) {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed forwarded session from another node: refused");
+                    replier.send(&OpenReply::refused(OpenRefusal::Unavailable));
+                    return;
+                }
+            };
+            let Some(sid) = SessionId::new(request.session_id.clone()).ok() else {
+                replier.send(&OpenReply::refused(OpenRefusal::UnknownSession));
+                return;
+            };
+            let shard = crate::relay::owner_shard(&sid, shards.len()).0;
+            if let Some(tx) = shards.get(shard) {
+                let _ = tx.send(ForwardInbound::Open(request, replier));
+            }
+        }
+        Some(ForwardAddress::Frame { shard, end }) => {
+            if let Some(tx) = shards.get(shard) {
+                let _ = tx.send(ForwardInbound::Frame(end, payload));
+            }
+        }
+        None => tracing::debug!(tail, "unknown forwarded-session subject"),
+    }
+}
+
+/// What reaches one shard for forwarded sessions.
+#[derive(Debug)]
+pub enum ForwardInbound {
+    /// Open a stand-in session here (this shard owns the session id); answer with the
+    /// replier.
+    Open(OpenRequest, Replier),
+    /// A [`super::forward::ForwardFrame`] (still encoded) for the end with this id.
+    Frame(u64, Bytes),
+}
+
+/// One shard's forwarded-session traffic, received on the bridge's thread.
+pub struct ForwardInbox {
+    rx: mpsc::UnboundedReceiver<ForwardInbound>,
+}
+
+impl std::fmt::Debug for ForwardInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ForwardInbox")
+    }
+}
+
+impl ForwardInbox {
+    /// The next message, `None` once the bridge has stopped.
+    pub async fn next(&mut self) -> Option<ForwardInbound> {
+        self.rx.recv().await
+    }
+}
+
+/// Asks `node` to open a stand-in for a forwarded session, waiting at most `timeout`.
+pub async fn ask_open(
+    bridge: &BridgeHandle,
+    node: &NodeId,
+    request: &OpenRequest,
+    timeout: Duration,
+) -> Result<OpenReply, ClusterError> {
+    request_json(bridge, open_subject(node), request, timeout).await
+}
+
+/// A request to another node and its JSON answer, waiting at most `timeout`.
+async fn request_json<Req: Serialize, Rep: serde::de::DeserializeOwned + Send + 'static>(
+    bridge: &BridgeHandle,
+    subject: String,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Rep, ClusterError> {
+    bridge.require_connected()?;
+    let payload = simd_json::to_vec(request).map_err(|e| ClusterError::JetStream(e.to_string()))?;
+    bridge
+        .call(move |nats| async move {
+            let answer =
+                tokio::time::timeout(timeout, nats.client.request(subject, Bytes::from(payload)))
+                    .await
+                    .map_err(|_| ClusterError::Timeout(timeout))?
+                    .map_err(|e| ClusterError::other(e, timeout))?;
+            let mut bytes = answer.payload.to_vec();
+            simd_json::from_slice::<Rep>(&mut bytes).map_err(|e| {
+                ClusterError::JetStream(format!("malformed answer from another node: {e}"))
+            })
+        })
+        .await?
 }
 
 /// The node that owns `device` now, and its epoch; `None` if no node ever did.
@@ -420,21 +548,7 @@ pub async fn ask_claim(
     request: &ClaimRequest,
     timeout: Duration,
 ) -> Result<ClaimReply, ClusterError> {
-    bridge.require_connected()?;
-    let subject = node_subject(owner, "claim");
-    let payload = simd_json::to_vec(request).map_err(|e| ClusterError::JetStream(e.to_string()))?;
-    bridge
-        .call(move |nats| async move {
-            let answer =
-                tokio::time::timeout(timeout, nats.client.request(subject, Bytes::from(payload)))
-                    .await
-                    .map_err(|_| ClusterError::Timeout(timeout))?
-                    .map_err(|e| ClusterError::other(e, timeout))?;
-            let mut bytes = answer.payload.to_vec();
-            simd_json::from_slice::<ClaimReply>(&mut bytes)
-                .map_err(|e| ClusterError::JetStream(format!("malformed claim answer: {e}")))
-        })
-        .await?
+    request_json(bridge, node_subject(owner, "claim"), request, timeout).await
 }
 
 /// §12: the device connected here: this node takes the tsn over (an ownership record

@@ -308,6 +308,15 @@ impl Outbox {
         }
     }
 
+    /// Takes the first frame off the queue whole, as if written (for a connection whose
+    /// frames go elsewhere than a socket: a forwarded session's stand-in, §12). Senders
+    /// waiting for room are released as by a write.
+    pub fn pop_front(&mut self) -> Option<OutFrame> {
+        let frame = self.frames.front()?.clone();
+        self.advance(frame.wire_len() - self.front_written);
+        Some(frame)
+    }
+
     /// Whether [`Outbox::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.closed

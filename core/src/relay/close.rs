@@ -1,5 +1,7 @@
 //! The WebSocket close codes the relay state asks for (PROTOCOL.md §8).
 
+/// RFC 6455 §7.4.1 1000: a normal end (a forwarded session's POS connection closed, §12).
+pub const NORMAL: u16 = 1000;
 /// §8 1001: the relay is shutting down; reconnect.
 pub const GOING_AWAY: u16 = 1001;
 /// §8 1008: policy: authentication or authorisation failed (disabled device, deleted client).

@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
+use crate::cluster::forward::{self, ForwardFrame, ForwardPublisher, OpenReply, OpenRequest};
 use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
-use crate::cluster::remote::{self, ClaimReply, ClaimRequest, EventNotice, NodeInbox};
+use crate::cluster::remote::{
+    self, ClaimReply, ClaimRequest, EventNotice, ForwardInbox, NodeInbox,
+};
 use crate::cluster::LinkState;
 use crate::cluster::{
     BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseClock, LeaseKeeper,
@@ -105,6 +108,10 @@ pub(crate) struct ClusterNode {
     me: Mutex<OwnershipRecord>,
     /// What other nodes say to this one, until shard 0 takes it.
     inbox: Mutex<Option<NodeInbox>>,
+    /// Each shard's forwarded sessions' traffic, until the shard takes it.
+    forward_inboxes: Mutex<Vec<Option<ForwardInbox>>>,
+    /// Publishes forwarded sessions' frames in order.
+    publisher: ForwardPublisher,
     /// Until when the lease holds, for the data path (lock-free).
     clock: Arc<LeaseClock>,
     /// Incarnations started after the first (each one a lease lost for good).
@@ -128,7 +135,7 @@ impl ClusterNode {
     /// Connects to NATS, opens the store (loading its replica), creates the ownership
     /// streams if needed and acquires the lease. Blocks for up to [`START_TIMEOUT`] per
     /// step; the error says what to check.
-    pub(crate) fn start(config: &ClusterConfig) -> std::io::Result<Self> {
+    pub(crate) fn start(config: &ClusterConfig, shards: usize) -> std::io::Result<Self> {
         let name = format!("posrelay {}", config.node_id);
         let bridge = NatsBridge::start(BridgeConfig::new(config.servers.clone(), name))
             .map_err(|e| start_error("start the NATS client", e))?;
@@ -150,8 +157,10 @@ impl ClusterNode {
             .map_err(|e| start_error("create the ownership streams", e))?;
         let clock = Arc::new(LeaseClock::default());
         let (lease, me) = Self::keep_lease(&handle, &streams, config, &clock)?;
-        let inbox = NodeInbox::serve(&handle, &config.node_id)
+        let (inbox, forward_inboxes) = NodeInbox::serve(&handle, &config.node_id, shards)
             .map_err(|e| start_error("subscribe to this node's subjects", e))?;
+        let publisher = ForwardPublisher::start(&handle)
+            .map_err(|e| start_error("start publishing forwarded sessions", e))?;
         match lease.wait_held(START_TIMEOUT + config.lease.ttl()) {
             LeaseStatus::Held { .. } => {}
             other => {
@@ -176,6 +185,8 @@ impl ClusterNode {
             lease: Mutex::new(lease),
             me: Mutex::new(me),
             inbox: Mutex::new(Some(inbox)),
+            forward_inboxes: Mutex::new(forward_inboxes.into_iter().map(Some).collect()),
+            publisher,
             clock,
             reacquired: AtomicU64::new(0),
             fences: AtomicU64::new(0),
@@ -267,6 +278,36 @@ impl ClusterNode {
     /// This node's `--node-url`.
     pub(crate) fn node_url(&self) -> Option<&str> {
         self.config.node_url.as_deref()
+    }
+
+    /// This node's `--node-id`.
+    pub(crate) fn node_id(&self) -> &NodeId {
+        &self.config.node_id
+    }
+
+    /// Shard `index`'s forwarded sessions' traffic (taken once, by that shard).
+    pub(crate) fn take_forward_inbox(&self, index: usize) -> Option<ForwardInbox> {
+        self.forward_inboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(index)
+            .and_then(Option::take)
+    }
+
+    /// Sends a forwarded session's frame to `end` on `node`'s `shard` (in order, never
+    /// blocking).
+    pub(crate) fn send_frame(&self, node: &NodeId, shard: usize, end: u64, frame: &ForwardFrame) {
+        self.publisher
+            .publish(forward::frame_subject(node, shard, end), frame);
+    }
+
+    /// Asks `owner` to open a stand-in for a session opened here.
+    pub(crate) async fn ask_open(
+        &self,
+        owner: &NodeId,
+        request: &OpenRequest,
+    ) -> Result<OpenReply, ClusterError> {
+        remote::ask_open(&self.handle, owner, request, CLAIM_TIMEOUT).await
     }
 
     /// What other nodes say to this one (taken once, by shard 0).

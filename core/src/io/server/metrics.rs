@@ -64,6 +64,10 @@ pub struct ShardMetrics {
     pub handovers_in: AtomicU64,
     /// Connections closed for a protocol error.
     pub protocol_errors: AtomicU64,
+    /// §12 forwarded sessions opened: POS connections here for a device on another node.
+    pub forwarded_edge: AtomicU64,
+    /// §12 forwarded sessions opened: stand-ins here for another node's POS connection.
+    pub forwarded_owner: AtomicU64,
     /// How long relayed messages waited in the relay before their socket took them.
     pub relay_latency: std::sync::Arc<crate::io::metrics::LatencyHistogram>,
 }
@@ -134,7 +138,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
             );
         }
     }
-    let series: [Series; 9] = [
+    let series: [Series; 11] = [
         (
             "posrelay_relayed_frames_total",
             "Messages relayed, by direction.",
@@ -188,6 +192,18 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
             "Connections closed for an RFC 6455 violation.",
             "",
             |m| &m.protocol_errors,
+        ),
+        (
+            "posrelay_forwarded_sessions_total",
+            "Sessions forwarded between cluster nodes: the POS connection here (edge), or the device here (owner).",
+            "end=\"edge\"",
+            |m| &m.forwarded_edge,
+        ),
+        (
+            "posrelay_forwarded_sessions_total",
+            "",
+            "end=\"owner\"",
+            |m| &m.forwarded_owner,
         ),
     ];
     for (name, help, labels, get) in series {

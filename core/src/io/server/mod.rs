@@ -16,6 +16,7 @@ mod device;
 mod device_mtls;
 mod devices_api;
 mod drain;
+mod forward;
 mod handover;
 mod login;
 mod mesh;
@@ -302,7 +303,10 @@ pub fn run_server(
     crate::store::create_private_dir(&config.data_dir).map_err(std::io::Error::other)?;
     // §12: the cluster's store, streams and lease, before anything is bound.
     let cluster = match &config.cluster {
-        Some(c) => Some(cluster::ClusterNode::start(c)?),
+        Some(c) => Some(cluster::ClusterNode::start(
+            c,
+            config.runtime.shards.max(1),
+        )?),
         None => None,
     };
     let (store, reliable_log): (

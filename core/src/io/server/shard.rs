@@ -59,6 +59,10 @@ pub(crate) struct ShardCtx {
     /// §12: claims other nodes put to this one, by the stand-in connection id they were
     /// asked for (shard 0 only).
     pub remote_claims: RefCell<HashMap<ConnId, crate::cluster::remote::Replier>>,
+    /// §12: the forwarded sessions' ends on this shard (edges and stand-ins).
+    pub forward_ends: RefCell<super::forward::Ends>,
+    /// §12: session ids looked up for forwarded sessions, and their devices.
+    pub session_index: RefCell<super::forward::SessionIndex>,
     /// §12: the node's fencing lease losses this shard has acted on.
     fences_seen: Cell<u64>,
     /// §12: a fence is closing this shard's devices: nothing is forwarded meanwhile.
@@ -596,6 +600,8 @@ pub(crate) async fn run_shard(
             crate::reliable::ReliableLimits::new(&cfg.relay_limits, cfg.reliable_window),
         )),
         remote_claims: RefCell::new(HashMap::new()),
+        forward_ends: RefCell::new(Default::default()),
+        session_index: RefCell::new(Default::default()),
         fences_seen: Cell::new(0),
         fencing: Cell::new(false),
         revalidations_seen: Cell::new(0),
@@ -670,6 +676,10 @@ pub(crate) async fn run_shard(
     if index == 0 && shared.cluster.is_some() {
         // §12: what other nodes put to this one (claims of tsns it owns, moves).
         glommio::spawn_local(super::remote_claims::serve_inbox(ctx.clone())).detach();
+    }
+    if shared.cluster.is_some() {
+        // §12: forwarded sessions' stand-ins and frames for this shard.
+        glommio::spawn_local(super::forward::serve_inbox(ctx.clone())).detach();
     }
     // The tick: timers of the relay state, pings, idle timeouts, token expiry, drain.
     let tick = Duration::from_millis(250);

@@ -1,0 +1,800 @@
+//! §12 forwarded sessions, the io side: "a session opened on any other node works as
+//! well, its frames forwarded between nodes". The wire is in
+//! [`crate::cluster::forward`].
+//!
+//! - The edge (this node has the POS connection, another owns the device):
+//!   [`serve_edge`] finds the session's device (its id is a keyed hash of the device, so
+//!   the client's domain is searched once and remembered), reads the tsn's owner, asks it
+//!   for a stand-in, then answers the upgrade and relays: the POS's messages go out as
+//!   numbered frames, the owner's come back into the POS's outbox.
+//! - The owner: [`serve_inbox`] (one per shard) opens stand-ins ([`open_stand_in`]): a
+//!   connection id with an outbox, opened as the claim holder's POS session as a local
+//!   connection would be, so that the device shard's rules (one session per claim, offline
+//!   queue, `undelivered`, 4000/1012 on a move or a lost lease) apply unchanged. Its
+//!   outbox is drained onto NATS instead of a socket.
+//!
+//! Both ends keep a [`Link`]: the numbering of both directions (a gap ends the session with
+//! 1012 on both sides), the credit (at most [`FORWARD_WINDOW`] unacknowledged bytes per
+//! direction, acknowledged once handed on: §6 backpressure across nodes) and liveness
+//! (a ping after `--ping-interval` of silence, given up after `--idle-timeout`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use super::conn::{answer_upgrade, retire, serve_ws, ConnEntry, Handler, Next};
+use super::device::{carry, log_end};
+use super::login::refuse;
+use super::metrics::{ConnRole, ShardMetrics};
+use super::reply::{self, auth_refusal, UNKNOWN_SESSION};
+use super::shard::ShardCtx;
+use super::upgrade::Accepted;
+use crate::auth::{AccessClaims, AuthError};
+use crate::cluster::forward::{
+    data_bodies, ForwardAssembler, ForwardFrame, FrameBody, OpenRefusal, OpenReply, OpenRequest,
+    Sequencer, FORWARD_WINDOW, MAX_FORWARD_CHUNK,
+};
+use crate::cluster::remote::{ForwardInbound, Replier};
+use crate::control::LoginDenied::{Forbidden, NotFound, Offline};
+use crate::ids::{ClientKey, DeviceKey, SessionId};
+use crate::io::outbox::{Outbox, OutboxRef};
+use crate::ownership::NodeId;
+use crate::proto::message::MAX_KEPT_FRAGMENTS;
+use crate::proto::{Message, MessageKind, Payload};
+use crate::relay::{close, ConnId, SessionError, SessionKeyring};
+
+/// Session ids this shard has looked up, and their devices (a session id names one device
+/// for as long as the cluster's session key lives: never stale).
+#[derive(Default)]
+pub(crate) struct SessionIndex {
+    devices: HashMap<SessionId, DeviceKey>,
+}
+
+/// At most this many remembered session ids per shard; past it the index starts over.
+const MAX_INDEXED: usize = 100_000;
+
+/// The forwarded sessions' ends on this shard, by end id.
+#[derive(Default)]
+pub(crate) struct Ends {
+    ends: HashMap<u64, LocalSender<ForwardFrame>>,
+}
+
+impl Ends {
+    fn add(&mut self, end: u64) -> LocalReceiver<ForwardFrame> {
+        let (tx, rx) = local_channel::new_unbounded();
+        self.ends.insert(end, tx);
+        rx
+    }
+
+    fn remove(&mut self, end: u64) {
+        self.ends.remove(&end);
+    }
+}
+
+/// One end's view of a forwarded session: where its frames go, their numbering, the
+/// credit, and whether it has ended.
+struct Link {
+    peer: NodeId,
+    peer_shard: usize,
+    peer_end: u64,
+    seq: RefCell<Sequencer>,
+    /// Payload bytes sent, and acknowledged by the peer.
+    sent: Cell<u64>,
+    acked: Cell<u64>,
+    /// Payload bytes received and handed on, and acknowledged to the peer.
+    handed_on: Cell<u64>,
+    acked_back: Cell<u64>,
+    /// Who waits for credit or for the end.
+    waiter: RefCell<Option<Waker>>,
+    done: Cell<bool>,
+}
+
+impl Link {
+    fn new(peer: NodeId, peer_shard: usize, peer_end: u64) -> Rc<Self> {
+        Rc::new(Self {
+            peer,
+            peer_shard,
+            peer_end,
+            seq: RefCell::new(Sequencer::default()),
+            sent: Cell::new(0),
+            acked: Cell::new(0),
+            handed_on: Cell::new(0),
+            acked_back: Cell::new(0),
+            waiter: RefCell::new(None),
+            done: Cell::new(false),
+        })
+    }
+
+    fn send(&self, ctx: &ShardCtx, body: FrameBody) {
+        let Some(node) = ctx.shared.cluster.as_ref() else {
+            return;
+        };
+        let frame = self.seq.borrow_mut().next(body);
+        node.send_frame(&self.peer, self.peer_shard, self.peer_end, &frame);
+    }
+
+    /// Sends a whole message (cut into frames as needed).
+    fn send_message(&self, ctx: &ShardCtx, kind: MessageKind, parts: &[Bytes]) {
+        for body in data_bodies(kind, parts) {
+            if let FrameBody::Data { payload, .. } = &body {
+                self.sent.set(self.sent.get() + payload.len() as u64);
+            }
+            self.send(ctx, body);
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.sent.get().saturating_sub(self.acked.get())
+    }
+
+    fn has_credit(&self) -> bool {
+        self.in_flight() < FORWARD_WINDOW
+    }
+
+    fn handle_ack(&self, n: u64) {
+        if n > self.acked.get() {
+            self.acked.set(n.min(self.sent.get()));
+            self.wake();
+        }
+    }
+
+    /// Counts `n` bytes handed on, and gives the peer credit back once a quarter window
+    /// has gathered (never waiting: a sender blocked at a full window always has more
+    /// than a quarter of it unacknowledged here).
+    fn handed_on(&self, ctx: &ShardCtx, n: u64) {
+        let total = self.handed_on.get() + n;
+        self.handed_on.set(total);
+        if total - self.acked_back.get() >= FORWARD_WINDOW / 4 {
+            self.acked_back.set(total);
+            self.send(ctx, FrameBody::Ack(total));
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Ends the link (once); `false` if it had ended already.
+    fn end(&self) -> bool {
+        if self.done.replace(true) {
+            return false;
+        }
+        self.wake();
+        true
+    }
+
+    /// Waits until the peer has acknowledged enough to send on, or the link ended.
+    async fn credit(self: Rc<Self>) {
+        std::future::poll_fn(|cx| {
+            if self.done.get() || self.has_credit() {
+                return Poll::Ready(());
+            }
+            *self.waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A whole message from fragments (§5: the other side sees the same message).
+fn message_of(kind: MessageKind, mut parts: Vec<Bytes>) -> Message {
+    let payload = if parts.len() <= 1 {
+        Payload::Single(parts.pop().unwrap_or_default())
+    } else {
+        parts.retain(|p| !p.is_empty());
+        if parts.len() > MAX_KEPT_FRAGMENTS {
+            let rest: Vec<u8> = parts
+                .drain(MAX_KEPT_FRAGMENTS - 1..)
+                .flat_map(|p| p.to_vec())
+                .collect();
+            parts.push(Bytes::from(rest));
+        }
+        match parts.len() {
+            0 => Payload::Single(Bytes::new()),
+            1 => Payload::Single(parts.pop().unwrap_or_default()),
+            _ => Payload::Fragments(parts),
+        }
+    };
+    Message { kind, payload }
+}
+
+/// What a receiving end does with one frame from its peer.
+enum Received {
+    /// Nothing more (an ack, a ping answered, a fragment).
+    Nothing,
+    /// A whole message to hand on.
+    Message(Message),
+    /// The peer ended the session with this code and reason.
+    Closed(u16, String),
+    /// The session must end: a frame was lost or made no sense.
+    Broken(&'static str),
+}
+
+/// Checks `frame`'s number and handles what is the link's own business.
+fn receive(
+    ctx: &ShardCtx,
+    link: &Link,
+    assembler: &mut ForwardAssembler,
+    frame: ForwardFrame,
+) -> Received {
+    if link.seq.borrow_mut().handle_incoming(&frame).is_err() {
+        return Received::Broken(
+            "forwarding between relay nodes lost a message: open the session again",
+        );
+    }
+    match frame.body {
+        FrameBody::Data {
+            kind,
+            first,
+            fin,
+            payload,
+        } => match assembler.handle_data(kind, first, fin, payload) {
+            Ok(Some((kind, parts))) => Received::Message(message_of(kind, parts)),
+            Ok(None) => Received::Nothing,
+            Err(_) => Received::Broken("forwarding between relay nodes garbled a message"),
+        },
+        FrameBody::Ack(n) => {
+            link.handle_ack(n);
+            Received::Nothing
+        }
+        FrameBody::Close { code, reason } => Received::Closed(code, reason),
+        FrameBody::Ping => {
+            link.send(ctx, FrameBody::Pong);
+            Received::Nothing
+        }
+        FrameBody::Pong => Received::Nothing,
+    }
+}
+
+/// The next frame for an end, or `None` when its peer has been silent for a ping
+/// interval (or the end was removed: then `Some(None)`).
+async fn next_frame(
+    ctx: &ShardCtx,
+    rx: &LocalReceiver<ForwardFrame>,
+) -> Option<Option<ForwardFrame>> {
+    let quiet = ctx.shared.config.ping_interval;
+    futures_lite::future::or(async { Some(rx.recv().await) }, async {
+        glommio::timer::Timer::new(quiet).await;
+        None
+    })
+    .await
+}
+
+/// A close reason that fits a close frame (RFC 6455 §5.5: 123 bytes at most).
+fn reason_of(reason: String) -> std::borrow::Cow<'static, str> {
+    let mut reason = reason;
+    if reason.len() > 120 {
+        let mut cut = 120;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    std::borrow::Cow::Owned(reason)
+}
+
+// ---------------------------------------------------------------------------------------
+// The edge: the POS connection is here.
+
+/// §12: serves a §5 session whose device is owned by another node (its own session
+/// lookup missed here). Answers 404 when no node has it.
+pub(crate) async fn serve_edge(
+    ctx: Rc<ShardCtx>,
+    accepted: Box<Accepted<(SessionId, AccessClaims)>>,
+) {
+    let Accepted {
+        transport,
+        rbuf,
+        answer,
+        held,
+        refusals,
+        role: (sid, claims),
+    } = *accepted;
+    let client: ClientKey = claims.client();
+    let unknown = || {
+        reply::unknown_session(&SessionError::UnknownSession {
+            session_id: sid.clone(),
+        })
+    };
+    let Some(node) = ctx.shared.cluster.as_ref() else {
+        refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await;
+        return;
+    };
+    let Some(device) = device_of(&ctx, &sid, &client) else {
+        refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await;
+        return;
+    };
+    let owner = match node.other_owner(&device).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => {
+            refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(tsn = %device.serial, error = %e, "forwarded session refused: cannot read the device's node");
+            let http = reply::cluster_call_failed();
+            refuse(
+                transport,
+                refusals,
+                &http,
+                Offline,
+                "the relay's cluster did not answer in time: retry",
+            )
+            .await;
+            return;
+        }
+    };
+    // The end exists before the owner is asked, so that nothing it sends is missed.
+    let end = ctx.new_conn_id().0;
+    let rx = ctx.forward_ends.borrow_mut().add(end);
+    let request = OpenRequest {
+        session_id: sid.as_str().to_owned(),
+        domain: client.domain.to_string(),
+        client_id: client.client_id.to_string(),
+        edge_node: node.node_id().as_str().to_owned(),
+        edge_shard: ctx.index,
+        edge_end: end,
+    };
+    let reply = node.ask_open(&owner, &request).await;
+    let opened = match reply {
+        Ok(OpenReply {
+            shard,
+            end: peer_end,
+            refused: None,
+        }) => Ok((shard, peer_end)),
+        Ok(OpenReply {
+            refused: Some(why), ..
+        }) => Err(Some(why)),
+        Err(e) => {
+            tracing::warn!(tsn = %device.serial, node = %owner, error = %e, "forwarded session refused: the device's node did not answer");
+            Err(None)
+        }
+    };
+    let (peer_shard, peer_end) = match opened {
+        Ok(at) => at,
+        Err(why) => {
+            ctx.forward_ends.borrow_mut().remove(end);
+            match why {
+                Some(OpenRefusal::UnknownSession) => {
+                    refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await
+                }
+                Some(OpenRefusal::NotClaimHolder) => {
+                    let http = auth_refusal(&ctx, &AuthError::WrongSession);
+                    let message = "this session's device is claimed by another client";
+                    refuse(transport, refusals, &http, Forbidden, message).await
+                }
+                Some(OpenRefusal::Unavailable) | None => {
+                    let http = reply::cluster_call_failed();
+                    refuse(
+                        transport,
+                        refusals,
+                        &http,
+                        Offline,
+                        "the relay's cluster did not answer in time: retry",
+                    )
+                    .await
+                }
+            }
+            return;
+        }
+    };
+    let link = Link::new(owner.clone(), peer_shard, peer_end);
+    let upgraded = answer_upgrade(
+        &ctx,
+        transport,
+        rbuf,
+        &answer,
+        ConnRole::PosSession,
+        |entry| entry.token_expires_at = Some(claims.expires_at),
+    )
+    .await;
+    let Some(upgraded) = upgraded else {
+        link.send(&ctx, closing_frame());
+        ctx.forward_ends.borrow_mut().remove(end);
+        return;
+    };
+    let conn = upgraded.id;
+    ShardMetrics::add(&ctx.metrics.forwarded_edge, 1);
+    tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id,
+        node = %owner, shard = ctx.index, conn = conn.0, "connection opened (forwarded to the device's node)");
+    glommio::spawn_local(edge_inbound(
+        ctx.clone(),
+        link.clone(),
+        rx,
+        upgraded.outbox.clone(),
+    ))
+    .detach();
+    let mut open = upgraded.open(EdgeHandler { link: link.clone() }, held);
+    let ended = serve_ws(&ctx, &mut open.driver, &mut open.proto, &mut open.handler).await;
+    if link.end() {
+        link.send(&ctx, closing_frame());
+    }
+    ctx.forward_ends.borrow_mut().remove(end);
+    let unsent = retire(&ctx, conn, &open.outbox);
+    if unsent.frames > 0 {
+        // Device messages that never reached the POS: the device cannot be told.
+        ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
+    }
+    open.driver.shutdown().await;
+    log_end("pos_session", &device, ctx.index, conn, ended);
+}
+
+/// The close the POS's end sends when its connection ended.
+fn closing_frame() -> FrameBody {
+    FrameBody::Close {
+        code: close::NORMAL,
+        reason: "the POS session closed".into(),
+    }
+}
+
+/// The device `sid` names among `client`'s domain's devices (a keyed hash: derived for
+/// each once, then remembered).
+fn device_of(ctx: &ShardCtx, sid: &SessionId, client: &ClientKey) -> Option<DeviceKey> {
+    if let Some(device) = ctx.session_index.borrow().devices.get(sid) {
+        return Some(device.clone()).filter(|d| d.domain == client.domain);
+    }
+    let devices = ctx.shared.store.list_devices(&client.domain).ok()?;
+    let keyring = SessionKeyring::new(ctx.shared.keyring_key);
+    let mut index = ctx.session_index.borrow_mut();
+    if index.devices.len() + devices.len() > MAX_INDEXED {
+        index.devices.clear();
+    }
+    let mut found = None;
+    for record in devices {
+        let device = DeviceKey {
+            domain: record.domain,
+            serial: record.serial,
+        };
+        let id = keyring.session_id(&device);
+        if id == *sid {
+            found = Some(device.clone());
+        }
+        index.devices.insert(id, device);
+    }
+    found
+}
+
+/// The POS's messages: sent to the owner, within the credit.
+struct EdgeHandler {
+    link: Rc<Link>,
+}
+
+impl Handler for EdgeHandler {
+    fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, _received: Instant) -> Next {
+        if self.link.done.get() {
+            return Next::Read;
+        }
+        self.link
+            .send_message(ctx, message.kind, message.payload.as_slice());
+        if self.link.has_credit() {
+            Next::Read
+        } else {
+            Next::Until(Box::pin(self.link.clone().credit()))
+        }
+    }
+}
+
+/// What the owner sends to the POS: messages into its outbox (acknowledged once it has
+/// room), the close it ended the session with.
+async fn edge_inbound(
+    ctx: Rc<ShardCtx>,
+    link: Rc<Link>,
+    rx: LocalReceiver<ForwardFrame>,
+    outbox: OutboxRef,
+) {
+    let mut assembler = ForwardAssembler::new(ctx.shared.config.ws_limits.max_message);
+    let mut heard = Instant::now();
+    let silence = ctx.shared.config.idle_timeout;
+    loop {
+        let frame = match next_frame(&ctx, &rx).await {
+            Some(Some(frame)) => frame,
+            Some(None) => return,
+            None if heard.elapsed() >= silence => {
+                if link.end() {
+                    outbox.borrow_mut().request_close(
+                        close::SERVICE_RESTART,
+                        "the relay node that serves the device stopped answering: open the session again",
+                    );
+                }
+                return;
+            }
+            None => {
+                link.send(&ctx, FrameBody::Ping);
+                continue;
+            }
+        };
+        heard = Instant::now();
+        match receive(&ctx, &link, &mut assembler, frame) {
+            Received::Nothing => {}
+            Received::Message(message) => {
+                let len = message.payload.len() as u64;
+                if ShardCtx::push_message(&outbox, &message, None).is_err() {
+                    return;
+                }
+                std::future::poll_fn(|cx| outbox.borrow_mut().poll_room(cx)).await;
+                link.handed_on(&ctx, len);
+            }
+            Received::Closed(code, reason) => {
+                if link.end() {
+                    outbox
+                        .borrow_mut()
+                        .request_close_with(code, reason_of(reason));
+                }
+                return;
+            }
+            Received::Broken(why) => {
+                tracing::warn!(node = %link.peer, "{why}");
+                if link.end() {
+                    link.send(&ctx, broken_frame(why));
+                    outbox
+                        .borrow_mut()
+                        .request_close(close::SERVICE_RESTART, why);
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn broken_frame(why: &'static str) -> FrameBody {
+    FrameBody::Close {
+        code: close::SERVICE_RESTART,
+        reason: why.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The owner: the device is here, a stand-in takes the POS connection's place.
+
+/// This shard's task: opens stand-ins and hands frames to the ends they are for, until
+/// the bridge stops.
+pub(crate) async fn serve_inbox(ctx: Rc<ShardCtx>) {
+    let Some(mut inbox) = ctx
+        .shared
+        .cluster
+        .as_ref()
+        .and_then(|n| n.take_forward_inbox(ctx.index))
+    else {
+        return;
+    };
+    while let Some(inbound) = inbox.next().await {
+        match inbound {
+            ForwardInbound::Open(request, replier) => open_stand_in(&ctx, &request, replier),
+            ForwardInbound::Frame(end, bytes) => match ForwardFrame::decode(bytes) {
+                Ok(frame) => {
+                    if let Some(tx) = ctx.forward_ends.borrow().ends.get(&end) {
+                        let _ = tx.try_send(frame);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "malformed forwarded frame from another node"),
+            },
+        }
+    }
+}
+
+/// Opens a stand-in POS session for another node's connection, as [`super::session`]
+/// opens a local one, and answers where its frames go.
+fn open_stand_in(ctx: &Rc<ShardCtx>, request: &OpenRequest, replier: Replier) {
+    let Some((sid, client, edge)) = request.parts() else {
+        tracing::warn!("malformed forwarded session from another node: refused");
+        replier.send(&OpenReply::refused(OpenRefusal::Unavailable));
+        return;
+    };
+    if ctx.fencing.get() || ctx.draining() {
+        replier.send(&OpenReply::refused(OpenRefusal::Unavailable));
+        return;
+    }
+    let device = ctx.coord.borrow().devices().session_device(&sid).cloned();
+    let check = ctx
+        .coord
+        .borrow()
+        .devices()
+        .check_pos_session(&sid, &client);
+    let device = match (device, check) {
+        (Some(device), Ok(())) => device,
+        (None, _) | (_, Err(SessionError::UnknownSession { .. })) => {
+            replier.send(&OpenReply::refused(OpenRefusal::UnknownSession));
+            return;
+        }
+        (_, Err(SessionError::NotClaimHolder { .. })) => {
+            replier.send(&OpenReply::refused(OpenRefusal::NotClaimHolder));
+            return;
+        }
+    };
+    let stand_in = ctx.new_conn_id();
+    let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
+    ctx.add_conn(
+        stand_in,
+        ConnEntry::new(outbox.clone(), ConnRole::PosSession),
+    );
+    let opened = ctx
+        .coord
+        .borrow_mut()
+        .devices_mut()
+        .handle_pos_session_opened(&sid, &client, stand_in, Instant::now());
+    if opened.is_err() {
+        let _ = retire(ctx, stand_in, &outbox);
+        replier.send(&OpenReply::refused(OpenRefusal::UnknownSession));
+        ctx.drive();
+        return;
+    }
+    let rx = ctx.forward_ends.borrow_mut().add(stand_in.0);
+    let link = Link::new(edge, request.edge_shard, request.edge_end);
+    replier.send(&OpenReply {
+        shard: ctx.index,
+        end: stand_in.0,
+        refused: None,
+    });
+    ctx.drive();
+    ShardMetrics::add(&ctx.metrics.forwarded_owner, 1);
+    tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id,
+        node = %link.peer, shard = ctx.index, conn = stand_in.0, "forwarded session opened for another node's connection");
+    let stand = Rc::new(StandIn {
+        sid,
+        conn: stand_in,
+        device,
+        outbox,
+        link,
+    });
+    glommio::spawn_local(stand_in_inbound(ctx.clone(), stand.clone(), rx)).detach();
+    glommio::spawn_local(stand_in_outbound(ctx.clone(), stand)).detach();
+}
+
+/// A stand-in session: the claim holder's POS session on this node, for a connection on
+/// another.
+struct StandIn {
+    sid: SessionId,
+    conn: ConnId,
+    device: DeviceKey,
+    outbox: OutboxRef,
+    link: Rc<Link>,
+}
+
+impl StandIn {
+    /// Ends it here (once): as a local POS session's end.
+    fn finish(&self, ctx: &Rc<ShardCtx>) {
+        if !self.link.end() {
+            return;
+        }
+        ctx.forward_ends.borrow_mut().remove(self.conn.0);
+        let unsent = retire(ctx, self.conn, &self.outbox);
+        if unsent.frames > 0 {
+            ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
+        }
+        ctx.coord
+            .borrow_mut()
+            .devices_mut()
+            .handle_pos_session_closed(&self.sid, self.conn, Instant::now());
+        ctx.drive();
+        tracing::info!(role = "pos_session", tsn = %self.device.serial, node = %self.link.peer, shard = ctx.index,
+            conn = self.conn.0, "forwarded session closed");
+    }
+}
+
+/// The POS's messages, from the edge: to the device as a local session's are.
+async fn stand_in_inbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>, rx: LocalReceiver<ForwardFrame>) {
+    let mut assembler = ForwardAssembler::new(ctx.shared.config.ws_limits.max_message);
+    while !stand.link.done.get() {
+        // Silence is the shard's business here: the stand-in's outbox is pinged and
+        // closed for idleness like any connection's.
+        let Some(frame) = rx.recv().await else {
+            return;
+        };
+        let now = Instant::now();
+        stand.outbox.borrow_mut().last_rx = now;
+        match receive(&ctx, &stand.link, &mut assembler, frame) {
+            Received::Nothing => {}
+            Received::Message(message) => {
+                let len = message.payload.len() as u64;
+                let route = ctx
+                    .coord
+                    .borrow_mut()
+                    .devices_mut()
+                    .handle_message_from_pos(&stand.sid, stand.conn, message, now);
+                if let Some(receiver) = carry(&ctx, route, Some(&stand.device), now) {
+                    std::future::poll_fn(|cx| receiver.borrow_mut().poll_room(cx)).await;
+                }
+                stand.link.handed_on(&ctx, len);
+            }
+            Received::Closed(..) => {
+                stand.finish(&ctx);
+                return;
+            }
+            Received::Broken(why) => {
+                tracing::warn!(node = %stand.link.peer, "{why}");
+                stand.link.send(&ctx, broken_frame(why));
+                stand.finish(&ctx);
+                return;
+            }
+        }
+    }
+}
+
+/// What the device shard writes to the stand-in (the device's messages, pings, its
+/// close): sent to the edge, within the credit.
+async fn stand_in_outbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>) {
+    // The kind of the message whose fragments are being sent.
+    let mut kind = MessageKind::Binary;
+    loop {
+        std::future::poll_fn(|cx| {
+            if stand.link.done.get() {
+                return Poll::Ready(());
+            }
+            let mut ob = stand.outbox.borrow_mut();
+            ob.register_writer(cx);
+            if ob.has_requests() || (!ob.is_empty() && stand.link.has_credit()) {
+                return Poll::Ready(());
+            }
+            *stand.link.waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        if stand.link.done.get() {
+            return;
+        }
+        let requests = stand.outbox.borrow_mut().take_requests();
+        if requests.ping {
+            stand.link.send(&ctx, FrameBody::Ping);
+        }
+        if let Some((code, reason)) = requests.close {
+            stand.link.send(
+                &ctx,
+                FrameBody::Close {
+                    code,
+                    reason: reason.into_owned(),
+                },
+            );
+            stand.finish(&ctx);
+            return;
+        }
+        while stand.link.has_credit() {
+            let Some(frame) = stand.outbox.borrow_mut().pop_front() else {
+                break;
+            };
+            let Some(fin) = frame.message_end else {
+                continue; // a control frame: hop-by-hop, not forwarded
+            };
+            let opcode = frame.header.as_bytes().first().map_or(0, |b| b & 0x0f);
+            let first = opcode != 0;
+            if first {
+                kind = if opcode == 1 {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+            }
+            // A fragment longer than a NATS message is cut (§5: fragmentation may be
+            // passed on differently; the message is the same).
+            let payload = frame.payload;
+            let mut at = 0;
+            loop {
+                let end = (at + MAX_FORWARD_CHUNK).min(payload.len());
+                let last = end == payload.len();
+                stand
+                    .link
+                    .sent
+                    .set(stand.link.sent.get() + (end - at) as u64);
+                stand.link.send(
+                    &ctx,
+                    FrameBody::Data {
+                        kind,
+                        first: first && at == 0,
+                        fin: fin && last,
+                        payload: payload.slice(at..end),
+                    },
+                );
+                if last {
+                    break;
+                }
+                at = end;
+            }
+        }
+    }
+}
