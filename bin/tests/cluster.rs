@@ -511,6 +511,41 @@ fn a_session_opened_on_a_node_without_the_device_is_forwarded_to_the_node_that_h
         Message::Binary(bytes) => assert!(bytes == big, "the large message, verbatim"),
         other => panic!("POS got {}", show(&other)),
     }
+    // More than the credit window (1 MiB) each way while the other side reads: the
+    // credit comes back as the receiver hands messages on (§6 backpressure across nodes).
+    let chunk = vec![7u8; 100_000];
+    let sender = std::thread::spawn({
+        let chunk = chunk.clone();
+        move || {
+            for _ in 0..40 {
+                device.send_binary(&chunk);
+            }
+            device
+        }
+    });
+    for i in 0..40 {
+        match recv(&mut session) {
+            Message::Binary(bytes) => assert!(bytes == chunk, "message {i} verbatim"),
+            other => panic!("POS got {}", show(&other)),
+        }
+    }
+    let mut device = sender.join().unwrap();
+    let sender = std::thread::spawn({
+        let chunk = chunk.clone();
+        move || {
+            for _ in 0..40 {
+                send_binary(&mut session, &chunk);
+            }
+            session
+        }
+    });
+    for i in 0..40 {
+        match device.recv() {
+            Message::Binary(bytes) => assert!(bytes == chunk, "message {i} verbatim"),
+            other => panic!("device got {}", show(&other)),
+        }
+    }
+    let mut session = sender.join().unwrap();
     assert_eq!(
         labelled(
             &a.metrics(),
