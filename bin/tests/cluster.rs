@@ -572,6 +572,27 @@ fn a_session_opened_on_a_node_without_the_device_is_forwarded_to_the_node_that_h
         Message::Binary(bytes) => assert_eq!(bytes.as_slice(), b"to the newer session"),
         other => panic!("POS got {}", show(&other)),
     }
+
+    // §5a on a node without the device: the claim is decided by b (409 for another
+    // client; idempotent for the holder), and the session is forwarded.
+    let one_step = a.ws_url("/cloud-connector/v1/devices/2001/session");
+    let bearer = |t: &str| format!("Bearer {t}");
+    assert_eq!(
+        a.ws_status(&one_step, &[("Authorization", &bearer(&other_token))]),
+        409
+    );
+    let mut one = a.ws_bearer(&one_step, &token);
+    assert_eq!(expect_close(&mut newer), 4000, "the session on c, replaced");
+    send_text(&mut one, "one step");
+    match device.recv() {
+        Message::Text(t) => assert_eq!(t, "one step"),
+        other => panic!("device got {}", show(&other)),
+    }
+    device.send_binary(b"back");
+    match recv(&mut one) {
+        Message::Binary(bytes) => assert_eq!(bytes.as_slice(), b"back"),
+        other => panic!("POS got {}", show(&other)),
+    }
 }
 
 /// §12: "`kill -9` the owning node: the device re-registers on a surviving node and the

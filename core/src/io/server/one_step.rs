@@ -18,10 +18,11 @@ use super::session;
 use super::shard::ShardCtx;
 use super::upgrade::{Accepted, SessionMode};
 use crate::auth::{resolve_device, AccessClaims, ScopeError, TsnInput};
+use crate::cluster::remote::{ClaimRequest, RemoteOutcome};
 use crate::control::LoginDenied;
 use crate::handshake::{json_error, HttpStatus};
-use crate::ids::DeviceKey;
-use crate::relay::{owner_shard, ClaimError};
+use crate::ids::{ClientKey, DeviceKey};
+use crate::relay::{owner_shard, ClaimError, ClaimGranted, ClaimOp};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -93,7 +94,16 @@ pub(crate) async fn serve(
         domain: device.domain,
         serial: device.serial,
     };
-    let claimed = if device.enabled {
+    // §12: another node serves the device: it decides the claim, and the session is
+    // forwarded to it (`session::serve` finds no session here).
+    let elsewhere = if device.enabled {
+        claim_elsewhere(&ctx, &client, &key).await
+    } else {
+        None
+    };
+    let claimed = if let Some(claimed) = elsewhere {
+        claimed
+    } else if device.enabled {
         ctx.coord
             .borrow_mut()
             .devices_mut()
@@ -110,6 +120,11 @@ pub(crate) async fn serve(
         Err(ClaimError::DeviceBusy { .. }) => {
             let http = json_error(HttpStatus::CONFLICT, &[], BUSY);
             return refuse(transport, refusals, &http, LoginDenied::DeviceBusy, BUSY).await;
+        }
+        Err(ClaimError::Unavailable { .. }) => {
+            let http = reply::cluster_call_failed();
+            let message = "the relay's cluster did not answer in time: retry";
+            return refuse(transport, refusals, &http, LoginDenied::Offline, message).await;
         }
         Err(_) => {
             let http = json_error(
@@ -130,4 +145,36 @@ pub(crate) async fn serve(
         role: (granted.session_id, claims, mode),
     });
     session::serve(ctx, accepted).await
+}
+
+/// §12: the claim, decided by the node that owns the device if that is another one;
+/// `None` if this node decides (it owns the tsn, or nobody does yet).
+async fn claim_elsewhere(
+    ctx: &Rc<ShardCtx>,
+    client: &ClientKey,
+    device: &DeviceKey,
+) -> Option<Result<ClaimGranted, ClaimError>> {
+    let node = ctx.shared.cluster.as_ref()?;
+    let unavailable = || ClaimError::Unavailable {
+        serial: device.serial.clone(),
+    };
+    let owner = match node.other_owner(device).await {
+        Ok(owner) => owner?,
+        Err(e) => {
+            tracing::warn!(tsn = %device.serial, error = %e, "one-step session: cannot read the device's node");
+            return Some(Err(unavailable()));
+        }
+    };
+    let request = ClaimRequest::new(ClaimOp::Claim, client, device);
+    Some(match node.ask_claim(&owner, &request).await {
+        Ok(reply) => match reply.outcome(&device.serial) {
+            RemoteOutcome::Claimed(granted, _) => Ok(granted),
+            RemoteOutcome::Refused(e) => Err(e),
+            RemoteOutcome::Released => Err(unavailable()),
+        },
+        Err(e) => {
+            tracing::warn!(tsn = %device.serial, node = %owner, error = %e, "one-step session: the device's node did not answer");
+            Err(unavailable())
+        }
+    })
 }
