@@ -562,9 +562,9 @@ fn resolve_cluster(
     if let Err(e) = posrelay_core::ownership::NodeId::new(node_id.clone()) {
         bail!("--node-id (node_id): {e}");
     }
-    // §12: `session_url` names the node that serves the device, and sessions are not
-    // forwarded between nodes yet: a node without its own URL would hand out URLs that
-    // lead elsewhere (its --public-url is the load balancer's).
+    // §12: `session_url` names the node that serves the device: a node without its own
+    // URL would hand out the load balancer's (its --public-url), and every session would
+    // take the forwarded path (a NATS hop each way), and a reliable one would not open.
     let Some(node_url) = node_url else {
         let hint = public_url.map_or(String::new(), |p| {
             format!(" (not --public-url {p}: that is every node's address)")
