@@ -631,6 +631,20 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
     let mut session = Pos::session(&c.nodes[1], &url, &token);
     send_text(&mut session, "before");
     assert!(matches!(recv(&mut session), Message::Text(t) if t == "before"));
+    // §12 "claims stay (they live in the cluster's store)": b has recorded the claim in
+    // the device's ownership record.
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let text = c.nodes[1].metrics();
+        (labelled(
+            &text,
+            "posrelay_cluster_claim_records_total",
+            ("result", "written"),
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert!(recorded.is_some(), "b recorded the claim");
+    let other = c.nodes[0].create_client("acme.com", Some("store-1"));
+    let other_token = c.nodes[0].token("acme.com", &other);
 
     // b dies with the device's connection and the POS session.
     c.nodes[1].kill_9();
@@ -642,6 +656,14 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
     wait_line(&lines, "device-sim online again", |l| {
         l.ends_with("] online")
     });
+    // The claim survived: another client is refused, on any node.
+    let mut intruder = Pos::control(&c.nodes[2], &other_token);
+    let answer = intruder.request(json!({ "type": "claim", "tsn": "1001" }));
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str()),
+        (Some("error"), Some("device_busy")),
+        "the claim survived the loss of b: {answer}"
+    );
     // The POS, whose session broke, claims again: same session_id, now on a.
     let (sid2, url2) = pos.claim_ok("1001");
     assert_eq!(sid2, sid);

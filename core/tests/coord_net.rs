@@ -289,7 +289,8 @@ impl Net {
             | Output::CloseConn { .. }
             | Output::CloseUndelivered { .. }
             | Output::CloseClass { .. }
-            | Output::ToOtherNodes { .. } => {}
+            | Output::ToOtherNodes { .. }
+            | Output::ClaimChanged { .. } => {}
         }
     }
 

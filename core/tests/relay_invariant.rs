@@ -182,7 +182,8 @@ impl Model {
                 }
                 Action::ClientEvent { .. }
                 | Action::CloseConn { .. }
-                | Action::CloseUndelivered { .. } => {}
+                | Action::CloseUndelivered { .. }
+                | Action::ClaimChanged { .. } => {}
             }
         }
     }

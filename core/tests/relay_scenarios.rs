@@ -952,3 +952,65 @@ fn undeliverable_frames_of_a_client_without_a_control_channel_close_its_session_
     );
     assert_eq!(drain(&mut s), vec![undelivered(&pos, "9", 1, 101)]);
 }
+
+/// §12 "claims stay (they live in the cluster's store)": a cluster node's shard announces
+/// each claim that starts and ends, so that the node records it where the device's next
+/// node finds it; that node restores it without announcing it again, and it holds there
+/// (another client is busy) until the claim grace ends it, announced.
+#[test]
+fn a_cluster_node_announces_claims_and_restores_one_brought_from_another_node() {
+    let c = clock();
+    let d = device("acme.com", "9001");
+    let pos = client("acme.com", "pos-1");
+    let other = client("acme.com", "pos-2");
+
+    let mut old = shard();
+    old.announce_claims();
+    let _ = old.handle_register(d.clone(), c.at(0));
+    old.handle_claim(&pos, &d, c.at(0)).unwrap();
+    old.handle_claim(&pos, &d, c.at(1)).unwrap();
+    assert_eq!(
+        drain(&mut old),
+        vec![Action::ClaimChanged {
+            device: d.clone(),
+            holder: Some(pos.clone())
+        }],
+        "announced once, when it starts"
+    );
+    old.handle_release(&pos, &d, c.at(2)).unwrap();
+    assert!(drain(&mut old).contains(&Action::ClaimChanged {
+        device: d.clone(),
+        holder: None
+    }));
+
+    let mut new = shard();
+    new.announce_claims();
+    let _ = new.handle_register(d.clone(), c.at(10));
+    assert!(new.restore_claim(&pos, &d, c.at(10)));
+    assert_eq!(drain(&mut new), vec![], "a restored claim is not announced");
+    assert!(matches!(
+        new.handle_claim(&other, &d, c.at(11)),
+        Err(ClaimError::DeviceBusy { .. })
+    ));
+    assert!(
+        new.handle_claim(&pos, &d, c.at(11)).is_ok(),
+        "idempotent for its holder"
+    );
+    assert!(
+        !new.restore_claim(&other, &d, c.at(12)),
+        "another claim holds"
+    );
+    // Nobody showed up: the claim grace ends it, and the end is announced.
+    new.handle_timeout(c.at(10) + RelayLimits::default().claim_grace);
+    assert!(drain(&mut new).contains(&Action::ClaimChanged {
+        device: d,
+        holder: None
+    }));
+
+    // A single node announces nothing.
+    let mut alone = shard();
+    let d2 = device("acme.com", "9002");
+    let _ = alone.handle_register(d2.clone(), c.at(0));
+    alone.handle_claim(&pos, &d2, c.at(0)).unwrap();
+    assert_eq!(drain(&mut alone), vec![]);
+}

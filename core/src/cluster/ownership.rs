@@ -130,6 +130,7 @@ pub async fn current_owner(
         Some(Ownership {
             epoch: Epoch::new(sequence),
             record: OwnershipRecord::decode(&payload)?,
+            claim: OwnershipRecord::decode_claim(&payload),
         })
     }))
 }
@@ -159,6 +160,7 @@ pub async fn append_ownership(
     nats: &Nats,
     device: &DeviceKey,
     me: &OwnershipRecord,
+    claim: Option<&str>,
     expected: Epoch,
 ) -> Result<Epoch, ClusterError> {
     let mut headers = HeaderMap::new();
@@ -171,10 +173,39 @@ pub async fn append_ownership(
         nats,
         ownership_subject(device),
         headers,
-        Bytes::from(me.encode()),
+        Bytes::from(me.encode_claimed(claim)),
     )
     .await
     .map(Epoch::new)
+}
+
+/// §12: records that `claim` (a client id; `None`: nobody) holds the claim of `device`,
+/// which `me` owns, in its ownership record (fenced on it: a node that lost the tsn
+/// writes nothing). `Ok(false)` when `me` does not own the tsn (any more).
+pub async fn record_claim(
+    nats: &Nats,
+    streams: &OwnershipStreams,
+    device: &DeviceKey,
+    me: &OwnershipRecord,
+    claim: Option<&str>,
+) -> Result<bool, ClusterError> {
+    for _ in 0..TAKE_OVER_ATTEMPTS {
+        let Some(current) = current_owner(nats, streams, device).await? else {
+            return Ok(false);
+        };
+        if current.record != *me {
+            return Ok(false);
+        }
+        if current.claim.as_deref() == claim {
+            return Ok(true);
+        }
+        match append_ownership(nats, device, me, claim, current.epoch).await {
+            Ok(_) => return Ok(true),
+            Err(ClusterError::WrongLastSequence) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ClusterError::WrongLastSequence)
 }
 
 /// Takes the tsn over for `me` (a device just connected to this node, PROTOCOL.md §12):
@@ -215,7 +246,9 @@ pub async fn take_over_tsn_from(
             }
             (Some(_), expected) => expected,
         };
-        match append_ownership(nats, device, me, expected).await {
+        // The claim the tsn had stays with it (§12: "claims stay").
+        let claim = current.as_ref().and_then(|c| c.claim.as_deref());
+        match append_ownership(nats, device, me, claim, expected).await {
             Ok(epoch) => return Ok((epoch, current)),
             Err(ClusterError::WrongLastSequence) => continue,
             Err(e) => return Err(e),
@@ -310,7 +343,8 @@ mod tests {
             owner(),
             Some(Ownership {
                 epoch: e1,
-                record: a.clone()
+                record: a.clone(),
+                claim: None,
             })
         );
         fenced(e1, "from a, while owner").unwrap();
@@ -324,7 +358,8 @@ mod tests {
             owner(),
             Some(Ownership {
                 epoch: e2,
-                record: b.clone()
+                record: b.clone(),
+                claim: None,
             })
         );
 
@@ -336,7 +371,7 @@ mod tests {
         let (d, stale) = (device.clone(), a.clone());
         assert_eq!(
             on(&bridge, move |nats| async move {
-                append_ownership(&nats, &d, &stale, e1).await
+                append_ownership(&nats, &d, &stale, None, e1).await
             }),
             Err(ClusterError::WrongLastSequence)
         );
@@ -350,7 +385,7 @@ mod tests {
             let d = device.clone();
             bridge
                 .handle()
-                .call(move |nats| async move { append_ownership(&nats, &d, &me, e2).await })
+                .call(move |nats| async move { append_ownership(&nats, &d, &me, None, e2).await })
         };
         let (ra, rc) = (race(a.clone()), race(record("c", 3)));
         let results = [ra.wait().unwrap(), rc.wait().unwrap()];
@@ -368,5 +403,32 @@ mod tests {
             own.get_raw_message(e1.sequence()).await.is_err()
         });
         assert!(gone);
+
+        // §12 "claims stay": the owner records the claim (fenced on its record); a node
+        // that does not own the tsn records nothing; a take-over carries the claim along.
+        let winner = owner().unwrap().record;
+        let claim = |me: OwnershipRecord, holder: Option<&'static str>| {
+            let (streams, d) = (streams.clone(), device.clone());
+            on(&bridge, move |nats| async move {
+                record_claim(&nats, &streams, &d, &me, holder).await
+            })
+        };
+        assert_eq!(claim(winner.clone(), Some("pos-1")), Ok(true));
+        assert_eq!(owner().unwrap().claim.as_deref(), Some("pos-1"));
+        assert_eq!(claim(record("z", 9), None), Ok(false), "not the owner");
+        assert_eq!(owner().unwrap().claim.as_deref(), Some("pos-1"));
+        let (st, d) = (streams.clone(), device.clone());
+        let (_, before) = on(&bridge, move |nats| async move {
+            take_over_tsn_from(&nats, &st, &d, &record("y", 8)).await
+        })
+        .unwrap();
+        assert_eq!(before.unwrap().claim.as_deref(), Some("pos-1"));
+        let now = owner().unwrap();
+        assert_eq!(
+            (now.record, now.claim.as_deref()),
+            (record("y", 8), Some("pos-1"))
+        );
+        assert_eq!(claim(record("y", 8), None), Ok(true), "released");
+        assert_eq!(owner().unwrap().claim, None);
     }
 }

@@ -553,18 +553,20 @@ pub async fn ask_claim(
 
 /// §12: the device connected here: this node takes the tsn over (an ownership record
 /// fenced on the last one), and the node that owned it before is told to close its older
-/// connection (4000). The epoch this node owns the tsn at.
+/// connection (4000). The epoch this node owns the tsn at, and the claim (a client id)
+/// the tsn brought from its previous owner (§12: "claims stay").
 pub async fn take_over(
     bridge: &BridgeHandle,
     streams: &OwnershipStreams,
     device: &DeviceKey,
     me: &OwnershipRecord,
-) -> Result<Epoch, ClusterError> {
+) -> Result<(Epoch, Option<String>), ClusterError> {
     bridge.require_connected()?;
     let (streams, device, me) = (streams.clone(), device.clone(), me.clone());
     bridge
         .call(move |nats| async move {
             let (epoch, before) = take_over_tsn_from(&nats, &streams, &device, &me).await?;
+            let claim = before.as_ref().and_then(|b| b.claim.clone());
             if let Some(before) = before.filter(|b| b.record.node != me.node) {
                 let notice = MovedNotice {
                     domain: device.domain.to_string(),
@@ -579,9 +581,61 @@ pub async fn take_over(
                     }
                 }
             }
-            Ok(epoch)
+            Ok((epoch, claim))
         })
         .await?
+}
+
+/// §12: records claim changes of the devices this node owns in their ownership records,
+/// one after the other in the order they happened (so that a release never lands before
+/// the claim it ends), on the bridge's thread; never blocks.
+#[derive(Clone, Debug)]
+pub struct ClaimRecorder {
+    tx: mpsc::UnboundedSender<(DeviceKey, OwnershipRecord, Option<String>)>,
+    /// Claim changes stored (or found stored already), and those that could not be.
+    pub counts: std::sync::Arc<ClaimRecords>,
+}
+
+/// What a [`ClaimRecorder`] did so far.
+#[derive(Debug, Default)]
+pub struct ClaimRecords {
+    /// Recorded (or already so).
+    pub written: std::sync::atomic::AtomicU64,
+    /// Not recorded: the cluster did not answer or refused.
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+impl ClaimRecorder {
+    /// Starts the recording task on `bridge`.
+    pub fn start(bridge: &BridgeHandle, streams: &OwnershipStreams) -> Result<Self, ClusterError> {
+        let (tx, mut rx) =
+            mpsc::unbounded_channel::<(DeviceKey, OwnershipRecord, Option<String>)>();
+        let streams = streams.clone();
+        let counts = std::sync::Arc::new(ClaimRecords::default());
+        let counting = counts.clone();
+        bridge.spawn(move |nats| async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            while let Some((device, me, claim)) = rx.recv().await {
+                match super::ownership::record_claim(&nats, &streams, &device, &me, claim.as_deref()).await {
+                    Ok(true) => {
+                        counting.written.fetch_add(1, Relaxed);
+                    }
+                    Ok(false) => tracing::info!(tsn = %device.serial, "claim not recorded: the device is served by another node now"),
+                    Err(e) => {
+                        counting.failed.fetch_add(1, Relaxed);
+                        tracing::warn!(tsn = %device.serial, error = %e,
+                            "cannot record the device's claim in the cluster: if this node is lost, its POS claims again");
+                    }
+                }
+            }
+        })?;
+        Ok(Self { tx, counts })
+    }
+
+    /// Queues "`claim` holds `device`'s claim" (a client id; `None`: nobody), as `me`.
+    pub fn record(&self, device: DeviceKey, me: OwnershipRecord, claim: Option<String>) {
+        let _ = self.tx.send((device, me, claim));
+    }
 }
 
 /// §12, after a lease that lapsed while NATS was gone ([`crate::ownership::Lapse::Offline`]):

@@ -74,9 +74,13 @@ impl<M: QueuedMessage> Coordinator<M> {
     pub fn new(
         me: Participant,
         placement: Placement,
-        devices: DeviceShard<M>,
+        mut devices: DeviceShard<M>,
         config: CoordConfig,
     ) -> Self {
+        if config.nodes == Nodes::Cluster {
+            // §12: the claims are recorded where the device's next node finds them.
+            devices.announce_claims();
+        }
         let others: BTreeSet<Participant> = placement.all().filter(|p| *p != me).collect();
         Self {
             me,
@@ -135,9 +139,21 @@ impl<M: QueuedMessage> Coordinator<M> {
     /// exists (or [`Answer::Unavailable`] if the owner did not answer in time).
     #[must_use = "wait for the ticket's answer before replying `registered`"]
     pub fn handle_register(&mut self, device: DeviceKey, now: Instant) -> Ticket {
+        self.handle_register_claimed(device, None, now)
+    }
+
+    /// [`Self::handle_register`] for a device that arrived from another node (§12), where
+    /// `claim` held its claim: the claim holds here too ("claims stay").
+    #[must_use = "wait for the ticket's answer before replying `registered`"]
+    pub fn handle_register_claimed(
+        &mut self,
+        device: DeviceKey,
+        claim: Option<ClientKey>,
+        now: Instant,
+    ) -> Ticket {
         let owner = self.placement.owner_of(&device);
         if owner == self.me {
-            let _sid = self.devices.handle_register(device, now);
+            self.register_here(device, claim, now);
             let ticket = self.pending.next_local();
             self.outputs.push_back(Output::Answered {
                 ticket,
@@ -146,8 +162,27 @@ impl<M: QueuedMessage> Coordinator<M> {
             return ticket;
         }
         let ticket = self.ask(owner, now, Waiting::Registered);
-        self.transmit(owner, CoordMsg::Register { ticket, device });
+        self.transmit(
+            owner,
+            CoordMsg::Register {
+                ticket,
+                device,
+                claim,
+            },
+        );
         ticket
+    }
+
+    /// Creates the session of a device this participant owns, with the claim it brought.
+    fn register_here(&mut self, device: DeviceKey, claim: Option<ClientKey>, now: Instant) {
+        if let Some(client) = claim {
+            let _sid = self.devices.handle_register(device.clone(), now);
+            if !self.devices.restore_claim(&client, &device, now) {
+                tracing::info!(tsn = %device.serial, client = %client.client_id, "the claim the device had on its previous node is not held here (another holds it)");
+            }
+        } else {
+            let _sid = self.devices.handle_register(device, now);
+        }
     }
 
     /// §4: a control channel here claims or releases `device` for `client` (scope already
@@ -333,8 +368,12 @@ impl<M: QueuedMessage> Coordinator<M> {
 
     fn apply(&mut self, from: Participant, msg: CoordMsg, now: Instant) {
         match msg {
-            CoordMsg::Register { ticket, device } => {
-                let _sid = self.devices.handle_register(device, now);
+            CoordMsg::Register {
+                ticket,
+                device,
+                claim,
+            } => {
+                self.register_here(device, claim, now);
                 self.transmit(from, CoordMsg::Registered { ticket });
             }
             CoordMsg::Registered { ticket } => {
@@ -609,6 +648,9 @@ impl<M: QueuedMessage> Coordinator<M> {
                 }
                 self.route_event(client, event, now)
             }
+            Action::ClaimChanged { device, holder } => self
+                .outputs
+                .push_back(Output::ClaimChanged { device, holder }),
         }
     }
 

@@ -19,6 +19,8 @@ pub enum CoordMsg {
         ticket: Ticket,
         /// The device, owned by the receiver.
         device: DeviceKey,
+        /// §12: the claim it had on the node it came from, to hold here too.
+        claim: Option<ClientKey>,
     },
     /// The answer to [`CoordMsg::Register`]: the session exists now.
     Registered {

@@ -47,6 +47,15 @@ pub enum Output<M> {
         /// The event.
         event: ClientEventKind,
     },
+    /// §12: the claim of a device this participant owns started (`Some`: its holder) or
+    /// ended; a cluster node records it where the device's next node finds it. Only on a
+    /// cluster node.
+    ClaimChanged {
+        /// The device.
+        device: crate::ids::DeviceKey,
+        /// Who holds its claim now.
+        holder: Option<crate::ids::ClientKey>,
+    },
     /// §12: hand this event for `client` to the other nodes of the cluster (its control
     /// channels there); only on a cluster node, beside its delivery here.
     ToOtherNodes {

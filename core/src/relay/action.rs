@@ -1,6 +1,6 @@
 //! What the device-shard state asks the io layer to do.
 
-use crate::ids::{ClientKey, Serial};
+use crate::ids::{ClientKey, DeviceKey, Serial};
 
 use super::conn::ConnId;
 
@@ -86,6 +86,14 @@ pub enum Action<M> {
         client: ClientKey,
         /// What.
         event: ClientEventKind,
+    },
+    /// §12 (only when announced, see `DeviceShard::announce_claims`): the device's claim
+    /// started (`Some`: its holder) or ended (`None`).
+    ClaimChanged {
+        /// The device.
+        device: DeviceKey,
+        /// Who holds its claim now.
+        holder: Option<ClientKey>,
     },
 }
 

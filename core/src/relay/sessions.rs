@@ -123,6 +123,9 @@ pub struct DeviceShard<M> {
     shutting_down: bool,
     stats: ShardStats,
     claims_ended: u64,
+    /// §12: whether claims that start and end are announced ([`Action::ClaimChanged`]):
+    /// a cluster node records them in the device's ownership record.
+    announce_claims: bool,
 }
 
 fn one(len: usize) -> Count {
@@ -161,7 +164,26 @@ impl<M: QueuedMessage> DeviceShard<M> {
             shutting_down: false,
             stats: ShardStats::default(),
             claims_ended: 0,
+            announce_claims: false,
         }
+    }
+
+    /// §12: from now on, claims that start and end are announced as
+    /// [`Action::ClaimChanged`] (a cluster node keeps them where the device's next node
+    /// finds them: "claims stay (they live in the cluster's store)").
+    pub fn announce_claims(&mut self) {
+        self.announce_claims = true;
+    }
+
+    /// §12: the device arrived from another node, where `client` held its claim: the claim
+    /// holds here as it did there (the device must be registered here first). Not
+    /// announced (the record it came from has it). The claim grace runs until the client
+    /// shows up. `false` if the device has no session here or another claim holds it.
+    pub fn restore_claim(&mut self, client: &ClientKey, device: &DeviceKey, now: Instant) -> bool {
+        let announce = std::mem::replace(&mut self.announce_claims, false);
+        let restored = self.handle_claim(client, device, now).is_ok();
+        self.announce_claims = announce;
+        restored
     }
 
     /// The bounds in force.
@@ -296,6 +318,12 @@ impl<M: QueuedMessage> DeviceShard<M> {
                     pos_conn: None,
                     idle_since: if present { None } else { Some(now) },
                 });
+                if self.announce_claims {
+                    self.actions.push_back(Action::ClaimChanged {
+                        device: device.clone(),
+                        holder: Some(client.clone()),
+                    });
+                }
                 let w = wanted(s, &self.limits);
                 self.timers.rearm(&sid, &mut s.armed, w);
                 self.claims_by_client
@@ -825,6 +853,12 @@ impl<M: QueuedMessage> DeviceShard<M> {
             return;
         };
         self.claims_ended = self.claims_ended.wrapping_add(1);
+        if self.announce_claims {
+            self.actions.push_back(Action::ClaimChanged {
+                device: s.device.clone(),
+                holder: None,
+            });
+        }
         if let Some(conn) = claim.pos_conn {
             self.actions
                 .push_back(Action::CloseConn { conn, code, reason });

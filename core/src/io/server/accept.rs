@@ -273,24 +273,14 @@ pub(crate) async fn serve_relay_connection(
 /// the older connection with 4000) and makes sure the session exists here (the device
 /// may have registered through another node). The 503 to answer when that fails.
 async fn take_over(ctx: &Rc<ShardCtx>, claims: &DeviceClaims) -> Option<Vec<u8>> {
-    let node = ctx.shared.cluster.as_ref()?;
+    ctx.shared.cluster.as_ref()?;
     let device = DeviceKey {
         domain: claims.domain.clone(),
         serial: claims.serial.clone(),
     };
-    let refused = |why: String| {
-        tracing::warn!(tsn = %device.serial, error = %why, "device connection refused: the cluster did not record the device's new node");
-        reply::cluster_call_failed()
-    };
-    if let Err(e) = node.take_over(&device).await {
-        return Some(refused(e.to_string()));
-    }
-    if ctx.register_device(device.clone()).await != crate::coord::Answer::Registered {
-        return Some(refused(
-            "the shard that owns the device did not answer".into(),
-        ));
-    }
-    None
+    let why = ctx.arrive(device.clone()).await.err()?;
+    tracing::warn!(tsn = %device.serial, error = why.message(), "device connection refused: the cluster did not record the device's new node");
+    Some(reply::cluster_call_failed())
 }
 
 /// Counts a TLS connection's handshake, full or resumed, once it has finished.

@@ -27,7 +27,7 @@ use rand::RngCore;
 use crate::cluster::forward::{self, ForwardFrame, ForwardPublisher, OpenReply, OpenRequest};
 use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
 use crate::cluster::remote::{
-    self, ClaimReply, ClaimRequest, EventNotice, ForwardInbox, NodeInbox,
+    self, ClaimRecorder, ClaimReply, ClaimRequest, EventNotice, ForwardInbox, NodeInbox,
 };
 use crate::cluster::LinkState;
 use crate::cluster::{
@@ -35,10 +35,10 @@ use crate::cluster::{
 };
 use crate::cluster::{ClusterError, NatsBridge};
 use crate::ids::{ClientKey, DeviceKey};
+use crate::ownership::OwnershipRecord;
 use crate::ownership::{
     classify_lapse, Incarnation, Lapse, LeaseStatus, LeaseTerms, LostReason, NodeId,
 };
-use crate::ownership::{Epoch, OwnershipRecord};
 use crate::relay::ClientEventKind;
 
 /// `--cluster` and its companions (PROTOCOL.md §12).
@@ -112,6 +112,8 @@ pub(crate) struct ClusterNode {
     forward_inboxes: Mutex<Vec<Option<ForwardInbox>>>,
     /// Publishes forwarded sessions' frames in order.
     publisher: ForwardPublisher,
+    /// Records claims in ownership records, in order.
+    claims: ClaimRecorder,
     /// Until when the lease holds, for the data path (lock-free).
     clock: Arc<LeaseClock>,
     /// Incarnations started after the first (each one a lease lost for good).
@@ -161,6 +163,8 @@ impl ClusterNode {
             .map_err(|e| start_error("subscribe to this node's subjects", e))?;
         let publisher = ForwardPublisher::start(&handle)
             .map_err(|e| start_error("start publishing forwarded sessions", e))?;
+        let claims = ClaimRecorder::start(&handle, &streams)
+            .map_err(|e| start_error("start recording claims", e))?;
         match lease.wait_held(START_TIMEOUT + config.lease.ttl()) {
             LeaseStatus::Held { .. } => {}
             other => {
@@ -187,6 +191,7 @@ impl ClusterNode {
             inbox: Mutex::new(Some(inbox)),
             forward_inboxes: Mutex::new(forward_inboxes.into_iter().map(Some).collect()),
             publisher,
+            claims,
             clock,
             reacquired: AtomicU64::new(0),
             fences: AtomicU64::new(0),
@@ -316,10 +321,31 @@ impl ClusterNode {
     }
 
     /// §12: a device arrived here (registered or connected): this node takes its tsn
-    /// over, and its previous node is told to close its older connection.
-    pub(crate) async fn take_over(&self, device: &DeviceKey) -> Result<Epoch, ClusterError> {
+    /// over, and its previous node is told to close its older connection. The client whose
+    /// claim the tsn had (it holds here too: "claims stay").
+    pub(crate) async fn take_over(
+        &self,
+        device: &DeviceKey,
+    ) -> Result<Option<ClientKey>, ClusterError> {
         let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        remote::take_over(&self.handle, &self.streams, device, &me).await
+        let (_epoch, claim) = remote::take_over(&self.handle, &self.streams, device, &me).await?;
+        Ok(claim.and_then(|id| {
+            Some(ClientKey {
+                domain: device.domain.clone(),
+                client_id: crate::ids::ClientId::new(id).ok()?,
+            })
+        }))
+    }
+
+    /// §12: the claim of `device` (owned here) started (`Some`) or ended: recorded in its
+    /// ownership record, in order, in the background.
+    pub(crate) fn record_claim(&self, device: &DeviceKey, holder: Option<&ClientKey>) {
+        let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.claims.record(
+            device.clone(),
+            me,
+            holder.map(|c| c.client_id.as_str().to_owned()),
+        );
     }
 
     /// The node that owns `device`, if it is another one than this (`None`: decide here).
@@ -408,10 +434,16 @@ impl ClusterNode {
              posrelay_cluster_leases_lost_total {}\n\
              # HELP posrelay_cluster_refusals_total Registrations, device connections and claims refused with 503 because the cluster was not reachable.\n\
              # TYPE posrelay_cluster_refusals_total counter\n\
-             posrelay_cluster_refusals_total {}",
+             posrelay_cluster_refusals_total {}\n\
+             # HELP posrelay_cluster_claim_records_total Claims that started or ended on this node's devices, recorded in their ownership records (written) or not (failed: a POS claims again if the node is lost).\n\
+             # TYPE posrelay_cluster_claim_records_total counter\n\
+             posrelay_cluster_claim_records_total{{result=\"written\"}} {}\n\
+             posrelay_cluster_claim_records_total{{result=\"failed\"}} {}",
             u8::from(held),
             self.reacquired.load(Ordering::Relaxed),
-            self.refusals.load(Ordering::Relaxed)
+            self.refusals.load(Ordering::Relaxed),
+            self.claims.counts.written.load(Ordering::Relaxed),
+            self.claims.counts.failed.load(Ordering::Relaxed),
         );
     }
 

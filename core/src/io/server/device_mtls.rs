@@ -17,10 +17,10 @@ use super::admission::{ConnSlot, UnauthSlot};
 use super::handover::{Held, Routed};
 use super::login::Refusals;
 use super::reply::{self, answer_and_close};
+use super::shard::ArrivalError;
 use super::shard::ShardCtx;
 use super::upgrade::Prelude;
 use crate::auth::{identify_device, AuthError, LoginAttempts};
-use crate::coord::Answer;
 use crate::handshake::{error_response, json_error, HttpStatus, UpgradeRequest};
 use crate::ids::DeviceKey;
 use crate::io::http::{read_request, ReadRequestError};
@@ -142,17 +142,14 @@ async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, conn: ConnSlot, unauth: Una
         domain: device.domain,
         serial: device.serial,
     };
-    // §12: the device arrived at this node: the tsn is this node's now.
-    if let Some(node) = ctx.shared.cluster.as_ref() {
-        if let Err(e) = node.take_over(&key).await {
-            tracing::warn!(tsn = %key.serial, error = %e, "device mTLS: cannot take the device over in the cluster");
+    // §12: the device arrived at this node: the tsn is this node's now (with its claim).
+    // §2a: registers and connects in one step: the owner makes sure the session exists.
+    match ctx.arrive(key.clone()).await {
+        Ok(()) => {}
+        Err(ArrivalError::Cluster) => {
             return answer_and_close(transport, &reply::cluster_call_failed()).await;
         }
-    }
-    // §2a: registers and connects in one step: the owner makes sure the session exists.
-    match ctx.register_device(key.clone()).await {
-        Answer::Registered => {}
-        _ => {
+        Err(_) => {
             tracing::warn!(tsn = %key.serial, "device mTLS: the owning shard did not answer the registration");
             let answer = json_error(
                 HttpStatus::SERVICE_UNAVAILABLE,

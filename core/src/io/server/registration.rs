@@ -11,7 +11,6 @@ use crate::auth::{
 };
 use crate::control::register::{connection_url, error_reply, registered_reply};
 use crate::control::{ControlErrorCode, RegisterRequest};
-use crate::coord::Answer;
 use crate::ids::{ClientId, ClientKey, DeviceKey};
 use crate::io::http::with_timeout;
 use crate::io::transport::Transport;
@@ -321,21 +320,11 @@ async fn registration(
         )
     };
     // §12: the device arrived at this node: the tsn is this node's now (a claim anywhere
-    // in the cluster is decided here), and the node it was on closes its connection.
-    if let Some(node) = ctx.shared.cluster.as_ref() {
-        if let Err(e) = node.take_over(&key).await {
-            tracing::warn!(tsn = %key.serial, error = %e, "registration: cannot take the device over in the cluster");
-            return Err(Refusal::Internal(
-                "the cluster did not record the device's new node",
-            ));
-        }
-    }
-    // The owner knows the session before the device is answered: a claim right after
-    // the `registered` reply must not find the device `offline`.
-    if ctx.register_device(key).await != Answer::Registered {
-        return Err(Refusal::Internal(
-            "the shard that owns the device did not answer",
-        ));
+    // in the cluster is decided here, and the claim it had holds here), and the node it
+    // was on closes its connection. The owner knows the session before the device is
+    // answered: a claim right after the `registered` reply must not find it `offline`.
+    if let Err(why) = ctx.arrive(key).await {
+        return Err(Refusal::Internal(why.message()));
     }
     let client_key = ClientKey {
         domain: client.domain.clone(),

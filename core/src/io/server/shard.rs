@@ -31,6 +31,25 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Why a device's arrival ([`ShardCtx::arrive`]) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArrivalError {
+    /// §12: the cluster did not record the device's new node (retry: 503).
+    Cluster,
+    /// The shard that owns the device did not answer in time.
+    Shard,
+}
+
+impl ArrivalError {
+    /// For the log and the refused device.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            ArrivalError::Cluster => "the cluster did not record the device's new node",
+            ArrivalError::Shard => "the shard that owns the device did not answer",
+        }
+    }
+}
+
 /// One shard's state. `!Send`: it never leaves its executor.
 pub(crate) struct ShardCtx {
     pub index: usize,
@@ -218,6 +237,11 @@ impl ShardCtx {
                     node.publish_event(&client, &event);
                 }
             }
+            Output::ClaimChanged { device, holder } => {
+                if let Some(node) = self.shared.cluster.as_ref() {
+                    node.record_claim(&device, holder.as_ref());
+                }
+            }
         }
     }
 
@@ -336,11 +360,29 @@ impl ShardCtx {
         self.answers.wait(ticket).await
     }
 
-    /// §2: makes sure a registered device's session exists on its owner before the
-    /// device is answered (a claim right after `registered` must not see `offline`).
-    pub async fn register_device(self: &Rc<Self>, device: DeviceKey) -> Answer {
-        self.ask(|coord, now| coord.handle_register(device, now))
-            .await
+    /// §2: a device arrived here (registered, or connected): makes sure its session exists
+    /// on its owner before the device is answered (a claim right after `registered` must
+    /// not see `offline`). §12, on a cluster node: first this node takes the tsn over, and
+    /// the claim the tsn brought from its previous node holds here ("claims stay").
+    pub async fn arrive(self: &Rc<Self>, device: DeviceKey) -> Result<(), ArrivalError> {
+        let mut claim = None;
+        if let Some(node) = self.shared.cluster.as_ref() {
+            match node.take_over(&device).await {
+                Ok(brought) => claim = brought,
+                Err(e) => {
+                    tracing::warn!(tsn = %device.serial, error = %e, "cannot take the device over in the cluster");
+                    return Err(ArrivalError::Cluster);
+                }
+            }
+        }
+        let answer = self
+            .ask(|coord, now| coord.handle_register_claimed(device, claim, now))
+            .await;
+        if answer == Answer::Registered {
+            Ok(())
+        } else {
+            Err(ArrivalError::Shard)
+        }
     }
 
     /// §4 `devices`, §9 list: every device's presence, asked of its owner.
