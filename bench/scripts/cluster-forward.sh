@@ -53,48 +53,27 @@ PIDS+=($DEVICE)
 wait_for_line "$WORK/device.out" "] online"
 NATS_PIDS="$(pgrep -f "$WORK/nats/n[123].conf" | tr '\n' ',')"
 
-python3 - "$N" "$SIZE" "${NODE_PID[a]}" "${NODE_PID[b]}" "$NATS_PIDS" <<'PY'
-import json, os, sys, time, urllib.parse, urllib.request, warnings
-warnings.simplefilter("ignore", DeprecationWarning)
-from websockets.sync.client import connect
-n, size, pid_a, pid_b, nats = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-procs = {"node a": [pid_a], "node b": [pid_b], "3 nats-servers": [p for p in nats.split(",") if p]}
-tick = os.sysconf("SC_CLK_TCK")
-def cpu(pids):
-    total = 0
-    for p in pids:
-        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-        total += int(f[11]) + int(f[12])
-    return total / tick
-body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": os.environ["POSRELAY_CLIENT_ID"],
-                               "client_secret": os.environ["POSRELAY_CLIENT_SECRET"]}).encode()
-token = json.load(urllib.request.urlopen("http://127.0.0.1:8182/oauth2/v1/demo/token", body))["access_token"]
-auth = {"Authorization": "Bearer " + token}
-control = connect("ws://127.0.0.1:8182/cloud-connector/v1/pos-listener", additional_headers=auth)
-control.send(json.dumps({"type": "claim", "tsn": "1001", "request_id": "c"}))
-claimed = json.loads(control.recv(timeout=10))
-assert claimed["type"] == "claimed", claimed
-sid = claimed["session_id"]
-payload = "x" * size
-print(f"{n} sequential round trips of {size} B (POS -> relay -> terminal echo -> relay -> POS), release build")
-print("| session on | p50 | p90 | p99 | " + " | ".join(f"{k} CPU per round trip" for k in procs) + " |")
-print("|---|---:|---:|---:|" + "---:|" * len(procs))
-for name, port in (("node b (local: the device is there)", 8182), ("node a (forwarded to b)", 8181)):
-    with connect(f"ws://127.0.0.1:{port}/cloud-connector/v1/session/{sid}", additional_headers=auth) as s:
-        for _ in range(200):  # warm-up
-            s.send(payload); s.recv(timeout=10)
-        before = {k: cpu(v) for k, v in procs.items()}
-        rtts = []
-        for i in range(n):
-            t = time.perf_counter()
-            s.send(payload)
-            got = s.recv(timeout=10)
-            rtts.append(time.perf_counter() - t)
-            assert got == payload
-        after = {k: cpu(v) for k, v in procs.items()}
-    rtts.sort()
-    pct = lambda q: rtts[min(len(rtts) - 1, int(q * len(rtts)))] * 1e3
-    cpus = " | ".join(f"{(after[k] - before[k]) / n * 1e6:.0f} µs" for k in procs)
-    print(f"| {name} | {pct(0.5):.3f} ms | {pct(0.9):.3f} ms | {pct(0.99):.3f} ms | {cpus} |")
-    time.sleep(0.5)  # the older session's close settles before the next opens
-PY
+ROWS="$WORK/rows"
+python3 "$ROOT/bench/scripts/rtt-probe.py" "$N" "$SIZE" 8182 "${NODE_PID[a]}" "${NODE_PID[b]}" "$NATS_PIDS" \
+  "node b (cluster, local: the device is there)=8182" "node a (cluster, forwarded to b)=8181" >"$ROWS"
+# The same terminal and POS on a single node (embedded store), for the local path's cost.
+for id in a b; do kill "${NODE_PID[$id]}"; done
+kill "$DEVICE"
+"$POSRELAY" serve --listen 127.0.0.1:8183 --admin-listen 127.0.0.1:9183 --data-dir "$WORK/single" \
+  --shards 1 >"$WORK/single.out" 2>"$WORK/single.log" &
+SINGLE=$!
+PIDS+=($SINGLE)
+wait_for_line "$WORK/single.out" "admin listening"
+ADMIN=(--admin-url http://127.0.0.1:9183)
+"$POSRELAY" admin "${ADMIN[@]}" create-domain demo >/dev/null
+"$POSRELAY" admin "${ADMIN[@]}" create-store --domain demo --merchant demo store-1 >/dev/null
+"$POSRELAY" admin "${ADMIN[@]}" create-device --domain demo --store store-1 --make ingenico --model axium 1001 >/dev/null
+CLIENT_JSON="$("$POSRELAY" admin "${ADMIN[@]}" --json create-client --domain demo --store store-1)"
+export POSRELAY_CLIENT_ID="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_id"])' <<<"$CLIENT_JSON")"
+export POSRELAY_CLIENT_SECRET="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])' <<<"$CLIENT_JSON")"
+"$POSRELAY" device-sim --relay ws://127.0.0.1:8183 --tsn 1001 --echo >"$WORK/device-single.out" 2>&1 &
+PIDS+=($!)
+wait_for_line "$WORK/device-single.out" "] online"
+python3 "$ROOT/bench/scripts/rtt-probe.py" "$N" "$SIZE" 8183 "$SINGLE" "$SINGLE" "" \
+  "single node (embedded store)=8183" | tail -n 1 | sed 's/| [0-9]* µs | \([0-9]* µs\) | [0-9]* µs |$/| – | \1 | – |/' >>"$ROWS"
+cat "$ROWS"
