@@ -33,6 +33,11 @@ fn cluster(n: usize) -> Cluster {
 
 /// [`cluster`] with leases of `lease_ttl`.
 fn cluster_with(n: usize, lease_ttl: &str) -> Cluster {
+    cluster_args(n, lease_ttl, &[])
+}
+
+/// [`cluster_with`], each node given `extra` arguments too.
+fn cluster_args(n: usize, lease_ttl: &str, extra: &[&str]) -> Cluster {
     let nats = NatsCluster::start(3);
     let urls = nats.client_urls().join(",");
     let nodes = (0..n)
@@ -40,7 +45,7 @@ fn cluster_with(n: usize, lease_ttl: &str) -> Cluster {
             let id = ((b'a' + i as u8) as char).to_string();
             let listen = format!("127.0.0.1:{}", free_port());
             let node_url = format!("ws://{listen}");
-            let node = Relay::start(&[
+            let mut args = vec![
                 "--cluster",
                 &urls,
                 "--node-id",
@@ -53,7 +58,9 @@ fn cluster_with(n: usize, lease_ttl: &str) -> Cluster {
                 lease_ttl,
                 "--shards",
                 "1",
-            ]);
+            ];
+            args.extend_from_slice(extra);
+            let node = Relay::start(&args);
             assert_eq!(node.relay_addr.to_string(), listen);
             node
         })
@@ -593,6 +600,41 @@ fn a_session_opened_on_a_node_without_the_device_is_forwarded_to_the_node_that_h
         Message::Binary(bytes) => assert_eq!(bytes.as_slice(), b"back"),
         other => panic!("POS got {}", show(&other)),
     }
+}
+
+/// §4 claim grace across nodes: "A claim ends … when the client's control channels and
+/// session stay closed for the claim grace period", its channels on every node: a claim
+/// made from a control channel on c, for a device on b, with no session, holds past the
+/// grace while that channel is open, and ends once it closes.
+#[test]
+fn a_claim_holds_while_its_holder_has_a_control_channel_on_any_node() {
+    let grace = Duration::from_secs(2);
+    let c = cluster_args(3, LEASE_TTL, &["--claim-grace", "2s"]);
+    let (a, b, node_c) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let creds = a.provision("acme.com", "store-1", &["3001"]);
+    let other = a.create_client("acme.com", Some("store-1"));
+    let token = node_c.token("acme.com", &creds);
+    let other_token = a.token("acme.com", &other);
+    let _device = Device::register_and_connect(b, "3001", &creds);
+    let mut pos = Pos::control(node_c, &token);
+    pos.claim_ok("3001");
+    // Three grace periods pass with the holder's channel open on c only.
+    std::thread::sleep(grace * 3);
+    let mut intruder = Pos::control(a, &other_token);
+    let claim = json!({ "type": "claim", "tsn": "3001" });
+    let answer = intruder.request(claim.clone());
+    assert_eq!(
+        answer["code"].as_str(),
+        Some("device_busy"),
+        "held while the holder's channel on c is open: {answer}"
+    );
+    // The holder's channel closes: the claim ends a grace period later.
+    drop(pos);
+    let took = wait_for(Duration::from_secs(20), || {
+        let answer = intruder.request(claim.clone());
+        (answer["type"] == "claimed").then_some(())
+    });
+    assert!(took.is_some(), "the claim ended once no channel was open");
 }
 
 /// §12: "`kill -9` the owning node: the device re-registers on a surviving node and the

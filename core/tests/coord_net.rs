@@ -290,7 +290,8 @@ impl Net {
             | Output::CloseUndelivered { .. }
             | Output::CloseClass { .. }
             | Output::ToOtherNodes { .. }
-            | Output::ClaimChanged { .. } => {}
+            | Output::ClaimChanged { .. }
+            | Output::PresenceToOtherNodes { .. } => {}
         }
     }
 
@@ -788,4 +789,81 @@ fn a_cluster_nodes_events_reach_the_clients_channels_on_other_nodes() {
     assert!(!drain(&mut empty, now)
         .iter()
         .any(|o| matches!(o, Output::SendEvent { .. })));
+}
+
+/// §4 claim grace with §12: "A claim ends … when the client's control channels and
+/// session stay closed for the claim grace period", counting every node's channels: a
+/// claim whose holder has a channel on another node only (as that node lists it) holds
+/// past the grace; once that node goes quiet for `PRESENCE_TTL`, the grace runs from
+/// then. A cluster node hands its own clients' comings and goings to the other nodes.
+#[test]
+fn a_claim_holds_while_its_client_has_a_control_channel_on_another_node() {
+    use posrelay_core::coord::{Nodes, PRESENCE_TTL};
+    let keyring = SessionKeyring::new([7; 32]);
+    let limits = RelayLimits::default();
+    let grace = limits.claim_grace;
+    let mut owner: Coord = Coordinator::new(
+        Participant(0),
+        Placement::new(keyring.clone(), 1),
+        DeviceShard::new(keyring.clone(), limits),
+        CoordConfig {
+            answer_timeout: TIMEOUT,
+            nodes: Nodes::Cluster,
+        },
+    );
+    let drain = |c: &mut Coord, now: Instant| -> Vec<Output<RelayedMessage>> {
+        std::iter::from_fn(|| c.poll_output(now)).collect()
+    };
+    let t0 = Instant::now();
+    let (dev, pos) = (device(0), client(0));
+    let _ = owner.handle_register(dev.clone(), t0);
+    // Node c's shard 1 lists the client; the claim comes (through c) with no channel here.
+    owner.handle_remote_presence_full("c/1", vec![pos.clone()], t0);
+    owner.handle_claim(
+        ClaimOp::Claim,
+        pos.clone(),
+        dev.clone(),
+        Requester {
+            conn: ConnId(1),
+            request_id: None,
+        },
+        t0,
+    );
+    drain(&mut owner, t0);
+    let tick = |c: &mut Coord, at: Instant| {
+        c.expire_remote_presence(at);
+        if c.poll_timeout().is_some_and(|t| t <= at) {
+            c.handle_timeout(at);
+        }
+    };
+    // Past the grace, c refreshing its list: the claim holds.
+    let mut at = t0;
+    while at < t0 + grace * 2 {
+        at += Duration::from_secs(10);
+        owner.handle_remote_presence_full("c/1", vec![pos.clone()], at);
+        tick(&mut owner, at);
+    }
+    assert_eq!(owner.devices().claimed_by(&dev), Some(&pos));
+    // c goes quiet: forgotten after PRESENCE_TTL, then the grace runs.
+    let quiet_from = at;
+    tick(&mut owner, quiet_from + PRESENCE_TTL);
+    tick(
+        &mut owner,
+        quiet_from + PRESENCE_TTL + grace - Duration::from_secs(1),
+    );
+    assert_eq!(owner.devices().claimed_by(&dev), Some(&pos));
+    tick(&mut owner, quiet_from + PRESENCE_TTL + grace);
+    assert_eq!(owner.devices().claimed_by(&dev), None, "the claim ended");
+
+    // This node's own clients: their channels' comings and goings go to the other nodes.
+    owner.handle_control_opened(&pos, ConnId(20), at);
+    owner.handle_control_closed(&pos, ConnId(20), at);
+    let told: Vec<bool> = drain(&mut owner, at)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::PresenceToOtherNodes { client, online } if client == pos => Some(online),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![true, false]);
 }

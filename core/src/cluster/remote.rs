@@ -28,6 +28,97 @@ use crate::relay::{ClaimError, ClaimGranted, ClaimOp, ClientEventKind};
 /// Where every node hears the §4 events of claimed devices.
 pub const EVENTS_SUBJECT: &str = "posrelay.events";
 
+/// Where every node hears which clients have control channels on the others (§4 claim
+/// grace counts every node's channels).
+pub const PRESENCE_SUBJECT: &str = "posrelay.presence";
+
+/// One node's shard says which clients have a control channel homed on it: all of them
+/// (`clients`, every refresh period), or one that came or went (`client`, `online`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceNotice {
+    /// The node.
+    pub node: String,
+    /// Its shard.
+    pub shard: usize,
+    /// The clients' domain and id, when it lists all of them.
+    #[serde(default)]
+    pub clients: Option<Vec<(String, String)>>,
+    /// The client that came or went.
+    #[serde(default)]
+    pub client: Option<(String, String)>,
+    /// Whether it came.
+    #[serde(default)]
+    pub online: bool,
+}
+
+impl PresenceNotice {
+    /// Who said it (the source the receiver keys it by).
+    pub fn source(&self) -> String {
+        format!("{}/{}", self.node, self.shard)
+    }
+
+    /// A full list.
+    pub fn full(node: &NodeId, shard: usize, clients: &[ClientKey]) -> Self {
+        Self {
+            node: node.as_str().to_owned(),
+            shard,
+            clients: Some(clients.iter().map(pair).collect()),
+            client: None,
+            online: false,
+        }
+    }
+
+    /// One change.
+    pub fn delta(node: &NodeId, shard: usize, client: &ClientKey, online: bool) -> Self {
+        Self {
+            node: node.as_str().to_owned(),
+            shard,
+            clients: None,
+            client: Some(pair(client)),
+            online,
+        }
+    }
+
+    /// The listed clients (those that are not valid keys are left out).
+    pub fn listed(&self) -> Option<Vec<ClientKey>> {
+        self.clients
+            .as_ref()
+            .map(|all| all.iter().filter_map(unpair).collect())
+    }
+
+    /// The client that came or went.
+    pub fn changed(&self) -> Option<(ClientKey, bool)> {
+        Some((unpair(self.client.as_ref()?)?, self.online))
+    }
+}
+
+fn pair(client: &ClientKey) -> (String, String) {
+    (client.domain.to_string(), client.client_id.to_string())
+}
+
+fn unpair((domain, id): &(String, String)) -> Option<ClientKey> {
+    Some(ClientKey {
+        domain: DomainName::new(domain.clone()).ok()?,
+        client_id: ClientId::new(id.clone()).ok()?,
+    })
+}
+
+/// §12: hands a presence notice to the other nodes.
+pub fn publish_presence(bridge: &BridgeHandle, notice: &PresenceNotice) {
+    let Ok(payload) = simd_json::to_vec(notice) else {
+        return;
+    };
+    let _ = bridge.spawn(move |nats| async move {
+        if let Err(e) = nats
+            .client
+            .publish(PRESENCE_SUBJECT, Bytes::from(payload))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish this node's control channels to the other nodes");
+        }
+    });
+}
+
 /// `posrelay.node.<node>.<kind>`.
 pub fn node_subject(node: &NodeId, kind: &str) -> String {
     format!("posrelay.node.{}.{kind}", node.as_str())
@@ -358,7 +449,11 @@ impl NodeInbox {
             let subscribed = async {
                 let mine = nats.client.subscribe(subject.clone()).await?;
                 let events = nats.client.subscribe(EVENTS_SUBJECT).await?;
-                Ok::<_, async_nats::SubscribeError>(futures_lite::stream::or(mine, events))
+                let presence = nats.client.subscribe(PRESENCE_SUBJECT).await?;
+                Ok::<_, async_nats::SubscribeError>(futures_lite::stream::or(
+                    mine,
+                    futures_lite::stream::or(events, presence),
+                ))
             };
             let mut sub = match subscribed.await {
                 Ok(s) => s,
@@ -371,6 +466,20 @@ impl NodeInbox {
             while let Some(msg) = sub.next().await {
                 if let Some(tail) = msg.subject.as_str().strip_prefix(&forward_prefix) {
                     route_forward(tail, msg.payload, msg.reply, &for_replies, &forward_tx);
+                    continue;
+                }
+                if msg.subject.as_str() == PRESENCE_SUBJECT {
+                    // Every shard counts the other nodes' channels for its own claims.
+                    let mut payload = msg.payload.to_vec();
+                    match simd_json::from_slice::<PresenceNotice>(&mut payload) {
+                        Ok(notice) if notice.node == me => {}
+                        Ok(notice) => {
+                            for tx in &forward_tx {
+                                let _ = tx.send(ForwardInbound::Presence(notice.clone()));
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "malformed presence notice from another node"),
+                    }
                     continue;
                 }
                 let mut payload = msg.payload.to_vec();
@@ -473,9 +582,12 @@ pub enum ForwardInbound {
     Open(OpenRequest, Replier),
     /// A [`super::forward::ForwardFrame`] (still encoded) for the end with this id.
     Frame(u64, Bytes),
+    /// Another node's clients with control channels (every shard gets each notice).
+    Presence(PresenceNotice),
 }
 
-/// One shard's forwarded-session traffic, received on the bridge's thread.
+/// One shard's traffic from other nodes, received on the bridge's thread: forwarded
+/// sessions (§12) and the other nodes' clients with control channels (§4 claim grace).
 pub struct ForwardInbox {
     rx: mpsc::UnboundedReceiver<ForwardInbound>,
 }

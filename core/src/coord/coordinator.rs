@@ -3,7 +3,9 @@
 //! messages and applies what others send, while the per-device state machine
 //! ([`DeviceShard`]) and the per-client one ([`ClientHub`]) stay what they were.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use super::remote_presence::RemotePresence;
 use std::time::{Duration, Instant};
 
 use crate::ids::{ClientKey, DeviceKey};
@@ -66,7 +68,19 @@ pub struct Coordinator<M> {
     outputs: VecDeque<Output<M>>,
     /// POS messages reported `undelivered` since the io last asked (for its metrics).
     undelivered_frames: u64,
+    /// §4 claim grace: the clients with a control channel on this node (heard from their
+    /// home participants, this one included).
+    local_present: HashSet<ClientKey>,
+    /// §12: and those with one on other nodes.
+    remote_present: RemotePresence,
 }
+
+/// §12: how long another node's word on its clients' control channels holds without a
+/// refresh (three of its refreshes, every [`PRESENCE_REFRESH`]).
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+
+/// §12: how often a cluster node's participants list their clients to the other nodes.
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 
 impl<M: QueuedMessage> Coordinator<M> {
     /// The coordinator of participant `me`, over `devices` (the state of the devices it will
@@ -92,7 +106,72 @@ impl<M: QueuedMessage> Coordinator<M> {
             drain: Drain::new(others),
             outputs: VecDeque::new(),
             undelivered_frames: 0,
+            local_present: HashSet::new(),
+            remote_present: RemotePresence::new(PRESENCE_TTL),
         }
+    }
+
+    // ----- §12: control channels on other nodes (claim grace) ---------------------------
+
+    /// Another node's participant `source` lists every client with a control channel
+    /// homed on it.
+    pub fn handle_remote_presence_full(
+        &mut self,
+        source: &str,
+        clients: Vec<ClientKey>,
+        now: Instant,
+    ) {
+        for (client, _) in self.remote_present.handle_full(source, clients, now) {
+            self.presence_changed(&client, now);
+        }
+    }
+
+    /// Another node's participant `source` says `client` has a control channel there now
+    /// (`true`), or none any more.
+    pub fn handle_remote_presence(
+        &mut self,
+        source: &str,
+        client: &ClientKey,
+        present: bool,
+        now: Instant,
+    ) {
+        if let Some((client, _)) = self
+            .remote_present
+            .handle_delta(source, client, present, now)
+        {
+            self.presence_changed(&client, now);
+        }
+    }
+
+    /// Forgets what other nodes not heard for [`PRESENCE_TTL`] said: their clients' claims
+    /// run their grace from now. Call it now and then (the io's tick).
+    pub fn expire_remote_presence(&mut self, now: Instant) {
+        for (client, _) in self.remote_present.handle_timeout(now) {
+            self.presence_changed(&client, now);
+        }
+    }
+
+    /// The clients with a control channel homed on this participant (§12: listed to the
+    /// other nodes every [`PRESENCE_REFRESH`]).
+    pub fn home_clients_present(&self) -> Vec<ClientKey> {
+        self.hub.clients_present()
+    }
+
+    /// A client's presence here or elsewhere changed: the device shard counts it as present
+    /// while it has a control channel on any node.
+    fn presence_changed(&mut self, client: &ClientKey, now: Instant) {
+        let present = self.local_present.contains(client) || self.remote_present.contains(client);
+        self.devices.handle_client_presence(client, present, now);
+    }
+
+    /// A client's control channels on this node went from none to some, or back.
+    fn local_presence(&mut self, client: &ClientKey, online: bool, now: Instant) {
+        if online {
+            self.local_present.insert(client.clone());
+        } else {
+            self.local_present.remove(client);
+        }
+        self.presence_changed(client, now);
     }
 
     /// This participant.
@@ -429,7 +508,7 @@ impl<M: QueuedMessage> Coordinator<M> {
                 self.hub.handle_remote_client_event(&client, event, now);
             }
             CoordMsg::ClientPresence { client, online } => {
-                self.devices.handle_client_presence(&client, online, now);
+                self.local_presence(&client, online, now);
             }
             CoordMsg::DeviceDisabled { device } => {
                 self.devices.handle_device_disabled(&device);
@@ -661,7 +740,13 @@ impl<M: QueuedMessage> Coordinator<M> {
                     client: client.clone(),
                     online,
                 });
-                self.devices.handle_client_presence(&client, online, now);
+                if self.config.nodes == Nodes::Cluster {
+                    self.outputs.push_back(Output::PresenceToOtherNodes {
+                        client: client.clone(),
+                        online,
+                    });
+                }
+                self.local_presence(&client, online, now);
             }
             HubAction::SendEvent { conn, event } => {
                 self.outputs.push_back(Output::SendEvent { conn, event })

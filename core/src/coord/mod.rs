@@ -38,12 +38,14 @@ mod output;
 mod participant;
 mod pending;
 mod presence;
+mod remote_presence;
 
 pub use claim::{ClaimOutcome, Requester};
-pub use coordinator::{CoordConfig, Coordinator, Nodes};
+pub use coordinator::{CoordConfig, Coordinator, Nodes, PRESENCE_REFRESH, PRESENCE_TTL};
 pub use drain::{ConnClass, DrainPhase};
 pub use msg::CoordMsg;
 pub use output::{Answer, Output};
 pub use participant::{Participant, Placement};
 pub use pending::Ticket;
 pub use presence::DevicePresence;
+pub use remote_presence::RemotePresence;

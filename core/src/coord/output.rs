@@ -56,6 +56,15 @@ pub enum Output<M> {
         /// Who holds its claim now.
         holder: Option<crate::ids::ClientKey>,
     },
+    /// §12: tell the other nodes that `client` has a control channel homed here now
+    /// (`true`), or none any more (§4 claim grace counts every node's channels). Only on a
+    /// cluster node.
+    PresenceToOtherNodes {
+        /// The client.
+        client: crate::ids::ClientKey,
+        /// Whether it has a channel here.
+        online: bool,
+    },
     /// §12: hand this event for `client` to the other nodes of the cluster (its control
     /// channels there); only on a cluster node, beside its delivery here.
     ToOtherNodes {

@@ -195,7 +195,16 @@ impl ClientHub {
         self.actions.pop_front()
     }
 
-    /// How many control channels `client` has open here.
+    /// The clients with at least one control channel open here.
+    pub fn clients_present(&self) -> Vec<ClientKey> {
+        self.channels
+            .iter()
+            .filter(|(_, conns)| !conns.is_empty())
+            .map(|(client, _)| client.clone())
+            .collect()
+    }
+
+    /// How many control channels `client` has here.
     pub fn channel_count(&self, client: &ClientKey) -> usize {
         self.channels.get(client).map_or(0, BTreeSet::len)
     }

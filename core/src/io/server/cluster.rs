@@ -28,6 +28,7 @@ use crate::cluster::forward::{self, ForwardFrame, ForwardPublisher, OpenReply, O
 use crate::cluster::ownership::{ensure_streams, OwnershipStreams};
 use crate::cluster::remote::{
     self, ClaimRecorder, ClaimReply, ClaimRequest, EventNotice, ForwardInbox, NodeInbox,
+    PresenceNotice,
 };
 use crate::cluster::LinkState;
 use crate::cluster::{
@@ -278,6 +279,19 @@ impl ClusterNode {
     pub(crate) fn publish_event(&self, client: &ClientKey, event: &ClientEventKind) {
         let notice = EventNotice::new(&self.config.node_id, client, event);
         remote::publish_event(&self.handle, &notice);
+    }
+
+    /// §4 claim grace across nodes: tells the other nodes that `client` has a control
+    /// channel homed on `shard` here now, or none any more.
+    pub(crate) fn publish_presence(&self, shard: usize, client: &ClientKey, online: bool) {
+        let notice = PresenceNotice::delta(&self.config.node_id, shard, client, online);
+        remote::publish_presence(&self.handle, &notice);
+    }
+
+    /// And every client with one homed on `shard` (every refresh period).
+    pub(crate) fn publish_presence_full(&self, shard: usize, clients: &[ClientKey]) {
+        let notice = PresenceNotice::full(&self.config.node_id, shard, clients);
+        remote::publish_presence(&self.handle, &notice);
     }
 
     /// This node's `--node-url`.

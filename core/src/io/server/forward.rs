@@ -575,6 +575,20 @@ pub(crate) async fn serve_inbox(ctx: Rc<ShardCtx>) {
                 }
                 Err(e) => tracing::warn!(error = %e, "malformed forwarded frame from another node"),
             },
+            ForwardInbound::Presence(notice) => {
+                let now = Instant::now();
+                let source = notice.source();
+                if let Some(clients) = notice.listed() {
+                    ctx.coord
+                        .borrow_mut()
+                        .handle_remote_presence_full(&source, clients, now);
+                } else if let Some((client, online)) = notice.changed() {
+                    ctx.coord
+                        .borrow_mut()
+                        .handle_remote_presence(&source, &client, online, now);
+                }
+                ctx.drive();
+            }
         }
     }
 }

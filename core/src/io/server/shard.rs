@@ -80,6 +80,9 @@ pub(crate) struct ShardCtx {
     pub remote_claims: RefCell<HashMap<ConnId, crate::cluster::remote::Replier>>,
     /// §12: the forwarded sessions' ends on this shard (edges and stand-ins).
     pub forward_ends: RefCell<super::forward::Ends>,
+    /// §12: when this shard last listed its clients with control channels to the other
+    /// nodes.
+    presence_listed: Cell<Option<Instant>>,
     /// §12: session ids looked up for forwarded sessions, and their devices.
     pub session_index: RefCell<super::forward::SessionIndex>,
     /// §12: the node's fencing lease losses this shard has acted on.
@@ -235,6 +238,11 @@ impl ShardCtx {
             Output::ToOtherNodes { client, event } => {
                 if let Some(node) = self.shared.cluster.as_ref() {
                     node.publish_event(&client, &event);
+                }
+            }
+            Output::PresenceToOtherNodes { client, online } => {
+                if let Some(node) = self.shared.cluster.as_ref() {
+                    node.publish_presence(self.index, &client, online);
                 }
             }
             Output::ClaimChanged { device, holder } => {
@@ -464,6 +472,17 @@ impl ShardCtx {
                 node.handle_tick(now);
             }
             self.check_lease(now);
+            // §4 claim grace across nodes: this shard's clients, listed to the others now
+            // and then; what the others said, forgotten once they went quiet.
+            if self.presence_listed.get().is_none_or(|at| {
+                now.saturating_duration_since(at) >= crate::coord::PRESENCE_REFRESH
+            }) {
+                self.presence_listed.set(Some(now));
+                let clients = self.coord.borrow().home_clients_present();
+                node.publish_presence_full(self.index, &clients);
+            }
+            self.coord.borrow_mut().expire_remote_presence(now);
+            self.drive();
         }
         let cfg = &self.shared.config;
         let unix = super::unix_now();
@@ -644,6 +663,7 @@ pub(crate) async fn run_shard(
         remote_claims: RefCell::new(HashMap::new()),
         forward_ends: RefCell::new(Default::default()),
         session_index: RefCell::new(Default::default()),
+        presence_listed: Cell::new(None),
         fences_seen: Cell::new(0),
         fencing: Cell::new(false),
         revalidations_seen: Cell::new(0),
