@@ -644,7 +644,7 @@ fn a_claim_holds_while_its_holder_has_a_control_channel_on_any_node() {
 #[test]
 fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_claims_it_again() {
     let mut c = cluster(3);
-    let creds = c.nodes[0].provision("acme.com", "store-1", &["1001"]);
+    let creds = c.nodes[0].provision("acme.com", "store-1", &["1001", "1002"]);
     let token = c.nodes[2].token("acme.com", &creds);
     let (a_url, b_url) = (
         format!("ws://{}", c.nodes[0].relay_addr),
@@ -659,15 +659,27 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
         &a_url,
         "--tsn",
         "1001",
+        "--tsn",
+        "1002",
         "--echo",
     ])
     .env("POSRELAY_CLIENT_ID", &creds.client_id)
     .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
     let (_sim, lines) = spawn_lines(sim);
-    wait_line(&lines, "device-sim online on b", |l| {
-        l.ends_with("] online")
-    });
+    // Both terminals online, in whichever order they say it.
+    let mut online = std::collections::BTreeSet::new();
+    while online.len() < 2 {
+        let line = wait_line(&lines, "device-sim online on b", |l| {
+            l.ends_with("] online")
+        });
+        online.extend(["1001", "1002"].into_iter().filter(|t| line.contains(t)));
+    }
     let mut pos = Pos::control(&c.nodes[2], &token);
+    // 1002's session is opened on c, forwarded to b.
+    let (_, url_1002) = pos.claim_ok("1002");
+    let mut forwarded = Pos::session(&c.nodes[2], &url_1002, &token);
+    send_text(&mut forwarded, "forwarded before");
+    assert!(matches!(recv(&mut forwarded), Message::Text(t) if t == "forwarded before"));
     let (sid, url) = pos.claim_ok("1001");
     assert!(url.starts_with(&b_url), "{url}");
     let mut session = Pos::session(&c.nodes[1], &url, &token);
@@ -693,10 +705,18 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
     let killed = Instant::now();
     let ttl = Duration::from_secs(3);
     assert!(session.read().is_err(), "the POS session breaks with b");
+    // The forwarded one, on c, is closed by c once its link is quiet for 5 s and NATS has
+    // no responder for b: b is gone.
+    set_read_timeout(&mut forwarded, Some(Duration::from_secs(20)));
+    assert_eq!(
+        expect_close(&mut forwarded),
+        1012,
+        "c closes the forwarded session"
+    );
     // The terminal notices, backs off, and comes back through a.
     wait_line(&lines, "device-sim offline", |l| l.contains("] offline"));
-    wait_line(&lines, "device-sim online again", |l| {
-        l.ends_with("] online")
+    wait_line(&lines, "device-sim 1001 online again", |l| {
+        l.contains("1001") && l.ends_with("] online")
     });
     // The claim survived: another client is refused, on any node.
     let mut intruder = Pos::control(&c.nodes[2], &other_token);

@@ -45,11 +45,19 @@ pub fn frame_subject(node: &NodeId, shard: usize, end: u64) -> String {
     format!("posrelay.node.{}.fwd.{shard}.{end}", node.as_str())
 }
 
+/// `posrelay.node.<node>.fwd.ping`: answered at once by a live node; a node that is gone
+/// has no subscriber there, and the asker hears "no responders" from NATS at once.
+pub fn ping_subject(node: &NodeId) -> String {
+    format!("posrelay.node.{}.fwd.ping", node.as_str())
+}
+
 /// What a subject under `posrelay.node.<me>.fwd.` addresses (its tail after that prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardAddress {
     /// `open`.
     Open,
+    /// `ping`.
+    Ping,
     /// `<shard>.<end>`.
     Frame { shard: usize, end: u64 },
 }
@@ -57,8 +65,10 @@ pub enum ForwardAddress {
 impl ForwardAddress {
     /// Reads the tail of a subject; `None` for anything else.
     pub fn parse(tail: &str) -> Option<Self> {
-        if tail == "open" {
-            return Some(Self::Open);
+        match tail {
+            "open" => return Some(Self::Open),
+            "ping" => return Some(Self::Ping),
+            _ => {}
         }
         let (shard, end) = tail.split_once('.')?;
         Some(Self::Frame {
@@ -573,6 +583,8 @@ mod tests {
         assert_eq!(open_subject(&node), "posrelay.node.b.fwd.open");
         assert_eq!(frame_subject(&node, 1, 42), "posrelay.node.b.fwd.1.42");
         assert_eq!(ForwardAddress::parse("open"), Some(ForwardAddress::Open));
+        assert_eq!(ForwardAddress::parse("ping"), Some(ForwardAddress::Ping));
+        assert_eq!(ping_subject(&node), "posrelay.node.b.fwd.ping");
         assert_eq!(
             ForwardAddress::parse("1.42"),
             Some(ForwardAddress::Frame { shard: 1, end: 42 })

@@ -18,7 +18,9 @@ use futures_lite::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::forward::{open_subject, ForwardAddress, OpenRefusal, OpenReply, OpenRequest};
+use super::forward::{
+    open_subject, ping_subject, ForwardAddress, OpenRefusal, OpenReply, OpenRequest,
+};
 use super::ownership::{current_owner, take_over_tsn, take_over_tsn_from, OwnershipStreams};
 use super::{BridgeHandle, ClusterError};
 use crate::ids::{ClientId, ClientKey, DeviceKey, DomainName, Serial, SessionId};
@@ -565,6 +567,7 @@ fn route_forward(
                 let _ = tx.send(ForwardInbound::Open(request, replier));
             }
         }
+        Some(ForwardAddress::Ping) => Replier::new(bridge.clone(), reply).send(&true),
         Some(ForwardAddress::Frame { shard, end }) => {
             if let Some(tx) = shards.get(shard) {
                 let _ = tx.send(ForwardInbound::Frame(end, payload));
@@ -615,6 +618,20 @@ pub async fn ask_open(
     request_json(bridge, open_subject(node), request, timeout).await
 }
 
+/// Whether `node` runs (answers on its subjects): `Ok(false)` when NATS says at once that
+/// nobody listens there (the node is gone); an error when NATS did not answer.
+pub async fn node_alive(
+    bridge: &BridgeHandle,
+    node: &NodeId,
+    timeout: Duration,
+) -> Result<bool, ClusterError> {
+    match request_json::<bool, bool>(bridge, ping_subject(node), &true, timeout).await {
+        Ok(_) => Ok(true),
+        Err(ClusterError::NoResponders) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A request to another node and its JSON answer, waiting at most `timeout`.
 async fn request_json<Req: Serialize, Rep: serde::de::DeserializeOwned + Send + 'static>(
     bridge: &BridgeHandle,
@@ -630,7 +647,10 @@ async fn request_json<Req: Serialize, Rep: serde::de::DeserializeOwned + Send + 
                 tokio::time::timeout(timeout, nats.client.request(subject, Bytes::from(payload)))
                     .await
                     .map_err(|_| ClusterError::Timeout(timeout))?
-                    .map_err(|e| ClusterError::other(e, timeout))?;
+                    .map_err(|e| match e.kind() {
+                        async_nats::RequestErrorKind::NoResponders => ClusterError::NoResponders,
+                        _ => ClusterError::other(e, timeout),
+                    })?;
             let mut bytes = answer.payload.to_vec();
             simd_json::from_slice::<Rep>(&mut bytes).map_err(|e| {
                 ClusterError::JetStream(format!("malformed answer from another node: {e}"))

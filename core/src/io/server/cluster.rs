@@ -320,6 +320,12 @@ impl ClusterNode {
             .publish(forward::frame_subject(node, shard, end), frame);
     }
 
+    /// Whether `node` runs: `Ok(false)` when NATS says at once that nobody listens on its
+    /// subjects (it is gone).
+    pub(crate) async fn node_alive(&self, node: &NodeId) -> Result<bool, ClusterError> {
+        remote::node_alive(&self.handle, node, CLAIM_TIMEOUT).await
+    }
+
     /// Asks `owner` to open a stand-in for a session opened here.
     pub(crate) async fn ask_open(
         &self,

@@ -253,13 +253,16 @@ fn receive(
     }
 }
 
-/// The next frame for an end, or `None` when its peer has been silent for a ping
-/// interval (or the end was removed: then `Some(None)`).
+/// How long an edge lets its owner be silent before it checks that the owner's node
+/// still runs (a node that is gone is known at once: NATS has no responder for it).
+const EDGE_QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The next frame for an end, or `None` when its peer has been silent for `quiet` (or the
+/// end was removed: then `Some(None)`).
 async fn next_frame(
-    ctx: &ShardCtx,
     rx: &LocalReceiver<ForwardFrame>,
+    quiet: std::time::Duration,
 ) -> Option<Option<ForwardFrame>> {
-    let quiet = ctx.shared.config.ping_interval;
     futures_lite::future::or(async { Some(rx.recv().await) }, async {
         glommio::timer::Timer::new(quiet).await;
         None
@@ -492,20 +495,30 @@ async fn edge_inbound(
     let mut assembler = ForwardAssembler::new(ctx.shared.config.ws_limits.max_message);
     let mut heard = Instant::now();
     let silence = ctx.shared.config.idle_timeout;
+    let quiet = EDGE_QUIET.min(ctx.shared.config.ping_interval);
+    let gone = |outbox: &OutboxRef| {
+        if link.end() {
+            outbox.borrow_mut().request_close(
+                close::SERVICE_RESTART,
+                "the relay node that serves the device stopped answering: claim the device again",
+            );
+        }
+    };
     loop {
-        let frame = match next_frame(&ctx, &rx).await {
+        let frame = match next_frame(&rx, quiet).await {
             Some(Some(frame)) => frame,
             Some(None) => return,
-            None if heard.elapsed() >= silence => {
-                if link.end() {
-                    outbox.borrow_mut().request_close(
-                        close::SERVICE_RESTART,
-                        "the relay node that serves the device stopped answering: open the session again",
-                    );
-                }
-                return;
-            }
+            None if heard.elapsed() >= silence => return gone(&outbox),
             None => {
+                // Quiet: is the owner's node still there? (Its stand-in answers the ping.)
+                let alive = match ctx.shared.cluster.as_ref() {
+                    Some(node) => node.node_alive(&link.peer).await,
+                    None => Ok(false),
+                };
+                if matches!(alive, Ok(false)) {
+                    tracing::info!(node = %link.peer, "forwarded session: the device's node is gone (no responder): closing (1012)");
+                    return gone(&outbox);
+                }
                 link.send(&ctx, FrameBody::Ping);
                 continue;
             }
