@@ -46,23 +46,48 @@ use crate::io::outbox::{Outbox, OutboxRef};
 use crate::ownership::NodeId;
 use crate::proto::message::MAX_KEPT_FRAGMENTS;
 use crate::proto::{Message, MessageKind, Payload};
-use crate::relay::{close, ConnId, SessionError, SessionKeyring};
+use crate::relay::{close, ConnId, Count, SessionError, SessionKeyring};
 
 /// Session ids this shard has looked up, and their devices (a session id names one device
 /// for as long as the cluster's session key lives: never stale).
 #[derive(Default)]
 pub(crate) struct SessionIndex {
     devices: HashMap<SessionId, DeviceKey>,
+    /// When each domain's devices were last all indexed: a session id not found within
+    /// [`REINDEX_AFTER`] of that is unknown without another search (a client sending made-up
+    /// ids costs one search of its domain per period, not one per request).
+    indexed: HashMap<crate::ids::DomainName, Instant>,
 }
+
+/// How long a domain's index answers "unknown" before devices provisioned since are
+/// searched for.
+const REINDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// At most this many remembered session ids per shard; past it the index starts over.
 const MAX_INDEXED: usize = 100_000;
 
-/// The forwarded sessions' ends on this shard, by end id.
+/// The forwarded sessions' ends on this shard, by end id, and those that ended lately.
 #[derive(Default)]
 pub(crate) struct Ends {
     ends: HashMap<u64, LocalSender<ForwardFrame>>,
+    /// Ends gone for less than [`ENDED_KEPT`]: what still arrives for them crossed their
+    /// end, and is reported (§6: "a frame is either delivered or reported").
+    ended: HashMap<u64, Ended>,
 }
+
+/// An end that is gone, for the frames that crossed its end.
+struct Ended {
+    at: Instant,
+    /// The POS's messages to the device (a stand-in): reported `undelivered` to the client;
+    /// `None` at an edge (the device's messages to a POS that is gone: counted dropped, as
+    /// on one node).
+    report_to: Option<(ClientKey, DeviceKey)>,
+    /// Bytes of the message being received.
+    partial: u64,
+}
+
+/// How long the frames that crossed an end's end are still recognised.
+const ENDED_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Ends {
     fn add(&mut self, end: u64) -> LocalReceiver<ForwardFrame> {
@@ -71,8 +96,43 @@ impl Ends {
         rx
     }
 
-    fn remove(&mut self, end: u64) {
-        self.ends.remove(&end);
+    fn remove(&mut self, end: u64, report_to: Option<(ClientKey, DeviceKey)>) {
+        if self.ends.remove(&end).is_none() {
+            return;
+        }
+        let now = Instant::now();
+        self.ended
+            .retain(|_, e| now.saturating_duration_since(e.at) < ENDED_KEPT);
+        self.ended.insert(
+            end,
+            Ended {
+                at: now,
+                report_to,
+                partial: 0,
+            },
+        );
+    }
+
+    /// A frame for `end`, which is gone: the whole message it ends, if it ends one, and
+    /// whom to report it to.
+    fn crossed(
+        &mut self,
+        end: u64,
+        frame: &ForwardFrame,
+    ) -> Option<(Count, Option<(ClientKey, DeviceKey)>)> {
+        let ended = self.ended.get_mut(&end)?;
+        let FrameBody::Data { fin, payload, .. } = &frame.body else {
+            return None;
+        };
+        ended.partial += payload.len() as u64;
+        if !fin {
+            return None;
+        }
+        let count = Count {
+            frames: 1,
+            bytes: std::mem::take(&mut ended.partial),
+        };
+        Some((count, ended.report_to.clone()))
     }
 }
 
@@ -363,7 +423,7 @@ pub(crate) async fn serve_edge(
     let (peer_shard, peer_end) = match opened {
         Ok(at) => at,
         Err(why) => {
-            ctx.forward_ends.borrow_mut().remove(end);
+            ctx.forward_ends.borrow_mut().remove(end, None);
             match why {
                 Some(OpenRefusal::UnknownSession) => {
                     refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await
@@ -400,7 +460,7 @@ pub(crate) async fn serve_edge(
     .await;
     let Some(upgraded) = upgraded else {
         link.send(&ctx, closing_frame());
-        ctx.forward_ends.borrow_mut().remove(end);
+        ctx.forward_ends.borrow_mut().remove(end, None);
         return;
     };
     let conn = upgraded.id;
@@ -419,7 +479,7 @@ pub(crate) async fn serve_edge(
     if link.end() {
         link.send(&ctx, closing_frame());
     }
-    ctx.forward_ends.borrow_mut().remove(end);
+    ctx.forward_ends.borrow_mut().remove(end, None);
     let unsent = retire(&ctx, conn, &open.outbox);
     if unsent.frames > 0 {
         // Device messages that never reached the POS: the device cannot be told.
@@ -440,15 +500,27 @@ fn closing_frame() -> FrameBody {
 /// The device `sid` names among `client`'s domain's devices (a keyed hash: derived for
 /// each once, then remembered).
 fn device_of(ctx: &ShardCtx, sid: &SessionId, client: &ClientKey) -> Option<DeviceKey> {
-    if let Some(device) = ctx.session_index.borrow().devices.get(sid) {
-        return Some(device.clone()).filter(|d| d.domain == client.domain);
+    {
+        let index = ctx.session_index.borrow();
+        if let Some(device) = index.devices.get(sid) {
+            return Some(device.clone()).filter(|d| d.domain == client.domain);
+        }
+        let fresh = index
+            .indexed
+            .get(&client.domain)
+            .is_some_and(|at| at.elapsed() < REINDEX_AFTER);
+        if fresh {
+            return None;
+        }
     }
     let devices = ctx.shared.store.list_devices(&client.domain).ok()?;
     let keyring = SessionKeyring::new(ctx.shared.keyring_key);
     let mut index = ctx.session_index.borrow_mut();
     if index.devices.len() + devices.len() > MAX_INDEXED {
         index.devices.clear();
+        index.indexed.clear();
     }
+    index.indexed.insert(client.domain.clone(), Instant::now());
     let mut found = None;
     for record in devices {
         let device = DeviceKey {
@@ -582,8 +654,30 @@ pub(crate) async fn serve_inbox(ctx: Rc<ShardCtx>) {
             ForwardInbound::Open(request, replier) => open_stand_in(&ctx, &request, replier),
             ForwardInbound::Frame(end, bytes) => match ForwardFrame::decode(bytes) {
                 Ok(frame) => {
-                    if let Some(tx) = ctx.forward_ends.borrow().ends.get(&end) {
-                        let _ = tx.try_send(frame);
+                    let crossed = {
+                        let mut ends = ctx.forward_ends.borrow_mut();
+                        match ends.ends.get(&end) {
+                            Some(tx) => {
+                                let _ = tx.try_send(frame);
+                                None
+                            }
+                            None => ends.crossed(end, &frame),
+                        }
+                    };
+                    match crossed {
+                        Some((count, Some((client, device)))) => {
+                            ctx.coord.borrow_mut().handle_client_undelivered(
+                                client,
+                                &device,
+                                count,
+                                Instant::now(),
+                            );
+                            ctx.drive();
+                        }
+                        Some((count, None)) => {
+                            ShardMetrics::add(&ctx.metrics.dropped_device_frames, count.frames);
+                        }
+                        None => {}
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "malformed forwarded frame from another node"),
@@ -666,6 +760,7 @@ fn open_stand_in(ctx: &Rc<ShardCtx>, request: &OpenRequest, replier: Replier) {
     let stand = Rc::new(StandIn {
         sid,
         conn: stand_in,
+        client,
         device,
         outbox,
         link,
@@ -679,6 +774,7 @@ fn open_stand_in(ctx: &Rc<ShardCtx>, request: &OpenRequest, replier: Replier) {
 struct StandIn {
     sid: SessionId,
     conn: ConnId,
+    client: ClientKey,
     device: DeviceKey,
     outbox: OutboxRef,
     link: Rc<Link>,
@@ -690,7 +786,10 @@ impl StandIn {
         if !self.link.end() {
             return;
         }
-        ctx.forward_ends.borrow_mut().remove(self.conn.0);
+        ctx.forward_ends.borrow_mut().remove(
+            self.conn.0,
+            Some((self.client.clone(), self.device.clone())),
+        );
         let unsent = retire(ctx, self.conn, &self.outbox);
         if unsent.frames > 0 {
             ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
@@ -823,5 +922,77 @@ async fn stand_in_outbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>) {
                 at = end;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ClientId, DomainName, Serial};
+
+    fn data(seq: u64, fin: bool, len: usize) -> ForwardFrame {
+        ForwardFrame {
+            seq,
+            body: FrameBody::Data {
+                kind: MessageKind::Binary,
+                first: true,
+                fin,
+                payload: Bytes::from(vec![1; len]),
+            },
+        }
+    }
+
+    /// §6 "a frame is either delivered or reported": what crosses a stand-in's end is
+    /// counted as whole messages for the client it came from; an edge's, without anyone
+    /// to report to; an end never seen, not at all.
+    #[test]
+    fn frames_that_cross_an_ends_end_are_counted_for_whom_they_came_from() {
+        let domain = DomainName::new("acme.com").unwrap();
+        let client = ClientKey {
+            domain: domain.clone(),
+            client_id: ClientId::new("pos-1").unwrap(),
+        };
+        let device = DeviceKey {
+            domain,
+            serial: Serial::new("1001").unwrap(),
+        };
+        let mut ends = Ends::default();
+        let _rx = ends.add(5);
+        let _rx2 = ends.add(6);
+        ends.remove(5, Some((client.clone(), device.clone())));
+        ends.remove(6, None);
+        assert!(
+            ends.crossed(5, &data(0, false, 100)).is_none(),
+            "not whole yet"
+        );
+        assert_eq!(
+            ends.crossed(5, &data(1, true, 20)),
+            Some((
+                Count {
+                    frames: 1,
+                    bytes: 120
+                },
+                Some((client, device))
+            ))
+        );
+        let ping = ForwardFrame {
+            seq: 2,
+            body: FrameBody::Ping,
+        };
+        assert!(ends.crossed(5, &ping).is_none());
+        assert_eq!(
+            ends.crossed(6, &data(0, true, 3)),
+            Some((
+                Count {
+                    frames: 1,
+                    bytes: 3
+                },
+                None
+            ))
+        );
+        assert!(
+            ends.crossed(7, &data(0, true, 3)).is_none(),
+            "never an end here"
+        );
     }
 }
