@@ -602,6 +602,93 @@ fn a_session_opened_on_a_node_without_the_device_is_forwarded_to_the_node_that_h
     }
 }
 
+/// §11 through §12's forwarding: a reliable session (`posrelay.reliable.v1`) opened on a
+/// node without the device speaks its envelopes with the device's node, which keeps the
+/// claim's numbering; cut and resumed on a third node, nothing is missed or repeated.
+#[test]
+fn a_reliable_session_is_forwarded_and_resumes_on_another_node() {
+    const RELIABLE: &str = "posrelay.reliable.v1";
+    let c = cluster(3);
+    let (a, b, node_c) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let creds = a.provision("acme.com", "store-1", &["4001"]);
+    let token = node_c.token("acme.com", &creds);
+    let mut device = Device::register_and_connect(b, "4001", &creds);
+    let mut pos = Pos::control(node_c, &token);
+    let (_, url) = pos.claim_ok("4001");
+    let open = |node: &Relay| {
+        let (ws, resp) = node
+            .ws_connect(
+                &url,
+                &[
+                    ("Authorization", &format!("Bearer {token}")),
+                    ("Sec-WebSocket-Protocol", RELIABLE),
+                ],
+            )
+            .expect("reliable session");
+        let selected = resp.headers().get("Sec-WebSocket-Protocol").cloned();
+        assert_eq!(
+            selected.as_ref().and_then(|v| v.to_str().ok()),
+            Some(RELIABLE)
+        );
+        ws
+    };
+    let mut session = open(a);
+    send_json(&mut session, &json!({"type": "resume", "seq": 0}));
+    let resumed = recv_json(&mut session);
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    for i in 1..=5u64 {
+        send_json(
+            &mut session,
+            &json!({"type": "data", "seq": i, "text": format!("pos {i}")}),
+        );
+    }
+    for i in 1..=5u64 {
+        match device.recv() {
+            Message::Text(t) => assert_eq!(t, format!("pos {i}")),
+            other => panic!("device got {}", show(&other)),
+        }
+    }
+    for i in 1..=3u64 {
+        device.send_text(&format!("device {i}"));
+    }
+    // Acks of the POS's messages and the device's numbered messages, in whatever order.
+    let (mut acked, mut got) = (0, Vec::new());
+    while acked < 5 || got.len() < 3 {
+        let v = recv_json(&mut session);
+        match v["type"].as_str() {
+            Some("ack") => acked = v["seq"].as_u64().unwrap(),
+            Some("data") => got.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
+            _ => panic!("unexpected envelope {v}"),
+        }
+    }
+    assert_eq!(
+        got,
+        (1..=3u64)
+            .map(|i| (i, json!(format!("device {i}"))))
+            .collect::<Vec<_>>()
+    );
+    // The POS processed 1 and 2 only, then its connection breaks; it resumes on c.
+    send_json(&mut session, &json!({"type": "ack", "seq": 2}));
+    drop(session);
+    device.send_text("device 4");
+    let mut session = open(node_c);
+    send_json(&mut session, &json!({"type": "resume", "seq": 2}));
+    let resumed = recv_json(&mut session);
+    assert_eq!(
+        (resumed["type"].as_str(), resumed["seq"].as_u64()),
+        (Some("resumed"), Some(5)),
+        "the relay had all five POS messages: {resumed}"
+    );
+    for i in 3..=4u64 {
+        let v = recv_json(&mut session);
+        assert_eq!(
+            (v["type"].as_str(), v["seq"].as_u64(), v["text"].as_str()),
+            (Some("data"), Some(i), Some(format!("device {i}").as_str())),
+            "{v}"
+        );
+    }
+}
+
 /// §4 claim grace across nodes: "A claim ends … when the client's control channels and
 /// session stay closed for the claim grace period", its channels on every node: a claim
 /// made from a control channel on c, for a device on b, with no session, holds past the

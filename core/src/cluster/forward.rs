@@ -93,6 +93,9 @@ pub struct OpenRequest {
     pub edge_shard: usize,
     /// and the end there (the POS connection's id).
     pub edge_end: u64,
+    /// Whether the POS selected `posrelay.reliable.v1` (§11): the stand-in speaks it.
+    #[serde(default)]
+    pub reliable: bool,
 }
 
 impl OpenRequest {

@@ -31,6 +31,7 @@ use super::conn::{answer_upgrade, retire, serve_ws, ConnEntry, Handler, Next};
 use super::device::{carry, log_end};
 use super::login::refuse;
 use super::metrics::{ConnRole, ShardMetrics};
+use super::reliable_session::{self, SessionMode};
 use super::reply::{self, auth_refusal, UNKNOWN_SESSION};
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
@@ -350,7 +351,7 @@ fn reason_of(reason: String) -> std::borrow::Cow<'static, str> {
 /// lookup missed here). Answers 404 when no node has it.
 pub(crate) async fn serve_edge(
     ctx: Rc<ShardCtx>,
-    accepted: Box<Accepted<(SessionId, AccessClaims)>>,
+    accepted: Box<Accepted<(SessionId, AccessClaims, SessionMode)>>,
 ) {
     let Accepted {
         transport,
@@ -358,7 +359,7 @@ pub(crate) async fn serve_edge(
         answer,
         held,
         refusals,
-        role: (sid, claims),
+        role: (sid, claims, mode),
     } = *accepted;
     let client: ClientKey = claims.client();
     let unknown = || {
@@ -404,6 +405,7 @@ pub(crate) async fn serve_edge(
         edge_node: node.node_id().as_str().to_owned(),
         edge_shard: ctx.index,
         edge_end: end,
+        reliable: mode == SessionMode::Reliable,
     };
     let reply = node.ask_open(&owner, &request).await;
     let opened = match reply {
@@ -729,17 +731,28 @@ fn open_stand_in(ctx: &Rc<ShardCtx>, request: &OpenRequest, replier: Replier) {
             return;
         }
     };
+    let mode = if request.reliable {
+        SessionMode::Reliable
+    } else {
+        SessionMode::Plain
+    };
     let stand_in = ctx.new_conn_id();
     let outbox = Outbox::new(ctx.shared.config.send_queue_bytes);
     ctx.add_conn(
         stand_in,
         ConnEntry::new(outbox.clone(), ConnRole::PosSession),
     );
+    if mode == SessionMode::Reliable {
+        reliable_session::session_opening(ctx, &sid, &device, &client);
+    }
     let opened = ctx
         .coord
         .borrow_mut()
         .devices_mut()
         .handle_pos_session_opened(&sid, &client, stand_in, Instant::now());
+    if opened.is_ok() && mode == SessionMode::Reliable {
+        reliable_session::session_opened(ctx, &device, stand_in);
+    }
     if opened.is_err() {
         let _ = retire(ctx, stand_in, &outbox);
         replier.send(&OpenReply::refused(OpenRefusal::UnknownSession));
@@ -760,6 +773,7 @@ fn open_stand_in(ctx: &Rc<ShardCtx>, request: &OpenRequest, replier: Replier) {
     let stand = Rc::new(StandIn {
         sid,
         conn: stand_in,
+        mode,
         client,
         device,
         outbox,
@@ -774,6 +788,7 @@ fn open_stand_in(ctx: &Rc<ShardCtx>, request: &OpenRequest, replier: Replier) {
 struct StandIn {
     sid: SessionId,
     conn: ConnId,
+    mode: SessionMode,
     client: ClientKey,
     device: DeviceKey,
     outbox: OutboxRef,
@@ -791,7 +806,10 @@ impl StandIn {
             Some((self.client.clone(), self.device.clone())),
         );
         let unsent = retire(ctx, self.conn, &self.outbox);
-        if unsent.frames > 0 {
+        if self.mode == SessionMode::Reliable {
+            // Envelopes it never sent: the claim holds its device messages until acked.
+            reliable_session::session_closed(ctx, &self.device, self.conn);
+        } else if unsent.frames > 0 {
             ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
         }
         ctx.coord
@@ -817,6 +835,24 @@ async fn stand_in_inbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>, rx: LocalReceiv
         stand.outbox.borrow_mut().last_rx = now;
         match receive(&ctx, &stand.link, &mut assembler, frame) {
             Received::Nothing => {}
+            Received::Message(message) if stand.mode == SessionMode::Reliable => {
+                let len = message.payload.len() as u64;
+                // §11: the envelope is the reliable claim's to handle, as on a local session.
+                match reliable_session::on_pos_message(
+                    &ctx,
+                    &stand.device,
+                    stand.conn,
+                    message,
+                    now,
+                ) {
+                    Next::Read => {}
+                    Next::RoomAt(receiver) => {
+                        std::future::poll_fn(|cx| receiver.borrow_mut().poll_room(cx)).await
+                    }
+                    Next::Finish(work) | Next::Until(work) => work.await,
+                }
+                stand.link.handed_on(&ctx, len);
+            }
             Received::Message(message) => {
                 let len = message.payload.len() as u64;
                 let route = ctx
@@ -865,11 +901,15 @@ async fn stand_in_outbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>) {
         if stand.link.done.get() {
             return;
         }
+        // What was queued before a request goes first, as a connection writes it before
+        // its close frame.
+        send_queued(&ctx, &stand, &mut kind, true);
         let requests = stand.outbox.borrow_mut().take_requests();
         if requests.ping {
             stand.link.send(&ctx, FrameBody::Ping);
         }
         if let Some((code, reason)) = requests.close {
+            send_queued(&ctx, &stand, &mut kind, false);
             stand.link.send(
                 &ctx,
                 FrameBody::Close {
@@ -880,47 +920,52 @@ async fn stand_in_outbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>) {
             stand.finish(&ctx);
             return;
         }
-        while stand.link.has_credit() {
-            let Some(frame) = stand.outbox.borrow_mut().pop_front() else {
+    }
+}
+
+/// Sends the stand-in's queued frames to the edge: within the credit, or all of them
+/// (`within_credit` false: the session is closing, the outbox's own limit bounds them).
+fn send_queued(ctx: &Rc<ShardCtx>, stand: &StandIn, kind: &mut MessageKind, within_credit: bool) {
+    while !within_credit || stand.link.has_credit() {
+        let Some(frame) = stand.outbox.borrow_mut().pop_front() else {
+            break;
+        };
+        let Some(fin) = frame.message_end else {
+            continue; // a control frame: hop-by-hop, not forwarded
+        };
+        let opcode = frame.header.as_bytes().first().map_or(0, |b| b & 0x0f);
+        let first = opcode != 0;
+        if first {
+            *kind = if opcode == 1 {
+                MessageKind::Text
+            } else {
+                MessageKind::Binary
+            };
+        }
+        // A fragment longer than a NATS message is cut (§5: fragmentation may be passed
+        // on differently; the message is the same).
+        let payload = frame.payload;
+        let mut at = 0;
+        loop {
+            let end = (at + MAX_FORWARD_CHUNK).min(payload.len());
+            let last = end == payload.len();
+            stand
+                .link
+                .sent
+                .set(stand.link.sent.get() + (end - at) as u64);
+            stand.link.send(
+                ctx,
+                FrameBody::Data {
+                    kind: *kind,
+                    first: first && at == 0,
+                    fin: fin && last,
+                    payload: payload.slice(at..end),
+                },
+            );
+            if last {
                 break;
-            };
-            let Some(fin) = frame.message_end else {
-                continue; // a control frame: hop-by-hop, not forwarded
-            };
-            let opcode = frame.header.as_bytes().first().map_or(0, |b| b & 0x0f);
-            let first = opcode != 0;
-            if first {
-                kind = if opcode == 1 {
-                    MessageKind::Text
-                } else {
-                    MessageKind::Binary
-                };
             }
-            // A fragment longer than a NATS message is cut (§5: fragmentation may be
-            // passed on differently; the message is the same).
-            let payload = frame.payload;
-            let mut at = 0;
-            loop {
-                let end = (at + MAX_FORWARD_CHUNK).min(payload.len());
-                let last = end == payload.len();
-                stand
-                    .link
-                    .sent
-                    .set(stand.link.sent.get() + (end - at) as u64);
-                stand.link.send(
-                    &ctx,
-                    FrameBody::Data {
-                        kind,
-                        first: first && at == 0,
-                        fin: fin && last,
-                        payload: payload.slice(at..end),
-                    },
-                );
-                if last {
-                    break;
-                }
-                at = end;
-            }
+            at = end;
         }
     }
 }

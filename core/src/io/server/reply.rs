@@ -57,17 +57,6 @@ pub(crate) fn cluster_call_failed() -> Vec<u8> {
     )
 }
 
-/// §12: a request this node cannot serve, which the node that serves the device can
-/// (a reliable session opened elsewhere): 503 without `Retry-After`, retrying here
-/// would not help; the message says where to go.
-pub(crate) fn not_here(message: &str) -> Vec<u8> {
-    json_error(
-        HttpStatus::SERVICE_UNAVAILABLE,
-        &[("Connection", "close")],
-        message,
-    )
-}
-
 /// Writes a whole answer and closes.
 pub(crate) async fn answer_and_close(mut transport: Transport, bytes: &[u8]) {
     let _ = transport.write_all_vectored(&[bytes]).await;

@@ -11,7 +11,7 @@ use super::reply::{self, auth_refusal, UNKNOWN_SESSION};
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
 use crate::auth::{AccessClaims, AuthError};
-use crate::control::LoginDenied::{Forbidden, NotFound, Offline};
+use crate::control::LoginDenied::{Forbidden, NotFound};
 use crate::ids::{ClientKey, DeviceKey, SessionId};
 use crate::proto::Message;
 use crate::relay::{ConnId, SessionError};
@@ -24,9 +24,9 @@ pub(crate) async fn serve(
 ) {
     // Boxed: the setup's state is freed before the session's long life (see device.rs).
     // §12: a session whose device another node serves is forwarded there.
-    let (sid, mode) = (&accepted.role.0, accepted.role.2);
+    let sid = &accepted.role.0;
     if ctx.shared.cluster.is_some() && ctx.coord.borrow().devices().session_device(sid).is_none() {
-        return Box::pin(forward_elsewhere(ctx, accepted, mode)).await;
+        return Box::pin(forward_elsewhere(ctx, accepted)).await;
     }
     let Some(mut open) = Box::pin(open(&ctx, accepted)).await else {
         return;
@@ -51,40 +51,12 @@ pub(crate) async fn serve(
     log_end("pos_session", &open.handler.device, ctx.index, conn, ended);
 }
 
-/// §12: the session's device is not on this node: a plain session is forwarded to the
-/// node that serves it; a reliable one (§11) is served by that node only.
+/// §12: the session's device is not on this node: the session (plain or reliable) is
+/// forwarded to the node that serves it.
 async fn forward_elsewhere(
     ctx: Rc<ShardCtx>,
     accepted: Box<Accepted<(SessionId, AccessClaims, SessionMode)>>,
-    mode: SessionMode,
 ) {
-    if mode == SessionMode::Reliable {
-        let Accepted {
-            transport,
-            refusals,
-            ..
-        } = *accepted;
-        let message = "a reliable session (posrelay.reliable.v1) is served only by the relay node that serves its device: open the session_url of the claim";
-        let http = reply::not_here(message);
-        refuse(transport, refusals, &http, Offline, message).await;
-        return;
-    }
-    let Accepted {
-        transport,
-        rbuf,
-        answer,
-        held,
-        refusals,
-        role: (sid, claims, _),
-    } = *accepted;
-    let accepted = Box::new(Accepted {
-        transport,
-        rbuf,
-        answer,
-        held,
-        refusals,
-        role: (sid, claims),
-    });
     super::forward::serve_edge(ctx, accepted).await
 }
 
