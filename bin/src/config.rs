@@ -564,7 +564,7 @@ fn resolve_cluster(
     }
     // §12: `session_url` names the node that serves the device: a node without its own
     // URL would hand out the load balancer's (its --public-url), and every session would
-    // take the forwarded path (a NATS hop each way), and a reliable one would not open.
+    // take the forwarded path (a NATS hop each way).
     let Some(node_url) = node_url else {
         let hint = public_url.map_or(String::new(), |p| {
             format!(" (not --public-url {p}: that is every node's address)")
