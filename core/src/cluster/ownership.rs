@@ -130,7 +130,6 @@ pub async fn current_owner(
         Some(Ownership {
             epoch: Epoch::new(sequence),
             record: OwnershipRecord::decode(&payload)?,
-            claim: OwnershipRecord::decode_claim(&payload),
         })
     }))
 }
@@ -160,7 +159,6 @@ pub async fn append_ownership(
     nats: &Nats,
     device: &DeviceKey,
     me: &OwnershipRecord,
-    claim: Option<&str>,
     expected: Epoch,
 ) -> Result<Epoch, ClusterError> {
     let mut headers = HeaderMap::new();
@@ -173,15 +171,27 @@ pub async fn append_ownership(
         nats,
         ownership_subject(device),
         headers,
-        Bytes::from(me.encode_claimed(claim)),
+        Bytes::from(me.encode()),
     )
     .await
     .map(Epoch::new)
 }
 
+/// `posrelay.tsn.<domain>.<serial>.claim`: who holds the tsn's claim (§12: "claims stay
+/// (they live in the cluster's store)"), written by the owner fenced on its epoch, the
+/// last one kept (`Nats-Rollup: sub`).
+pub const CLAIM_KIND: &str = "claim";
+
+/// The claim record's JSON: `{"client":"<client id>"}`, or `{"client":null}` once released.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClaimJson {
+    client: Option<String>,
+}
+
 /// §12: records that `claim` (a client id; `None`: nobody) holds the claim of `device`,
-/// which `me` owns, in its ownership record (fenced on it: a node that lost the tsn
-/// writes nothing). `Ok(false)` when `me` does not own the tsn (any more).
+/// which `me` owns: fenced on its ownership epoch, so that a node that lost the tsn writes
+/// nothing (the ownership record itself is written only when the device arrives).
+/// `Ok(false)` when `me` does not own the tsn (any more).
 pub async fn record_claim(
     nats: &Nats,
     streams: &OwnershipStreams,
@@ -196,16 +206,53 @@ pub async fn record_claim(
         if current.record != *me {
             return Ok(false);
         }
-        if current.claim.as_deref() == claim {
+        if claim_of(nats, streams, device).await?.as_deref() == claim {
             return Ok(true);
         }
-        match append_ownership(nats, device, me, claim, current.epoch).await {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            current.epoch.sequence().to_string(),
+        );
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            ownership_subject(device),
+        );
+        headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+        let json = ClaimJson {
+            client: claim.map(str::to_owned),
+        };
+        let payload = Bytes::from(simd_json::to_vec(&json).unwrap_or_default());
+        match publish(nats, tsn_subject(device, CLAIM_KIND), headers, payload).await {
             Ok(_) => return Ok(true),
             Err(ClusterError::WrongLastSequence) => continue,
             Err(e) => return Err(e),
         }
     }
     Err(ClusterError::WrongLastSequence)
+}
+
+/// The client id whose claim on `device` the cluster holds, if any.
+pub async fn claim_of(
+    nats: &Nats,
+    streams: &OwnershipStreams,
+    device: &DeviceKey,
+) -> Result<Option<String>, ClusterError> {
+    let last = last_on_subject(
+        &streams.ownership,
+        &tsn_subject(device, CLAIM_KIND),
+        nats.timeout,
+    )
+    .await?;
+    Ok(last.and_then(|(_, headers, payload)| {
+        if is_marker(&headers) {
+            return None;
+        }
+        let mut buf = payload.to_vec();
+        simd_json::serde::from_slice::<ClaimJson>(&mut buf)
+            .ok()?
+            .client
+    }))
 }
 
 /// Takes the tsn over for `me` (a device just connected to this node, PROTOCOL.md §12):
@@ -246,9 +293,7 @@ pub async fn take_over_tsn_from(
             }
             (Some(_), expected) => expected,
         };
-        // The claim the tsn had stays with it (§12: "claims stay").
-        let claim = current.as_ref().and_then(|c| c.claim.as_deref());
-        match append_ownership(nats, device, me, claim, expected).await {
+        match append_ownership(nats, device, me, expected).await {
             Ok(epoch) => return Ok((epoch, current)),
             Err(ClusterError::WrongLastSequence) => continue,
             Err(e) => return Err(e),
@@ -343,8 +388,7 @@ mod tests {
             owner(),
             Some(Ownership {
                 epoch: e1,
-                record: a.clone(),
-                claim: None,
+                record: a.clone()
             })
         );
         fenced(e1, "from a, while owner").unwrap();
@@ -358,8 +402,7 @@ mod tests {
             owner(),
             Some(Ownership {
                 epoch: e2,
-                record: b.clone(),
-                claim: None,
+                record: b.clone()
             })
         );
 
@@ -371,7 +414,7 @@ mod tests {
         let (d, stale) = (device.clone(), a.clone());
         assert_eq!(
             on(&bridge, move |nats| async move {
-                append_ownership(&nats, &d, &stale, None, e1).await
+                append_ownership(&nats, &d, &stale, e1).await
             }),
             Err(ClusterError::WrongLastSequence)
         );
@@ -385,7 +428,7 @@ mod tests {
             let d = device.clone();
             bridge
                 .handle()
-                .call(move |nats| async move { append_ownership(&nats, &d, &me, None, e2).await })
+                .call(move |nats| async move { append_ownership(&nats, &d, &me, e2).await })
         };
         let (ra, rc) = (race(a.clone()), race(record("c", 3)));
         let results = [ra.wait().unwrap(), rc.wait().unwrap()];
@@ -404,31 +447,41 @@ mod tests {
         });
         assert!(gone);
 
-        // §12 "claims stay": the owner records the claim (fenced on its record); a node
-        // that does not own the tsn records nothing; a take-over carries the claim along.
-        let winner = owner().unwrap().record;
+        // §12 "claims stay": the owner records the claim (fenced on its epoch, which does
+        // not move: the ownership record is written only when the device arrives); a node
+        // that does not own the tsn records nothing; the next owner reads it.
+        let winner = owner().unwrap();
         let claim = |me: OwnershipRecord, holder: Option<&'static str>| {
             let (streams, d) = (streams.clone(), device.clone());
             on(&bridge, move |nats| async move {
                 record_claim(&nats, &streams, &d, &me, holder).await
             })
         };
-        assert_eq!(claim(winner.clone(), Some("pos-1")), Ok(true));
-        assert_eq!(owner().unwrap().claim.as_deref(), Some("pos-1"));
+        let read = || {
+            let (streams, d) = (streams.clone(), device.clone());
+            on(&bridge, move |nats| async move {
+                claim_of(&nats, &streams, &d).await
+            })
+            .unwrap()
+        };
+        assert_eq!(read(), None);
+        assert_eq!(claim(winner.record.clone(), Some("pos-1")), Ok(true));
+        assert_eq!(read().as_deref(), Some("pos-1"));
+        assert_eq!(owner().unwrap().epoch, winner.epoch, "the epoch stays");
         assert_eq!(claim(record("z", 9), None), Ok(false), "not the owner");
-        assert_eq!(owner().unwrap().claim.as_deref(), Some("pos-1"));
+        assert_eq!(read().as_deref(), Some("pos-1"));
         let (st, d) = (streams.clone(), device.clone());
-        let (_, before) = on(&bridge, move |nats| async move {
-            take_over_tsn_from(&nats, &st, &d, &record("y", 8)).await
+        on(&bridge, move |nats| async move {
+            take_over_tsn(&nats, &st, &d, &record("y", 8)).await
         })
         .unwrap();
-        assert_eq!(before.unwrap().claim.as_deref(), Some("pos-1"));
-        let now = owner().unwrap();
+        assert_eq!(read().as_deref(), Some("pos-1"), "the next owner finds it");
         assert_eq!(
-            (now.record, now.claim.as_deref()),
-            (record("y", 8), Some("pos-1"))
+            claim(winner.record, None),
+            Ok(false),
+            "the old owner cannot release it any more"
         );
         assert_eq!(claim(record("y", 8), None), Ok(true), "released");
-        assert_eq!(owner().unwrap().claim, None);
+        assert_eq!(read(), None);
     }
 }

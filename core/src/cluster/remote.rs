@@ -698,7 +698,12 @@ pub async fn take_over(
     bridge
         .call(move |nats| async move {
             let (epoch, before) = take_over_tsn_from(&nats, &streams, &device, &me).await?;
-            let claim = before.as_ref().and_then(|b| b.claim.clone());
+            // The claim the tsn had, when it comes from another owner (this one has it
+            // otherwise): one more read, only when the device moved.
+            let claim = match &before {
+                Some(_) => super::ownership::claim_of(&nats, &streams, &device).await?,
+                None => None,
+            };
             if let Some(before) = before.filter(|b| b.record.node != me.node) {
                 let notice = MovedNotice {
                     domain: device.domain.to_string(),

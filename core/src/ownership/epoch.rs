@@ -39,38 +39,21 @@ pub struct OwnershipRecord {
     pub incarnation: Incarnation,
 }
 
-/// The record's JSON: `{"node":"a","incarnation":"…"}`, and on a tsn's ownership record
-/// `"claim":"<client id>"` while a client holds its claim (§12: "claims stay (they live
-/// in the cluster's store)").
+/// The record's JSON: `{"node":"a","incarnation":"…"}`.
 #[derive(Serialize, Deserialize)]
 struct RecordJson {
     node: String,
     incarnation: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    claim: Option<String>,
 }
 
 impl OwnershipRecord {
     /// The record as stored.
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_claimed(None)
-    }
-
-    /// The record as stored for a tsn whose claim `claim` (a client id) holds.
-    pub fn encode_claimed(&self, claim: Option<&str>) -> Vec<u8> {
         let json = RecordJson {
             node: self.node.as_str().to_owned(),
             incarnation: self.incarnation.as_str().to_owned(),
-            claim: claim.map(str::to_owned),
         };
         simd_json::to_vec(&json).unwrap_or_default()
-    }
-
-    /// The claim holder a stored record names, if any.
-    pub fn decode_claim(bytes: &[u8]) -> Option<String> {
-        let mut buf = bytes.to_vec();
-        let json: RecordJson = simd_json::serde::from_slice(&mut buf).ok()?;
-        json.claim
     }
 
     /// A stored record, or `None` if it does not decode (a record this build cannot read
@@ -92,8 +75,6 @@ pub struct Ownership {
     pub epoch: Epoch,
     /// Who.
     pub record: OwnershipRecord,
-    /// The client id whose claim holds, if any.
-    pub claim: Option<String>,
 }
 
 /// What a node that has just accepted a device's connection does (PROTOCOL.md §12: the
@@ -159,7 +140,6 @@ mod tests {
         let other = Ownership {
             epoch: Epoch::new(41),
             record: rec("a", 1),
-            claim: None,
         };
         assert_eq!(
             take_over(Some(&other), &me),
@@ -171,7 +151,6 @@ mod tests {
         let my_last_run = Ownership {
             epoch: Epoch::new(42),
             record: rec("b", 2),
-            claim: None,
         };
         assert!(matches!(
             take_over(Some(&my_last_run), &me),
@@ -180,7 +159,6 @@ mod tests {
         let mine = Ownership {
             epoch: Epoch::new(43),
             record: me.clone(),
-            claim: Some("pos-1".into()),
         };
         assert_eq!(
             take_over(Some(&mine), &me),
@@ -193,15 +171,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_garbage_names_no_owner() {
         let r = rec("node-a", 9);
-        assert_eq!(OwnershipRecord::decode(&r.encode()), Some(r.clone()));
-        assert_eq!(OwnershipRecord::decode_claim(&r.encode()), None);
-        // A claimed tsn's record is the same owner, and names the claim holder.
-        let claimed = r.encode_claimed(Some("pos-1"));
-        assert_eq!(OwnershipRecord::decode(&claimed), Some(r));
-        assert_eq!(
-            OwnershipRecord::decode_claim(&claimed).as_deref(),
-            Some("pos-1")
-        );
+        assert_eq!(OwnershipRecord::decode(&r.encode()), Some(r));
         assert_eq!(OwnershipRecord::decode(b"{"), None);
         assert_eq!(
             OwnershipRecord::decode(br#"{"node":"a.b","incarnation":"x"}"#),
