@@ -600,6 +600,36 @@ fn a_session_opened_on_a_node_without_the_device_is_forwarded_to_the_node_that_h
         Message::Binary(bytes) => assert_eq!(bytes.as_slice(), b"back"),
         other => panic!("POS got {}", show(&other)),
     }
+
+    // §12 "A POS session stays open while its device moves between nodes": the device
+    // moves from b to c (b has recorded the claim, which c then holds); the session on a
+    // goes on with c.
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let text = b.metrics();
+        (labelled(
+            &text,
+            "posrelay_cluster_claim_records_total",
+            ("result", "written"),
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert!(recorded.is_some(), "b recorded the claim");
+    let mut moved = Device::register_and_connect(node_c, "2001", &creds);
+    assert_eq!(
+        expect_close(&mut device.ws),
+        4000,
+        "the older connection on b"
+    );
+    moved.send_text("from c");
+    match recv(&mut one) {
+        Message::Text(t) => assert_eq!(t, "from c"),
+        other => panic!("POS got {}", show(&other)),
+    }
+    send_text(&mut one, "to c");
+    match moved.recv() {
+        Message::Text(t) => assert_eq!(t, "to c"),
+        other => panic!("device got {}", show(&other)),
+    }
 }
 
 /// §11 through §12's forwarding: a reliable session (`posrelay.reliable.v1`) opened on a

@@ -174,6 +174,9 @@ pub enum FrameBody {
     Ping,
     /// Yes.
     Pong,
+    /// The session ended on the owner because its device moved to another node (§12): the
+    /// edge opens it again there ("a POS session stays open while its device moves").
+    Moved,
 }
 
 /// Why a frame from another node was not understood.
@@ -192,6 +195,7 @@ const ACK: u8 = 1;
 const CLOSE: u8 = 2;
 const PING: u8 = 3;
 const PONG: u8 = 4;
+const MOVED: u8 = 5;
 
 const TEXT: u8 = 1;
 const FIRST: u8 = 2;
@@ -208,6 +212,7 @@ impl ForwardFrame {
             FrameBody::Close { reason, .. } => (CLOSE, 2 + reason.len()),
             FrameBody::Ping => (PING, 0),
             FrameBody::Pong => (PONG, 0),
+            FrameBody::Moved => (MOVED, 0),
         };
         out.reserve(rest_len);
         out.put_u8(kind);
@@ -237,7 +242,7 @@ impl ForwardFrame {
                 out.put_u16(*code);
                 out.put_slice(reason.as_bytes());
             }
-            FrameBody::Ping | FrameBody::Pong => {}
+            FrameBody::Ping | FrameBody::Pong | FrameBody::Moved => {}
         }
         out.freeze()
     }
@@ -289,6 +294,7 @@ impl ForwardFrame {
             }
             PING => FrameBody::Ping,
             PONG => FrameBody::Pong,
+            MOVED => FrameBody::Moved,
             other => return Err(FrameError::UnknownType(other)),
         };
         Ok(Self { seq, body })
@@ -475,6 +481,7 @@ mod tests {
         });
         round_trip(FrameBody::Ping);
         round_trip(FrameBody::Pong);
+        round_trip(FrameBody::Moved);
     }
 
     #[test]

@@ -23,3 +23,8 @@ pub const PROTOCOL_ERROR: u16 = 1002;
 pub const INTERNAL_ERROR: u16 = 1011;
 /// §8 4409: a reliable session cannot be resumed (§11).
 pub const RESUME_FAILED: u16 = 4409;
+
+/// §12: the reason a POS session of a device that moved to another node is closed with
+/// ([`SERVICE_RESTART`]): a forwarded session's node opens it again on the device's new
+/// node instead ("a POS session stays open while its device moves between nodes").
+pub const MOVED_REASON: &str = "the device moved to another relay node: claim it again";

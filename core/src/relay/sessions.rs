@@ -660,10 +660,7 @@ impl<M: QueuedMessage> DeviceShard<M> {
                 close::REPLACED,
                 "replaced: the device connected to another relay node",
             ),
-            (
-                close::SERVICE_RESTART,
-                "the device moved to another relay node: claim it again",
-            ),
+            (close::SERVICE_RESTART, close::MOVED_REASON),
         );
     }
 

@@ -140,9 +140,15 @@ impl Ends {
 /// One end's view of a forwarded session: where its frames go, their numbering, the
 /// credit, and whether it has ended.
 struct Link {
-    peer: NodeId,
-    peer_shard: usize,
-    peer_end: u64,
+    /// The other end: its node, shard and end id (the edge's changes when the device
+    /// moves, §12).
+    peer: RefCell<NodeId>,
+    peer_shard: Cell<usize>,
+    peer_end: Cell<u64>,
+    /// The edge is opening the session again on the device's new node: the POS's
+    /// messages wait in `held` (reading from the POS waits too).
+    moving: Cell<bool>,
+    held: RefCell<Vec<Message>>,
     seq: RefCell<Sequencer>,
     /// Payload bytes sent, and acknowledged by the peer.
     sent: Cell<u64>,
@@ -158,9 +164,11 @@ struct Link {
 impl Link {
     fn new(peer: NodeId, peer_shard: usize, peer_end: u64) -> Rc<Self> {
         Rc::new(Self {
-            peer,
-            peer_shard,
-            peer_end,
+            peer: RefCell::new(peer),
+            peer_shard: Cell::new(peer_shard),
+            peer_end: Cell::new(peer_end),
+            moving: Cell::new(false),
+            held: RefCell::new(Vec::new()),
             seq: RefCell::new(Sequencer::default()),
             sent: Cell::new(0),
             acked: Cell::new(0),
@@ -176,7 +184,36 @@ impl Link {
             return;
         };
         let frame = self.seq.borrow_mut().next(body);
-        node.send_frame(&self.peer, self.peer_shard, self.peer_end, &frame);
+        node.send_frame(
+            &self.peer.borrow(),
+            self.peer_shard.get(),
+            self.peer_end.get(),
+            &frame,
+        );
+    }
+
+    /// The peer's node, for logs.
+    fn peer(&self) -> NodeId {
+        self.peer.borrow().clone()
+    }
+
+    /// §12: the session moves to a new peer: numbering and credit start again (before the
+    /// new peer is asked, so that nothing it sends is refused).
+    fn start_over(&self) {
+        self.moving.set(true);
+        *self.seq.borrow_mut() = Sequencer::default();
+        for c in [&self.sent, &self.acked, &self.handed_on, &self.acked_back] {
+            c.set(0);
+        }
+    }
+
+    /// The new peer took the session: what waited goes on.
+    fn rebind(&self, peer: NodeId, shard: usize, end: u64) {
+        *self.peer.borrow_mut() = peer;
+        self.peer_shard.set(shard);
+        self.peer_end.set(end);
+        self.moving.set(false);
+        self.wake();
     }
 
     /// Sends a whole message (cut into frames as needed).
@@ -194,7 +231,7 @@ impl Link {
     }
 
     fn has_credit(&self) -> bool {
-        self.in_flight() < FORWARD_WINDOW
+        !self.moving.get() && self.in_flight() < FORWARD_WINDOW
     }
 
     fn handle_ack(&self, n: u64) {
@@ -274,6 +311,8 @@ enum Received {
     Message(Message),
     /// The peer ended the session with this code and reason.
     Closed(u16, String),
+    /// The peer ended it because the device moved to another node (§12).
+    Moved,
     /// The session must end: a frame was lost or made no sense.
     Broken(&'static str),
 }
@@ -311,6 +350,7 @@ fn receive(
             Received::Nothing
         }
         FrameBody::Pong => Received::Nothing,
+        FrameBody::Moved => Received::Moved,
     }
 }
 
@@ -474,6 +514,7 @@ pub(crate) async fn serve_edge(
         link.clone(),
         rx,
         upgraded.outbox.clone(),
+        (device.clone(), request),
     ))
     .detach();
     let mut open = upgraded.open(EdgeHandler { link: link.clone() }, held);
@@ -548,6 +589,12 @@ impl Handler for EdgeHandler {
         if self.link.done.get() {
             return Next::Read;
         }
+        if self.link.moving.get() {
+            // §12: the session is opening again on the device's new node: this message
+            // goes there once it is open (reading waits meanwhile).
+            self.link.held.borrow_mut().push(message);
+            return Next::Until(Box::pin(self.link.clone().credit()));
+        }
         self.link
             .send_message(ctx, message.kind, message.payload.as_slice());
         if self.link.has_credit() {
@@ -565,6 +612,7 @@ async fn edge_inbound(
     link: Rc<Link>,
     rx: LocalReceiver<ForwardFrame>,
     outbox: OutboxRef,
+    again: (DeviceKey, OpenRequest),
 ) {
     let mut assembler = ForwardAssembler::new(ctx.shared.config.ws_limits.max_message);
     let mut heard = Instant::now();
@@ -586,11 +634,11 @@ async fn edge_inbound(
             None => {
                 // Quiet: is the owner's node still there? (Its stand-in answers the ping.)
                 let alive = match ctx.shared.cluster.as_ref() {
-                    Some(node) => node.node_alive(&link.peer).await,
+                    Some(node) => node.node_alive(&link.peer()).await,
                     None => Ok(false),
                 };
                 if matches!(alive, Ok(false)) {
-                    tracing::info!(node = %link.peer, "forwarded session: the device's node is gone (no responder): closing (1012)");
+                    tracing::info!(node = %link.peer(), "forwarded session: the device's node is gone (no responder): closing (1012)");
                     return gone(&outbox);
                 }
                 link.send(&ctx, FrameBody::Ping);
@@ -616,8 +664,37 @@ async fn edge_inbound(
                 }
                 return;
             }
+            Received::Moved => {
+                // §12: "A POS session stays open while its device moves between nodes".
+                if !open_again(&ctx, &link, &again.0, &again.1).await {
+                    // What the POS sent meanwhile reached no device: reported (§6).
+                    let held = std::mem::take(&mut *link.held.borrow_mut());
+                    if let (false, Some((client, _))) =
+                        (held.is_empty(), again.1.parts().map(|p| (p.1, p.0)))
+                    {
+                        let count = Count {
+                            frames: held.len() as u64,
+                            bytes: held.iter().map(|m| m.payload.len() as u64).sum(),
+                        };
+                        ctx.coord.borrow_mut().handle_client_undelivered(
+                            client,
+                            &again.0,
+                            count,
+                            Instant::now(),
+                        );
+                        ctx.drive();
+                    }
+                    if link.end() {
+                        outbox
+                            .borrow_mut()
+                            .request_close(close::SERVICE_RESTART, close::MOVED_REASON);
+                    }
+                    return;
+                }
+                heard = Instant::now();
+            }
             Received::Broken(why) => {
-                tracing::warn!(node = %link.peer, "{why}");
+                tracing::warn!(node = %link.peer(), "{why}");
                 if link.end() {
                     link.send(&ctx, broken_frame(why));
                     outbox
@@ -626,6 +703,51 @@ async fn edge_inbound(
                 }
                 return;
             }
+        }
+    }
+}
+
+/// §12: the device of this edge's session moved: opens the session again on its new node
+/// (the claim followed the device there). `false` when that failed (the POS is told
+/// with 1012, and claims again).
+async fn open_again(
+    ctx: &Rc<ShardCtx>,
+    link: &Link,
+    device: &DeviceKey,
+    request: &OpenRequest,
+) -> bool {
+    let Some(node) = ctx.shared.cluster.as_ref() else {
+        return false;
+    };
+    link.start_over();
+    let owner = match node.other_owner(device).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!(tsn = %device.serial, error = %e, "forwarded session: cannot read the device's new node");
+            return false;
+        }
+    };
+    match node.ask_open(&owner, request).await {
+        Ok(OpenReply {
+            shard,
+            end,
+            refused: None,
+        }) => {
+            tracing::info!(tsn = %device.serial, node = %owner, "forwarded session: the device moved, the session goes on with its new node");
+            link.rebind(owner, shard, end);
+            for message in std::mem::take(&mut *link.held.borrow_mut()) {
+                link.send_message(ctx, message.kind, message.payload.as_slice());
+            }
+            true
+        }
+        Ok(OpenReply { refused, .. }) => {
+            tracing::info!(tsn = %device.serial, node = %owner, ?refused, "forwarded session: the device's new node did not take the session");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(tsn = %device.serial, node = %owner, error = %e, "forwarded session: the device's new node did not answer");
+            false
         }
     }
 }
@@ -769,7 +891,7 @@ fn open_stand_in(ctx: &Rc<ShardCtx>, request: &OpenRequest, replier: Replier) {
     ctx.drive();
     ShardMetrics::add(&ctx.metrics.forwarded_owner, 1);
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id,
-        node = %link.peer, shard = ctx.index, conn = stand_in.0, "forwarded session opened for another node's connection");
+        node = %link.peer(), shard = ctx.index, conn = stand_in.0, "forwarded session opened for another node's connection");
     let stand = Rc::new(StandIn {
         sid,
         conn: stand_in,
@@ -817,7 +939,7 @@ impl StandIn {
             .devices_mut()
             .handle_pos_session_closed(&self.sid, self.conn, Instant::now());
         ctx.drive();
-        tracing::info!(role = "pos_session", tsn = %self.device.serial, node = %self.link.peer, shard = ctx.index,
+        tracing::info!(role = "pos_session", tsn = %self.device.serial, node = %self.link.peer(), shard = ctx.index,
             conn = self.conn.0, "forwarded session closed");
     }
 }
@@ -865,12 +987,12 @@ async fn stand_in_inbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>, rx: LocalReceiv
                 }
                 stand.link.handed_on(&ctx, len);
             }
-            Received::Closed(..) => {
+            Received::Closed(..) | Received::Moved => {
                 stand.finish(&ctx);
                 return;
             }
             Received::Broken(why) => {
-                tracing::warn!(node = %stand.link.peer, "{why}");
+                tracing::warn!(node = %stand.link.peer(), "{why}");
                 stand.link.send(&ctx, broken_frame(why));
                 stand.finish(&ctx);
                 return;
@@ -910,13 +1032,20 @@ async fn stand_in_outbound(ctx: Rc<ShardCtx>, stand: Rc<StandIn>) {
         }
         if let Some((code, reason)) = requests.close {
             send_queued(&ctx, &stand, &mut kind, false);
-            stand.link.send(
-                &ctx,
+            // §12: a plain session whose device moved goes on with the device's new node
+            // (a reliable one's numbering stays here: it closes, and resumes elsewhere).
+            let moved = code == close::SERVICE_RESTART
+                && reason == close::MOVED_REASON
+                && stand.mode == SessionMode::Plain;
+            let body = if moved {
+                FrameBody::Moved
+            } else {
                 FrameBody::Close {
                     code,
                     reason: reason.into_owned(),
-                },
-            );
+                }
+            };
+            stand.link.send(&ctx, body);
             stand.finish(&ctx);
             return;
         }
