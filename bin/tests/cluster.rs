@@ -398,26 +398,49 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
         "the other is busy: {answers:?}"
     );
 
-    // The device moves to a: its connection on b closes with 4000, the POS session on
-    // b with 1012; the POS claims again from c and reaches it through a.
+    // The device moves to a (b has recorded the claim, which a then holds): its
+    // connection on b closes with 4000, and the POS session on b stays open, going on
+    // with a (§12: "A POS session stays open while its device moves between nodes").
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let text = b.metrics();
+        (labelled(
+            &text,
+            "posrelay_cluster_claim_records_total",
+            ("result", "written"),
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert!(recorded.is_some(), "b recorded the claim");
     let mut moved = Device::register_and_connect(a, "1001", &creds);
     assert_eq!(
         expect_close(&mut device.ws),
         4000,
         "the older connection on b"
     );
-    assert_eq!(expect_close(&mut session), 1012, "the session on b");
+    moved.send_text("from a");
+    match recv(&mut session) {
+        Message::Text(t) => assert_eq!(t, "from a"),
+        other => panic!("POS got {}", show(&other)),
+    }
+    send_text(&mut session, "to a");
+    match moved.recv() {
+        Message::Text(t) => assert_eq!(t, "to a"),
+        other => panic!("device got {}", show(&other)),
+    }
     // §12: "device_status … reach[es] the claim holder's control channels on whichever
-    // nodes they are": b's event reaches the POS's channel on c.
-    let event = pos.next_event();
-    assert_eq!(
-        (
-            event["type"].as_str(),
-            event["tsn"].as_str(),
-            event["online"].as_bool()
-        ),
-        (Some("device_status"), Some("1001"), Some(false)),
-        "{event}"
+    // nodes they are": b's offline and a's online reach the POS's channel on c.
+    let events: Vec<(Option<String>, Option<bool>)> = (0..2)
+        .map(|_| {
+            let e = pos.next_event();
+            assert_eq!(e["type"], "device_status", "{e}");
+            assert_eq!(e["tsn"], "1001", "{e}");
+            (e["tsn"].as_str().map(str::to_owned), e["online"].as_bool())
+        })
+        .collect();
+    assert!(
+        events.contains(&(Some("1001".into()), Some(false)))
+            && events.contains(&(Some("1001".into()), Some(true))),
+        "{events:?}"
     );
     let (sid2, url2) = pos.claim_ok("1001");
     assert_eq!(sid2, sid, "a device keeps its session_id across nodes");
@@ -426,7 +449,13 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
         url2.starts_with(&a_url),
         "session_url names the new node a: {url2}"
     );
-    let mut session = Pos::session(a, &url2, &token);
+    let newer = Pos::session(a, &url2, &token);
+    assert_eq!(
+        expect_close(&mut session),
+        4000,
+        "replaced by the newer session on a"
+    );
+    let mut session = newer;
     send_text(&mut session, "after the move");
     match moved.recv() {
         Message::Text(t) => assert_eq!(t, "after the move"),

@@ -586,22 +586,26 @@ struct EdgeHandler {
 
 impl Handler for EdgeHandler {
     fn on_message(&mut self, ctx: &Rc<ShardCtx>, message: Message, _received: Instant) -> Next {
-        if self.link.done.get() {
-            return Next::Read;
-        }
-        if self.link.moving.get() {
-            // §12: the session is opening again on the device's new node: this message
-            // goes there once it is open (reading waits meanwhile).
-            self.link.held.borrow_mut().push(message);
-            return Next::Until(Box::pin(self.link.clone().credit()));
-        }
-        self.link
-            .send_message(ctx, message.kind, message.payload.as_slice());
-        if self.link.has_credit() {
-            Next::Read
-        } else {
-            Next::Until(Box::pin(self.link.clone().credit()))
-        }
+        send_from_pos(ctx, &self.link, message)
+    }
+}
+
+/// A POS's message at an edge: sent to the device's node within the credit.
+fn send_from_pos(ctx: &Rc<ShardCtx>, link: &Rc<Link>, message: Message) -> Next {
+    if link.done.get() {
+        return Next::Read;
+    }
+    if link.moving.get() {
+        // §12: the session is opening again on the device's new node: this message goes
+        // there once it is open (reading waits meanwhile).
+        link.held.borrow_mut().push(message);
+        return Next::Until(Box::pin(link.clone().credit()));
+    }
+    link.send_message(ctx, message.kind, message.payload.as_slice());
+    if link.has_credit() {
+        Next::Read
+    } else {
+        Next::Until(Box::pin(link.clone().credit()))
     }
 }
 
@@ -667,29 +671,7 @@ async fn edge_inbound(
             Received::Moved => {
                 // §12: "A POS session stays open while its device moves between nodes".
                 if !open_again(&ctx, &link, &again.0, &again.1).await {
-                    // What the POS sent meanwhile reached no device: reported (§6).
-                    let held = std::mem::take(&mut *link.held.borrow_mut());
-                    if let (false, Some((client, _))) =
-                        (held.is_empty(), again.1.parts().map(|p| (p.1, p.0)))
-                    {
-                        let count = Count {
-                            frames: held.len() as u64,
-                            bytes: held.iter().map(|m| m.payload.len() as u64).sum(),
-                        };
-                        ctx.coord.borrow_mut().handle_client_undelivered(
-                            client,
-                            &again.0,
-                            count,
-                            Instant::now(),
-                        );
-                        ctx.drive();
-                    }
-                    if link.end() {
-                        outbox
-                            .borrow_mut()
-                            .request_close(close::SERVICE_RESTART, close::MOVED_REASON);
-                    }
-                    return;
+                    return moved_nowhere(&ctx, &link, &outbox, &again);
                 }
                 heard = Instant::now();
             }
@@ -705,6 +687,128 @@ async fn edge_inbound(
             }
         }
     }
+}
+
+/// §12: the session could not be opened again where its device went: what the POS sent
+/// meanwhile reached no device and is reported (§6), and the POS is told with 1012.
+fn moved_nowhere(
+    ctx: &Rc<ShardCtx>,
+    link: &Link,
+    outbox: &OutboxRef,
+    (device, request): &(DeviceKey, OpenRequest),
+) {
+    let held = std::mem::take(&mut *link.held.borrow_mut());
+    if let (false, Some((_, client, _))) = (held.is_empty(), request.parts()) {
+        let count = Count {
+            frames: held.len() as u64,
+            bytes: held.iter().map(|m| m.payload.len() as u64).sum(),
+        };
+        ctx.coord
+            .borrow_mut()
+            .handle_client_undelivered(client, device, count, Instant::now());
+        ctx.drive();
+    }
+    if link.end() {
+        outbox
+            .borrow_mut()
+            .request_close(close::SERVICE_RESTART, close::MOVED_REASON);
+    }
+}
+
+/// §12: a plain POS session connected to this node, whose device is here: if the device
+/// moves to another node, the session becomes an edge to it instead of closing
+/// ("a POS session stays open while its device moves between nodes").
+pub(crate) struct Movable {
+    /// Once its device moved: the link to the device's node.
+    link: RefCell<Option<Rc<Link>>>,
+    /// The end its frames come back to, and how to open it again.
+    end: u64,
+    again: (DeviceKey, OpenRequest),
+}
+
+impl Movable {
+    /// For the plain session `conn` of `client` on `device`'s session `sid`; registered in
+    /// the shard (`ShardCtx::movable`).
+    pub(crate) fn register(
+        ctx: &Rc<ShardCtx>,
+        conn: ConnId,
+        sid: &SessionId,
+        client: &ClientKey,
+        device: &DeviceKey,
+    ) -> Option<Rc<Self>> {
+        let node = ctx.shared.cluster.as_ref()?;
+        let end = ctx.new_conn_id().0;
+        let request = OpenRequest {
+            session_id: sid.as_str().to_owned(),
+            domain: client.domain.to_string(),
+            client_id: client.client_id.to_string(),
+            edge_node: node.node_id().as_str().to_owned(),
+            edge_shard: ctx.index,
+            edge_end: end,
+            reliable: false,
+        };
+        let movable = Rc::new(Self {
+            link: RefCell::new(None),
+            end,
+            again: (device.clone(), request),
+        });
+        ctx.movable.borrow_mut().insert(conn, movable.clone());
+        Some(movable)
+    }
+
+    /// The POS's message, if the session is an edge now (`None`: handle it here).
+    pub(crate) fn on_message(&self, ctx: &Rc<ShardCtx>, message: Message) -> Result<Next, Message> {
+        match self.link.borrow().as_ref() {
+            Some(link) => Ok(send_from_pos(ctx, link, message)),
+            None => Err(message),
+        }
+    }
+
+    /// The session's connection ended: the device's node is told, if it is an edge.
+    pub(crate) fn closed(&self, ctx: &Rc<ShardCtx>, conn: ConnId) {
+        ctx.movable.borrow_mut().remove(&conn);
+        if let Some(link) = self.link.borrow().as_ref() {
+            if link.end() {
+                link.send(ctx, closing_frame());
+            }
+            ctx.forward_ends.borrow_mut().remove(self.end, None);
+        }
+    }
+
+    /// Whether the session went on to another node.
+    pub(crate) fn is_edge(&self) -> bool {
+        self.link.borrow().is_some()
+    }
+}
+
+/// §12: the device of the local session `conn` moved (its node closed the session with
+/// [`close::MOVED_REASON`]): the session becomes an edge to the device's new node. `false`
+/// if `conn` is not such a session (close it as asked).
+pub(crate) fn session_moved(ctx: &Rc<ShardCtx>, conn: ConnId) -> bool {
+    let Some(movable) = ctx.movable.borrow().get(&conn).cloned() else {
+        return false;
+    };
+    let Some(outbox) = ctx.outbox(conn) else {
+        return false;
+    };
+    let Some(node) = ctx.shared.cluster.as_ref() else {
+        return false;
+    };
+    // Held from now on: nothing the POS sends goes to the device's old session.
+    let link = Link::new(node.node_id().clone(), 0, 0);
+    link.start_over();
+    *movable.link.borrow_mut() = Some(link.clone());
+    let rx = ctx.forward_ends.borrow_mut().add(movable.end);
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let again = movable.again.clone();
+        if !open_again(&ctx, &link, &again.0, &again.1).await {
+            return moved_nowhere(&ctx, &link, &outbox, &again);
+        }
+        edge_inbound(ctx, link, rx, outbox, again).await
+    })
+    .detach();
+    true
 }
 
 /// §12: the device of this edge's session moved: opens the session again on its new node

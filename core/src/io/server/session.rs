@@ -34,6 +34,18 @@ pub(crate) async fn serve(
     let ended = serve_ws(&ctx, &mut open.driver, &mut open.proto, &mut open.handler).await;
     // Fields used in place (not moved out), so the future keeps no second copy of them.
     let conn = open.handler.conn;
+    if let Some(movable) = open.handler.movable.take() {
+        movable.closed(&ctx, conn);
+        if movable.is_edge() {
+            // §12: its device moved, and it went on with the device's new node: this
+            // node's session of the device ended then.
+            let unsent = retire(&ctx, conn, &open.outbox);
+            ShardMetrics::add(&ctx.metrics.dropped_device_frames, unsent.frames);
+            open.driver.shutdown().await;
+            log_end("pos_session", &open.handler.device, ctx.index, conn, ended);
+            return;
+        }
+    }
     let unsent = retire(&ctx, conn, &open.outbox);
     if open.handler.mode == SessionMode::Reliable {
         // Envelopes it never wrote: the claim holds its device messages until acked.
@@ -129,11 +141,16 @@ async fn open(
     }
     ctx.drive();
     tracing::info!(role = "pos_session", tsn = %device.serial, domain = %device.domain, client = %client.client_id, shard = ctx.index, conn = id.0, "connection opened");
+    // §12: on a cluster node, a plain session goes on with its device's new node.
+    let movable = (mode == SessionMode::Plain)
+        .then(|| super::forward::Movable::register(ctx, id, &sid, &client, &device))
+        .flatten();
     let handler = SessionHandler {
         sid,
         conn: id,
         device,
         mode,
+        movable,
     };
     Some(upgraded.open(handler, held))
 }
@@ -143,6 +160,9 @@ struct SessionHandler {
     conn: ConnId,
     device: DeviceKey,
     mode: SessionMode,
+    /// §12 (a plain session on a cluster node): what it needs to go on with its device's
+    /// new node if the device moves.
+    movable: Option<Rc<super::forward::Movable>>,
 }
 
 impl Handler for SessionHandler {
@@ -156,6 +176,13 @@ impl Handler for SessionHandler {
                 received,
             );
         }
+        let message = match &self.movable {
+            Some(movable) => match movable.on_message(ctx, message) {
+                Ok(next) => return next,
+                Err(message) => message,
+            },
+            None => message,
+        };
         let route = ctx
             .coord
             .borrow_mut()

@@ -83,6 +83,9 @@ pub(crate) struct ShardCtx {
     /// §12: when this shard last listed its clients with control channels to the other
     /// nodes.
     presence_listed: Cell<Option<Instant>>,
+    /// §12: the plain POS sessions connected here whose device is here, which go on with
+    /// the device's new node if it moves.
+    pub movable: RefCell<HashMap<ConnId, Rc<super::forward::Movable>>>,
     /// §12: session ids looked up for forwarded sessions, and their devices.
     pub session_index: RefCell<super::forward::SessionIndex>,
     /// §12: the node's fencing lease losses this shard has acted on.
@@ -225,7 +228,15 @@ impl ShardCtx {
                 outcome,
             } => self.answer_claim(requester, &serial, op, outcome),
             Output::Answered { ticket, answer } => self.answers.deliver(ticket, answer),
-            Output::CloseConn { conn, code, reason } => self.close_conn(conn, code, reason),
+            Output::CloseConn { conn, code, reason } => {
+                // §12: a local session whose device moved goes on with its new node.
+                let moved = code == close::SERVICE_RESTART
+                    && reason == close::MOVED_REASON
+                    && super::forward::session_moved(self, conn);
+                if !moved {
+                    self.close_conn(conn, code, reason)
+                }
+            }
             Output::CloseUndelivered { conn, count } => {
                 if let Some(ob) = self.outbox(conn) {
                     let reason =
@@ -663,6 +674,7 @@ pub(crate) async fn run_shard(
         remote_claims: RefCell::new(HashMap::new()),
         forward_ends: RefCell::new(Default::default()),
         session_index: RefCell::new(Default::default()),
+        movable: RefCell::new(HashMap::new()),
         presence_listed: Cell::new(None),
         fences_seen: Cell::new(0),
         fencing: Cell::new(false),
