@@ -423,30 +423,14 @@ pub(crate) async fn serve_edge(
         }
         Err(e) => {
             tracing::warn!(tsn = %device.serial, error = %e, "forwarded session refused: cannot read the device's node");
-            let http = reply::cluster_call_failed();
-            refuse(
-                transport,
-                refusals,
-                &http,
-                Offline,
-                "the relay's cluster did not answer in time: retry",
-            )
-            .await;
+            refuse_cluster_failed(transport, refusals).await;
             return;
         }
     };
     // The end exists before the owner is asked, so that nothing it sends is missed.
     let end = ctx.new_conn_id().0;
     let rx = ctx.forward_ends.borrow_mut().add(end);
-    let request = OpenRequest {
-        session_id: sid.as_str().to_owned(),
-        domain: client.domain.to_string(),
-        client_id: client.client_id.to_string(),
-        edge_node: node.node_id().as_str().to_owned(),
-        edge_shard: ctx.index,
-        edge_end: end,
-        reliable: mode == SessionMode::Reliable,
-    };
+    let request = open_request(ctx.index, node.node_id(), end, &sid, &client, mode);
     let reply = node.ask_open(&owner, &request).await;
     let opened = match reply {
         Ok(OpenReply {
@@ -476,15 +460,7 @@ pub(crate) async fn serve_edge(
                     refuse(transport, refusals, &http, Forbidden, message).await
                 }
                 Some(OpenRefusal::Unavailable) | None => {
-                    let http = reply::cluster_call_failed();
-                    refuse(
-                        transport,
-                        refusals,
-                        &http,
-                        Offline,
-                        "the relay's cluster did not answer in time: retry",
-                    )
-                    .await
+                    refuse_cluster_failed(transport, refusals).await
                 }
             }
             return;
@@ -530,6 +506,43 @@ pub(crate) async fn serve_edge(
     }
     open.driver.shutdown().await;
     log_end("pos_session", &device, ctx.index, conn, ended);
+}
+
+/// §12: the 503 for a session the cluster did not answer for: retry.
+async fn refuse_cluster_failed(
+    transport: crate::io::transport::Transport,
+    refusals: super::login::Refusals,
+) {
+    let http = reply::cluster_call_failed();
+    refuse(
+        transport,
+        refusals,
+        &http,
+        Offline,
+        reply::CLUSTER_CALL_FAILED,
+    )
+    .await
+}
+
+/// What an edge (this node's `shard`, its `end`) asks the device's node for `client`'s
+/// session `sid`.
+fn open_request(
+    shard: usize,
+    node: &NodeId,
+    end: u64,
+    sid: &SessionId,
+    client: &ClientKey,
+    mode: SessionMode,
+) -> OpenRequest {
+    OpenRequest {
+        session_id: sid.as_str().to_owned(),
+        domain: client.domain.to_string(),
+        client_id: client.client_id.to_string(),
+        edge_node: node.as_str().to_owned(),
+        edge_shard: shard,
+        edge_end: end,
+        reliable: mode == SessionMode::Reliable,
+    }
 }
 
 /// The close the POS's end sends when its connection ended.
@@ -738,15 +751,14 @@ impl Movable {
     ) -> Option<Rc<Self>> {
         let node = ctx.shared.cluster.as_ref()?;
         let end = ctx.new_conn_id().0;
-        let request = OpenRequest {
-            session_id: sid.as_str().to_owned(),
-            domain: client.domain.to_string(),
-            client_id: client.client_id.to_string(),
-            edge_node: node.node_id().as_str().to_owned(),
-            edge_shard: ctx.index,
-            edge_end: end,
-            reliable: false,
-        };
+        let request = open_request(
+            ctx.index,
+            node.node_id(),
+            end,
+            sid,
+            client,
+            SessionMode::Plain,
+        );
         let movable = Rc::new(Self {
             link: RefCell::new(None),
             end,

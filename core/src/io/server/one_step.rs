@@ -123,7 +123,7 @@ pub(crate) async fn serve(
         }
         Err(ClaimError::Unavailable { .. }) => {
             let http = reply::cluster_call_failed();
-            let message = "the relay's cluster did not answer in time: retry";
+            let message = reply::CLUSTER_CALL_FAILED;
             return refuse(transport, refusals, &http, LoginDenied::Offline, message).await;
         }
         Err(_) => {

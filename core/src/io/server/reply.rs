@@ -46,6 +46,9 @@ pub(crate) fn cluster_refusal(ctx: &ShardCtx, what: &'static str) -> Option<Vec<
     ))
 }
 
+/// What [`cluster_call_failed`] says (also in a login's in-band refusal, §7b).
+pub(crate) const CLUSTER_CALL_FAILED: &str = "the relay's cluster did not answer in time: retry";
+
 /// §12: the 503 for something the cluster had to record and did not (no quorum, a
 /// timeout): retry.
 pub(crate) fn cluster_call_failed() -> Vec<u8> {
@@ -53,7 +56,7 @@ pub(crate) fn cluster_call_failed() -> Vec<u8> {
     json_error(
         HttpStatus::SERVICE_UNAVAILABLE,
         &[("Retry-After", &retry), ("Connection", "close")],
-        "the relay's cluster did not answer in time: retry",
+        CLUSTER_CALL_FAILED,
     )
 }
 
