@@ -401,16 +401,7 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
     // The device moves to a (b has recorded the claim, which a then holds): its
     // connection on b closes with 4000, and the POS session on b stays open, going on
     // with a (§12: "A POS session stays open while its device moves between nodes").
-    let recorded = wait_for(Duration::from_secs(10), || {
-        let text = b.metrics();
-        (labelled(
-            &text,
-            "posrelay_cluster_claim_records_total",
-            ("result", "written"),
-        ) >= 1.0)
-            .then_some(())
-    });
-    assert!(recorded.is_some(), "b recorded the claim");
+    wait_claim_recorded(b);
     let mut moved = Device::register_and_connect(a, "1001", &creds);
     assert_eq!(
         expect_close(&mut device.ws),
@@ -461,6 +452,21 @@ fn claims_are_decided_by_the_node_that_owns_the_device_and_exclusive_across_node
         Message::Text(t) => assert_eq!(t, "after the move"),
         other => panic!("device got {}", show(&other)),
     }
+}
+
+/// §12 "claims stay": waits (10 s at most) until `node` has recorded a claim in the
+/// cluster (`posrelay_cluster_claim_records_total{result="written"}`).
+fn wait_claim_recorded(node: &Relay) {
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let text = node.metrics();
+        (labelled(
+            &text,
+            "posrelay_cluster_claim_records_total",
+            ("result", "written"),
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert!(recorded.is_some(), "the device's node recorded the claim");
 }
 
 /// The value of `name{label="value"}` (0 if absent).
@@ -633,16 +639,7 @@ fn a_session_opened_on_a_node_without_the_device_is_forwarded_to_the_node_that_h
     // §12 "A POS session stays open while its device moves between nodes": the device
     // moves from b to c (b has recorded the claim, which c then holds); the session on a
     // goes on with c.
-    let recorded = wait_for(Duration::from_secs(10), || {
-        let text = b.metrics();
-        (labelled(
-            &text,
-            "posrelay_cluster_claim_records_total",
-            ("result", "written"),
-        ) >= 1.0)
-            .then_some(())
-    });
-    assert!(recorded.is_some(), "b recorded the claim");
+    wait_claim_recorded(b);
     let mut moved = Device::register_and_connect(node_c, "2001", &creds);
     assert_eq!(
         expect_close(&mut device.ws),
@@ -833,16 +830,7 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
     assert!(matches!(recv(&mut session), Message::Text(t) if t == "before"));
     // §12 "claims stay (they live in the cluster's store)": b has recorded the claim in
     // the device's ownership record.
-    let recorded = wait_for(Duration::from_secs(10), || {
-        let text = c.nodes[1].metrics();
-        (labelled(
-            &text,
-            "posrelay_cluster_claim_records_total",
-            ("result", "written"),
-        ) >= 1.0)
-            .then_some(())
-    });
-    assert!(recorded.is_some(), "b recorded the claim");
+    wait_claim_recorded(&c.nodes[1]);
     let other = c.nodes[0].create_client("acme.com", Some("store-1"));
     let other_token = c.nodes[0].token("acme.com", &other);
 

@@ -32,16 +32,17 @@ use super::device::{carry, log_end};
 use super::login::refuse;
 use super::metrics::{ConnRole, ShardMetrics};
 use super::reliable_session::{self, SessionMode};
-use super::reply::{self, auth_refusal, UNKNOWN_SESSION};
+use super::reply;
+use super::session::refuse_session;
 use super::shard::ShardCtx;
 use super::upgrade::Accepted;
-use crate::auth::{AccessClaims, AuthError};
+use crate::auth::AccessClaims;
 use crate::cluster::forward::{
     data_bodies, ForwardAssembler, ForwardFrame, FrameBody, OpenRefusal, OpenReply, OpenRequest,
     Sequencer, FORWARD_WINDOW, MAX_FORWARD_CHUNK,
 };
 use crate::cluster::remote::{ForwardInbound, Replier};
-use crate::control::LoginDenied::{Forbidden, NotFound, Offline};
+use crate::control::LoginDenied::Offline;
 use crate::ids::{ClientKey, DeviceKey, SessionId};
 use crate::io::outbox::{Outbox, OutboxRef};
 use crate::ownership::NodeId;
@@ -402,23 +403,21 @@ pub(crate) async fn serve_edge(
         role: (sid, claims, mode),
     } = *accepted;
     let client: ClientKey = claims.client();
-    let unknown = || {
-        reply::unknown_session(&SessionError::UnknownSession {
-            session_id: sid.clone(),
-        })
+    let unknown = || SessionError::UnknownSession {
+        session_id: sid.clone(),
     };
     let Some(node) = ctx.shared.cluster.as_ref() else {
-        refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await;
+        refuse_session(&ctx, transport, refusals, &unknown()).await;
         return;
     };
     let Some(device) = device_of(&ctx, &sid, &client) else {
-        refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await;
+        refuse_session(&ctx, transport, refusals, &unknown()).await;
         return;
     };
     let owner = match node.other_owner(&device).await {
         Ok(Some(owner)) => owner,
         Ok(None) => {
-            refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await;
+            refuse_session(&ctx, transport, refusals, &unknown()).await;
             return;
         }
         Err(e) => {
@@ -452,12 +451,14 @@ pub(crate) async fn serve_edge(
             ctx.forward_ends.borrow_mut().remove(end, None);
             match why {
                 Some(OpenRefusal::UnknownSession) => {
-                    refuse(transport, refusals, &unknown(), NotFound, UNKNOWN_SESSION).await
+                    refuse_session(&ctx, transport, refusals, &unknown()).await
                 }
                 Some(OpenRefusal::NotClaimHolder) => {
-                    let http = auth_refusal(&ctx, &AuthError::WrongSession);
-                    let message = "this session's device is claimed by another client";
-                    refuse(transport, refusals, &http, Forbidden, message).await
+                    let why = SessionError::NotClaimHolder {
+                        session_id: sid.clone(),
+                        client: client.clone(),
+                    };
+                    refuse_session(&ctx, transport, refusals, &why).await
                 }
                 Some(OpenRefusal::Unavailable) | None => {
                     refuse_cluster_failed(transport, refusals).await

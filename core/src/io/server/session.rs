@@ -4,7 +4,7 @@
 
 use super::conn::{answer_upgrade, retire, serve_ws, Handler, Next, Open};
 use super::device::{carry, log_end};
-use super::login::refuse;
+use super::login::{refuse, Refusals};
 use super::metrics::{ConnRole, ShardMetrics};
 use super::reliable_session::{self, SessionMode};
 use super::reply::{self, auth_refusal, UNKNOWN_SESSION};
@@ -13,6 +13,7 @@ use super::upgrade::Accepted;
 use crate::auth::{AccessClaims, AuthError};
 use crate::control::LoginDenied::{Forbidden, NotFound};
 use crate::ids::{ClientKey, DeviceKey, SessionId};
+use crate::io::transport::Transport;
 use crate::proto::Message;
 use crate::relay::{ConnId, SessionError};
 use std::rc::Rc;
@@ -63,6 +64,27 @@ pub(crate) async fn serve(
     log_end("pos_session", &open.handler.device, ctx.index, conn, ended);
 }
 
+/// §5: a session that may not open: 404 for an unknown one, 403 for a device another
+/// client holds the claim of (in band after a login message, §7b).
+pub(crate) async fn refuse_session(
+    ctx: &ShardCtx,
+    transport: Transport,
+    refusals: Refusals,
+    why: &SessionError,
+) {
+    match why {
+        SessionError::UnknownSession { .. } => {
+            let http = reply::unknown_session(why);
+            refuse(transport, refusals, &http, NotFound, UNKNOWN_SESSION).await
+        }
+        SessionError::NotClaimHolder { .. } => {
+            let http = auth_refusal(ctx, &AuthError::WrongSession);
+            let message = "this session's device is claimed by another client";
+            refuse(transport, refusals, &http, Forbidden, message).await
+        }
+    }
+}
+
 /// §12: the session's device is not on this node: the session (plain or reliable) is
 /// forwarded to the node that serves it.
 async fn forward_elsewhere(
@@ -97,19 +119,11 @@ async fn open(
         (Some(device), Ok(())) => device,
         (None, _) => {
             let gone = SessionError::UnknownSession { session_id: sid };
-            let http = reply::unknown_session(&gone);
-            refuse(transport, refusals, &http, NotFound, UNKNOWN_SESSION).await;
+            refuse_session(ctx, transport, refusals, &gone).await;
             return None;
         }
-        (_, Err(e @ SessionError::UnknownSession { .. })) => {
-            let http = reply::unknown_session(&e);
-            refuse(transport, refusals, &http, NotFound, UNKNOWN_SESSION).await;
-            return None;
-        }
-        (_, Err(SessionError::NotClaimHolder { .. })) => {
-            let http = auth_refusal(ctx, &AuthError::WrongSession);
-            let message = "this session's device is claimed by another client";
-            refuse(transport, refusals, &http, Forbidden, message).await;
+        (_, Err(e)) => {
+            refuse_session(ctx, transport, refusals, &e).await;
             return None;
         }
     };
