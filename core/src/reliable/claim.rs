@@ -897,6 +897,32 @@ impl ReliableClaim {
         self.reporting.clear();
     }
 
+    /// §12: another node took the device over, and carries this claim on from what the
+    /// log holds (its records here are refused, [`super::ReliableLog::commit_owned`]).
+    /// The POS session is closed with `code` (1012: resume, and the cluster finds the
+    /// claim's node); nothing is logged or reported here: every message this claim held
+    /// or queued is the new node's now, and is delivered or reported there.
+    pub fn handle_moved(&mut self, code: u16, reason: &str, _now: Instant) {
+        if self.ended {
+            return;
+        }
+        if let Some(session) = self.session.take() {
+            self.transmits.push_back(Transmit::ClosePos {
+                conn: session.conn,
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+        self.log.clear();
+        self.ended = true;
+        self.held.clear();
+        self.held_bytes = 0;
+        self.outgoing.clear();
+        self.unsafe_bytes = 0;
+        self.reports.clear();
+        self.reporting.clear();
+    }
+
     // ---------------------------------------------------------------- outputs
 
     /// The next thing to do, in order.

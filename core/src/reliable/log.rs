@@ -165,6 +165,76 @@ impl ClaimSnapshot {
             }
         }
     }
+
+    /// The snapshot as records that rebuild exactly it when applied in order to nothing
+    /// ([`ClaimSnapshot::replay`] from `None`): `Claim` first, then `Resumed` (if
+    /// resumed), the watermarks `DeviceAcked`, `PosHanding`, `PosDone` (each only when
+    /// above 0), a `PosReported` per report, a `DeviceHeld` per held message and a
+    /// `PosQueued` per queued one. Messages come after the watermarks and reports, so
+    /// [`ClaimSnapshot::apply`]'s pruning (acks drop held messages, `PosDone` and reports
+    /// drop queued ones) never removes one of them. Exact for a snapshot whose lists are
+    /// ordered by strictly increasing number (as `apply` and every [`ReliableLog::load`]
+    /// keep them).
+    pub fn to_records(&self) -> Vec<LogRecord> {
+        let mut records =
+            Vec::with_capacity(5 + self.reports.len() + self.held.len() + self.queued.len());
+        records.push(LogRecord::Claim(self.record.clone()));
+        if self.resumed {
+            records.push(LogRecord::Resumed);
+        }
+        if self.device_acked > Seq::ZERO {
+            records.push(LogRecord::DeviceAcked {
+                upto: self.device_acked,
+            });
+        }
+        if self.pos_handed > Seq::ZERO {
+            records.push(LogRecord::PosHanding {
+                upto: self.pos_handed,
+            });
+        }
+        if self.pos_done > Seq::ZERO {
+            records.push(LogRecord::PosDone {
+                upto: self.pos_done,
+            });
+        }
+        for (range, bytes) in &self.reports {
+            records.push(LogRecord::PosReported {
+                range: *range,
+                bytes: *bytes,
+            });
+        }
+        for (seq, message) in &self.held {
+            records.push(LogRecord::DeviceHeld {
+                seq: *seq,
+                message: message.clone(),
+            });
+        }
+        for (seq, message) in &self.queued {
+            records.push(LogRecord::PosQueued {
+                seq: *seq,
+                message: message.clone(),
+            });
+        }
+        records
+    }
+
+    /// One device's state after `records`, in order, from `state`: `Claim` starts a fresh
+    /// snapshot, `ClaimEnded` leaves none, any other record applies to the snapshot there
+    /// is ([`ClaimSnapshot::apply`]) and is ignored when there is none (a log that lost
+    /// the claim's start keeps nothing of it rather than failing).
+    pub fn replay(state: Option<ClaimSnapshot>, records: &[LogRecord]) -> Option<ClaimSnapshot> {
+        records
+            .iter()
+            .fold(state, |state, record| match (state, record) {
+                (_, LogRecord::Claim(claim)) => Some(ClaimSnapshot::new(claim.clone())),
+                (_, LogRecord::ClaimEnded) => None,
+                (Some(mut snapshot), record) => {
+                    snapshot.apply(record);
+                    Some(snapshot)
+                }
+                (None, _) => None,
+            })
+    }
 }
 
 /// Where reliable claims are kept durably: in memory for tests ([`MemReliableLog`]), in
@@ -174,6 +244,15 @@ pub trait ReliableLog {
     /// all of it survives a crash or `kill -9`; on `Err`, none of it was applied. A batch
     /// whose first record is not [`LogRecord::Claim`] needs its claim in the log already.
     fn commit(&self, batches: &[LogBatch]) -> Result<(), StoreError>;
+
+    /// [`Self::commit`] for a log that several nodes share (§12): the devices whose
+    /// records this node may no longer write, because another node took them over, are
+    /// returned; their batches are not applied (the device's new node carries the claim
+    /// on from what was durable before), every other batch is, as by [`Self::commit`].
+    /// A log of one node owns every device: none.
+    fn commit_owned(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
+        self.commit(batches).map(|()| Vec::new())
+    }
 
     /// Every reliable claim in the log, ordered by device.
     fn load(&self) -> Result<Vec<ClaimSnapshot>, StoreError>;
@@ -229,6 +308,9 @@ impl<T: ReliableLog + ?Sized> ReliableLog for &T {
     fn commit(&self, batches: &[LogBatch]) -> Result<(), StoreError> {
         (**self).commit(batches)
     }
+    fn commit_owned(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
+        (**self).commit_owned(batches)
+    }
     fn load(&self) -> Result<Vec<ClaimSnapshot>, StoreError> {
         (**self).load()
     }
@@ -237,6 +319,9 @@ impl<T: ReliableLog + ?Sized> ReliableLog for &T {
 impl<T: ReliableLog + ?Sized> ReliableLog for std::sync::Arc<T> {
     fn commit(&self, batches: &[LogBatch]) -> Result<(), StoreError> {
         (**self).commit(batches)
+    }
+    fn commit_owned(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
+        (**self).commit_owned(batches)
     }
     fn load(&self) -> Result<Vec<ClaimSnapshot>, StoreError> {
         (**self).load()

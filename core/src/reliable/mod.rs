@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod limits;
 pub mod log;
+pub mod record_codec;
 pub mod seq;
 
 pub use claim::{ClaimRecord, Flow, ReliableClaim, ReliableEvent, Transmit};
