@@ -7,7 +7,9 @@
 //! - [`JetStreamStore`]: the [`crate::store::Store`] on a replicated KV bucket, with a
 //!   local replica kept current by a watch (reads never wait on the network);
 //! - [`ownership`]: the streams of leases and ownership records, take-overs and fenced
-//!   writes; [`LeaseKeeper`]: the node's lease, renewed every TTL/3.
+//!   writes; [`LeaseKeeper`]: the node's lease, renewed every TTL/3;
+//! - [`JetStreamReliableLog`]: reliable claims (§11), fenced on the ownership epoch and
+//!   read by the next owner.
 //!
 //! The decisions (is my lease valid at `now`, is this epoch newer, what does a take-over
 //! expect) are pure, in `crate::ownership`; the tenancy's key layout and replica are pure,
@@ -22,6 +24,7 @@ pub mod forward;
 mod kv_store;
 mod lease;
 pub mod ownership;
+pub mod reliable_log;
 pub mod remote;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -30,3 +33,4 @@ pub use bridge::{BridgeConfig, BridgeHandle, LinkState, LinkStatus, Nats, NatsBr
 pub use error::ClusterError;
 pub use kv_store::{JetStreamStore, KvStoreConfig};
 pub use lease::{LeaseClock, LeaseKeeper};
+pub use reliable_log::JetStreamReliableLog;

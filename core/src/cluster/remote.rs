@@ -683,16 +683,27 @@ pub async fn ask_claim(
     request_json(bridge, node_subject(owner, "claim"), request, timeout).await
 }
 
+/// What a take-over found (§12).
+#[derive(Debug)]
+pub struct TakenOver {
+    /// The epoch this node owns the tsn at.
+    pub epoch: Epoch,
+    /// The claim (a client id) the tsn brought from its previous owner ("claims stay").
+    pub claim: Option<String>,
+    /// Its reliable claim's records, read when the tsn came from another owner (§11:
+    /// they survive the loss of a node); `None` when this node owned it already.
+    pub reliable: Option<super::reliable_log::Loaded>,
+}
+
 /// §12: the device connected here: this node takes the tsn over (an ownership record
 /// fenced on the last one), and the node that owned it before is told to close its older
-/// connection (4000). The epoch this node owns the tsn at, and the claim (a client id)
-/// the tsn brought from its previous owner (§12: "claims stay").
+/// connection (4000). What the tsn brings with it: [`TakenOver`].
 pub async fn take_over(
     bridge: &BridgeHandle,
     streams: &OwnershipStreams,
     device: &DeviceKey,
     me: &OwnershipRecord,
-) -> Result<(Epoch, Option<String>), ClusterError> {
+) -> Result<TakenOver, ClusterError> {
     bridge.require_connected()?;
     let (streams, device, me) = (streams.clone(), device.clone(), me.clone());
     bridge
@@ -700,9 +711,12 @@ pub async fn take_over(
             let (epoch, before) = take_over_tsn_from(&nats, &streams, &device, &me).await?;
             // The claim the tsn had, when it comes from another owner (this one has it
             // otherwise): one more read, only when the device moved.
-            let claim = match &before {
-                Some(_) => super::ownership::claim_of(&nats, &streams, &device).await?,
-                None => None,
+            let (claim, reliable) = match &before {
+                Some(_) => (
+                    super::ownership::claim_of(&nats, &streams, &device).await?,
+                    Some(super::reliable_log::load_device(&nats, &streams, &device).await?),
+                ),
+                None => (None, None),
             };
             if let Some(before) = before.filter(|b| b.record.node != me.node) {
                 let notice = MovedNotice {
@@ -718,7 +732,11 @@ pub async fn take_over(
                     }
                 }
             }
-            Ok((epoch, claim))
+            Ok(TakenOver {
+                epoch,
+                claim,
+                reliable,
+            })
         })
         .await?
 }

@@ -34,13 +34,23 @@ use crate::cluster::LinkState;
 use crate::cluster::{
     BridgeConfig, BridgeHandle, JetStreamStore, KvStoreConfig, LeaseClock, LeaseKeeper,
 };
-use crate::cluster::{ClusterError, NatsBridge};
+use crate::cluster::{ClusterError, JetStreamReliableLog, NatsBridge};
 use crate::ids::{ClientKey, DeviceKey};
 use crate::ownership::OwnershipRecord;
 use crate::ownership::{
     classify_lapse, Incarnation, Lapse, LeaseStatus, LeaseTerms, LostReason, NodeId,
 };
 use crate::relay::ClientEventKind;
+use crate::reliable::ClaimSnapshot;
+
+/// What a device's arrival brought from its previous node (§12).
+#[derive(Debug, Default)]
+pub(crate) struct Arrival {
+    /// The claim it had ("claims stay").
+    pub claim: Option<ClientKey>,
+    /// Its reliable claim, as that node left it in the log (§11).
+    pub reliable: Option<ClaimSnapshot>,
+}
 
 /// `--cluster` and its companions (PROTOCOL.md §12).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +125,8 @@ pub(crate) struct ClusterNode {
     publisher: ForwardPublisher,
     /// Records claims in ownership records, in order.
     claims: ClaimRecorder,
+    /// Reliable claims (§11), on the ownership stream.
+    reliable: Arc<JetStreamReliableLog>,
     /// Until when the lease holds, for the data path (lock-free).
     clock: Arc<LeaseClock>,
     /// Incarnations started after the first (each one a lease lost for good).
@@ -186,13 +198,14 @@ impl ClusterNode {
         Ok(Self {
             config: config.clone(),
             store: Arc::new(store),
-            streams,
+            streams: streams.clone(),
             lease: Mutex::new(lease),
             me: Mutex::new(me),
             inbox: Mutex::new(Some(inbox)),
             forward_inboxes: Mutex::new(forward_inboxes.into_iter().map(Some).collect()),
             publisher,
             claims,
+            reliable: Arc::new(JetStreamReliableLog::new(handle.clone(), streams.clone())),
             clock,
             reacquired: AtomicU64::new(0),
             fences: AtomicU64::new(0),
@@ -343,18 +356,36 @@ impl ClusterNode {
     /// §12: a device arrived here (registered or connected): this node takes its tsn
     /// over, and its previous node is told to close its older connection. The client whose
     /// claim the tsn had (it holds here too: "claims stay").
-    pub(crate) async fn take_over(
-        &self,
-        device: &DeviceKey,
-    ) -> Result<Option<ClientKey>, ClusterError> {
+    pub(crate) async fn take_over(&self, device: &DeviceKey) -> Result<Arrival, ClusterError> {
         let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let (_epoch, claim) = remote::take_over(&self.handle, &self.streams, device, &me).await?;
-        Ok(claim.and_then(|id| {
+        let taken = remote::take_over(&self.handle, &self.streams, device, &me).await?;
+        let claim = taken.claim.and_then(|id| {
             Some(ClientKey {
                 domain: device.domain.clone(),
                 client_id: crate::ids::ClientId::new(id).ok()?,
             })
-        }))
+        });
+        let reliable = taken
+            .reliable
+            .as_ref()
+            .and_then(|loaded| loaded.snapshot.clone());
+        self.reliable.adopt(device, taken.epoch, taken.reliable);
+        // §11: the reliable claim is the claim, when the claim record agrees or lags (its
+        // record is written in the background; the reliable one before anything moved).
+        let reliable = reliable.filter(|r| match &claim {
+            Some(holder) if *holder != r.record.client => {
+                tracing::warn!(tsn = %device.serial, domain = %device.domain, "the device's reliable claim is not its claim holder's: not restored");
+                false
+            }
+            _ => true,
+        });
+        let claim = reliable.as_ref().map(|r| r.record.client.clone()).or(claim);
+        Ok(Arrival { claim, reliable })
+    }
+
+    /// The node's reliable claims' log (§11 in the cluster).
+    pub(crate) fn reliable_log(&self) -> Arc<JetStreamReliableLog> {
+        self.reliable.clone()
     }
 
     /// §12: the claim of `device` (owned here) started (`Some`) or ended: recorded in its
@@ -458,12 +489,24 @@ impl ClusterNode {
              # HELP posrelay_cluster_claim_records_total Claims that started or ended on this node's devices, recorded in their ownership records (written) or not (failed: a POS claims again if the node is lost).\n\
              # TYPE posrelay_cluster_claim_records_total counter\n\
              posrelay_cluster_claim_records_total{{result=\"written\"}} {}\n\
-             posrelay_cluster_claim_records_total{{result=\"failed\"}} {}",
+             posrelay_cluster_claim_records_total{{result=\"failed\"}} {}\n\
+             # HELP posrelay_cluster_reliable_writes_total Reliable claims' writes to JetStream (§11): stored (rollups among them), refused because another node owns the device now (fenced), or failed as a commit (retried).\n\
+             # TYPE posrelay_cluster_reliable_writes_total counter\n\
+             posrelay_cluster_reliable_writes_total{{result=\"stored\"}} {}\n\
+             posrelay_cluster_reliable_writes_total{{result=\"fenced\"}} {}\n\
+             posrelay_cluster_reliable_writes_total{{result=\"failed\"}} {}\n\
+             # HELP posrelay_cluster_reliable_rollups_total Reliable claims' writes that replaced the claim's earlier records with its whole state (compaction).\n\
+             # TYPE posrelay_cluster_reliable_rollups_total counter\n\
+             posrelay_cluster_reliable_rollups_total {}",
             u8::from(held),
             self.reacquired.load(Ordering::Relaxed),
             self.refusals.load(Ordering::Relaxed),
             self.claims.counts.written.load(Ordering::Relaxed),
             self.claims.counts.failed.load(Ordering::Relaxed),
+            self.reliable.counts.written.load(Ordering::Relaxed),
+            self.reliable.counts.fenced.load(Ordering::Relaxed),
+            self.reliable.counts.failed.load(Ordering::Relaxed),
+            self.reliable.counts.rolled_up.load(Ordering::Relaxed),
         );
     }
 

@@ -20,6 +20,10 @@ pub(crate) enum ShardMsg {
     /// §2a: these client certificates were unpinned (admin API): close the device
     /// connections made with them (1008).
     CertsUnpinned(Vec<crate::tenancy::CertFingerprint>),
+    /// §11/§12: a device that arrived from another node brought its reliable claim: the
+    /// shard that owns the device restores it (sent before the device's registration, on
+    /// the same ordered channel).
+    ReliableArrived(Box<crate::reliable::ClaimSnapshot>),
 }
 
 /// Messages to one shard that waited for room in its channel, in order.
@@ -81,6 +85,11 @@ impl Mesh {
         for shard in (0..self.shards()).filter(|s| *s != self.index) {
             self.send(shard, ShardMsg::CertsUnpinned(certs.to_vec()));
         }
+    }
+
+    /// Sends a reliable claim that arrived with its device to the shard that owns it.
+    pub fn send_reliable(&self, shard: usize, snapshot: crate::reliable::ClaimSnapshot) {
+        self.send(shard, ShardMsg::ReliableArrived(Box::new(snapshot)));
     }
 
     /// Sends a message to another shard without waiting. Messages to one shard keep their

@@ -313,10 +313,7 @@ pub fn run_server(
         Arc<dyn Store + Send + Sync>,
         Arc<dyn ReliableLog + Send + Sync>,
     ) = match (&config.store, &cluster) {
-        (_, Some(node)) => {
-            tracing::info!("reliable sessions are kept in memory on a cluster node for now: they survive a POS reconnect, not the loss of the node");
-            (node.store(), Arc::new(MemReliableLog::default()))
-        }
+        (_, Some(node)) => (node.store(), node.reliable_log()),
         (StoreChoice::Embedded, None) => {
             let redb = Arc::new(RedbStore::open(&config.data_dir).map_err(std::io::Error::other)?);
             (redb.clone(), redb)

@@ -583,13 +583,13 @@ async fn commit_loop(ctx: Rc<ShardCtx>) {
         let started = Instant::now();
         let (result, batches) = glommio::executor()
             .spawn_blocking(move || {
-                let result = log.commit(&batches);
+                let result = log.commit_owned(&batches);
                 (result, batches)
             })
             .await;
         let now = Instant::now();
         match result {
-            Ok(()) => {
+            Ok(moved) => {
                 tracing::trace!(
                     batches = batches.len(),
                     micros = now.duration_since(started).as_micros() as u64,
@@ -599,8 +599,14 @@ async fn commit_loop(ctx: Rc<ShardCtx>) {
                 {
                     let mut rs = ctx.reliable.borrow_mut();
                     rs.in_flight.clear();
+                    for device in &moved {
+                        moved_away(&mut rs, device, now, &mut work);
+                    }
                     for (entry, batch) in entries.iter().zip(batches) {
                         let device = batch.claim.clone();
+                        if moved.contains(&device) {
+                            continue;
+                        }
                         if let Some(slot) = rs.claims.get_mut(&device) {
                             if slot.entry == *entry {
                                 slot.claim.handle_logged(batch.ticket, now);
@@ -642,6 +648,27 @@ async fn commit_loop(ctx: Rc<ShardCtx>) {
             }
         }
     }
+}
+
+/// §12: another node took `device` over and carries its reliable claim on from the log
+/// (this node's records for it were refused): the claim goes from here without a word
+/// (no `ClaimEnded`, no report: what it held is the new node's), its POS session closes
+/// with 1012 and resumes through the cluster, and its batches not yet written are dropped.
+fn moved_away(rs: &mut ReliableClaims, device: &DeviceKey, now: Instant, work: &mut Work) {
+    let Some(mut slot) = rs.claims.remove(device) else {
+        return;
+    };
+    tracing::info!(tsn = %device.serial, domain = %device.domain, "reliable claim moved to the device's new node: its session here closes (1012)");
+    slot.claim
+        .handle_moved(close::SERVICE_RESTART, close::MOVED_REASON, now);
+    while let Some(t) = slot.claim.poll_transmit() {
+        work.transmits.push((device.clone(), t));
+    }
+    for w in slot.waiters.drain(..) {
+        w.wake();
+    }
+    rs.pending.retain(|(e, _)| *e != slot.entry);
+    rs.deferred.retain(|(e, ..)| *e != slot.entry);
 }
 
 /// Closes sessions after a failed commit (no new commit is started: this task retries).

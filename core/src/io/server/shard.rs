@@ -387,7 +387,12 @@ impl ShardCtx {
         let mut claim = None;
         if let Some(node) = self.shared.cluster.as_ref() {
             match node.take_over(&device).await {
-                Ok(brought) => claim = brought,
+                Ok(brought) => {
+                    claim = brought.claim;
+                    if let Some(snapshot) = brought.reliable {
+                        self.restore_reliable(snapshot);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(tsn = %device.serial, error = %e, "cannot take the device over in the cluster");
                     return Err(ArrivalError::Cluster);
@@ -401,6 +406,18 @@ impl ShardCtx {
             Ok(())
         } else {
             Err(ArrivalError::Shard)
+        }
+    }
+
+    /// §11/§12: a device arrived with the reliable claim its previous node left in the
+    /// log: restored on the shard that owns the device, before its registration gets
+    /// there (the same ordered channel).
+    fn restore_reliable(self: &Rc<Self>, snapshot: crate::reliable::ClaimSnapshot) {
+        let owner = crate::relay::owner_shard(&snapshot.record.session_id, self.shards).0;
+        if owner == self.index {
+            super::reliable_session::restore(self, vec![snapshot]);
+        } else {
+            self.mesh.send_reliable(owner, snapshot);
         }
     }
 
@@ -450,6 +467,9 @@ impl ShardCtx {
                 self.drive();
             }
             ShardMsg::CertsUnpinned(certs) => self.close_unpinned(&certs),
+            ShardMsg::ReliableArrived(snapshot) => {
+                super::reliable_session::restore(self, vec![*snapshot]);
+            }
         }
     }
 
