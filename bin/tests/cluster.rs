@@ -875,6 +875,157 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
     );
 }
 
+/// A §11 reliable session on `node` for the session at `url`: its upgrade, `resume` from
+/// `seq`, and the relay's `resumed` (its `seq`). `None` if the node refused it, closed
+/// it or answered something else (the cluster is still finding the device).
+fn resume_reliable(node: &Relay, url: &str, token: &str, seq: u64) -> Option<(Ws, u64)> {
+    let (mut ws, _) = node
+        .ws_connect(
+            url,
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Sec-WebSocket-Protocol", "posrelay.reliable.v1"),
+            ],
+        )
+        .ok()?;
+    send_json(&mut ws, &json!({"type": "resume", "seq": seq}));
+    match ws.read() {
+        Ok(Message::Text(t)) => {
+            let v: Value = serde_json::from_str(&t).ok()?;
+            (v["type"] == "resumed").then(|| (ws, v["seq"].as_u64().unwrap_or(0)))
+        }
+        _ => None,
+    }
+}
+
+/// §11 "the loss of a node in a cluster": a POS and a terminal exchange numbered messages
+/// over a reliable session on b, the node that holds the session and the device; b is
+/// killed with `kill -9`. The terminal comes back on a, the POS resumes through c, and
+/// nothing the relay acknowledged is missing, nothing is delivered twice, the order holds:
+/// what b held (device messages the POS had not processed) comes again, verbatim, from
+/// a, which read the claim from JetStream when the device arrived.
+#[test]
+fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device() {
+    let mut c = cluster(3);
+    let creds = c.nodes[0].provision("acme.com", "store-1", &["5001"]);
+    let token = c.nodes[2].token("acme.com", &creds);
+    let (a_url, b_url) = (
+        format!("ws://{}", c.nodes[0].relay_addr),
+        format!("ws://{}", c.nodes[1].relay_addr),
+    );
+    // The terminal echoes what it gets, as `posrelay device-sim --echo` does, and
+    // reconnects to a when b is gone.
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_posrelay"));
+    sim.args([
+        "device-sim",
+        "--relay",
+        &b_url,
+        "--relay",
+        &a_url,
+        "--tsn",
+        "5001",
+        "--echo",
+    ])
+    .env("POSRELAY_CLIENT_ID", &creds.client_id)
+    .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
+    let (_sim, lines) = spawn_lines(sim);
+    wait_line(&lines, "device-sim online on b", |l| l.ends_with("] online"));
+    let mut pos = Pos::control(&c.nodes[2], &token);
+    let (_, url) = pos.claim_ok("5001");
+    assert!(url.starts_with(&b_url), "{url}");
+    let (mut session, first) =
+        resume_reliable(&c.nodes[1], &url, &token, 0).expect("reliable session on b");
+    assert_eq!(first, 0);
+
+    // POS messages 1..=10; the terminal echoes each, and the relay numbers the echoes.
+    for i in 1..=10u64 {
+        send_json(
+            &mut session,
+            &json!({"type": "data", "seq": i, "text": format!("pos {i}")}),
+        );
+    }
+    let (mut acked, mut echoes) = (0, Vec::new());
+    while acked < 10 || echoes.len() < 10 {
+        let v = recv_json(&mut session);
+        match v["type"].as_str() {
+            Some("ack") => acked = v["seq"].as_u64().unwrap(),
+            Some("data") => echoes.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
+            _ => panic!("unexpected envelope {v}"),
+        }
+    }
+    let want: Vec<(u64, Value)> = (1..=10u64)
+        .map(|i| (i, json!(format!("pos {i}"))))
+        .collect();
+    assert_eq!(echoes, want, "numbered in order, each once");
+    // The POS processes 1..=7 only (it acknowledges them); 8..=10 stay held by b.
+    send_json(&mut session, &json!({"type": "ack", "seq": 7}));
+
+    // b dies with the terminal's connection and the POS session.
+    c.nodes[1].kill_9();
+    assert!(session.read().is_err(), "the POS session breaks with b");
+    wait_line(&lines, "device-sim offline", |l| l.contains("] offline"));
+    wait_line(&lines, "device-sim online again on a", |l| {
+        l.ends_with("] online")
+    });
+
+    // The POS resumes, on c, from what it processed: the relay had all ten of its
+    // messages, and gives back 8..=10 as b numbered them.
+    let (mut session, resumed) = wait_for(Duration::from_secs(30), || {
+        resume_reliable(&c.nodes[2], &url, &token, 7)
+    })
+    .expect("the POS resumes through c once the terminal is back");
+    assert_eq!(resumed, 10, "nothing the relay acknowledged is missing");
+    let mut got = Vec::new();
+    let mut reported = Vec::new();
+    while got.len() < 3 {
+        let v = recv_json(&mut session);
+        match v["type"].as_str() {
+            Some("data") => got.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
+            // POS messages handed to the terminal by b but not known to be written.
+            Some("undelivered") => reported.push(v.clone()),
+            Some("ack") => {}
+            _ => panic!("unexpected envelope {v}"),
+        }
+    }
+    assert_eq!(got, want[7..].to_vec(), "what b held comes again, verbatim");
+    // A report (if any) names only messages b had handed to the terminal, whose writes it
+    // had not yet recorded: the relay cannot know they reached it, so it says so.
+    for r in &reported {
+        let (from, to) = (r["from_seq"].as_u64().unwrap(), r["to_seq"].as_u64().unwrap());
+        assert!((1..=10).contains(&from) && from <= to && to <= 10, "{r}");
+    }
+
+    // And the session goes on through a: 11..=15, echoed and numbered after 10.
+    send_json(&mut session, &json!({"type": "ack", "seq": 10}));
+    for i in 11..=15u64 {
+        send_json(
+            &mut session,
+            &json!({"type": "data", "seq": i, "text": format!("pos {i}")}),
+        );
+    }
+    let (mut acked, mut more) = (0, Vec::new());
+    while acked < 15 || more.len() < 5 {
+        let v = recv_json(&mut session);
+        match v["type"].as_str() {
+            Some("ack") => acked = v["seq"].as_u64().unwrap(),
+            Some("data") => more.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
+            _ => panic!("unexpected envelope {v}"),
+        }
+    }
+    assert_eq!(
+        more,
+        (11..=15u64)
+            .map(|i| (i, json!(format!("pos {i}"))))
+            .collect::<Vec<_>>(),
+        "nothing twice, in order"
+    );
+    let metrics = c.nodes[0].metrics();
+    assert!(
+        labelled(&metrics, "posrelay_cluster_reliable_writes_total", ("result", "stored")) > 0.0,
+        "a writes the claim to JetStream now"
+    );
+}
+
 /// §12 fencing: "`SIGSTOP` the owner for three lease periods while the device moves, then
 /// `SIGCONT`: the old node delivers nothing more and closes the stale connection".
 #[test]
