@@ -743,6 +743,40 @@ fn a_reliable_session_is_forwarded_and_resumes_on_another_node() {
             "{v}"
         );
     }
+    // The POS processed 3 and 4; 5 reaches it, unprocessed, and the device moves to a
+    // (§12): b's copy of the claim goes, the session closes (1012), and the POS resumes
+    // on c with a, which read the claim from JetStream when the device arrived: 5 comes
+    // again, numbered as b numbered it.
+    send_json(&mut session, &json!({"type": "ack", "seq": 4}));
+    device.send_text("device 5");
+    let v = recv_json(&mut session);
+    assert_eq!(
+        (v["seq"].as_u64(), v["text"].as_str()),
+        (Some(5), Some("device 5")),
+        "{v}"
+    );
+    let mut moved = Device::register_and_connect(a, "4001", &creds);
+    assert_eq!(
+        expect_close(&mut session),
+        1012,
+        "the session follows the device"
+    );
+    let (mut session, resumed) = wait_for(Duration::from_secs(20), || {
+        resume_reliable(node_c, &url, &token, 4)
+    })
+    .expect("the POS resumes once the device is on a");
+    assert_eq!(resumed, 5, "a has the POS's five messages");
+    let v = recv_json(&mut session);
+    assert_eq!(
+        (v["type"].as_str(), v["seq"].as_u64(), v["text"].as_str()),
+        (Some("data"), Some(5), Some("device 5")),
+        "{v}"
+    );
+    send_json(
+        &mut session,
+        &json!({"type": "data", "seq": 6, "text": "pos 6"}),
+    );
+    assert!(matches!(moved.recv(), Message::Text(t) if t == "pos 6"));
 }
 
 /// §4 claim grace across nodes: "A claim ends … when the client's control channels and
@@ -929,7 +963,9 @@ fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device
     .env("POSRELAY_CLIENT_ID", &creds.client_id)
     .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
     let (_sim, lines) = spawn_lines(sim);
-    wait_line(&lines, "device-sim online on b", |l| l.ends_with("] online"));
+    wait_line(&lines, "device-sim online on b", |l| {
+        l.ends_with("] online")
+    });
     let mut pos = Pos::control(&c.nodes[2], &token);
     let (_, url) = pos.claim_ok("5001");
     assert!(url.starts_with(&b_url), "{url}");
@@ -991,7 +1027,10 @@ fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device
     // A report (if any) names only messages b had handed to the terminal, whose writes it
     // had not yet recorded: the relay cannot know they reached it, so it says so.
     for r in &reported {
-        let (from, to) = (r["from_seq"].as_u64().unwrap(), r["to_seq"].as_u64().unwrap());
+        let (from, to) = (
+            r["from_seq"].as_u64().unwrap(),
+            r["to_seq"].as_u64().unwrap(),
+        );
         assert!((1..=10).contains(&from) && from <= to && to <= 10, "{r}");
     }
 
@@ -1021,7 +1060,11 @@ fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device
     );
     let metrics = c.nodes[0].metrics();
     assert!(
-        labelled(&metrics, "posrelay_cluster_reliable_writes_total", ("result", "stored")) > 0.0,
+        labelled(
+            &metrics,
+            "posrelay_cluster_reliable_writes_total",
+            ("result", "stored")
+        ) > 0.0,
         "a writes the claim to JetStream now"
     );
 }
