@@ -3,7 +3,8 @@
 # servers (deploy/nats/loopback.sh), nodes a and b (one shard each), one terminal on b
 # (`posrelay device-sim --echo`), and one POS that claims it and runs N sequential round
 # trips through a session opened on b (local: the device is there) and then on a
-# (forwarded to b over NATS). Prints the round-trip percentiles and the CPU time each
+# (forwarded to b over NATS), plain and then reliable (PROTOCOL.md §11: the claim's log
+# on JetStream, fenced writes of three replicas), and the same on one node (redb log). Prints the round-trip percentiles and the CPU time each
 # process spent per round trip (utime+stime from /proc, over each phase).
 #   bash bench/scripts/cluster-forward.sh [ROUND_TRIPS] [PAYLOAD_BYTES]   (default 5000, 64)
 # Needs nats-server 2.11+ ($POSRELAY_NATS_SERVER, or `bash .ci/install-nats`), a release
@@ -55,7 +56,9 @@ NATS_PIDS="$(pgrep -f "$WORK/nats/n[123].conf" | tr '\n' ',')"
 
 ROWS="$WORK/rows"
 python3 "$ROOT/bench/scripts/rtt-probe.py" "$N" "$SIZE" 8182 "${NODE_PID[a]}" "${NODE_PID[b]}" "$NATS_PIDS" \
-  "node b (cluster, local: the device is there)=8182" "node a (cluster, forwarded to b)=8181" >"$ROWS"
+  "node b (cluster, local: the device is there)=8182" "node a (cluster, forwarded to b)=8181" \
+  "node b (cluster, local, reliable: JetStream log)=8182~reliable" \
+  "node a (cluster, forwarded to b, reliable)=8181~reliable" >"$ROWS"
 # The same terminal and POS on a single node (embedded store), for the local path's cost.
 for id in a b; do kill "${NODE_PID[$id]}"; done
 kill "$DEVICE"
@@ -75,5 +78,6 @@ export POSRELAY_CLIENT_SECRET="$(python3 -c 'import json,sys; print(json.load(sy
 PIDS+=($!)
 wait_for_line "$WORK/device-single.out" "] online"
 python3 "$ROOT/bench/scripts/rtt-probe.py" "$N" "$SIZE" 8183 "$SINGLE" "$SINGLE" "" \
-  "single node (embedded store)=8183" | tail -n 1 | sed 's/| [0-9]* µs | \([0-9]* µs\) | [0-9]* µs |$/| – | \1 | – |/' >>"$ROWS"
+  "single node (embedded store)=8183" "single node, reliable (redb log)=8183~reliable" | tail -n 2 \
+  | sed 's/| [0-9]* µs | \([0-9]* µs\) | [0-9]* µs |$/| – | \1 | – |/' >>"$ROWS"
 cat "$ROWS"
