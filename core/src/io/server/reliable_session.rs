@@ -658,7 +658,7 @@ fn moved_away(rs: &mut ReliableClaims, device: &DeviceKey, now: Instant, work: &
     let Some(mut slot) = rs.claims.remove(device) else {
         return;
     };
-    tracing::info!(tsn = %device.serial, domain = %device.domain, "reliable claim moved to the device's new node: its session here closes (1012)");
+    tracing::info!(tsn = %device.serial, domain = %device.domain, "reliable claim left to the device's next node (it moved, or this node lost its lease): its session here closes (1012)");
     slot.claim
         .handle_moved(close::SERVICE_RESTART, close::MOVED_REASON, now);
     while let Some(t) = slot.claim.poll_transmit() {
@@ -669,6 +669,22 @@ fn moved_away(rs: &mut ReliableClaims, device: &DeviceKey, now: Instant, work: &
     }
     rs.pending.retain(|(e, _)| *e != slot.entry);
     rs.deferred.retain(|(e, ..)| *e != slot.entry);
+}
+
+/// §12: this node lost its lease and lets `device` go: its reliable claim stays in the
+/// cluster's log as it is, for the node the device connects to next (this one too, under
+/// its new incarnation), and leaves this shard as after a move ([`moved_away`]); its POS
+/// session closes with 1012 and resumes there.
+pub(crate) fn let_go(ctx: &Rc<ShardCtx>, device: &DeviceKey) {
+    let mut work = Work::default();
+    {
+        let mut rs = ctx.reliable.borrow_mut();
+        if !rs.claims.contains_key(device) {
+            return;
+        }
+        moved_away(&mut rs, device, Instant::now(), &mut work);
+    }
+    carry(ctx, work);
 }
 
 /// Closes sessions after a failed commit (no new commit is started: this task retries).

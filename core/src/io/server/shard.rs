@@ -611,6 +611,8 @@ async fn fence(ctx: Rc<ShardCtx>) {
         })
         .await;
         let now = Instant::now();
+        // Its reliable claim stays in the log for the device's next node (§11).
+        super::reliable_session::let_go(&ctx, &device);
         if elsewhere {
             moved += 1;
             ctx.coord.borrow_mut().handle_device_moved(device, now);
