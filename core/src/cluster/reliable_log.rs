@@ -31,10 +31,10 @@ use bytes::{Bytes, BytesMut};
 
 use async_nats::jetstream::stream::Stream;
 
-use super::ownership::{last_on_subject, publish, OwnershipStreams};
+use super::ownership::{current_owner, last_on_subject, publish, OwnershipStreams};
 use super::{BridgeHandle, ClusterError, Nats};
 use crate::ids::DeviceKey;
-use crate::ownership::{ownership_subject, tsn_subject, Epoch};
+use crate::ownership::{ownership_subject, tsn_subject, Epoch, OwnershipRecord};
 use crate::reliable::log::unknown_claim;
 use crate::reliable::record_codec::{decode_records, encode_records};
 use crate::reliable::{ClaimSnapshot, LogBatch, LogRecord, ReliableLog};
@@ -68,8 +68,11 @@ struct Kept {
 struct State {
     /// The claims this node writes, as the stream has them.
     claims: BTreeMap<DeviceKey, Kept>,
-    /// The epoch this node owns each tsn at (set by every arrival, [`JetStreamReliableLog::adopt`]).
+    /// The epoch this node owns each claim's tsn at (from its arrival, or read at the
+    /// claim's first write): kept for live claims only.
     epochs: HashMap<DeviceKey, Epoch>,
+    /// This node and incarnation, as ownership records name it.
+    me: Option<OwnershipRecord>,
 }
 
 /// What the log did so far (Prometheus counters).
@@ -99,7 +102,8 @@ pub struct JetStreamReliableLog {
 /// One claim's write in a commit.
 struct Write {
     device: DeviceKey,
-    epoch: Epoch,
+    /// `None`: read the owner first (the claim's first write since its device arrived).
+    epoch: Option<Epoch>,
     /// The encoded records.
     bytes: Bytes,
     /// A rollup: the claim's whole state (or its end), dropping what came before.
@@ -110,7 +114,8 @@ struct Write {
 
 /// How one claim's write went.
 enum Outcome {
-    Stored,
+    /// At this epoch.
+    Stored(Epoch),
     Fenced,
 }
 
@@ -132,13 +137,25 @@ impl JetStreamReliableLog {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// This node's incarnation (a new one with each lease): the owner a claim's first
+    /// write checks it is.
+    pub fn set_me(&self, me: OwnershipRecord) {
+        self.state().me = Some(me);
+    }
+
     /// §12: `device` arrived here and this node owns its tsn at `epoch`. `loaded` is what
-    /// [`load_device`] found when the tsn came from another owner (`Some(None)`: no
-    /// reliable claim there); `None` when this node owned it already (what it keeps
-    /// stands).
+    /// [`load_device`] found when the tsn came from another owner; `None` when this node
+    /// owned it already (what it keeps stands).
     pub fn adopt(&self, device: &DeviceKey, epoch: Epoch, loaded: Option<Loaded>) {
         let mut state = self.state();
-        state.epochs.insert(device.clone(), epoch);
+        let holds = loaded
+            .as_ref()
+            .map_or(state.claims.contains_key(device), |l| l.snapshot.is_some());
+        if holds {
+            state.epochs.insert(device.clone(), epoch);
+        } else {
+            state.epochs.remove(device);
+        }
         if let Some(loaded) = loaded {
             match loaded.snapshot {
                 Some(snapshot) => {
@@ -188,30 +205,34 @@ impl JetStreamReliableLog {
             }
             let mut writes = Vec::with_capacity(touched.len());
             for (device, (after, records)) in touched {
-                let Some(epoch) = state.epochs.get(&device).copied() else {
-                    tracing::warn!(tsn = %device.serial, domain = %device.domain, "a reliable claim's device did not arrive here: its records are not written");
-                    fenced.push(device);
-                    continue;
-                };
+                let epoch = state.epochs.get(&device).copied();
                 let since = state.claims.get(&device).map_or(0, |k| k.since_rollup);
                 writes.push(plan(device, epoch, after, records, since));
             }
-            writes
+            (writes, state.me.clone())
         };
+        let (writes, me) = writes;
         if writes.is_empty() {
             return Ok(fenced);
         }
         let first_write = self
             .next_write
             .fetch_add(writes.len() as u64, Ordering::Relaxed);
-        let jobs: Vec<(DeviceKey, Epoch, Bytes, bool)> = writes
+        let jobs: Vec<Job> = writes
             .iter()
-            .map(|w| (w.device.clone(), w.epoch, w.bytes.clone(), w.rollup))
+            .map(|w| Job {
+                device: w.device.clone(),
+                epoch: w.epoch,
+                bytes: w.bytes.clone(),
+                rollup: w.rollup,
+            })
             .collect();
-        let stream = self.streams.ownership.clone();
+        let streams = self.streams.clone();
         let outcomes = self
             .bridge
-            .call(move |nats| async move { write_all(&nats, &stream, jobs, first_write).await })
+            .call(
+                move |nats| async move { write_all(&nats, &streams, me, jobs, first_write).await },
+            )
             .wait()
             .and_then(|r| r)
             .map_err(|e| {
@@ -229,8 +250,13 @@ impl JetStreamReliableLog {
                     state.epochs.remove(&write.device);
                     fenced.push(write.device);
                 }
-                Outcome::Stored => {
+                Outcome::Stored(epoch) => {
                     self.counts.written.fetch_add(1, Ordering::Relaxed);
+                    if write.after.is_some() {
+                        state.epochs.insert(write.device.clone(), epoch);
+                    } else {
+                        state.epochs.remove(&write.device);
+                    }
                     if write.rollup {
                         self.counts.rolled_up.fetch_add(1, Ordering::Relaxed);
                     }
@@ -269,7 +295,7 @@ impl JetStreamReliableLog {
 /// subject holds at most about three times its state).
 fn plan(
     device: DeviceKey,
-    epoch: Epoch,
+    epoch: Option<Epoch>,
     after: Option<ClaimSnapshot>,
     records: Vec<LogRecord>,
     since_rollup: usize,
@@ -328,18 +354,28 @@ const IN_PROCESS_RETRIES: u32 = 20;
 /// trip to the quorum), each fenced on its epoch.
 async fn write_all(
     nats: &Nats,
-    stream: &Stream,
-    jobs: Vec<(DeviceKey, Epoch, Bytes, bool)>,
+    streams: &OwnershipStreams,
+    me: Option<OwnershipRecord>,
+    jobs: Vec<Job>,
     first_write: u64,
 ) -> Result<Vec<Outcome>, ClusterError> {
     let tasks: Vec<_> = jobs
         .into_iter()
         .enumerate()
-        .map(|(i, (device, epoch, bytes, rollup))| {
-            let (nats, stream) = (nats.clone(), stream.clone());
+        .map(|(i, job)| {
+            let (nats, streams, me) = (nats.clone(), streams.clone(), me.clone());
             let id = first_write.wrapping_add(i as u64);
             tokio::task::spawn_local(async move {
-                write_one(&nats, &stream, &device, epoch, bytes, rollup, id).await
+                let epoch = match job.epoch {
+                    Some(epoch) => epoch,
+                    // The claim's first write: this node must own the tsn (its device
+                    // arrived here and no other node took it since).
+                    None => match current_owner(&nats, &streams, &job.device).await? {
+                        Some(owner) if Some(&owner.record) == me.as_ref() => owner.epoch,
+                        _ => return Ok(Outcome::Fenced),
+                    },
+                };
+                write_one(&nats, &streams.ownership, &job, epoch, id).await
             })
         })
         .collect();
@@ -355,12 +391,11 @@ async fn write_all(
 async fn write_one(
     nats: &Nats,
     stream: &Stream,
-    device: &DeviceKey,
+    job: &Job,
     epoch: Epoch,
-    bytes: Bytes,
-    rollup: bool,
     id: u64,
 ) -> Result<Outcome, ClusterError> {
+    let (device, bytes, rollup) = (&job.device, &job.bytes, job.rollup);
     let parts: Vec<Bytes> = if bytes.is_empty() {
         vec![Bytes::new()]
     } else {
@@ -417,7 +452,15 @@ async fn write_one(
             tracing::warn!(tsn = %device.serial, error = %e, "cannot compact a reliable claim's records: they stay until its next rollup");
         }
     }
-    Ok(Outcome::Stored)
+    Ok(Outcome::Stored(epoch))
+}
+
+/// One claim's write, as the NATS thread gets it.
+struct Job {
+    device: DeviceKey,
+    epoch: Option<Epoch>,
+    bytes: Bytes,
+    rollup: bool,
 }
 
 /// Drops a claim's messages before `seq` (a complete rollup starts there).
@@ -704,6 +747,7 @@ mod tests {
         let s = Seq::new;
 
         let a = JetStreamReliableLog::new(bridge.handle(), streams.clone());
+        a.set_me(node("a", 1));
         // Records of a claim the log does not hold are refused, before anything is written.
         a.adopt(&device, take(node("a", 1)), Some(load()));
         let err = a
@@ -765,6 +809,7 @@ mod tests {
 
         // The device moves to node b, which loads the claim as a left it.
         let b_log = JetStreamReliableLog::new(bridge.handle(), streams.clone());
+        b_log.set_me(node("b", 2));
         let epoch_b = take(node("b", 2));
         let loaded = load();
         assert_eq!(loaded.snapshot, want());
@@ -799,7 +844,13 @@ mod tests {
         reference.commit(std::slice::from_ref(&fresh)).unwrap();
         b_log.commit_owned(&[fresh]).unwrap();
         assert_eq!(load().snapshot, want());
+        // (b's epoch went with the ended claim: the new claim's first write read the
+        // owner, b, again.) a starting a claim of its own reads the owner too, and is
+        // refused.
+        let intruder = batch(&device, vec![LogRecord::Claim(record.clone())]);
+        assert_eq!(a.commit_owned(&[intruder]).unwrap(), vec![device.clone()]);
+        assert_eq!(load().snapshot, want());
         assert_eq!(b_log.counts.fenced.load(Ordering::Relaxed), 0);
-        assert_eq!(a.counts.fenced.load(Ordering::Relaxed), 1, "by the stream");
+        assert_eq!(a.counts.fenced.load(Ordering::Relaxed), 2);
     }
 }

@@ -195,6 +195,8 @@ impl ClusterNode {
             replicas = config.replicas,
             "cluster joined: store loaded, lease held"
         );
+        let reliable = Arc::new(JetStreamReliableLog::new(handle.clone(), streams.clone()));
+        reliable.set_me(me.clone());
         Ok(Self {
             config: config.clone(),
             store: Arc::new(store),
@@ -205,7 +207,7 @@ impl ClusterNode {
             forward_inboxes: Mutex::new(forward_inboxes.into_iter().map(Some).collect()),
             publisher,
             claims,
-            reliable: Arc::new(JetStreamReliableLog::new(handle.clone(), streams.clone())),
+            reliable,
             clock,
             reacquired: AtomicU64::new(0),
             fences: AtomicU64::new(0),
@@ -536,6 +538,7 @@ impl ClusterNode {
                 match Self::keep_lease(&self.handle, &self.streams, &self.config, &self.clock) {
                     Ok((fresh, me)) => {
                         *keeper = fresh;
+                        self.reliable.set_me(me.clone());
                         *self.me.lock().unwrap_or_else(|p| p.into_inner()) = me;
                         self.reacquired.fetch_add(1, Ordering::Relaxed);
                     }
