@@ -368,9 +368,12 @@ impl std::fmt::Debug for ReliableSession {
 /// Whether a close or failure is one the relay asks clients to reconnect after.
 fn worth_reconnecting(err: &WsError) -> bool {
     match err {
-        // 1001 shutting down, 1011 storage failure, 1012 node lost its lease; 4401: the
-        // connector brings a fresh token.
+        // 1001 shutting down, 1011 storage failure, 1012 node lost its lease or the device
+        // moved to another node; 4401: the connector brings a fresh token.
         WsError::Closed { code, .. } => matches!(code, Some(1001 | 1011 | 1012 | 4401) | None),
+        // 503: the relay cannot serve it right now (its cluster is finding the device's
+        // node after a node was lost, §12; or it is at its connection limits).
+        WsError::Refused { status: 503, .. } => true,
         WsError::Eof | WsError::Io(_) | WsError::Connect { .. } | WsError::HandshakeTimeout(_) => {
             true
         }

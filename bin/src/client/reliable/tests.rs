@@ -378,3 +378,37 @@ fn reconnects_and_resumes_over_real_sockets() {
         "each once, in order"
     );
 }
+
+#[test]
+fn the_breaks_the_relay_asks_clients_to_survive_are_retried_and_no_others() {
+    let closed = |code| WsError::Closed {
+        code,
+        reason: String::new(),
+    };
+    let refused = |status| WsError::Refused {
+        status,
+        body: String::new(),
+    };
+    for err in [
+        closed(Some(1001)),
+        closed(Some(1011)),
+        closed(Some(1012)),
+        closed(Some(4401)),
+        closed(None),
+        WsError::Eof,
+        refused(503),
+    ] {
+        assert!(worth_reconnecting(&err), "{err}");
+    }
+    for err in [
+        closed(Some(1000)),
+        closed(Some(1008)),
+        closed(Some(4001)),
+        closed(Some(4409)),
+        refused(401),
+        refused(403),
+        refused(404),
+    ] {
+        assert!(!worth_reconnecting(&err), "{err}");
+    }
+}
