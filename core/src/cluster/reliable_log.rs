@@ -37,7 +37,7 @@ use crate::ids::DeviceKey;
 use crate::ownership::{ownership_subject, tsn_subject, Epoch, OwnershipRecord};
 use crate::reliable::log::unknown_claim;
 use crate::reliable::record_codec::{decode_records, encode_records};
-use crate::reliable::{ClaimSnapshot, LocalCommit, LogBatch, LogRecord, ReliableLog};
+use crate::reliable::{ClaimSnapshot, LogBatch, LogRecord, ReliableLog};
 use crate::store::StoreError;
 
 /// `posrelay.tsn.<domain>.<serial>.rel`: a reliable claim's records.
@@ -178,29 +178,7 @@ impl JetStreamReliableLog {
     /// if NATS could not be asked (some writes may be stored: every record applies
     /// idempotently, so the retry of the same batches is safe).
     fn write(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
-        let Some((writes, reply)) = self.start(batches)? else {
-            return Ok(Vec::new());
-        };
-        self.finish(writes, reply.wait().and_then(|r| r))
-    }
-
-    /// [`Self::write`] awaited where it is called (a shard): the NATS thread does the
-    /// writes, no other thread waits for them.
-    async fn write_async(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
-        let Some((writes, reply)) = self.start(batches)? else {
-            return Ok(Vec::new());
-        };
-        self.finish(writes, reply.await.and_then(|r| r))
-    }
-
-    /// Checks and plans every claim's write and hands them to the NATS thread (`None`:
-    /// nothing to write).
-    #[allow(clippy::type_complexity)]
-    fn start(
-        &self,
-        batches: &[LogBatch],
-    ) -> Result<Option<(Vec<Write>, super::Reply<Result<Vec<Outcome>, ClusterError>>)>, StoreError>
-    {
+        let mut fenced = Vec::new();
         let writes = {
             let state = self.state();
             // Each touched claim, as the batches leave it (all checked before any write).
@@ -235,7 +213,7 @@ impl JetStreamReliableLog {
         };
         let (writes, me) = writes;
         if writes.is_empty() {
-            return Ok(None);
+            return Ok(fenced);
         }
         let first_write = self
             .next_write
@@ -250,25 +228,19 @@ impl JetStreamReliableLog {
             })
             .collect();
         let streams = self.streams.clone();
-        let reply = self.bridge.call(move |nats| async move {
-            write_all(&nats, &streams, me, jobs, first_write).await
-        });
-        Ok(Some((writes, reply)))
-    }
-
-    /// Applies what the NATS thread did: the devices fenced out.
-    fn finish(
-        &self,
-        writes: Vec<Write>,
-        outcomes: Result<Vec<Outcome>, ClusterError>,
-    ) -> Result<Vec<DeviceKey>, StoreError> {
-        let outcomes = outcomes.map_err(|e| {
-            self.counts.failed.fetch_add(1, Ordering::Relaxed);
-            StoreError::Storage {
-                reason: format!("cannot write reliable claims to JetStream: {e}"),
-            }
-        })?;
-        let mut fenced = Vec::new();
+        let outcomes = self
+            .bridge
+            .call(
+                move |nats| async move { write_all(&nats, &streams, me, jobs, first_write).await },
+            )
+            .wait()
+            .and_then(|r| r)
+            .map_err(|e| {
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                StoreError::Storage {
+                    reason: format!("cannot write reliable claims to JetStream: {e}"),
+                }
+            })?;
         let mut state = self.state();
         for (write, outcome) in writes.into_iter().zip(outcomes) {
             match outcome {
@@ -620,16 +592,6 @@ impl ReliableLog for JetStreamReliableLog {
 
     fn commit_owned(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
         self.write(batches)
-    }
-
-    fn commit_owned_async(
-        self: std::sync::Arc<Self>,
-        batches: Vec<LogBatch>,
-    ) -> Result<LocalCommit, Vec<LogBatch>> {
-        Ok(Box::pin(async move {
-            let result = self.write_async(&batches).await;
-            (result, batches)
-        }))
     }
 
     /// The claims this node writes (none at start: a new incarnation owns no tsn; each

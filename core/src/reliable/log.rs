@@ -237,12 +237,6 @@ impl ClaimSnapshot {
     }
 }
 
-/// What [`ReliableLog::commit_owned_async`] gives: awaited on the caller's thread, it
-/// ends with [`ReliableLog::commit_owned`]'s answer and the batches.
-pub type LocalCommit = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Result<Vec<DeviceKey>, StoreError>, Vec<LogBatch>)>>,
->;
-
 /// Where reliable claims are kept durably: in memory for tests ([`MemReliableLog`]), in
 /// `posrelay.redb` on one node ([`crate::store::RedbStore`]), in JetStream in a cluster.
 pub trait ReliableLog {
@@ -258,18 +252,6 @@ pub trait ReliableLog {
     /// A log of one node owns every device: none.
     fn commit_owned(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
         self.commit(batches).map(|()| Vec::new())
-    }
-
-    /// [`Self::commit_owned`] for a log whose commit waits on another thread without
-    /// needing one of its own (a cluster's: its NATS thread does the writes): a future the
-    /// caller awaits where it runs (a shard), instead of a thread of the blocking pool
-    /// blocking on it. Its output gives the batches back. `Err(batches)` for a log whose
-    /// commit blocks (redb's fsync): commit it on the blocking pool.
-    fn commit_owned_async(
-        self: std::sync::Arc<Self>,
-        batches: Vec<LogBatch>,
-    ) -> Result<LocalCommit, Vec<LogBatch>> {
-        Err(batches)
     }
 
     /// Every reliable claim in the log, ordered by device.
@@ -337,12 +319,6 @@ impl<T: ReliableLog + ?Sized> ReliableLog for &T {
 impl<T: ReliableLog + ?Sized> ReliableLog for std::sync::Arc<T> {
     fn commit(&self, batches: &[LogBatch]) -> Result<(), StoreError> {
         (**self).commit(batches)
-    }
-    fn commit_owned_async(
-        self: std::sync::Arc<Self>,
-        batches: Vec<LogBatch>,
-    ) -> Result<LocalCommit, Vec<LogBatch>> {
-        std::sync::Arc::clone(&*self).commit_owned_async(batches)
     }
     fn commit_owned(&self, batches: &[LogBatch]) -> Result<Vec<DeviceKey>, StoreError> {
         (**self).commit_owned(batches)

@@ -24,9 +24,7 @@ pub use claim::{ClaimRecord, Flow, ReliableClaim, ReliableEvent, Transmit};
 pub use envelope::Envelope;
 pub use error::{EnvelopeError, ReliableError, ResumeFailure};
 pub use limits::ReliableLimits;
-pub use log::{
-    ClaimSnapshot, LocalCommit, LogBatch, LogRecord, LogTicket, MemReliableLog, ReliableLog,
-};
+pub use log::{ClaimSnapshot, LogBatch, LogRecord, LogTicket, MemReliableLog, ReliableLog};
 pub use seq::{Seq, SeqRange};
 
 /// The subprotocol a POS offers to open a reliable session (§11). The relay selects it

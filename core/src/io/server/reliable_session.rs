@@ -581,19 +581,12 @@ async fn commit_loop(ctx: Rc<ShardCtx>) {
         };
         let (entries, batches): (Vec<u64>, Vec<LogBatch>) = taken.into_iter().unzip();
         let started = Instant::now();
-        let (result, batches) = match log.clone().commit_owned_async(batches) {
-            // A cluster's log: its NATS thread writes, this shard awaits the answer.
-            Ok(commit) => commit.await,
-            // redb: the commit blocks on fsync, on the blocking pool.
-            Err(batches) => {
-                glommio::executor()
-                    .spawn_blocking(move || {
-                        let result = log.commit_owned(&batches);
-                        (result, batches)
-                    })
-                    .await
-            }
-        };
+        let (result, batches) = glommio::executor()
+            .spawn_blocking(move || {
+                let result = log.commit_owned(&batches);
+                (result, batches)
+            })
+            .await;
         let now = Instant::now();
         match result {
             Ok(moved) => {
