@@ -290,6 +290,30 @@ impl Shared {
     }
 }
 
+/// How long a starting node retries a store that answers "unavailable": a cluster's
+/// freshly created bucket has no leader for a moment (JetStream elects one in about a
+/// second), and a node should not exit for that.
+const STORE_START_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs a store call at start, again every 200 ms while the store answers "unavailable",
+/// for up to [`STORE_START_WAIT`].
+fn while_starting<T>(
+    mut call: impl FnMut() -> Result<T, crate::store::StoreError>,
+) -> std::io::Result<T> {
+    let deadline = std::time::Instant::now() + STORE_START_WAIT;
+    loop {
+        match call() {
+            Err(e @ crate::store::StoreError::Unavailable { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %e, "store not available yet: trying again");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            other => return other.map_err(std::io::Error::other),
+        }
+    }
+}
+
 /// Checks what the shards need (locked memory), opens the store, binds both listeners
 /// on every shard, calls `on_ready` once every shard serves, and serves until `stop` is
 /// triggered and the drain is done. Nothing is bound, and `on_ready` is not called, when
@@ -331,16 +355,12 @@ pub fn run_server(
     }
     let mut fresh = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut fresh);
-    let key = store
-        .load_or_create_signing_key(fresh)
-        .map_err(std::io::Error::other)?;
+    let key = while_starting(|| store.load_or_create_signing_key(fresh))?;
     let issuer = TokenIssuer::new(&SigningKey::from_bytes(key));
     // Stored, so that session ids survive a restart (reliable claims keep theirs, §11).
     let mut fresh = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut fresh);
-    let keyring_key = store
-        .load_or_create_session_key(fresh)
-        .map_err(std::io::Error::other)?;
+    let keyring_key = while_starting(|| store.load_or_create_session_key(fresh))?;
     let hasher = Arc::new(SecretHasher::new(config.hash_cost));
     let mut cache_key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut cache_key);
