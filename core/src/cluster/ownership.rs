@@ -209,15 +209,7 @@ pub async fn record_claim(
         if claim_of(nats, streams, device).await?.as_deref() == claim {
             return Ok(true);
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            current.epoch.sequence().to_string(),
-        );
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence-Subject",
-            ownership_subject(device),
-        );
+        let mut headers = fenced_headers(device, current.epoch);
         headers.insert(async_nats::header::NATS_ROLLUP, "sub");
         let json = ClaimJson {
             client: claim.map(str::to_owned),
@@ -312,6 +304,18 @@ pub async fn append_fenced(
     epoch: Epoch,
     payload: Bytes,
 ) -> Result<u64, ClusterError> {
+    publish(
+        nats,
+        tsn_subject(device, kind),
+        fenced_headers(device, epoch),
+        payload,
+    )
+    .await
+}
+
+/// The headers that fence a write acting for `device` on `epoch`: the server stores it
+/// only while `epoch` is the last sequence of the tsn's ownership subject.
+pub(crate) fn fenced_headers(device: &DeviceKey, epoch: Epoch) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -321,7 +325,7 @@ pub async fn append_fenced(
         "Nats-Expected-Last-Subject-Sequence-Subject",
         ownership_subject(device),
     );
-    publish(nats, tsn_subject(device, kind), headers, payload).await
+    headers
 }
 
 #[cfg(test)]

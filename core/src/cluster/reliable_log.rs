@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 
 use async_nats::jetstream::stream::Stream;
 
-use super::ownership::{current_owner, last_on_subject, publish, OwnershipStreams};
+use super::ownership::{current_owner, fenced_headers, last_on_subject, publish, OwnershipStreams};
 use super::{BridgeHandle, ClusterError, Nats};
 use crate::ids::DeviceKey;
 use crate::ownership::{ownership_subject, tsn_subject, Epoch, OwnershipRecord};
@@ -409,15 +409,7 @@ async fn write_one(
     for (index, part) in parts.into_iter().enumerate() {
         let mut attempts = 0;
         loop {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                epoch.sequence().to_string(),
-            );
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                ownership_subject(device),
-            );
+            let mut headers = fenced_headers(device, epoch);
             if rollup && count == 1 {
                 headers.insert(async_nats::header::NATS_ROLLUP, "sub");
             }
