@@ -356,8 +356,9 @@ impl ClusterNode {
     }
 
     /// §12: a device arrived here (registered or connected): this node takes its tsn
-    /// over, and its previous node is told to close its older connection. The client whose
-    /// claim the tsn had (it holds here too: "claims stay").
+    /// over, and its previous node is told to close its older connection. What the tsn
+    /// brought ([`Arrival`]): the client whose claim it had (it holds here too: "claims
+    /// stay"), and its reliable claim as the log holds it (§11), now this node's to write.
     pub(crate) async fn take_over(&self, device: &DeviceKey) -> Result<Arrival, ClusterError> {
         let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let taken = remote::take_over(&self.handle, &self.streams, device, &me).await?;
