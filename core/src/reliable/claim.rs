@@ -879,22 +879,8 @@ impl ReliableClaim {
         if !lost.is_empty() {
             self.events.push_back(ReliableEvent::Undelivered(lost));
         }
-        if let Some(session) = self.session.take() {
-            self.transmits.push_back(Transmit::ClosePos {
-                conn: session.conn,
-                code,
-                reason: reason.to_owned(),
-            });
-        }
-        self.log.clear();
+        self.end(code, reason);
         self.log(LogRecord::ClaimEnded);
-        self.ended = true;
-        self.held.clear();
-        self.held_bytes = 0;
-        self.outgoing.clear();
-        self.unsafe_bytes = 0;
-        self.reports.clear();
-        self.reporting.clear();
     }
 
     /// §12: another node took the device over, and carries this claim on from what the
@@ -906,6 +892,12 @@ impl ReliableClaim {
         if self.ended {
             return;
         }
+        self.end(code, reason);
+    }
+
+    /// Ends the claim here: its POS session closes with `code`, the records not yet taken
+    /// are dropped, and it holds nothing more.
+    fn end(&mut self, code: u16, reason: &str) {
         if let Some(session) = self.session.take() {
             self.transmits.push_back(Transmit::ClosePos {
                 conn: session.conn,
