@@ -814,6 +814,28 @@ fn a_claim_holds_while_its_holder_has_a_control_channel_on_any_node() {
     assert!(took.is_some(), "the claim ended once no channel was open");
 }
 
+/// `posrelay device-sim --echo` for `tsns`, given the nodes `relays` in that order (as
+/// behind DNS round robin: it tries the next when its connection fails), with its real
+/// backoff; its output lines.
+fn echoing_terminals(
+    creds: &Creds,
+    relays: &[&str],
+    tsns: &[&str],
+) -> (Killed, std::sync::mpsc::Receiver<String>) {
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_posrelay"));
+    sim.arg("device-sim");
+    for relay in relays {
+        sim.args(["--relay", relay]);
+    }
+    for tsn in tsns {
+        sim.args(["--tsn", tsn]);
+    }
+    sim.arg("--echo")
+        .env("POSRELAY_CLIENT_ID", &creds.client_id)
+        .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
+    spawn_lines(sim)
+}
+
 /// §12: "`kill -9` the owning node: the device re-registers on a surviving node and the
 /// POS, claiming again, exchanges messages within the lease TTL plus 5 s". The terminal
 /// is `posrelay device-sim` given two nodes (as behind DNS round robin), with its real
@@ -827,22 +849,7 @@ fn when_the_owning_node_is_killed_its_device_comes_back_on_another_and_its_pos_c
         format!("ws://{}", c.nodes[0].relay_addr),
         format!("ws://{}", c.nodes[1].relay_addr),
     );
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_posrelay"));
-    sim.args([
-        "device-sim",
-        "--relay",
-        &b_url,
-        "--relay",
-        &a_url,
-        "--tsn",
-        "1001",
-        "--tsn",
-        "1002",
-        "--echo",
-    ])
-    .env("POSRELAY_CLIENT_ID", &creds.client_id)
-    .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
-    let (_sim, lines) = spawn_lines(sim);
+    let (_sim, lines) = echoing_terminals(&creds, &[&b_url, &a_url], &["1001", "1002"]);
     // Both terminals online, in whichever order they say it.
     let mut online = std::collections::BTreeSet::new();
     while online.len() < 2 {
@@ -949,20 +956,7 @@ fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device
     );
     // The terminal echoes what it gets, as `posrelay device-sim --echo` does, and
     // reconnects to a when b is gone.
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_posrelay"));
-    sim.args([
-        "device-sim",
-        "--relay",
-        &b_url,
-        "--relay",
-        &a_url,
-        "--tsn",
-        "5001",
-        "--echo",
-    ])
-    .env("POSRELAY_CLIENT_ID", &creds.client_id)
-    .env("POSRELAY_CLIENT_SECRET", &creds.client_secret);
-    let (_sim, lines) = spawn_lines(sim);
+    let (_sim, lines) = echoing_terminals(&creds, &[&b_url, &a_url], &["5001"]);
     wait_line(&lines, "device-sim online on b", |l| {
         l.ends_with("] online")
     });
