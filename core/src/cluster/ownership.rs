@@ -331,25 +331,9 @@ pub(crate) fn fenced_headers(device: &DeviceKey, epoch: Epoch) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::testing::NatsCluster;
+    use crate::cluster::testing::{on, ownership_record as record, NatsCluster};
     use crate::cluster::{BridgeConfig, NatsBridge};
     use crate::ids::{DomainName, Serial};
-    use crate::ownership::{Incarnation, NodeId};
-
-    fn record(node: &str, incarnation: u8) -> OwnershipRecord {
-        OwnershipRecord {
-            node: NodeId::new(node).unwrap(),
-            incarnation: Incarnation::from_random([incarnation; 16]),
-        }
-    }
-
-    /// Runs `f` on the bridge and waits for its answer.
-    fn on<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
-        bridge: &NatsBridge,
-        f: impl FnOnce(Nats) -> Fut + Send + 'static,
-    ) -> T {
-        bridge.handle().call(f).wait().unwrap()
-    }
 
     #[test]
     fn a_take_over_bumps_the_epoch_and_the_server_fences_the_old_owner() {

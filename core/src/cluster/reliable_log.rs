@@ -602,26 +602,11 @@ impl ReliableLog for JetStreamReliableLog {
 mod tests {
     use super::*;
     use crate::cluster::ownership::{ensure_streams, take_over_tsn};
-    use crate::cluster::testing::NatsCluster;
+    use crate::cluster::testing::{on, ownership_record as node, NatsCluster};
     use crate::cluster::{BridgeConfig, NatsBridge};
     use crate::ids::{ClientId, ClientKey, DomainName, Serial, SessionId};
-    use crate::ownership::{Incarnation, NodeId, OwnershipRecord};
     use crate::relay::{MessageKind, RelayedMessage};
     use crate::reliable::{ClaimRecord, LogTicket, MemReliableLog, Seq, SeqRange};
-
-    fn on<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
-        bridge: &NatsBridge,
-        f: impl FnOnce(Nats) -> Fut + Send + 'static,
-    ) -> T {
-        bridge.handle().call(f).wait().unwrap()
-    }
-
-    fn node(name: &str, n: u8) -> OwnershipRecord {
-        OwnershipRecord {
-            node: NodeId::new(name).unwrap(),
-            incarnation: Incarnation::from_random([n; 16]),
-        }
-    }
 
     fn message(len: usize) -> RelayedMessage {
         RelayedMessage {

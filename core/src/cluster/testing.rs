@@ -519,6 +519,27 @@ fn log_tail(path: &Path, lines: usize) -> String {
     out
 }
 
+/// Runs `f` on the bridge's thread and waits for its answer (tests of the JetStream
+/// calls, from a plain test thread).
+pub fn on<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
+    bridge: &super::NatsBridge,
+    f: impl FnOnce(super::Nats) -> Fut + Send + 'static,
+) -> T {
+    bridge
+        .handle()
+        .call(f)
+        .wait()
+        .expect("the NATS bridge answers")
+}
+
+/// An ownership record for node `node`, its incarnation made of the byte `n`.
+pub fn ownership_record(node: &str, n: u8) -> crate::ownership::OwnershipRecord {
+    crate::ownership::OwnershipRecord {
+        node: crate::ownership::NodeId::new(node).expect("node id"),
+        incarnation: crate::ownership::Incarnation::from_random([n; 16]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
