@@ -393,9 +393,8 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ownership::ensure_streams;
-    use crate::cluster::testing::NatsCluster;
-    use crate::cluster::{BridgeConfig, NatsBridge};
+    use crate::cluster::testing::with_streams;
+    use crate::cluster::NatsBridge;
 
     fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
@@ -427,14 +426,7 @@ mod tests {
 
     #[test]
     fn a_lease_lives_while_renewed_and_its_node_learns_when_it_is_lost() {
-        let cluster = NatsCluster::start(3);
-        let bridge = NatsBridge::start(BridgeConfig::new(cluster.client_urls(), "test")).unwrap();
-        let streams = bridge
-            .handle()
-            .call(|nats| async move { ensure_streams(&nats, 3).await })
-            .wait()
-            .unwrap()
-            .unwrap();
+        let (_cluster, bridge, streams) = with_streams();
         let node = NodeId::new("a").unwrap();
         let terms = LeaseTerms::new(Duration::from_secs(2)).unwrap();
         let clock = Arc::new(LeaseClock::default());
@@ -526,14 +518,7 @@ mod tests {
 
     #[test]
     fn an_unrenewed_lease_expires_on_the_server() {
-        let cluster = NatsCluster::start(3);
-        let bridge = NatsBridge::start(BridgeConfig::new(cluster.client_urls(), "test")).unwrap();
-        let streams = bridge
-            .handle()
-            .call(|nats| async move { ensure_streams(&nats, 3).await })
-            .wait()
-            .unwrap()
-            .unwrap();
+        let (_cluster, bridge, streams) = with_streams();
         let node = NodeId::new("b").unwrap();
         let keeper = LeaseKeeper::start(
             &bridge.handle(),

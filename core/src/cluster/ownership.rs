@@ -331,19 +331,12 @@ pub(crate) fn fenced_headers(device: &DeviceKey, epoch: Epoch) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::testing::{on, ownership_record as record, NatsCluster};
-    use crate::cluster::{BridgeConfig, NatsBridge};
+    use crate::cluster::testing::{on, ownership_record as record, with_streams};
     use crate::ids::{DomainName, Serial};
 
     #[test]
     fn a_take_over_bumps_the_epoch_and_the_server_fences_the_old_owner() {
-        let cluster = NatsCluster::start(3);
-        let bridge = NatsBridge::start(BridgeConfig::new(cluster.client_urls(), "test")).unwrap();
-        let streams = on(
-            &bridge,
-            |nats| async move { ensure_streams(&nats, 3).await },
-        )
-        .unwrap();
+        let (_cluster, bridge, streams) = with_streams();
         let device = DeviceKey {
             domain: DomainName::new("acme.com").unwrap(),
             serial: Serial::new("1001").unwrap(),

@@ -601,9 +601,8 @@ impl ReliableLog for JetStreamReliableLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ownership::{ensure_streams, take_over_tsn};
-    use crate::cluster::testing::{on, ownership_record as node, NatsCluster};
-    use crate::cluster::{BridgeConfig, NatsBridge};
+    use crate::cluster::ownership::take_over_tsn;
+    use crate::cluster::testing::{on, ownership_record as node, with_streams};
     use crate::ids::{ClientId, ClientKey, DomainName, Serial, SessionId};
     use crate::relay::{MessageKind, RelayedMessage};
     use crate::reliable::{ClaimRecord, LogTicket, MemReliableLog, Seq, SeqRange};
@@ -686,13 +685,7 @@ mod tests {
     /// claim acknowledged up to date is one small message.
     #[test]
     fn the_next_owner_loads_what_the_last_one_committed_and_the_last_one_is_fenced() {
-        let cluster = NatsCluster::start(3);
-        let bridge = NatsBridge::start(BridgeConfig::new(cluster.client_urls(), "test")).unwrap();
-        let streams = on(
-            &bridge,
-            |nats| async move { ensure_streams(&nats, 3).await },
-        )
-        .unwrap();
+        let (_cluster, bridge, streams) = with_streams();
         let device = DeviceKey {
             domain: DomainName::new("acme").unwrap(),
             serial: Serial::new("1001").unwrap(),

@@ -532,6 +532,24 @@ pub fn on<T: Send + 'static, Fut: std::future::Future<Output = T> + 'static>(
         .expect("the NATS bridge answers")
 }
 
+/// Three servers, a bridge to them, and the ownership streams created on them (R3):
+/// the start of every test of the JetStream calls. Keep the cluster alive as long as
+/// the bridge.
+pub fn with_streams() -> (
+    NatsCluster,
+    super::NatsBridge,
+    super::ownership::OwnershipStreams,
+) {
+    let cluster = NatsCluster::start(3);
+    let bridge = super::NatsBridge::start(super::BridgeConfig::new(cluster.client_urls(), "test"))
+        .expect("the NATS bridge starts");
+    let streams = on(&bridge, |nats| async move {
+        super::ownership::ensure_streams(&nats, 3).await
+    })
+    .expect("the ownership streams");
+    (cluster, bridge, streams)
+}
+
 /// An ownership record for node `node`, its incarnation made of the byte `n`.
 pub fn ownership_record(node: &str, n: u8) -> crate::ownership::OwnershipRecord {
     crate::ownership::OwnershipRecord {
