@@ -375,19 +375,8 @@ impl TlsSession {
                         produced += record.payload.len();
                     }
                 }
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let mut needed = 1024;
-                    loop {
-                        Self::output_room(cout, cout_start, cout_end, needed);
-                        match encode.encode(&mut cout[*cout_end..]) {
-                            Ok(n) => {
-                                *cout_end += n;
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(s)) => needed = s.required_size,
-                            Err(EncodeError::AlreadyEncoded) => break,
-                        }
-                    }
+                Ok(ConnectionState::EncodeTlsData(encode)) => {
+                    Self::encode_into(encode, cout, cout_start, cout_end)
                 }
                 // The encoded records wait in `cout` until the socket takes them; nothing
                 // more is read before they are sent (see `poll_read`).
@@ -411,6 +400,28 @@ impl TlsSession {
             }
             if done {
                 return Ok(produced);
+            }
+        }
+    }
+
+    /// Encodes a message rustls asks to send (handshake, ticket, key update, alert) after
+    /// the ciphertext already queued.
+    fn encode_into(
+        mut encode: rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+        cout: &mut Vec<u8>,
+        cout_start: &mut usize,
+        cout_end: &mut usize,
+    ) {
+        let mut needed = 1024;
+        loop {
+            Self::output_room(cout, cout_start, cout_end, needed);
+            match encode.encode(&mut cout[*cout_end..]) {
+                Ok(n) => {
+                    *cout_end += n;
+                    return;
+                }
+                Err(EncodeError::InsufficientSize(s)) => needed = s.required_size,
+                Err(EncodeError::AlreadyEncoded) => return,
             }
         }
     }
@@ -464,6 +475,17 @@ impl TlsSession {
         }
         let mut traffic = match status.state {
             Ok(ConnectionState::WriteTraffic(traffic)) => traffic,
+            // A key update of our own (RFC 8446 §4.6.3: rustls asks for one as the
+            // cipher nears its record limit, §5.5) goes out before the data that the
+            // new key protects; then the session can write again.
+            Ok(ConnectionState::EncodeTlsData(encode)) => {
+                Self::encode_into(encode, cout, cout_start, cout_end);
+                return self.encrypt(parts, skip);
+            }
+            Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                transmit.done();
+                return self.encrypt(parts, skip);
+            }
             Ok(ConnectionState::BlockedHandshake) => {
                 return Err(io::Error::other("TLS handshake not complete"))
             }
@@ -651,6 +673,18 @@ impl TlsSession {
         }
     }
 
+    /// Asks for a key update of our own, as rustls does near the cipher's record limit
+    /// (RFC 8446 §5.5); the next write sends it.
+    #[cfg(test)]
+    fn request_key_update(&mut self) {
+        let status = self.conn.process_tls_records(&mut self.cin[..self.cin_len]);
+        if let Ok(ConnectionState::WriteTraffic(traffic)) = status.state {
+            traffic.refresh_traffic_keys().unwrap();
+        } else {
+            panic!("the session cannot write now");
+        }
+    }
+
     /// Gives the input buffer back if it holds no partial record.
     fn release_input(&mut self) {
         if self.cin_len == 0 && !self.cin.is_empty() {
@@ -789,19 +823,7 @@ mod tests {
         let expected = data.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let client = std::thread::spawn(move || {
-            let addr = addr_rx.recv().unwrap();
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(der.into()).unwrap();
-            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-            let sock = std::net::TcpStream::connect(addr).unwrap();
-            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut tls = client_of(der, addr_rx.recv().unwrap());
             let mut sent = 0;
             let mut size = 1;
             while sent < data.len() {
@@ -862,6 +884,72 @@ mod tests {
             back == data_for_check(),
             "the client read what the session wrote"
         );
+        assert!(rest.is_empty());
+    }
+
+    /// A rustls client (buffered, as a terminal's would be) that trusts `der`.
+    fn client_of(
+        der: Vec<u8>,
+        addr: std::net::SocketAddr,
+    ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.into()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap())
+    }
+
+    /// Key updates (RFC 8446 §4.6.3) both ways: the client's, which asks the server to
+    /// update too, and one of the server's own (as rustls asks for near the cipher's
+    /// record limit), sent before the data it protects. The data survives each.
+    #[test]
+    fn key_updates_from_either_side_keep_the_data_flowing() {
+        use std::io::{Read, Write};
+        let (config, der) = self_signed();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let client = std::thread::spawn(move || {
+            let mut tls = client_of(der, addr_rx.recv().unwrap());
+            tls.write_all(b"one").unwrap();
+            tls.flush().unwrap();
+            tls.conn.refresh_traffic_keys().unwrap();
+            tls.write_all(b"two").unwrap();
+            tls.flush().unwrap();
+            let mut got = [0u8; 6];
+            tls.read_exact(&mut got).unwrap();
+            let mut rest = Vec::new();
+            tls.read_to_end(&mut rest).unwrap();
+            (got, rest)
+        });
+        LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let stream = listener.accept().await.unwrap();
+                let mut transport = Transport::tls(stream, config).unwrap();
+                let mut got = BytesMut::new();
+                while got.len() < 6 {
+                    assert!(transport.read_into(&mut got).await.unwrap() > 0);
+                }
+                assert_eq!(&got[..], b"onetwo", "read across the client's key update");
+                transport.write_all_vectored(&[b"uno"]).await.unwrap();
+                if let Transport::Tls(t) = &mut transport {
+                    t.session.request_key_update();
+                }
+                transport.write_all_vectored(&[b"dos"]).await.unwrap();
+                transport.shutdown().await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (got, rest) = client.join().unwrap();
+        assert_eq!(&got, b"unodos", "written across both key updates");
         assert!(rest.is_empty());
     }
 
