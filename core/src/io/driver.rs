@@ -4,9 +4,9 @@
 //! when both directions are full).
 
 use super::outbox::OutboxRef;
-use super::transport::{send_vectored_nonblocking, DirectSocket, SharedTls, Transport};
+use super::transport::{send_vectored_nonblocking, DirectSocket, Transport};
 use bytes::BytesMut;
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -79,19 +79,9 @@ pub enum ReadOutcome {
     Requests,
 }
 
-/// The socket under an open connection, and on TLS the session it shares with its
-/// outbox (see [`SharedTls`]).
-enum Wire {
-    Plain(TcpStream),
-    Tls {
-        stream: TcpStream,
-        session: SharedTls,
-    },
-}
-
 /// Reads into `rbuf`, writes the outbox.
 pub struct ConnDriver {
-    wire: Wire,
+    transport: Transport,
     /// What this connection will write.
     pub outbox: OutboxRef,
     /// Bytes read and not yet decoded.
@@ -113,24 +103,14 @@ impl ConnDriver {
 
     /// Takes over a socket after its handshake; `leftover` are bytes already read.
     pub fn new(transport: Transport, leftover: BytesMut, outbox: OutboxRef) -> ConnDriver {
-        let (wire, tls) = match transport {
-            Transport::Plain(stream) => (Wire::Plain(stream), None),
-            Transport::Tls(tls) => {
-                let (stream, session) = tls.into_parts();
-                let session = SharedTls::new(std::cell::RefCell::new(session));
-                let lent = Some(session.clone());
-                (Wire::Tls { stream, session }, lent)
-            }
-        };
-        let stream = match &wire {
-            Wire::Plain(stream) | Wire::Tls { stream, .. } => stream,
-        };
-        #[allow(unsafe_code)]
-        // SAFETY: the driver owns `stream` (moved into it below) and keeps it open until
-        // it is dropped; its `Drop` takes this socket back out of the outbox before the
-        // stream field is dropped and the descriptor closed.
-        let socket = unsafe { DirectSocket::new(std::os::fd::AsRawFd::as_raw_fd(stream)) };
-        outbox.borrow_mut().attach_socket(socket, tls);
+        if let Transport::Plain(stream) = &transport {
+            #[allow(unsafe_code)]
+            // SAFETY: the driver owns `stream` (moved into it below) and keeps it open
+            // until it is dropped; its `Drop` takes this socket back out of the outbox
+            // before the stream field is dropped and the descriptor closed.
+            let socket = unsafe { DirectSocket::new(std::os::fd::AsRawFd::as_raw_fd(stream)) };
+            outbox.borrow_mut().attach_socket(socket);
+        }
         // The handshake read in large chunks; an idle connection should not keep that
         // (an empty buffer is taken from the shard's pool at the first read).
         let rbuf = if leftover.is_empty() {
@@ -139,7 +119,7 @@ impl ConnDriver {
             leftover
         };
         ConnDriver {
-            wire,
+            transport,
             outbox,
             rbuf,
             read_size: MIN_READ,
@@ -148,18 +128,16 @@ impl ConnDriver {
 
     /// The TCP socket.
     pub fn tcp(&self) -> &TcpStream {
-        match &self.wire {
-            Wire::Plain(stream) | Wire::Tls { stream, .. } => stream,
-        }
+        self.transport.tcp()
     }
 
     /// Whether this connection holds no read buffer and no TLS buffer (what an idle
     /// connection should hold).
     pub fn holds_no_buffer(&self) -> bool {
         self.rbuf.capacity() == 0
-            && match &self.wire {
-                Wire::Plain(_) => true,
-                Wire::Tls { session, .. } => session.borrow().holds_no_buffer(),
+            && match &self.transport {
+                Transport::Plain(_) => true,
+                Transport::Tls(t) => t.session().holds_no_buffer(),
             }
     }
 
@@ -167,8 +145,8 @@ impl ConnDriver {
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut outbox = self.outbox.borrow_mut();
         outbox.register_writer(cx);
-        match &mut self.wire {
-            Wire::Plain(stream) => loop {
+        match &mut self.transport {
+            Transport::Plain(stream) => loop {
                 if outbox.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -190,8 +168,8 @@ impl ConnDriver {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            Wire::Tls { stream, session } => loop {
-                let mut session = session.borrow_mut();
+            Transport::Tls(tls) => loop {
+                let (stream, session) = tls.parts_mut();
                 // Ciphertext first: it was produced from frames already taken.
                 match session.poll_write_out(cx, stream) {
                     Poll::Ready(Ok(())) => {}
@@ -217,8 +195,8 @@ impl ConnDriver {
         if self.rbuf.capacity() == 0 {
             self.rbuf = read_pool::take();
         }
-        match &mut self.wire {
-            Wire::Plain(stream) => {
+        match &mut self.transport {
+            Transport::Plain(stream) => {
                 let start = self.rbuf.len();
                 self.rbuf.resize(start + self.read_size, 0);
                 let r = Pin::new(&mut *stream).poll_read(cx, &mut self.rbuf[start..]);
@@ -232,8 +210,8 @@ impl ConnDriver {
                 }
                 r
             }
-            Wire::Tls { stream, session } => {
-                let mut session = session.borrow_mut();
+            Transport::Tls(tls) => {
+                let (stream, session) = tls.parts_mut();
                 let had_output = session.has_output();
                 let r = session.poll_read(cx, stream, &mut self.rbuf);
                 if r.is_pending() {
@@ -287,22 +265,10 @@ impl ConnDriver {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// Flushes, then half-closes (TLS: close_notify first, after everything else).
+    /// Flushes, then half-closes (TLS: close_notify first).
     pub async fn shutdown(&mut self) {
-        // From here on only this task writes: nothing may follow the close_notify.
-        self.outbox.borrow_mut().detach_socket();
         let _ = self.flush().await;
-        match &mut self.wire {
-            Wire::Plain(stream) => {
-                let _ = stream.close().await;
-            }
-            Wire::Tls { stream, session } => {
-                if session.borrow_mut().queue_close_notify().is_ok() {
-                    let _ = poll_fn(|cx| session.borrow_mut().poll_write_out(cx, stream)).await;
-                }
-                let _ = stream.close().await;
-            }
-        }
+        self.transport.shutdown().await;
     }
 }
 

@@ -6,7 +6,7 @@
 //! than its limit, senders wait for room before reading more from their own peer:
 //! backpressure instead of unbounded buffering (PROTOCOL.md §6).
 
-use super::transport::{DirectSocket, SharedTls, TlsSession};
+use super::transport::DirectSocket;
 use crate::proto::{FrameHeader, HeaderBuf, Message, OpCode};
 use bytes::Bytes;
 use std::cell::RefCell;
@@ -78,9 +78,6 @@ pub struct Outbox {
     /// open: lent by the connection's driver, which takes it back before it closes the
     /// socket; dropped by [`Outbox::close`] (see [`DirectSocket`]'s invariant).
     socket: Option<DirectSocket>,
-    /// On a TLS connection, the session to encrypt with on the fast path (lent and taken
-    /// back with `socket`).
-    tls: Option<SharedTls>,
     /// Where to record how long relayed messages waited here (set by the relay).
     latency: Option<std::sync::Arc<super::metrics::LatencyHistogram>>,
     /// When the peer last sent anything (idle timeout, pings).
@@ -117,7 +114,6 @@ impl Outbox {
             closed: false,
             requests: ConnRequests::default(),
             socket: None,
-            tls: None,
             latency: None,
             last_rx: std::time::Instant::now(),
             reading_paused: false,
@@ -183,8 +179,10 @@ impl Outbox {
         // The fast path: with no backlog, write from the sender's task right away; the
         // connection's own task is woken only for what the socket did not take (waking
         // it for nothing would cost it a poll and glommio a re-armed read).
-        let all_out = !backlog && self.write_now();
-        if !all_out {
+        if !backlog {
+            self.write_now();
+        }
+        if !self.frames.is_empty() {
             self.wake_writer();
         }
         Ok(())
@@ -266,7 +264,6 @@ impl Outbox {
     pub fn close(&mut self) -> Vec<OutFrame> {
         self.closed = true;
         self.socket = None;
-        self.tls = None;
         self.queued_bytes = 0;
         self.front_written = 0;
         for w in self.room_waiters.drain(..) {
@@ -275,19 +272,17 @@ impl Outbox {
         self.frames.drain(..).collect()
     }
 
-    /// Lets senders write straight to this socket (see [`Outbox::write_now`]), through
-    /// `tls` on a TLS connection; a closed outbox refuses it (both are dropped at once).
-    pub(crate) fn attach_socket(&mut self, socket: DirectSocket, tls: Option<SharedTls>) {
+    /// Lets senders write straight to this plain-TCP socket (see [`Outbox::write_now`]);
+    /// a closed outbox refuses it (the socket is dropped at once).
+    pub(crate) fn attach_socket(&mut self, socket: DirectSocket) {
         if !self.closed {
             self.socket = Some(socket);
-            self.tls = tls;
         }
     }
 
     /// Takes the socket back: nothing is written to it directly from now on.
     pub(crate) fn detach_socket(&mut self) {
         self.socket = None;
-        self.tls = None;
     }
 
     /// Whether senders may write to the socket directly.
@@ -296,59 +291,19 @@ impl Outbox {
         self.socket.is_some()
     }
 
-    /// The fast path: writes what is queued right now, from the sender's task, with
-    /// non-blocking `sendmsg`s, so the payload is released before the sender reads again
-    /// (its read buffer is then reused in place). On TLS the sender's task encrypts too,
-    /// with the session the connection lent. Returns whether everything went out; what
-    /// the socket did not take (frames, or ciphertext on TLS) is left for the
-    /// connection's own task, which the caller wakes. An error is left to that task too:
-    /// it meets it at its next write and closes the connection.
-    #[must_use]
-    pub fn write_now(&mut self) -> bool {
-        let Some(tls) = self.tls.clone() else {
-            return self.write_now_plain();
-        };
-        // The connection's task never holds the session between polls; if it somehow
-        // does, it writes this itself.
-        let Ok(mut session) = tls.try_borrow_mut() else {
-            return false;
-        };
-        self.write_now_tls(&mut session)
-    }
-
-    fn write_now_plain(&mut self) -> bool {
+    /// The fast path: writes what is queued right now, from the sender's task, with one
+    /// non-blocking `sendmsg`, so the payload is released before the sender reads again
+    /// (its read buffer is then reused in place). What the socket does not take stays
+    /// queued for the connection's own task, which a push has already woken.
+    pub fn write_now(&mut self) {
         while !self.frames.is_empty() {
-            let Some(socket) = &self.socket else {
-                return false;
-            };
+            let Some(socket) = &self.socket else { return };
             let mut slices = [std::io::IoSlice::new(&[]); 16];
             let n = self.gather(&mut slices);
             let sent = socket.send_vectored_nonblocking(&slices[..n]);
             match sent {
                 Ok(written) if written > 0 => self.advance(written),
-                _ => return false,
-            }
-        }
-        true
-    }
-
-    fn write_now_tls(&mut self, session: &mut TlsSession) -> bool {
-        loop {
-            let Some(socket) = &self.socket else {
-                return false;
-            };
-            // Ciphertext made earlier goes first: it holds frames already taken off.
-            if !matches!(session.write_out_now(socket), Ok(true)) {
-                return false;
-            }
-            if self.frames.is_empty() {
-                return true;
-            }
-            let mut slices = [std::io::IoSlice::new(&[]); 16];
-            let n = self.gather(&mut slices);
-            match session.encrypt(&slices[..n], 0) {
-                Ok(taken) if taken > 0 => self.advance(taken),
-                _ => return false,
+                _ => return,
             }
         }
     }
@@ -485,7 +440,7 @@ mod tests {
         #[allow(unsafe_code)]
         // SAFETY: `a` outlives the outbox's use of the socket (closed below, then `a`).
         let socket = unsafe { DirectSocket::new(a.as_raw_fd()) };
-        ob.borrow_mut().attach_socket(socket, None);
+        ob.borrow_mut().attach_socket(socket);
         let message = |text: &'static [u8]| Message {
             kind: crate::proto::MessageKind::Binary,
             payload: crate::proto::Payload::Single(Bytes::from_static(text)),
@@ -503,14 +458,14 @@ mod tests {
             ob.borrow_mut().push_message(&message(b"after"), None),
             Err(PushError::Closed)
         );
-        assert!(ob.borrow_mut().write_now(), "nothing queued");
+        ob.borrow_mut().write_now();
         // A socket attached after close is refused too.
         #[allow(unsafe_code)]
         // SAFETY: as above.
         let late = unsafe { DirectSocket::new(a.as_raw_fd()) };
-        ob.borrow_mut().attach_socket(late, None);
+        ob.borrow_mut().attach_socket(late);
         assert!(!ob.borrow().has_socket());
-        assert!(ob.borrow_mut().write_now(), "nothing queued");
+        ob.borrow_mut().write_now();
         drop(a);
         // The peer sees the end of the stream and nothing after "before".
         b.set_nonblocking(false).unwrap();

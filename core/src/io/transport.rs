@@ -178,6 +178,11 @@ impl TlsTransport {
         (self.stream, self.session)
     }
 
+    /// The socket and the session, borrowed apart.
+    pub(crate) fn parts_mut(&mut self) -> (&mut TcpStream, &mut TlsSession) {
+        (&mut self.stream, &mut self.session)
+    }
+
     /// The TLS session.
     pub fn session(&self) -> &TlsSession {
         &self.session
@@ -202,28 +207,6 @@ const DIRECT: usize = 512;
 const STAGE: usize = 4096;
 /// How many spare ciphertext buffers of each kind a shard keeps.
 const CIPHER_POOL_MAX: usize = 64;
-
-/// The shard's room for gathering short parts before they are encrypted as one record
-/// (zeroed once, when first made, not at every encryption call).
-mod stage {
-    use super::STAGE;
-    use std::cell::Cell;
-
-    thread_local! {
-        static SPARE: Cell<Option<Box<[u8; STAGE]>>> = const { Cell::new(None) };
-    }
-
-    /// Runs `f` with the stage (a fresh one if it is in use: `f` never nests, but a
-    /// fresh buffer is always correct).
-    pub fn with<R>(f: impl FnOnce(&mut [u8; STAGE]) -> R) -> R {
-        let mut buf = SPARE
-            .with(Cell::take)
-            .unwrap_or_else(|| Box::new([0; STAGE]));
-        let result = f(&mut buf);
-        SPARE.with(|s| s.set(Some(buf)));
-        result
-    }
-}
 
 /// Ciphertext buffers shared by a shard's TLS connections. A connection takes one to
 /// read into and gives it back as soon as it holds no partial record; it takes one to
@@ -297,24 +280,6 @@ pub struct TlsSession {
     /// The peer sent close_notify: no more data will come.
     peer_closed: bool,
 }
-
-impl std::fmt::Debug for TlsSession {
-    /// What the session holds, never a key or a byte of traffic.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsSession")
-            .field("handshaking", &self.conn.is_handshaking())
-            .field("ciphertext_in", &self.cin_len)
-            .field("ciphertext_out", &(self.cout_end - self.cout_start))
-            .field("peer_closed", &self.peer_closed)
-            .finish()
-    }
-}
-
-/// A TLS session shared, on its shard, by the connection's task (which reads, and
-/// writes what waits) and its outbox (whose senders encrypt and write directly while the
-/// socket has room). Nobody holds a borrow across an await: each borrow lasts one poll
-/// or one direct write.
-pub(crate) type SharedTls = std::rc::Rc<std::cell::RefCell<TlsSession>>;
 
 const _: () = {
     const fn assert_send<T: Send>() {}
@@ -544,18 +509,7 @@ impl TlsSession {
                 Err(e) => Err(io::Error::other(e.to_string())),
             }
         };
-        stage::with(|stage| Self::seal_parts(parts, skip, stage, &mut seal))
-    }
-
-    /// Seals the bytes of `parts` after `skip`, short parts gathered in `stage` first
-    /// (only `stage[..staged]`, written just before, is ever read); returns how many
-    /// bytes `seal` took.
-    fn seal_parts<T: std::ops::Deref<Target = [u8]>>(
-        parts: &[T],
-        skip: usize,
-        stage: &mut [u8; STAGE],
-        seal: &mut impl FnMut(&[u8]) -> io::Result<bool>,
-    ) -> io::Result<usize> {
+        let mut stage = [0u8; STAGE];
         let mut staged = 0;
         let mut taken = 0;
         let mut skip = skip;
@@ -652,35 +606,12 @@ impl TlsSession {
             }
             self.cout_start += n;
         }
-        self.output_sent();
-        Poll::Ready(Ok(()))
-    }
-
-    /// Sends the queued ciphertext with non-blocking writes through a descriptor the
-    /// connection lent (the outbox's fast path, from another task of the shard); `true`
-    /// once the socket took all of it, `false` when the socket is full (the rest stays
-    /// queued for the connection's own task).
-    pub(crate) fn write_out_now(&mut self, socket: &DirectSocket) -> io::Result<bool> {
-        while self.cout_start < self.cout_end {
-            let pending = &self.cout[self.cout_start..self.cout_end];
-            match socket.send_vectored_nonblocking(&[IoSlice::new(pending)]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.cout_start += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        self.output_sent();
-        Ok(true)
-    }
-
-    /// Every queued byte of ciphertext went out: the output buffer goes back to the pool.
-    fn output_sent(&mut self) {
         self.cout_start = 0;
         self.cout_end = 0;
         if !self.cout.is_empty() {
             cipher_pool::give_output(&mut self.cout);
         }
+        Poll::Ready(Ok(()))
     }
 
     /// Reads and decrypts until plaintext arrives (appended to `plain`; returns its
@@ -698,11 +629,7 @@ impl TlsSession {
             if let Poll::Ready(Err(e)) = self.poll_write_out(cx, stream) {
                 return Poll::Ready(Err(e));
             }
-            // With no ciphertext in hand after the handshake, rustls has nothing to do:
-            // every whole record was processed after the last read, and a key update
-            // of ours goes out with the next write (see `encrypt`).
-            let settled = self.cin_len == 0 && !self.conn.is_handshaking();
-            let produced = match if settled { Ok(0) } else { self.process(plain) } {
+            let produced = match self.process(plain) {
                 Ok(n) => n,
                 Err(e) => {
                     // Tell the peer why (the alert), then fail the connection.
@@ -766,9 +693,8 @@ impl TlsSession {
     }
 }
 
-/// A connection's descriptor, lent to its outbox so that other tasks of the shard can
-/// write to the socket directly (the fast path: `Outbox::write_now`; on TLS, through the
-/// session the connection shares with the outbox).
+/// A plain TCP connection's descriptor, lent to its outbox so that other tasks of the
+/// shard can write to the socket directly (the fast path: `Outbox::write_now`).
 ///
 /// The invariant: the descriptor is open for as long as this value lives. It is made
 /// only by [`DirectSocket::new`] (`unsafe`: its caller promises the invariant), it is
@@ -977,82 +903,6 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
         rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap())
-    }
-
-    fn binary(payload: Vec<u8>) -> crate::proto::Message {
-        crate::proto::Message {
-            kind: crate::proto::MessageKind::Binary,
-            payload: crate::proto::Payload::Single(bytes::Bytes::from(payload)),
-        }
-    }
-
-    /// The outbox's fast path on TLS: a message pushed by another task is encrypted and
-    /// written at once, before the connection's own task ever runs, and the client reads
-    /// it; a large one the socket cannot take at once is finished by that task; the
-    /// close_notify comes after everything.
-    #[test]
-    fn a_tls_outbox_encrypts_and_writes_from_the_senders_task() {
-        use std::io::{Read, Write};
-        let (config, der) = self_signed();
-        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let big_expected = big.clone();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let client = std::thread::spawn(move || {
-            let mut tls = client_of(der, addr_rx.recv().unwrap());
-            tls.write_all(b"hello").unwrap();
-            tls.flush().unwrap();
-            let mut first = [0u8; 9];
-            tls.read_exact(&mut first).unwrap();
-            assert_eq!(&first, b"\x82\x07relayed");
-            tls.write_all(b"got it").unwrap();
-            tls.flush().unwrap();
-            let mut rest = Vec::new();
-            // A clean close_notify ends it (rustls reports a truncation as an error).
-            tls.read_to_end(&mut rest).unwrap();
-            rest
-        });
-        LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let stream = listener.accept().await.unwrap();
-                let mut transport = Transport::tls(stream, config).unwrap();
-                let mut hello = BytesMut::new();
-                while hello.len() < 5 {
-                    assert!(transport.read_into(&mut hello).await.unwrap() > 0);
-                }
-                let outbox = crate::io::outbox::Outbox::new(1 << 24);
-                let mut driver =
-                    crate::io::driver::ConnDriver::new(transport, BytesMut::new(), outbox.clone());
-                outbox
-                    .borrow_mut()
-                    .push_message(&binary(b"relayed".to_vec()), None)
-                    .unwrap();
-                assert!(outbox.borrow().is_empty(), "written by the pushing task");
-                assert!(driver.holds_no_buffer(), "the ciphertext buffer went back");
-                // The client answers only once it has read the message: the connection's
-                // task runs for the first time here.
-                driver.rbuf = BytesMut::new();
-                while driver.rbuf.len() < 6 {
-                    driver.read().await.unwrap();
-                }
-                assert_eq!(&driver.rbuf[..], b"got it");
-                outbox
-                    .borrow_mut()
-                    .push_message(&binary(big), None)
-                    .unwrap();
-                driver.shutdown().await;
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-        let rest = client.join().unwrap();
-        assert_eq!(&rest[..10], &[0x82, 0x7f, 0, 0, 0, 0, 0, 0x2d, 0xc6, 0xc0]);
-        assert!(
-            rest[10..] == big_expected[..],
-            "the large message, whole and in order"
-        );
     }
 
     /// Key updates (RFC 8446 §4.6.3) both ways: the client's, which asks the server to
