@@ -1124,3 +1124,152 @@ fn a_node_paused_past_its_lease_delivers_nothing_more_and_closes_the_stale_conne
     );
     assert!(metric(&a.metrics(), "posrelay_cluster_leases_lost_total") >= 1.0);
 }
+
+/// Reads a reliable session until `acked` reaches `upto` and `want` device messages came;
+/// returns them as (relay's number, text). `undelivered` reports are collected apart.
+fn read_reliable(session: &mut Ws, upto: u64, want: usize) -> (Vec<(u64, String)>, Vec<Value>) {
+    let (mut acked, mut got, mut reports) = (0, Vec::new(), Vec::new());
+    while acked < upto || got.len() < want {
+        let v = recv_json(session);
+        match v["type"].as_str() {
+            Some("ack") => acked = v["seq"].as_u64().unwrap(),
+            Some("data") => got.push((
+                v["seq"].as_u64().unwrap(),
+                v["text"].as_str().unwrap().to_string(),
+            )),
+            Some("undelivered") => reports.push(v),
+            _ => panic!("unexpected envelope {v}"),
+        }
+    }
+    (got, reports)
+}
+
+/// §12 fencing with a reliable claim (§11): a node paused past its lease lets the claim
+/// go without ending it, even though no other node took the device: the claim stays in
+/// JetStream as it was. Its POS session closes with 1012 and no report; when the
+/// terminal comes back to the node (its new incarnation), the claim comes back from
+/// JetStream with it, and the POS resumes with what it had not processed.
+#[test]
+fn a_node_paused_past_its_lease_keeps_its_reliable_claim_for_the_devices_return() {
+    let c = cluster(2);
+    let a = &c.nodes[0];
+    let creds = a.provision("acme.com", "store-1", &["1002"]);
+    let token = a.token("acme.com", &creds);
+    let mut device = Device::register_and_connect(a, "1002", &creds);
+    let mut pos = Pos::control(a, &token);
+    let (_, url) = pos.claim_ok("1002");
+    let (mut session, first) = resume_reliable(a, &url, &token, 0).expect("reliable session on a");
+    assert_eq!(first, 0);
+
+    // POS 1..=3 reach the terminal; it answers twice, numbered 1 and 2 by the relay.
+    for i in 1..=3u64 {
+        send_json(
+            &mut session,
+            &json!({"type": "data", "seq": i, "text": format!("pos {i}")}),
+        );
+    }
+    for i in 1..=3 {
+        assert!(matches!(device.recv(), Message::Text(t) if t == format!("pos {i}")));
+    }
+    device.send_text("dev 1");
+    device.send_text("dev 2");
+    let (got, _) = read_reliable(&mut session, 3, 2);
+    assert_eq!(got, [(1, "dev 1".into()), (2, "dev 2".into())]);
+    // The POS processes the first only.
+    send_json(&mut session, &json!({"type": "ack", "seq": 1}));
+    let reliable_claims =
+        |node: &Relay| labelled(&node.metrics(), "posrelay_reliable_claims", ("shard", "0"));
+    let held_bytes = |node: &Relay| {
+        labelled(
+            &node.metrics(),
+            "posrelay_reliable_held_bytes",
+            ("shard", "0"),
+        )
+    };
+    let held = wait_for(Duration::from_secs(10), || {
+        (reliable_claims(a) == 1.0 && held_bytes(a) >= "dev 2".len() as f64).then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "a reports the reliable claim it holds, and at least the answer not processed"
+    );
+
+    // a stops for three lease periods (the fault itself); nobody takes the device.
+    a.signal(libc::SIGSTOP);
+    let stopped = wait_for(Duration::from_secs(10), || {
+        all_threads_stopped(a.pid()).then_some(())
+    });
+    assert!(stopped.is_some(), "node a did not stop");
+    std::thread::sleep(3 * Duration::from_secs(3));
+    a.signal(libc::SIGCONT);
+
+    // a lets the claim go: the session closes with 1012 (resume later), and a neither
+    // reports anything undelivered nor ends the claim.
+    let (late, code) = drain_until_close(&mut session);
+    assert_eq!(
+        code, 1012,
+        "the paused node's reliable session: resume later"
+    );
+    assert!(late.is_empty(), "nothing from the paused node: {late:?}");
+    let gone = wait_for(Duration::from_secs(10), || {
+        (reliable_claims(a) == 0.0).then_some(())
+    });
+    assert!(gone.is_some(), "a still holds the reliable claim it lost");
+
+    // a holds a lease again (a new incarnation); the terminal comes back to it, and the
+    // claim with it, read from JetStream.
+    let up = wait_for(CLUSTER_CHANGE, || (healthz(a).status == 200).then_some(()));
+    assert!(
+        up.is_some(),
+        "a did not acquire a new lease: {}",
+        healthz(a).body
+    );
+    let mut back = Device::connect(a, device.reg.clone());
+    let (mut session, resumed) = wait_for(Duration::from_secs(30), || {
+        resume_reliable(a, &url, &token, 1)
+    })
+    .expect("the POS resumes once the terminal is back");
+    assert_eq!(resumed, 3, "nothing the relay acknowledged is missing");
+    let (got, reports) = read_reliable(&mut session, 0, 1);
+    assert_eq!(
+        got,
+        [(2, "dev 2".into())],
+        "what the claim held comes again"
+    );
+    for r in &reports {
+        let (from, to) = (
+            r["from_seq"].as_u64().unwrap(),
+            r["to_seq"].as_u64().unwrap(),
+        );
+        assert!((1..=3).contains(&from) && from <= to && to <= 3, "{r}");
+    }
+
+    // The session goes on, both ways, numbered after what came before. The relay may
+    // hand the terminal again what it had written but not yet recorded (1..=3, in
+    // order); then 4.
+    send_json(&mut session, &json!({"type": "ack", "seq": 2}));
+    send_json(
+        &mut session,
+        &json!({"type": "data", "seq": 4, "text": "pos 4"}),
+    );
+    let mut seen = Vec::new();
+    loop {
+        match back.recv() {
+            Message::Text(t) if t == "pos 4" => break,
+            Message::Text(t) => seen.push(t),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected: Vec<String> = (1..=3).map(|i| format!("pos {i}")).collect();
+    assert!(
+        seen.iter().all(|s| expected.contains(s)) && seen.windows(2).all(|w| w[0] < w[1]),
+        "only earlier messages, in order, before pos 4: {seen:?}"
+    );
+    back.send_text("dev 3");
+    let (got, _) = read_reliable(&mut session, 4, 1);
+    assert_eq!(got, [(3, "dev 3".into())]);
+    let again = wait_for(Duration::from_secs(10), || {
+        (reliable_claims(a) == 1.0).then_some(())
+    });
+    assert!(again.is_some(), "a reports the claim it holds again");
+}

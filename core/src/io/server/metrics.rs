@@ -68,6 +68,10 @@ pub struct ShardMetrics {
     pub forwarded_edge: AtomicU64,
     /// §12 forwarded sessions opened: stand-ins here for another node's POS connection.
     pub forwarded_owner: AtomicU64,
+    /// §11 reliable claims this shard holds (set at each tick).
+    pub reliable_claims: AtomicI64,
+    /// Bytes those claims hold for delivery (set at each tick).
+    pub reliable_held_bytes: AtomicI64,
     /// How long relayed messages waited in the relay before their socket took them.
     pub relay_latency: std::sync::Arc<crate::io::metrics::LatencyHistogram>,
 }
@@ -97,6 +101,9 @@ type Series = (
     &'static str,
     fn(&ShardMetrics) -> &AtomicU64,
 );
+
+/// A gauge series: name, help, field.
+type Gauge = (&'static str, &'static str, fn(&ShardMetrics) -> &AtomicI64);
 
 /// Appends the per-shard series to `out` (Prometheus text format).
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
@@ -135,6 +142,29 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], out: &mut String) {
                 out,
                 "posrelay_connections_opened_total{{role=\"{}\",shard=\"{i}\"}} {v}",
                 role.as_str()
+            );
+        }
+    }
+    let gauges: [Gauge; 2] = [
+        (
+            "posrelay_reliable_claims",
+            "Reliable claims (posrelay.reliable.v1) held by this node, by shard.",
+            |m| &m.reliable_claims,
+        ),
+        (
+            "posrelay_reliable_held_bytes",
+            "Payload bytes reliable claims hold for delivery, by shard.",
+            |m| &m.reliable_held_bytes,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (i, m) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{i}\"}} {}",
+                get(m).load(Ordering::Relaxed)
             );
         }
     }

@@ -37,6 +37,7 @@ use crate::reliable::{
 };
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -538,8 +539,16 @@ pub(crate) fn restore(ctx: &Rc<ShardCtx>, snapshots: Vec<ClaimSnapshot>) {
 /// The next queue deadline of the shard's reliable claims: run their timeouts when due
 /// (the shard's tick).
 pub(crate) fn tick(ctx: &Rc<ShardCtx>) {
-    if ctx.reliable.borrow().claims.is_empty() {
-        return;
+    {
+        let rs = ctx.reliable.borrow();
+        let held: usize = rs.claims.values().map(|s| s.claim.held_bytes()).sum();
+        let m = &ctx.metrics;
+        m.reliable_claims
+            .store(rs.claims.len() as i64, Ordering::Relaxed);
+        m.reliable_held_bytes.store(held as i64, Ordering::Relaxed);
+        if rs.claims.is_empty() {
+            return;
+        }
     }
     let now = Instant::now();
     let due: Vec<DeviceKey> = ctx
