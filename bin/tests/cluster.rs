@@ -708,19 +708,12 @@ fn a_reliable_session_is_forwarded_and_resumes_on_another_node() {
         device.send_text(&format!("device {i}"));
     }
     // Acks of the POS's messages and the device's numbered messages, in whatever order.
-    let (mut acked, mut got) = (0, Vec::new());
-    while acked < 5 || got.len() < 3 {
-        let v = recv_json(&mut session);
-        match v["type"].as_str() {
-            Some("ack") => acked = v["seq"].as_u64().unwrap(),
-            Some("data") => got.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
-            _ => panic!("unexpected envelope {v}"),
-        }
-    }
+    let (got, reports) = read_reliable(&mut session, 5, 3);
+    assert!(reports.is_empty(), "{reports:?}");
     assert_eq!(
         got,
         (1..=3u64)
-            .map(|i| (i, json!(format!("device {i}"))))
+            .map(|i| (i, format!("device {i}")))
             .collect::<Vec<_>>()
     );
     // The POS processed 1 and 2 only, then its connection breaks; it resumes on c.
@@ -939,6 +932,41 @@ fn resume_reliable(node: &Relay, url: &str, token: &str, seq: u64) -> Option<(Ws
     }
 }
 
+/// Reads a reliable session until the relay acknowledged the POS's messages up to `upto`
+/// and `want` device messages came; returns them as (relay's number, text), and the
+/// `undelivered` reports apart. Anything else fails the test.
+fn read_reliable(session: &mut Ws, upto: u64, want: usize) -> (Vec<(u64, String)>, Vec<Value>) {
+    let (mut acked, mut got, mut reports) = (0, Vec::new(), Vec::new());
+    while acked < upto || got.len() < want {
+        let v = recv_json(session);
+        match v["type"].as_str() {
+            Some("ack") => acked = v["seq"].as_u64().unwrap(),
+            Some("data") => got.push((
+                v["seq"].as_u64().unwrap(),
+                v["text"].as_str().unwrap().to_string(),
+            )),
+            Some("undelivered") => reports.push(v),
+            _ => panic!("unexpected envelope {v}"),
+        }
+    }
+    (got, reports)
+}
+
+/// Every `undelivered` report names POS messages within `sent` (those a lost node had
+/// handed to the terminal without recording it: the relay cannot know they arrived).
+fn assert_reports_within(reports: &[Value], sent: std::ops::RangeInclusive<u64>) {
+    for r in reports {
+        let (from, to) = (
+            r["from_seq"].as_u64().unwrap(),
+            r["to_seq"].as_u64().unwrap(),
+        );
+        assert!(
+            sent.contains(&from) && from <= to && sent.contains(&to),
+            "{r}"
+        );
+    }
+}
+
 /// §11 "the loss of a node in a cluster": a POS and a terminal exchange numbered messages
 /// over a reliable session on b, the node that holds the session and the device; b is
 /// killed with `kill -9`. The terminal comes back on a, the POS resumes through c, and
@@ -974,18 +1002,9 @@ fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device
             &json!({"type": "data", "seq": i, "text": format!("pos {i}")}),
         );
     }
-    let (mut acked, mut echoes) = (0, Vec::new());
-    while acked < 10 || echoes.len() < 10 {
-        let v = recv_json(&mut session);
-        match v["type"].as_str() {
-            Some("ack") => acked = v["seq"].as_u64().unwrap(),
-            Some("data") => echoes.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
-            _ => panic!("unexpected envelope {v}"),
-        }
-    }
-    let want: Vec<(u64, Value)> = (1..=10u64)
-        .map(|i| (i, json!(format!("pos {i}"))))
-        .collect();
+    let (echoes, reports) = read_reliable(&mut session, 10, 10);
+    assert!(reports.is_empty(), "{reports:?}");
+    let want: Vec<(u64, String)> = (1..=10u64).map(|i| (i, format!("pos {i}"))).collect();
     assert_eq!(echoes, want, "numbered in order, each once");
     // The POS processes 1..=7 only (it acknowledges them); 8..=10 stay held by b.
     send_json(&mut session, &json!({"type": "ack", "seq": 7}));
@@ -1005,28 +1024,11 @@ fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device
     })
     .expect("the POS resumes through c once the terminal is back");
     assert_eq!(resumed, 10, "nothing the relay acknowledged is missing");
-    let mut got = Vec::new();
-    let mut reported = Vec::new();
-    while got.len() < 3 {
-        let v = recv_json(&mut session);
-        match v["type"].as_str() {
-            Some("data") => got.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
-            // POS messages handed to the terminal by b but not known to be written.
-            Some("undelivered") => reported.push(v.clone()),
-            Some("ack") => {}
-            _ => panic!("unexpected envelope {v}"),
-        }
-    }
+    let (got, reported) = read_reliable(&mut session, 0, 3);
     assert_eq!(got, want[7..].to_vec(), "what b held comes again, verbatim");
     // A report (if any) names only messages b had handed to the terminal, whose writes it
     // had not yet recorded: the relay cannot know they reached it, so it says so.
-    for r in &reported {
-        let (from, to) = (
-            r["from_seq"].as_u64().unwrap(),
-            r["to_seq"].as_u64().unwrap(),
-        );
-        assert!((1..=10).contains(&from) && from <= to && to <= 10, "{r}");
-    }
+    assert_reports_within(&reported, 1..=10);
 
     // And the session goes on through a: 11..=15, echoed and numbered after 10.
     send_json(&mut session, &json!({"type": "ack", "seq": 10}));
@@ -1036,19 +1038,12 @@ fn a_reliable_session_survives_the_loss_of_the_node_that_holds_it_and_its_device
             &json!({"type": "data", "seq": i, "text": format!("pos {i}")}),
         );
     }
-    let (mut acked, mut more) = (0, Vec::new());
-    while acked < 15 || more.len() < 5 {
-        let v = recv_json(&mut session);
-        match v["type"].as_str() {
-            Some("ack") => acked = v["seq"].as_u64().unwrap(),
-            Some("data") => more.push((v["seq"].as_u64().unwrap(), v["text"].clone())),
-            _ => panic!("unexpected envelope {v}"),
-        }
-    }
+    let (more, reports) = read_reliable(&mut session, 15, 5);
+    assert!(reports.is_empty(), "{reports:?}");
     assert_eq!(
         more,
         (11..=15u64)
-            .map(|i| (i, json!(format!("pos {i}"))))
+            .map(|i| (i, format!("pos {i}")))
             .collect::<Vec<_>>(),
         "nothing twice, in order"
     );
@@ -1123,25 +1118,6 @@ fn a_node_paused_past_its_lease_delivers_nothing_more_and_closes_the_stale_conne
         healthz(a).body
     );
     assert!(metric(&a.metrics(), "posrelay_cluster_leases_lost_total") >= 1.0);
-}
-
-/// Reads a reliable session until `acked` reaches `upto` and `want` device messages came;
-/// returns them as (relay's number, text). `undelivered` reports are collected apart.
-fn read_reliable(session: &mut Ws, upto: u64, want: usize) -> (Vec<(u64, String)>, Vec<Value>) {
-    let (mut acked, mut got, mut reports) = (0, Vec::new(), Vec::new());
-    while acked < upto || got.len() < want {
-        let v = recv_json(session);
-        match v["type"].as_str() {
-            Some("ack") => acked = v["seq"].as_u64().unwrap(),
-            Some("data") => got.push((
-                v["seq"].as_u64().unwrap(),
-                v["text"].as_str().unwrap().to_string(),
-            )),
-            Some("undelivered") => reports.push(v),
-            _ => panic!("unexpected envelope {v}"),
-        }
-    }
-    (got, reports)
 }
 
 /// §12 fencing with a reliable claim (§11): a node paused past its lease lets the claim
@@ -1236,13 +1212,7 @@ fn a_node_paused_past_its_lease_keeps_its_reliable_claim_for_the_devices_return(
         [(2, "dev 2".into())],
         "what the claim held comes again"
     );
-    for r in &reports {
-        let (from, to) = (
-            r["from_seq"].as_u64().unwrap(),
-            r["to_seq"].as_u64().unwrap(),
-        );
-        assert!((1..=3).contains(&from) && from <= to && to <= 3, "{r}");
-    }
+    assert_reports_within(&reports, 1..=3);
 
     // The session goes on, both ways, numbered after what came before. The relay may
     // hand the terminal again what it had written but not yet recorded (1..=3, in
