@@ -840,51 +840,65 @@ mod tests {
             tls.read_to_end(&mut rest).unwrap();
             (back, rest)
         });
-        LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let stream = listener.accept().await.unwrap();
-                let mut transport = Transport::tls(stream, config).unwrap();
-                let mut got = BytesMut::new();
-                while got.len() < expected.len() {
-                    let n = transport.read_into(&mut got).await.unwrap();
-                    assert!(n > 0, "early end of stream after {} bytes", got.len());
-                }
-                assert_eq!(&got[..], &expected[..], "decrypted what the client sent");
-                if let Transport::Tls(t) = &transport {
-                    assert!(t.session().holds_no_buffer(), "idle: no buffer held");
-                    assert!(!t.session().is_handshaking());
-                }
-                // Write it back as a mix of small and large parts.
-                let mut at = 0;
-                let mut size = 2;
-                while at < got.len() {
-                    let a = (at + size).min(got.len());
-                    let b = (a + 3 * size).min(got.len());
-                    let c = (b + 1).min(got.len());
-                    transport
-                        .write_all_vectored(&[&got[at..a], &got[a..b], &got[b..c]])
-                        .await
-                        .unwrap();
-                    at = c;
-                    size = (size * 5 + 3) % 30_000 + 1;
-                }
-                if let Transport::Tls(t) = &transport {
-                    assert!(t.session().holds_no_buffer(), "all sent: no buffer held");
-                }
-                transport.shutdown().await;
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        serve_one_tls(config, addr_tx, move |mut transport| async move {
+            let mut got = BytesMut::new();
+            while got.len() < expected.len() {
+                let n = transport.read_into(&mut got).await.unwrap();
+                assert!(n > 0, "early end of stream after {} bytes", got.len());
+            }
+            assert_eq!(&got[..], &expected[..], "decrypted what the client sent");
+            if let Transport::Tls(t) = &transport {
+                assert!(t.session().holds_no_buffer(), "idle: no buffer held");
+                assert!(!t.session().is_handshaking());
+            }
+            // Write it back as a mix of small and large parts.
+            let mut at = 0;
+            let mut size = 2;
+            while at < got.len() {
+                let a = (at + size).min(got.len());
+                let b = (a + 3 * size).min(got.len());
+                let c = (b + 1).min(got.len());
+                transport
+                    .write_all_vectored(&[&got[at..a], &got[a..b], &got[b..c]])
+                    .await
+                    .unwrap();
+                at = c;
+                size = (size * 5 + 3) % 30_000 + 1;
+            }
+            if let Transport::Tls(t) = &transport {
+                assert!(t.session().holds_no_buffer(), "all sent: no buffer held");
+            }
+            transport.shutdown().await;
+        });
         let (back, rest) = client.join().unwrap();
         assert!(
             back == data_for_check(),
             "the client read what the session wrote"
         );
         assert!(rest.is_empty());
+    }
+
+    /// Serves one TLS connection with `config` on a fresh loopback port (sent on
+    /// `addr_tx` for the client) on a glommio executor, and runs `serve` on it.
+    fn serve_one_tls<F, Fut>(
+        config: std::sync::Arc<rustls::ServerConfig>,
+        addr_tx: std::sync::mpsc::Sender<std::net::SocketAddr>,
+        serve: F,
+    ) where
+        F: FnOnce(Transport) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let stream = listener.accept().await.unwrap();
+                serve(Transport::tls(stream, config).unwrap()).await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     /// A rustls client (buffered, as a terminal's would be) that trusts `der`.
@@ -926,28 +940,19 @@ mod tests {
             tls.read_to_end(&mut rest).unwrap();
             (got, rest)
         });
-        LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let stream = listener.accept().await.unwrap();
-                let mut transport = Transport::tls(stream, config).unwrap();
-                let mut got = BytesMut::new();
-                while got.len() < 6 {
-                    assert!(transport.read_into(&mut got).await.unwrap() > 0);
-                }
-                assert_eq!(&got[..], b"onetwo", "read across the client's key update");
-                transport.write_all_vectored(&[b"uno"]).await.unwrap();
-                if let Transport::Tls(t) = &mut transport {
-                    t.session.request_key_update();
-                }
-                transport.write_all_vectored(&[b"dos"]).await.unwrap();
-                transport.shutdown().await;
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        serve_one_tls(config, addr_tx, move |mut transport| async move {
+            let mut got = BytesMut::new();
+            while got.len() < 6 {
+                assert!(transport.read_into(&mut got).await.unwrap() > 0);
+            }
+            assert_eq!(&got[..], b"onetwo", "read across the client's key update");
+            transport.write_all_vectored(&[b"uno"]).await.unwrap();
+            if let Transport::Tls(t) = &mut transport {
+                t.session.request_key_update();
+            }
+            transport.write_all_vectored(&[b"dos"]).await.unwrap();
+            transport.shutdown().await;
+        });
         let (got, rest) = client.join().unwrap();
         assert_eq!(&got, b"unodos", "written across both key updates");
         assert!(rest.is_empty());
