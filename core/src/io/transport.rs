@@ -371,6 +371,13 @@ impl TlsSession {
                     while let Some(record) = traffic.next_record() {
                         let record = record?;
                         discard += record.discard;
+                        if plain.capacity() - plain.len() < record.payload.len() {
+                            // Room for a record more than this one: a frame that ends in
+                            // the next record (a 16 KiB message and its header take two)
+                            // then fits without growing the buffer again, which would
+                            // copy the whole frame so far.
+                            plain.reserve(record.payload.len() + RECORD);
+                        }
                         plain.extend_from_slice(record.payload);
                         produced += record.payload.len();
                     }
@@ -956,6 +963,76 @@ mod tests {
         let (got, rest) = client.join().unwrap();
         assert_eq!(&got, b"unodos", "written across both key updates");
         assert!(rest.is_empty());
+    }
+
+    /// A 16 KiB message and its frame header take two records (RFC 8446 §5.1: at most
+    /// 2^14 bytes of plaintext per record). Appending the first leaves room for a second,
+    /// so when the rest of the frame arrives the frame so far is not copied to a larger
+    /// buffer (it was, once per large message each way, before).
+    #[test]
+    fn a_frame_that_spans_two_records_stays_where_its_first_record_put_it() {
+        use std::io::Write;
+        let (config, der) = self_signed();
+        let mut session = TlsSession::new(config).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.into()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut client =
+            rustls::ClientConnection::new(std::sync::Arc::new(client_config), name).unwrap();
+        let feed = |session: &mut TlsSession, bytes: &[u8]| {
+            if session.cin.is_empty() {
+                session.cin = cipher_pool::take_input();
+            }
+            session.cin[session.cin_len..session.cin_len + bytes.len()].copy_from_slice(bytes);
+            session.cin_len += bytes.len();
+        };
+        // The handshake, in memory.
+        let mut nothing = BytesMut::new();
+        while client.is_handshaking() || session.is_handshaking() {
+            let mut flight = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut flight).unwrap();
+            }
+            feed(&mut session, &flight);
+            session.process(&mut nothing).unwrap();
+            let mut answer = &session.cout[session.cout_start..session.cout_end];
+            while !answer.is_empty() {
+                client.read_tls(&mut answer).unwrap();
+            }
+            client.process_new_packets().unwrap();
+            (session.cout_start, session.cout_end) = (0, 0);
+        }
+        assert!(nothing.is_empty());
+
+        let message: Vec<u8> = (0..RECORD + 4).map(|i| (i % 251) as u8).collect();
+        client.writer().write_all(&message).unwrap();
+        let mut records = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut records).unwrap();
+        }
+        // Split at the first record's end: header (5 bytes) and its length field.
+        let first = 5 + u16::from_be_bytes([records[3], records[4]]) as usize;
+        let (one, two) = records.split_at(first);
+        let mut plain = BytesMut::with_capacity(1024);
+        feed(&mut session, one);
+        assert_eq!(session.process(&mut plain).unwrap(), RECORD);
+        assert!(
+            plain.capacity() - plain.len() >= RECORD,
+            "room for the next record after the first ({} of {})",
+            plain.len(),
+            plain.capacity()
+        );
+        let at = plain.as_ptr();
+        feed(&mut session, two);
+        assert_eq!(session.process(&mut plain).unwrap(), 4);
+        assert_eq!(plain.as_ptr(), at, "the frame so far was not moved");
+        assert_eq!(&plain[..], &message[..]);
     }
 
     fn data_for_check() -> Vec<u8> {
