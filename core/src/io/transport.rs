@@ -908,11 +908,20 @@ mod tests {
             .unwrap();
     }
 
-    /// A rustls client (buffered, as a terminal's would be) that trusts `der`.
+    /// A rustls client (buffered, as a terminal's would be) that trusts `der`, connected
+    /// to `addr`.
     fn client_of(
         der: Vec<u8>,
         addr: std::net::SocketAddr,
     ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        rustls::StreamOwned::new(
+            client_trusting(der),
+            std::net::TcpStream::connect(addr).unwrap(),
+        )
+    }
+
+    /// A rustls client connection to `127.0.0.1` that trusts `der`.
+    fn client_trusting(der: Vec<u8>) -> rustls::ClientConnection {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der.into()).unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -922,8 +931,7 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap())
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap()
     }
 
     /// Key updates (RFC 8446 §4.6.3) both ways: the client's, which asks the server to
@@ -974,17 +982,7 @@ mod tests {
         use std::io::Write;
         let (config, der) = self_signed();
         let mut session = TlsSession::new(config).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der.into()).unwrap();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let client_config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let mut client =
-            rustls::ClientConnection::new(std::sync::Arc::new(client_config), name).unwrap();
+        let mut client = client_trusting(der);
         let feed = |session: &mut TlsSession, bytes: &[u8]| {
             if session.cin.is_empty() {
                 session.cin = cipher_pool::take_input();
