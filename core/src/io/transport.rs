@@ -209,7 +209,7 @@ const STAGE: usize = 4096;
 /// buffer that is a multiple of [`RECORD_ALIGN`]. rustls encrypts a record in a buffer
 /// of its own and copies it into ours; glibc's `memcpy` copies that many bytes with `rep
 /// movsb`, which on AMD EPYC hosts runs about 25 times slower (10 µs instead of 0.4 µs
-/// for 16 KiB, BENCHMARKS.md "A slow copy on AMD hosts") when the destination lies 1-32
+/// for 16 KiB, BENCHMARKS.md "A slow copy on AMD hosts") when the destination lies 1-31
 /// bytes after the source modulo 4 KiB. rustls' buffer, a fresh 16 KiB allocation,
 /// starts on a page boundary with the relay's allocator, so a destination on a 64-byte
 /// boundary stays out of that window; before this, the 4-byte header of every 16 KiB
