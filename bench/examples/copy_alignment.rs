@@ -2,7 +2,7 @@
 //! buffer, by where the destination lies relative to the source modulo 4 KiB (BENCHMARKS.md,
 //! "A slow copy on AMD hosts"). rustls copies every record it encrypts from its own
 //! buffer into the caller's: on some hosts (AMD EPYC with glibc's `rep movsb` copy) a
-//! destination 1-32 bytes after the source runs many times slower, which is why posrelay
+//! destination 1-31 bytes after the source runs many times slower, which is why posrelay
 //! places large records on 64-byte boundaries (`core/src/io/transport.rs`, `ALIGN_FROM`).
 //!
 //! `cargo run -p posrelay-bench --release --example copy_alignment`
