@@ -779,7 +779,7 @@ impl Sealer<'_, '_> {
     fn aligning_lead(&self, staged: usize, len: usize) -> usize {
         match *self.record_overhead {
             Some(overhead) if len >= ALIGN_FROM => {
-                aligning_lead(*self.cout_end, staged, usize::from(overhead)).min(len)
+                aligning_lead(*self.cout_end, staged, usize::from(overhead))
             }
             _ => 0,
         }
@@ -1084,10 +1084,6 @@ mod tests {
         assert!(rest.is_empty());
     }
 
-    /// A 16 KiB message and its frame header take two records (RFC 8446 §5.1: at most
-    /// 2^14 bytes of plaintext per record). Appending the first leaves room for a second,
-    /// so when the rest of the frame arrives the frame so far is not copied to a larger
-    /// buffer (it was, once per large message each way, before).
     /// Ciphertext handed to the session as if read from its socket.
     fn feed(session: &mut TlsSession, bytes: &[u8]) {
         if session.cin.is_empty() {
@@ -1121,6 +1117,10 @@ mod tests {
         (session, client)
     }
 
+    /// A 16 KiB message and its frame header take two records (RFC 8446 §5.1: at most
+    /// 2^14 bytes of plaintext per record). Appending the first leaves room for a second,
+    /// so when the rest of the frame arrives the frame so far is not copied to a larger
+    /// buffer (it was, once per large message each way, before).
     #[test]
     fn a_frame_that_spans_two_records_stays_where_its_first_record_put_it() {
         use std::io::Write;
