@@ -205,15 +205,16 @@ const RECORD_OVERHEAD: usize = 64;
 const DIRECT: usize = 512;
 /// Room for gathered short parts (on the stack, per encryption call).
 const STAGE: usize = 4096;
-/// A record carrying at least this much plaintext starts at an offset of the output
-/// buffer that is a multiple of [`RECORD_ALIGN`]. rustls encrypts a record in a buffer
-/// of its own and copies it into ours; glibc's `memcpy` copies that many bytes with `rep
-/// movsb`, which on AMD EPYC hosts runs about 25 times slower (10 µs instead of 0.4 µs
-/// for 16 KiB, BENCHMARKS.md "A slow copy on AMD hosts") when the destination lies 1-31
-/// bytes after the source modulo 4 KiB. rustls' buffer, a fresh 16 KiB allocation,
-/// starts on a page boundary with the relay's allocator, so a destination on a 64-byte
-/// boundary stays out of that window; before this, the 4-byte header of every 16 KiB
-/// WebSocket frame, a 26-byte record of its own, put the payload's record right in it.
+/// A record carrying at least this much plaintext starts at an address that is a
+/// multiple of [`RECORD_ALIGN`], wherever the output buffer itself starts. rustls
+/// encrypts a record in a buffer of its own and copies it into ours; glibc's `memcpy`
+/// copies that many bytes with `rep movsb`, which on AMD EPYC hosts runs about 25 times
+/// slower (10 µs instead of 0.4 µs for 16 KiB, BENCHMARKS.md "A slow copy on AMD hosts")
+/// when the destination lies 1-31 bytes after the source modulo 4 KiB. rustls' buffer, a
+/// fresh 16 KiB allocation, starts on a page boundary with the relay's allocator, so a
+/// destination on a 64-byte boundary stays out of that window; before this, the 4-byte
+/// header of every 16 KiB WebSocket frame, a 26-byte record of its own, put the
+/// payload's record right in it.
 const ALIGN_FROM: usize = 4096;
 /// See [`ALIGN_FROM`].
 const RECORD_ALIGN: usize = 64;
@@ -560,8 +561,9 @@ impl TlsSession {
                     taken += staged;
                     staged = 0;
                 }
-                // Records after the first end on a boundary too, the next one then starting on one.
-                let record = if lead > 0 || out.starts_aligned() {
+                // Records after the first end on a boundary too, the next one then starting
+                // on one (the lead, if any, has just put the first on one).
+                let record = if out.starts_aligned() {
                     out.aligned_record()
                 } else {
                     RECORD
@@ -760,10 +762,16 @@ impl Sealer<'_, '_> {
         }
     }
 
+    /// Where the next record starts: its address, which is what [`ALIGN_FROM`]'s copy
+    /// cares about (the buffer itself need not start on a boundary).
+    fn next_address(&self) -> usize {
+        self.cout.as_ptr() as usize + *self.cout_end
+    }
+
     /// Whether the next record starts on a [`RECORD_ALIGN`] boundary (and the overhead
     /// is known).
     fn starts_aligned(&self) -> bool {
-        self.record_overhead.is_some() && (*self.cout_end).is_multiple_of(RECORD_ALIGN)
+        self.record_overhead.is_some() && self.next_address().is_multiple_of(RECORD_ALIGN)
     }
 
     /// The largest plaintext of a record that ends on a boundary if it starts on one.
@@ -779,7 +787,7 @@ impl Sealer<'_, '_> {
     fn aligning_lead(&self, staged: usize, len: usize) -> usize {
         match *self.record_overhead {
             Some(overhead) if len >= ALIGN_FROM => {
-                aligning_lead(*self.cout_end, staged, usize::from(overhead))
+                aligning_lead(self.next_address(), staged, usize::from(overhead))
             }
             _ => 0,
         }
@@ -787,7 +795,7 @@ impl Sealer<'_, '_> {
 }
 
 /// How many plaintext bytes to add to the `staged` ones so that, encrypted as one record
-/// (`overhead` bytes more) after `end` bytes of ciphertext, they end on a
+/// (`overhead` bytes more) from address `end`, they end on a
 /// [`RECORD_ALIGN`] boundary: 0 if the next record starts on one already, at most
 /// `RECORD_ALIGN`, and at least 1 when nothing is staged (a record of its own then, and
 /// a record carries one byte at least).
@@ -1173,13 +1181,37 @@ mod tests {
         }
     }
 
-    /// Every record carrying a large part starts on a `RECORD_ALIGN` boundary of the
-    /// output buffer (the 16 KiB WebSocket frame behind its 4-byte header, and each record
-    /// of a 64 KiB one), and rustls' client reads back exactly what was written.
+    /// Every record carrying a large part starts at an address on a `RECORD_ALIGN`
+    /// boundary (the 16 KiB WebSocket frame behind its 4-byte header, and each record of
+    /// a 64 KiB one), and rustls' client reads back exactly what was written: once in the
+    /// output buffer the pool gives, once in one that does not start on a boundary.
     #[test]
     fn records_of_large_parts_start_on_a_boundary_and_read_back_exactly() {
+        write_large_parts_and_read_back(None);
+        // Keep allocating buffers of this size until one starts off a 64-byte boundary
+        // (the tests' allocator, glibc's, carves them one after another, 16 bytes apart
+        // modulo 64, so a few suffice).
+        let mut held = Vec::new();
+        let off = loop {
+            let buf = vec![0u8; CIPHER_OUT_LEN];
+            if !(buf.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
+                break buf;
+            }
+            held.push(buf);
+            assert!(
+                held.len() < 64,
+                "no buffer off a {RECORD_ALIGN}-byte boundary"
+            );
+        };
+        write_large_parts_and_read_back(Some(off));
+    }
+
+    fn write_large_parts_and_read_back(output: Option<Vec<u8>>) {
         use std::io::Read;
         let (mut session, mut client) = handshaken_in_memory();
+        if let Some(output) = output {
+            session.cout = output;
+        }
         let small: &[u8] = b"\x81\x05hello";
         let large: Vec<u8> = (0..RECORD).map(|i| (i % 251) as u8).collect();
         let huge: Vec<u8> = (0..4 * RECORD + 100).map(|i| (i % 253) as u8).collect();
@@ -1200,8 +1232,9 @@ mod tests {
                 while at < records.len() {
                     let len = u16::from_be_bytes([records[at + 3], records[at + 4]]) as usize;
                     if len >= ALIGN_FROM {
+                        let address = session.cout.as_ptr() as usize + session.cout_start + at;
                         assert_eq!(
-                            (session.cout_start + at) % RECORD_ALIGN,
+                            address % RECORD_ALIGN,
                             0,
                             "a {len}-byte record at offset {at}"
                         );
