@@ -69,8 +69,10 @@ impl RunCert {
 pub struct TlsClient {
     tcp: TcpStream,
     conn: rustls::ClientConnection,
-    /// Ciphertext read from the socket.
+    /// Ciphertext read from the socket; `rbuf[rpos..rlen]` is not yet given to rustls.
     rbuf: Box<[u8]>,
+    rpos: usize,
+    rlen: usize,
     /// Ciphertext to write: `wbuf[wpos..]`.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -88,6 +90,8 @@ impl TlsClient {
             tcp,
             conn,
             rbuf: vec![0; 32 * 1024].into_boxed_slice(),
+            rpos: 0,
+            rlen: 0,
             wbuf: Vec::new(),
             wpos: 0,
             accepted: None,
@@ -133,23 +137,27 @@ impl AsyncRead for TlsClient {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            // The handshake (or a reply rustls owes) goes out before we wait for more.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
-            let n = match Pin::new(&mut this.tcp).poll_read(cx, &mut this.rbuf) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            let mut input = &this.rbuf[..n];
-            while !input.is_empty() {
-                this.conn.read_tls(&mut input)?;
-                if let Err(e) = this.conn.process_new_packets() {
-                    let _ = this.poll_send(cx);
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            // Ciphertext already read goes to rustls only once the plaintext it gave
+            // before is taken: rustls refuses more ("received plaintext buffer full")
+            // past 16 KiB of plaintext, which one read of two 16 KiB messages exceeds.
+            if this.rpos == this.rlen {
+                // The handshake (or a reply rustls owes) goes out before we wait for more.
+                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                    return Poll::Ready(Err(e));
                 }
+                this.rlen = match Pin::new(&mut this.tcp).poll_read(cx, &mut this.rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                };
+                this.rpos = 0;
+            }
+            let mut input = &this.rbuf[this.rpos..this.rlen];
+            this.rpos += this.conn.read_tls(&mut input)?;
+            if let Err(e) = this.conn.process_new_packets() {
+                let _ = this.poll_send(cx);
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
             }
         }
     }
