@@ -576,8 +576,9 @@ fn a_relay_node_holds_at_most_1792_heap_bytes_per_idle_connection() {
 /// ciphertext buffers pooled per shard). 5,037 bytes measured (ws: 1,574; before, with
 /// rustls' buffered connection and its buffers, 9.6-12.4 KiB resident per connection in
 /// the bench). What TLS adds is rustls' and ring's state for one TLS 1.3 session, none
-/// of it a buffer: the connection object itself (1,288 bytes with the socket: rustls'
-/// `UnbufferedServerConnection` is about 1.1 KB inline), two AES-GCM keys (560 bytes
+/// of it a buffer: the connection object itself (1,272 bytes with the socket: rustls'
+/// `UnbufferedServerConnection` is 1,088 inline; 1,288 before, which took mimalloc's
+/// 1,536-byte size class), two AES-GCM keys (560 bytes
 /// each: ring's key is sized for the AES key schedule plus the GHASH table, whatever
 /// the cipher), the TLS 1.3 traffic state (640: its key schedule), and a few small
 /// vectors. The goal of 4 KiB resident is out of reach with that state (see

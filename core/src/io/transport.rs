@@ -229,19 +229,22 @@ mod cipher_pool {
     use std::cell::RefCell;
 
     thread_local! {
-        static INPUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-        static OUTPUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        static INPUT: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+        static OUTPUT: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
     }
 
-    fn take(pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>, len: usize) -> Vec<u8> {
+    fn take(
+        pool: &'static std::thread::LocalKey<RefCell<Vec<Box<[u8]>>>>,
+        len: usize,
+    ) -> Box<[u8]> {
         pool.with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0; len])
+            .unwrap_or_else(|| vec![0; len].into_boxed_slice())
     }
 
     fn give(
-        pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>>,
+        pool: &'static std::thread::LocalKey<RefCell<Vec<Box<[u8]>>>>,
         len: usize,
-        buf: &mut Vec<u8>,
+        buf: &mut Box<[u8]>,
     ) {
         let buf = std::mem::take(buf);
         if buf.len() != len {
@@ -255,19 +258,19 @@ mod cipher_pool {
         });
     }
 
-    pub fn take_input() -> Vec<u8> {
+    pub fn take_input() -> Box<[u8]> {
         take(&INPUT, CIPHER_IN_LEN)
     }
 
-    pub fn give_input(buf: &mut Vec<u8>) {
+    pub fn give_input(buf: &mut Box<[u8]>) {
         give(&INPUT, CIPHER_IN_LEN, buf)
     }
 
-    pub fn take_output() -> Vec<u8> {
+    pub fn take_output() -> Box<[u8]> {
         take(&OUTPUT, CIPHER_OUT_LEN)
     }
 
-    pub fn give_output(buf: &mut Vec<u8>) {
+    pub fn give_output(buf: &mut Box<[u8]>) {
         give(&OUTPUT, CIPHER_OUT_LEN, buf)
     }
 }
@@ -283,11 +286,13 @@ mod cipher_pool {
 /// neither (`Vec::new()` does not allocate).
 pub struct TlsSession {
     conn: UnbufferedServerConnection,
-    /// Ciphertext read: `cin[..cin_len]` (a partial record at most, between calls).
-    cin: Vec<u8>,
+    /// Ciphertext read: `cin[..cin_len]` (a partial record at most, between calls). Both
+    /// buffers are boxed slices of a fixed length, not `Vec`s: without a capacity word
+    /// the session keeps its connection within mimalloc's 1,280-byte size class.
+    cin: Box<[u8]>,
     cin_len: usize,
     /// Ciphertext to send: `cout[cout_start..cout_end]`.
-    cout: Vec<u8>,
+    cout: Box<[u8]>,
     cout_start: usize,
     cout_end: usize,
     /// The peer sent close_notify: no more data will come.
@@ -317,9 +322,9 @@ impl TlsSession {
     pub fn new(config: std::sync::Arc<rustls::ServerConfig>) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {
             conn: UnbufferedServerConnection::new(config)?,
-            cin: Vec::new(),
+            cin: Box::default(),
             cin_len: 0,
-            cout: Vec::new(),
+            cout: Box::default(),
             cout_start: 0,
             cout_end: 0,
             peer_closed: false,
@@ -329,7 +334,7 @@ impl TlsSession {
 
     /// Whether the session holds no buffer (nothing half-read, nothing unsent).
     pub fn holds_no_buffer(&self) -> bool {
-        self.cin.capacity() == 0 && self.cout.capacity() == 0
+        self.cin.is_empty() && self.cout.is_empty()
     }
 
     /// Whether the TLS handshake is still going on.
@@ -350,7 +355,7 @@ impl TlsSession {
 
     /// Room for `needed` more bytes of ciphertext output (takes a pooled buffer, moves
     /// unsent bytes to its front, grows it for an oversized handshake message).
-    fn output_room(cout: &mut Vec<u8>, start: &mut usize, end: &mut usize, needed: usize) {
+    fn output_room(cout: &mut Box<[u8]>, start: &mut usize, end: &mut usize, needed: usize) {
         if cout.is_empty() {
             *cout = cipher_pool::take_output();
         }
@@ -360,7 +365,9 @@ impl TlsSession {
             *start = 0;
         }
         if cout.len() - *end < needed {
-            cout.resize(*end + needed, 0);
+            let mut grown = std::mem::take(cout).into_vec();
+            grown.resize(*end + needed, 0);
+            *cout = grown.into_boxed_slice();
         }
     }
 
@@ -433,7 +440,7 @@ impl TlsSession {
     /// the ciphertext already queued.
     fn encode_into(
         mut encode: rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
-        cout: &mut Vec<u8>,
+        cout: &mut Box<[u8]>,
         cout_start: &mut usize,
         cout_end: &mut usize,
     ) {
@@ -736,7 +743,7 @@ impl TlsSession {
 /// [`TlsSession::encrypt`] call.
 struct Sealer<'a, 'b> {
     traffic: rustls::unbuffered::WriteTraffic<'b, rustls::server::ServerConnectionData>,
-    cout: &'a mut Vec<u8>,
+    cout: &'a mut Box<[u8]>,
     cout_end: &'a mut usize,
     record_overhead: &'a mut Option<u8>,
 }
@@ -1092,6 +1099,18 @@ mod tests {
         assert!(rest.is_empty());
     }
 
+    /// A TLS connection's state is one allocation of `TlsTransport` (rustls' connection,
+    /// the socket, the buffer handles), held for the connection's whole life: it must fit
+    /// mimalloc's 1,280-byte size class, or every connection holds a 1,536-byte block
+    /// (the classes step by a quarter of a power of two). It was 1,288 bytes with `Vec`
+    /// buffer handles; a rustls update that grows its connection fails here rather than
+    /// costing every idle wss connection 256 bytes unnoticed.
+    #[test]
+    fn a_tls_transport_fits_the_1280_byte_size_class() {
+        let size = std::mem::size_of::<TlsTransport>();
+        assert!(size <= 1280, "TlsTransport is {size} bytes");
+    }
+
     /// Ciphertext handed to the session as if read from its socket.
     fn feed(session: &mut TlsSession, bytes: &[u8]) {
         if session.cin.is_empty() {
@@ -1193,7 +1212,7 @@ mod tests {
         // modulo 64, so a few suffice).
         let mut held = Vec::new();
         let off = loop {
-            let buf = vec![0u8; CIPHER_OUT_LEN];
+            let buf = vec![0u8; CIPHER_OUT_LEN].into_boxed_slice();
             if !(buf.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
                 break buf;
             }
@@ -1206,7 +1225,7 @@ mod tests {
         write_large_parts_and_read_back(Some(off));
     }
 
-    fn write_large_parts_and_read_back(output: Option<Vec<u8>>) {
+    fn write_large_parts_and_read_back(output: Option<Box<[u8]>>) {
         use std::io::Read;
         let (mut session, mut client) = handshaken_in_memory();
         if let Some(output) = output {
