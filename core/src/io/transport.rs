@@ -283,7 +283,7 @@ mod cipher_pool {
 /// pooled read buffer), and the consumed records are discarded from `cin`. Output:
 /// plaintext is encrypted into `cout`, which is written to the socket. Either buffer
 /// goes back to the shard's pool as soon as it is empty, so an idle session holds
-/// neither (`Vec::new()` does not allocate).
+/// neither (an empty boxed slice does not allocate).
 pub struct TlsSession {
     conn: UnbufferedServerConnection,
     /// Ciphertext read: `cin[..cin_len]` (a partial record at most, between calls). Both
