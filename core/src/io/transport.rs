@@ -743,7 +743,7 @@ impl TlsSession {
 /// [`TlsSession::encrypt`] call.
 struct Sealer<'a, 'b> {
     traffic: rustls::unbuffered::WriteTraffic<'b, rustls::server::ServerConnectionData>,
-    cout: &'a mut Box<[u8]>,
+    cout: &'a mut [u8],
     cout_end: &'a mut usize,
     record_overhead: &'a mut Option<u8>,
 }
