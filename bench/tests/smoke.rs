@@ -7,9 +7,16 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn bench() -> Command {
+/// The bench, quiet, reporting JSON, never building the relay.
+fn bench_quiet() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_posrelay-bench"));
-    c.args(["--ci", "--quiet", "--json", "--no-build"]);
+    c.args(["--quiet", "--json", "--no-build"]);
+    c
+}
+
+fn bench() -> Command {
+    let mut c = bench_quiet();
+    c.arg("--ci");
     c
 }
 
@@ -185,9 +192,8 @@ fn every_target_passes_every_scenario_over_tls_at_tiny_scale() {
 #[test]
 fn large_messages_in_flight_over_tls_all_come_back() {
     // Not `--ci`, which runs every scenario: this one alone, as briefly.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_posrelay-bench"));
-    cmd.args(["--quiet", "--json", "--no-build", "--duration", "1s"]);
-    cmd.args(["--warmup", "300ms", "--scale", "tiny"]);
+    let mut cmd = bench_quiet();
+    cmd.args(["--duration", "1s", "--warmup", "300ms", "--scale", "tiny"]);
     let report = run_with(
         cmd,
         &["direct"],
